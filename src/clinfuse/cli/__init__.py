@@ -1,0 +1,35 @@
+"""The `clinfuse` command-line app: one Typer app, each subcommand in its own module.
+
+Commands parse arguments, call the library and print; user errors (`ClinfuseInputError`)
+are printed without a traceback and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+from rich.console import Console
+
+from clinfuse.cli import benchmark, demo, evaluate, fuse, preprocess, synth, train
+from clinfuse.errors import ClinfuseInputError
+
+app = typer.Typer(
+    name="clinfuse",
+    help="ROI-guided diffusion fusion of co-registered head MRI and CT (CLIN-FuseDiff++).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+for _module in (demo, synth, preprocess, train, fuse, evaluate, benchmark):
+    _module.register(app)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except ClinfuseInputError as err:
+        Console(stderr=True).print(f"[bold red]error:[/] {err}", highlight=False)
+        sys.exit(2)

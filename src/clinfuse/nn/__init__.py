@@ -1,0 +1,1 @@
+"""nn subpackage of clinfuse."""

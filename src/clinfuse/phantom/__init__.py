@@ -1,0 +1,1 @@
+"""phantom subpackage of clinfuse."""
