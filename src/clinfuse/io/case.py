@@ -35,6 +35,10 @@ class Case:
     ct_kind: CtKind = "hu"
     sources: dict[str, str] = field(default_factory=dict)  # role -> file path (for messages)
     meta: dict[str, Any] = field(default_factory=dict)
+    # role -> 4x4 affine for an array that is NOT on the MRI grid (`affine`); such arrays keep
+    # their own shape and are resampled onto the MRI grid by `preprocess_case`. Empty = all on
+    # the MRI grid (the usual, co-registered case).
+    grids: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def ndim(self) -> int:
@@ -70,8 +74,18 @@ class Case:
                 raise ClinfuseInputError(
                     f"{role.upper()} contains NaN or Inf values", src.get(role)
                 )
+        if "ct" not in self.grids and self.ct.shape != self.mri.shape:
+            raise ClinfuseInputError(
+                f"CT shape {self.ct.shape} does not match the MRI shape {self.mri.shape}",
+                src.get("ct"),
+            )
         for role, m in self.masks().items():
-            if m.shape != self.mri.shape:
+            if m.ndim != self.mri.ndim:
+                raise ClinfuseInputError(
+                    f"{role} mask is {m.ndim}D but the MRI is {self.mri.ndim}D (2D/3D mix)",
+                    src.get(role),
+                )
+            if role not in self.grids and m.shape != self.mri.shape:
                 raise ClinfuseInputError(
                     f"{role} mask shape {m.shape} does not match the MRI shape {self.mri.shape}",
                     src.get(role),
