@@ -1,0 +1,153 @@
+"""Differentiable SSIM (Gaussian window) and its masked mean: the one SSIM used by ROI guidance,
+training and ROI-SSIM evaluation, for `(B, C, *spatial)` tensors in 2D and 3D."""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+# Wang et al. 2004 constants, as in scikit-image.
+K1 = 0.01
+K2 = 0.03
+
+
+def gaussian_kernel1d(
+    sigma: float, win_size: int, dtype: torch.dtype, device: torch.device
+) -> Tensor:
+    """Normalised 1D Gaussian of `win_size` taps (odd), identical to the taps scipy's
+    `gaussian_filter(sigma=1.5, truncate=3.5)` uses inside `skimage.structural_similarity`."""
+    if win_size < 1 or win_size % 2 == 0:
+        raise ValueError(f"win_size must be a positive odd number, got {win_size}")
+    r = win_size // 2
+    x = torch.arange(-r, r + 1, dtype=torch.float64)
+    w = torch.exp(-0.5 * (x / sigma) ** 2)
+    return (w / w.sum()).to(dtype=dtype, device=device)
+
+
+def _filter_axis(t: Tensor, kernel: Tensor, axis: int) -> Tensor:
+    """Correlate `t` with a 1D kernel along `axis`, 'same' size, symmetric (half-sample) padding.
+
+    Symmetric padding (d c b a | a b c d) is scipy.ndimage's mode='reflect', the mode skimage's
+    SSIM uses; torch's own 'reflect' pads whole-sample (d c b | a b c d), so we build it by hand.
+    A shift-and-add over the taps keeps memory at two copies of `t` (no unfold, no im2col) and is
+    differentiable without saving intermediates (scalar weights)."""
+    r = kernel.numel() // 2
+    n = t.shape[axis]
+    left = t.narrow(axis, 0, r).flip(axis)
+    right = t.narrow(axis, n - r, r).flip(axis)
+    padded = torch.cat([left, t, right], dim=axis)
+    out = padded.narrow(axis, 0, n) * kernel[0]
+    for k in range(1, kernel.numel()):
+        out = out + padded.narrow(axis, k, n) * kernel[k]
+    return out
+
+
+def _gaussian_filter(t: Tensor, kernel: Tensor) -> Tensor:
+    """Separable Gaussian over every spatial axis of a `(B, C, *spatial)` tensor."""
+    for axis in range(2, t.ndim):
+        t = _filter_axis(t, kernel, axis)
+    return t
+
+
+def _check_inputs(x: Tensor, y: Tensor, win_size: int) -> None:
+    if x.shape != y.shape:
+        raise ValueError(
+            f"x and y must have the same shape, got {tuple(x.shape)} and {tuple(y.shape)}"
+        )
+    if x.ndim not in (4, 5):
+        raise ValueError(f"expected (B, C, H, W) or (B, C, D, H, W), got shape {tuple(x.shape)}")
+    if min(x.shape[2:]) < win_size // 2 + 1:
+        raise ValueError(
+            f"every spatial size must be > {win_size // 2} for an {win_size}-tap window, "
+            f"got {tuple(x.shape[2:])}"
+        )
+
+
+def ssim_map(
+    x: Tensor,
+    y: Tensor,
+    *,
+    data_range: float = 4.0,
+    sigma: float = 1.5,
+    win_size: int = 11,
+) -> Tensor:
+    """Per-voxel SSIM map of `x` against `y`, same shape as the inputs `(B, C, *spatial)`.
+
+    Gaussian-weighted local statistics (sigma 1.5, 11 taps, population covariance), with
+    C1 = (0.01 L)^2 and C2 = (0.03 L)^2 for L = `data_range` (4.0 for the model range [-2, 2]).
+    Borders: the image is extended by symmetric reflection, so the map is defined at every voxel
+    and equals `skimage.metrics.structural_similarity(..., gaussian_weights=True, sigma=1.5,
+    use_sample_covariance=False, full=True)[1]` (no cropping). Differentiable in `x` and `y`.
+    """
+    _check_inputs(x, y, win_size)
+    kernel = gaussian_kernel1d(sigma, win_size, x.dtype, x.device)
+    c = x.shape[1]
+    # One filter pass over the five moment images stacked along channels: (B, 5C, *spatial).
+    moments = _gaussian_filter(torch.cat([x, y, x * x, y * y, x * y], dim=1), kernel)
+    ux, uy, uxx, uyy, uxy = torch.split(moments, c, dim=1)
+    vx = uxx - ux * ux
+    vy = uyy - uy * uy
+    vxy = uxy - ux * uy
+    c1 = (K1 * data_range) ** 2
+    c2 = (K2 * data_range) ** 2
+    num = (2 * ux * uy + c1) * (2 * vxy + c2)
+    den = (ux * ux + uy * uy + c1) * (vx + vy + c2)
+    return num / den
+
+
+def _broadcast_mask(mask: Tensor, x: Tensor) -> Tensor:
+    """Accept `(*spatial)`, `(B, 1, *spatial)` or `(B, C, *spatial)` masks (bool or weights)."""
+    m = mask.to(dtype=x.dtype, device=x.device)
+    if m.ndim == x.ndim - 2:
+        m = m.reshape((1, 1, *m.shape))
+    if m.ndim != x.ndim:
+        raise ValueError(f"mask shape {tuple(mask.shape)} does not match images {tuple(x.shape)}")
+    try:
+        return m.expand_as(x)
+    except RuntimeError as err:
+        raise ValueError(
+            f"mask shape {tuple(mask.shape)} does not broadcast to images {tuple(x.shape)}"
+        ) from err
+
+
+def masked_ssim(
+    x: Tensor,
+    y: Tensor,
+    mask: Tensor,
+    *,
+    data_range: float = 4.0,
+    sigma: float = 1.5,
+    win_size: int = 11,
+    reduction: Literal["mean", "none"] = "mean",
+) -> Tensor:
+    """Mean of the SSIM map of `x` against `y` inside `mask` (ROI-SSIM), differentiable.
+
+    Shapes: `x`, `y` are `(B, C, *spatial)` with 2 or 3 spatial axes; `mask` is `(*spatial)`,
+    `(B, 1, *spatial)` or `(B, C, *spatial)`, bool or non-negative weights. The SSIM map is
+    computed on the whole image (local windows see the context around the ROI, borders by
+    symmetric reflection, see `ssim_map`) and then averaged over the masked voxels and channels.
+
+    Returns `(B,)` for `reduction="none"`, a scalar for `"mean"` (mean over the batch items with
+    a non-empty mask). An item with an empty mask gives NaN, with zero (finite) gradient, so
+    `1 - masked_ssim` can be summed into a guidance loss only after `torch.nan_to_num`, or use
+    `reduction="mean"`, which skips empty items (NaN only if every mask is empty).
+    """
+    s = ssim_map(x, y, data_range=data_range, sigma=sigma, win_size=win_size)
+    m = _broadcast_mask(mask, x)
+    dims = tuple(range(1, x.ndim))
+    weight = m.sum(dim=dims)
+    empty = weight <= 0
+    # clamp keeps the division finite for empty masks, so no NaN enters the backward pass.
+    per_item = (s * m).sum(dim=dims) / weight.clamp_min(torch.finfo(x.dtype).tiny)
+    per_item = torch.where(empty, torch.full_like(per_item, math.nan), per_item)
+    if reduction == "none":
+        return per_item
+    if reduction != "mean":
+        raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
+    keep = ~empty
+    if not bool(keep.any()):
+        return per_item.sum() * 0 + math.nan
+    return per_item[keep].mean()
