@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clinfuse.report._files import atomic_path
 from clinfuse.report.montage import (
     build_montage_figure,
     choose_point,
@@ -139,9 +138,13 @@ def test_mismatched_panel_shapes_raise():
         build_montage_figure({"a": np.zeros((4, 4, 4)), "b": np.zeros((4, 4, 5))})
 
 
-def test_atomic_path_leaves_nothing_on_error(tmp_path):
-    dest = tmp_path / "x.png"
-    with pytest.raises(RuntimeError), atomic_path(dest) as tmp:
-        tmp.write_bytes(b"half")
-        raise RuntimeError("interrupted")
+def test_failed_save_leaves_no_file(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    def boom(self, *args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(Figure, "savefig", boom)
+    with pytest.raises(RuntimeError):
+        save_montage(tmp_path / "m.png", {"MRI": np.zeros((8, 8), np.float32)})
     assert list(tmp_path.iterdir()) == []

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from clinfuse.errors import ClinfuseInputError
-from clinfuse.report._files import write_text_atomic
+from clinfuse.io.atomic import write_text_atomic
 
 # Above this size the per-case CSV is only linked (relative path), not embedded, to keep the
 # report small enough for a mail attachment.
@@ -215,4 +215,5 @@ def write_report(
         notes=notes,
         intro=intro,
     )
-    return write_text_atomic(out, text)
+    write_text_atomic(out, text)
+    return out

@@ -17,7 +17,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from clinfuse.report._files import atomic_path
+from clinfuse.io.atomic import atomic_write
 
 Plane = Literal["axial", "coronal", "sagittal", "2d"]
 PLANES_3D: tuple[Plane, ...] = ("axial", "coronal", "sagittal")
@@ -249,7 +249,7 @@ def build_montage_figure(
 
 def _save(fig: Figure, path: str | Path, dpi: int) -> Path:
     out = Path(path)
-    with atomic_path(out) as tmp:
+    with atomic_write(out) as tmp:
         fig.savefig(tmp, format="png", dpi=dpi)
     return out
 

@@ -15,7 +15,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from clinfuse.report._files import atomic_path
+from clinfuse.io.atomic import atomic_write
 
 # Tableau-10: distinct hues for up to 10 methods; the same method keeps its colour in every plot.
 PALETTE = (
@@ -43,7 +43,7 @@ class CurveLike(Protocol):
 
 def _save(fig: Figure, path: str | Path, dpi: int) -> Path:
     out = Path(path)
-    with atomic_path(out) as tmp:
+    with atomic_write(out) as tmp:
         fig.savefig(tmp, format="png", dpi=dpi)
     return out
 
