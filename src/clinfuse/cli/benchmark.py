@@ -1,16 +1,66 @@
-"""`clinfuse benchmark`."""
+"""`clinfuse benchmark`: every method on one dataset, one markdown table + CSV."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import typer
+from rich.console import Console
 
 from clinfuse.errors import ClinfuseInputError
+
+
+def _split(values: list[str]) -> list[str]:
+    return [v.strip() for item in values for v in item.split(",") if v.strip()]
 
 
 def register(app: typer.Typer) -> None:
     """Add the `benchmark` command to the app."""
 
     @app.command("benchmark")
-    def benchmark() -> None:
-        """(not implemented yet)"""
-        raise ClinfuseInputError("`clinfuse benchmark` is not implemented yet")
+    def benchmark(
+        data: Path = typer.Option(..., "--data", help="Dataset folder or manifest."),
+        out: Path = typer.Option(..., "--out", help="Output folder."),
+        methods: list[str] = typer.Option(
+            [], "--methods", help="Comma-separated (or repeated); default: every baseline."
+        ),
+        subset: list[str] = typer.Option(
+            [], "--subset", help="NAME=GLOB[,GLOB]: an extra table on matching case ids."
+        ),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier run."),
+        limit: int | None = typer.Option(None, "--limit", help="Only the first N cases."),
+        checkpoint: Path | None = typer.Option(None, "--checkpoint", help="For model methods."),
+        preset: str | None = typer.Option(None, "--preset", help="For model methods."),
+        option: list[str] = typer.Option([], "--option", help="key=value for model methods."),
+    ) -> None:
+        """Run every method on one dataset; write OUT/benchmark.md (mean ± sd [CI]) and .csv."""
+        from clinfuse.cli._method_options import method_options
+        from clinfuse.evaluation.benchmark import DEFAULT_METHODS, run_benchmark
+
+        console = Console()
+        names = _split(methods) or list(DEFAULT_METHODS)
+        subsets: dict[str, list[str]] = {}
+        for s in subset:
+            name, sep, pats = s.partition("=")
+            if not sep or not name.strip() or not _split([pats]):
+                raise ClinfuseInputError(f"--subset expects NAME=GLOB[,GLOB], got {s!r}")
+            subsets[name.strip()] = _split([pats])
+        opts = method_options(checkpoint, preset, option)
+
+        def on_case(method: str, case_id: str, row: dict[str, Any]) -> None:
+            status = f"[red]{row['error']}[/]" if row.get("error") else "ok"
+            console.print(f"{method:>10} {case_id}: {status}", highlight=False)
+
+        result = run_benchmark(
+            data,
+            out,
+            methods=names,
+            options=opts,
+            overwrite=overwrite,
+            limit=limit,
+            subsets=subsets,
+            on_case=on_case,
+        )
+        console.print(result.markdown, markup=False, highlight=False, soft_wrap=True)
+        console.print(f"wrote {result.out / 'benchmark.md'} and benchmark.csv", highlight=False)

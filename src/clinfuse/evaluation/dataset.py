@@ -1,0 +1,309 @@
+"""Evaluate one method over a dataset: fused outputs, per-case CSV (row by row), summaries.
+
+Layout of an output folder `OUT`:
+    OUT/fused/<case>.png      2D: the uint8 image that was scored (min-max scaled fused image)
+    OUT/fused/<case>.nii.gz   3D: the fused model-range volume with the prepared case's affine
+    OUT/per_case.csv          one row per case, appended and flushed as soon as it is computed
+    OUT/summary.json, .md     mean ± sd and the seeded 95 % bootstrap CI of every metric
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import json
+import math
+import os
+import shutil
+import time
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from clinfuse.errors import ClinfuseInputError
+from clinfuse.evaluation.case import evaluate_case, fused_to_uint8, metric_columns
+from clinfuse.evaluation.methods import MethodFn, resolve_method, unpack_output
+from clinfuse.evaluation.stats import BOOT_SEED, CI_LEVEL, N_BOOT, MetricSummary, summarise
+from clinfuse.preprocess.prepared import PreparedCase
+
+PER_CASE = "per_case.csv"
+SUMMARY_JSON = "summary.json"
+SUMMARY_MD = "summary.md"
+EXTRA_COLUMNS = ("fuse_seconds",)  # wall time of the method on the case (not a quality metric)
+
+
+@dataclass
+class PreparedItem:
+    """A dataset case ready for a method, or the error that stopped it from getting there."""
+
+    case_id: str
+    prepared: PreparedCase | None
+    sources_uint8: tuple[np.ndarray, np.ndarray] | None = None  # 2D: the source PNG values
+    patient_id: str | None = None
+    error: str | None = None
+
+
+@dataclass
+class DatasetResult:
+    """What `evaluate_dataset` wrote and computed."""
+
+    out: Path
+    method: str
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    summary: dict[str, MetricSummary] = field(default_factory=dict)
+
+    @property
+    def n_failed(self) -> int:
+        return sum(1 for r in self.rows if r.get("error"))
+
+
+def _source_uint8(x: np.ndarray) -> np.ndarray | None:
+    # Display data (PNG) are already 0..255 grey values; anything else has no uint8 source.
+    if x.min() < 0 or x.max() > 255:
+        return None
+    return np.clip(np.round(x), 0, 255).astype(np.uint8)
+
+
+def prepare_cases(data: str | Path, *, limit: int | None = None) -> Iterator[PreparedItem]:
+    """Load and preprocess each case of a dataset (any layout `load_dataset` accepts), lazily.
+
+    A case that fails to load or preprocess yields an item with `error` set instead of raising,
+    so one bad case does not stop a run.
+    """
+    from clinfuse.io.dataset import load_dataset
+    from clinfuse.preprocess.pipeline import preprocess_case
+
+    refs = load_dataset(data)
+    if limit is not None:
+        if limit < 1:
+            raise ClinfuseInputError(f"--limit must be >= 1, got {limit}")
+        refs = refs[:limit]
+    for ref in refs:
+        pid = getattr(ref, "patient_id", None)
+        try:
+            case = ref.load()
+            prepared = preprocess_case(case)
+            src = None
+            if (
+                prepared.ndim == 2
+                and case.ct_kind == "display"
+                and case.mri.shape == prepared.shape
+            ):
+                a, b = _source_uint8(case.mri), _source_uint8(case.ct)
+                src = None if a is None or b is None else (a, b)
+            yield PreparedItem(ref.case_id, prepared, src, pid)
+        except Exception as err:  # noqa: BLE001 - recorded per case, see evaluate_dataset
+            warnings.warn(f"case {ref.case_id}: {err}", RuntimeWarning, stacklevel=2)
+            yield PreparedItem(ref.case_id, None, None, pid, f"{type(err).__name__}: {err}")
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    from clinfuse.io.atomic import write_text_atomic
+
+    write_text_atomic(path, text)
+
+
+def _save_fused(folder: Path, item: PreparedItem, fused: np.ndarray, u8: np.ndarray | None) -> Path:
+    prepared = item.prepared
+    assert prepared is not None  # only called for prepared items
+    if prepared.ndim == 2:
+        from clinfuse.io.png import save_png
+
+        return save_png(folder / f"{item.case_id}.png", u8)
+    from clinfuse.io.nifti import save_nifti
+
+    return save_nifti(folder / f"{item.case_id}.nii.gz", fused.astype(np.float32), prepared.affine)
+
+
+def _fmt_value(v: Any) -> str:
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else repr(v)
+    return "" if v is None else str(v)
+
+
+class _RowWriter:
+    """Appends CSV rows and flushes each to disk, so a crash keeps every finished case."""
+
+    def __init__(self, path: Path, columns: list[str]) -> None:
+        self.path = path
+        self.columns = columns
+        _atomic_text(path, ",".join(columns) + "\n")
+
+    def write(self, row: dict[str, Any]) -> None:
+        with self.path.open("a", newline="", encoding="utf-8") as fh:
+            csv.writer(fh).writerow([_fmt_value(row.get(c)) for c in self.columns])
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
+def read_per_case(out: str | Path) -> list[dict[str, Any]]:
+    """Rows of `OUT/per_case.csv` with metric values as floats (empty or 'nan' -> NaN)."""
+    path = Path(out) / PER_CASE
+    if not path.is_file():
+        raise ClinfuseInputError(f"no {PER_CASE} here (not an evaluate output folder?)", out)
+    rows = []
+    with path.open(newline="", encoding="utf-8") as fh:
+        for raw in csv.DictReader(fh):
+            row: dict[str, Any] = {}
+            for k, v in raw.items():
+                if k in ("case_id", "patient_id", "error"):
+                    row[k] = v or None
+                else:
+                    try:
+                        row[k] = float(v) if v not in ("", None) else math.nan
+                    except ValueError:
+                        row[k] = math.nan
+            rows.append(row)
+    return rows
+
+
+def metric_names(rows: list[dict[str, Any]]) -> list[str]:
+    """Numeric columns of per-case rows with at least one non-NaN value, in order."""
+    if not rows:
+        return []
+    names = [k for k in rows[0] if k not in ("case_id", "patient_id", "error")]
+    return [k for k in names if any(not math.isnan(r.get(k, math.nan)) for r in rows)]
+
+
+def summarise_rows(
+    rows: list[dict[str, Any]], *, seed: int = BOOT_SEED
+) -> dict[str, MetricSummary]:
+    """Summary of each metric column (all-NaN ones, e.g. a baseline's lesion metrics, omitted)."""
+    cols = {
+        k: np.array([r.get(k, math.nan) for r in rows], dtype=float) for k in metric_names(rows)
+    }
+    return summarise(cols, seed=seed)
+
+
+def summary_markdown(
+    title: str, summary: dict[str, MetricSummary], n_cases: int, n_failed: int
+) -> str:
+    """`summary.md`: one row per metric with n, mean ± sd and the 95 % CI."""
+    from clinfuse.evaluation.tables import fmt
+
+    lines = [
+        f"# {title}",
+        "",
+        f"{n_cases} cases, {n_failed} failed. 95 % CI: percentile bootstrap of the mean "
+        f"({N_BOOT} resamples, seed {BOOT_SEED}).",
+        "",
+        "| metric | n | mean ± sd | 95 % CI |",
+        "|---|---|---|---|",
+    ]
+    for name, s in summary.items():
+        ci = f"[{fmt(s.ci_low)}, {fmt(s.ci_high)}]"
+        lines.append(f"| {name} | {s.n} | {fmt(s.mean)} ± {fmt(s.sd)} | {ci} |")
+    return "\n".join(lines) + "\n"
+
+
+def _prepare_out(out: Path, data: Path | None, overwrite: bool) -> Path:
+    from clinfuse.io.atomic import check_output_dir
+
+    out = check_output_dir(out, overwrite, inputs=[data] if data is not None else [])
+    # With --overwrite, clear what an earlier run of this command wrote (and nothing else), so
+    # stale fused images of cases no longer in the run do not linger.
+    for name in (PER_CASE, SUMMARY_JSON, SUMMARY_MD):
+        (out / name).unlink(missing_ok=True)
+    if (out / "fused").is_dir():
+        shutil.rmtree(out / "fused")
+    (out / "fused").mkdir()
+    return out
+
+
+def evaluate_dataset(
+    method: str | MethodFn,
+    data: str | Path | None,
+    out: str | Path,
+    *,
+    options: dict[str, Any] | None = None,
+    overwrite: bool = False,
+    limit: int | None = None,
+    items: Iterable[PreparedItem] | None = None,
+    on_case: Callable[[str, dict[str, Any]], None] | None = None,
+) -> DatasetResult:
+    """Run `method` on every case of `data` and write `OUT` (see the module docstring).
+
+    `method` is a registered name (`available_methods()`, options via `options`) or a callable
+    `(PreparedCase) -> fused | MethodOutput`. `items` (from `prepare_cases`) replaces `data`
+    when cases are already prepared (the benchmark prepares once for all methods). A case that
+    fails (bad input, wrong-shape or NaN output, ...) gets a row of NaN with the error in the
+    `error` column and a warning; rows already written are never lost. `on_case(case_id, row)`
+    is called after each row (progress display).
+    """
+    name, fn = resolve_method(method, **(options or {}))
+    if items is None:
+        if data is None:
+            raise ValueError("give `data` or `items`")
+        items = prepare_cases(data, limit=limit)
+    elif limit is not None:
+        items = list(items)[:limit]
+    items = iter(items)
+    first = next(items, None)
+    if first is None:
+        raise ClinfuseInputError("the dataset has no cases", data)
+    out_dir = _prepare_out(Path(out), None if data is None else Path(data), overwrite)
+    ndim = first.prepared.ndim if first.prepared is not None else None
+    if ndim is None:  # the first case failed to load: take the dimension from the next good one
+        buffered = [first]
+        for it in items:
+            buffered.append(it)
+            if it.prepared is not None:
+                ndim = it.prepared.ndim
+                break
+        items = iter(buffered + list(items))
+        ndim = ndim or 3
+    else:
+        items = iter([first, *items])
+    columns = ["case_id", "patient_id", *metric_columns(ndim), *EXTRA_COLUMNS, "error"]
+    writer = _RowWriter(out_dir / PER_CASE, columns)
+    result = DatasetResult(out_dir, name)
+    for item in items:
+        row: dict[str, Any] = {"case_id": item.case_id, "patient_id": item.patient_id}
+        row.update(dict.fromkeys(columns[2:-1], math.nan))
+        try:
+            if item.prepared is None:
+                raise ClinfuseInputError(item.error or "case could not be prepared", item.case_id)
+            if item.prepared.ndim != ndim:
+                raise ClinfuseInputError(f"{item.prepared.ndim}D case in a {ndim}D dataset")
+            t0 = time.perf_counter()
+            fused, lesion_pred = unpack_output(fn(item.prepared))
+            seconds = time.perf_counter() - t0
+            scores = evaluate_case(
+                fused, item.prepared, lesion_pred=lesion_pred, sources_uint8=item.sources_uint8
+            )
+            u8 = fused_to_uint8(fused) if ndim == 2 else None
+            _save_fused(out_dir / "fused", item, fused, u8)
+            row.update(scores)
+            row["fuse_seconds"] = seconds
+            row["error"] = None
+        except Exception as err:  # noqa: BLE001 - one bad case must not end a 100-case run
+            row["error"] = f"{type(err).__name__}: {err}".replace("\n", " ")
+            warnings.warn(f"case {item.case_id}: {row['error']}", RuntimeWarning, stacklevel=2)
+        writer.write(row)
+        result.rows.append(row)
+        if on_case is not None:
+            on_case(item.case_id, row)
+    result.summary = summarise_rows(result.rows)
+    meta = {
+        "method": name,
+        "options": {k: str(v) for k, v in (options or {}).items()},
+        "data": None if data is None else str(Path(data).resolve()),
+        "ndim": ndim,
+        "n_cases": len(result.rows),
+        "n_failed": result.n_failed,
+        "failed": {r["case_id"]: r["error"] for r in result.rows if r.get("error")},
+        "bootstrap": {"n_resamples": N_BOOT, "seed": BOOT_SEED, "level": CI_LEVEL},
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "metrics": {k: v.to_dict() for k, v in result.summary.items()},
+    }
+    _atomic_text(out_dir / SUMMARY_JSON, json.dumps(meta, indent=2, allow_nan=True) + "\n")
+    title = f"{name} on {meta['data'] or 'prepared cases'}"
+    _atomic_text(
+        out_dir / SUMMARY_MD,
+        summary_markdown(title, result.summary, len(result.rows), result.n_failed),
+    )
+    return result

@@ -1,0 +1,119 @@
+"""Summary statistics of per-case metrics: mean, sd, seeded bootstrap CI, paired Wilcoxon tests."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from scipy import stats
+
+N_BOOT = 2000
+BOOT_SEED = 0  # fixed and reported, so a table regenerates to the same digits
+CI_LEVEL = 0.95
+
+
+@dataclass
+class MetricSummary:
+    """One metric over cases; NaN cases are left out and counted in `n_nan` (+inf is kept)."""
+
+    n: int
+    n_nan: int
+    mean: float
+    sd: float  # sample standard deviation (ddof = 1); NaN for n < 2
+    ci_low: float  # percentile bootstrap of the mean; NaN for n < 2
+    ci_high: float
+
+    def to_dict(self) -> dict[str, float | int]:
+        return asdict(self)
+
+
+def bootstrap_ci(
+    values: np.ndarray,
+    *,
+    n_boot: int = N_BOOT,
+    level: float = CI_LEVEL,
+    rng: np.random.Generator | None = None,
+) -> tuple[float, float]:
+    """Percentile bootstrap CI of the mean of finite `values` (scipy.stats.bootstrap).
+
+    Percentile rather than BCa: BCa's jackknife breaks down on constant samples (e.g. a metric
+    that is 1.0 for every case), which happen here. `rng` defaults to a generator seeded with
+    `BOOT_SEED`.
+    """
+    x = np.asarray(values, dtype=np.float64)
+    x = x[np.isfinite(x)]
+    if x.size < 2:
+        return math.nan, math.nan
+    if np.all(x == x[0]):
+        return float(x[0]), float(x[0])
+    rng = np.random.default_rng(BOOT_SEED) if rng is None else rng
+    res = stats.bootstrap(
+        (x,),
+        np.mean,
+        n_resamples=n_boot,
+        confidence_level=level,
+        method="percentile",
+        rng=rng,
+        vectorized=True,
+    )
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def summarise_metric(
+    values: np.ndarray, *, rng: np.random.Generator | None = None
+) -> MetricSummary:
+    """Mean ± sd and the 95 % bootstrap CI of one metric's per-case values."""
+    x = np.asarray(values, dtype=np.float64)
+    valid = x[~np.isnan(x)]
+    n = int(valid.size)
+    if n and not np.all(np.isfinite(valid)):
+        # +inf is a real value here (PSNR of an exact copy, e.g. the composite inside its ROI):
+        # the mean is then infinite and spread/CI are undefined, rather than dropping the cases.
+        with np.errstate(invalid="ignore"):
+            mean = float(valid.mean())
+        return MetricSummary(n, int(x.size - n), mean, math.nan, math.nan, math.nan)
+    mean = float(valid.mean()) if n else math.nan
+    sd = float(valid.std(ddof=1)) if n >= 2 else math.nan
+    lo, hi = bootstrap_ci(valid, rng=rng)
+    return MetricSummary(n, int(x.size - n), mean, sd, lo, hi)
+
+
+def summarise(columns: dict[str, np.ndarray], *, seed: int = BOOT_SEED) -> dict[str, MetricSummary]:
+    """Summaries of every column; one generator seeded with `seed` serves all, in column order."""
+    rng = np.random.default_rng(seed)
+    return {name: summarise_metric(v, rng=rng) for name, v in columns.items()}
+
+
+@dataclass
+class PairedTest:
+    """A paired comparison of one metric between a method and the reference (the first)."""
+
+    metric: str
+    n: int  # cases present in both with finite values
+    ref_mean: float
+    mean: float
+    mean_diff: float  # method - reference
+    p_value: float  # two-sided Wilcoxon signed-rank; 1.0 if all differences are 0
+
+
+def paired_wilcoxon(metric: str, ref: np.ndarray, other: np.ndarray) -> PairedTest:
+    """Wilcoxon signed-rank test on paired values (NaN pairs dropped) via scipy."""
+    a = np.asarray(ref, dtype=np.float64)
+    b = np.asarray(other, dtype=np.float64)
+    ok = np.isfinite(a) & np.isfinite(b)
+    a, b = a[ok], b[ok]
+    n = int(a.size)
+    if n == 0:
+        return PairedTest(metric, 0, math.nan, math.nan, math.nan, math.nan)
+    d = b - a
+    if np.all(d == 0):
+        p = 1.0
+    elif n < 2:
+        p = math.nan
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", category=UserWarning)  # small-n / ties notices
+            p = float(stats.wilcoxon(b, a).pvalue)
+    return PairedTest(metric, n, float(a.mean()), float(b.mean()), float(d.mean()), p)

@@ -1,0 +1,167 @@
+"""Tables across methods: `compare` (paired Wilcoxon against the first) and benchmark tables."""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from clinfuse.evaluation.case import FUSION_COLUMNS, LESION_COLUMNS, ROI_COLUMNS
+from clinfuse.evaluation.stats import MetricSummary, PairedTest, paired_wilcoxon
+
+METRIC_GROUPS: dict[str, tuple[str, ...]] = {
+    "standard 2D fusion metrics (METRICS.md)": FUSION_COLUMNS,
+    "ROI and lesion metrics": ROI_COLUMNS + LESION_COLUMNS,
+    "time": ("fuse_seconds",),
+}
+
+
+def fmt(v: float) -> str:
+    """Compact number: 3 decimals below 10, 2 below 1000, else 1; NaN as an em dash, inf as ∞."""
+    if v is None or math.isnan(v):
+        return "—"
+    if math.isinf(v):
+        return "∞" if v > 0 else "−∞"
+    a = abs(v)
+    return f"{v:.3f}" if a < 10 else f"{v:.2f}" if a < 1000 else f"{v:.1f}"
+
+
+def fmt_p(p: float) -> str:
+    if not math.isfinite(p):
+        return "p = —"
+    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
+
+
+def cell(s: MetricSummary, *, ci: bool = True) -> str:
+    """`mean ± sd [lo, hi]` (the benchmark's cell format)."""
+    if s.n == 0:
+        return "—"
+    if math.isinf(s.mean):
+        return fmt(s.mean)
+    text = f"{fmt(s.mean)} ± {fmt(s.sd)}"
+    return f"{text} [{fmt(s.ci_low)}, {fmt(s.ci_high)}]" if ci else text
+
+
+def filter_rows(rows: list[dict[str, Any]], patterns: Sequence[str]) -> list[dict[str, Any]]:
+    """Rows whose case_id matches any of the glob `patterns` (e.g. `16_*`)."""
+    return [r for r in rows if any(fnmatch.fnmatchcase(str(r["case_id"]), p) for p in patterns)]
+
+
+def method_name(out: str | Path) -> str:
+    """The method recorded in `OUT/summary.json`, else the folder name."""
+    path = Path(out) / "summary.json"
+    try:
+        return str(json.loads(path.read_text(encoding="utf-8"))["method"])
+    except (OSError, ValueError, KeyError):
+        return Path(out).name
+
+
+@dataclass
+class Comparison:
+    """Per-method summaries and paired tests of every other method against the first."""
+
+    methods: list[str]
+    metrics: list[str]
+    summaries: dict[str, dict[str, MetricSummary]]
+    tests: dict[str, dict[str, PairedTest]] = field(
+        default_factory=dict
+    )  # method -> metric -> test
+
+    def to_markdown(self) -> str:
+        """One row per method; cells `mean ± sd` and, after the first, `(Δ, p)` of the test."""
+        head = "| method | " + " | ".join(self.metrics) + " |"
+        lines = [head, "|---" * (len(self.metrics) + 1) + "|"]
+        for i, m in enumerate(self.methods):
+            cells = []
+            for k in self.metrics:
+                s = self.summaries[m].get(k)
+                text = "—" if s is None else cell(s, ci=False)
+                if i > 0 and k in self.tests.get(m, {}):
+                    t = self.tests[m][k]
+                    text += f" (Δ {fmt(t.mean_diff)}, {fmt_p(t.p_value)}, n = {t.n})"
+                cells.append(text)
+            lines.append(f"| {m} | " + " | ".join(cells) + " |")
+        ref = self.methods[0]
+        lines += [
+            "",
+            f"Δ = method − {ref} on the cases both have (finite values); two-sided Wilcoxon "
+            "signed-rank test (scipy), no correction for multiple comparisons.",
+        ]
+        return "\n".join(lines) + "\n"
+
+
+def compare(outs: Sequence[str | Path], *, names: Sequence[str] | None = None) -> Comparison:
+    """Compare evaluate output folders; the first is the reference of the paired tests.
+
+    Pairs are matched by `case_id`; a case missing from either method or NaN in either is left
+    out of that test (the `n` of each test says how many remain).
+    """
+    from clinfuse.evaluation.dataset import metric_names, read_per_case, summarise_rows
+
+    if len(outs) < 2:
+        raise ValueError("compare needs at least two output folders")
+    names = list(names) if names is not None else [method_name(o) for o in outs]
+    if len(set(names)) != len(names):  # same method twice (e.g. two checkpoints): use folders
+        names = [f"{n} ({Path(o).name})" for n, o in zip(names, outs, strict=True)]
+    rows = {n: read_per_case(o) for n, o in zip(names, outs, strict=True)}
+    metrics: list[str] = []
+    for n in names:
+        metrics += [k for k in metric_names(rows[n]) if k not in metrics]
+    summaries = {n: summarise_rows(rows[n]) for n in names}
+    ref = names[0]
+    ref_by_case = {r["case_id"]: r for r in rows[ref]}
+    tests: dict[str, dict[str, PairedTest]] = {}
+    for n in names[1:]:
+        common = [r for r in rows[n] if r["case_id"] in ref_by_case]
+        tests[n] = {}
+        for k in metrics:
+            a = np.array([ref_by_case[r["case_id"]].get(k, math.nan) for r in common], float)
+            b = np.array([r.get(k, math.nan) for r in common], float)
+            tests[n][k] = paired_wilcoxon(k, a, b)
+    return Comparison(names, metrics, summaries, tests)
+
+
+def benchmark_tables(
+    rows_by_method: dict[str, list[dict[str, Any]]],
+    *,
+    groups: dict[str, tuple[str, ...]] | None = None,
+) -> str:
+    """Markdown tables (one per metric group present): methods × metrics, `mean ± sd [CI]`."""
+    from clinfuse.evaluation.dataset import metric_names, summarise_rows
+
+    groups = METRIC_GROUPS if groups is None else groups
+    summaries = {m: summarise_rows(r) for m, r in rows_by_method.items()}
+    present: set[str] = set()
+    for r in rows_by_method.values():
+        present.update(metric_names(r))
+    parts = []
+    for title, cols in groups.items():
+        cols = tuple(c for c in cols if c in present)
+        if not cols:
+            continue
+        n = {m: max((s.n for s in summaries[m].values()), default=0) for m in summaries}
+        parts.append(f"**{title}**\n")
+        parts.append("| method | n | " + " | ".join(cols) + " |")
+        parts.append("|---" * (len(cols) + 2) + "|")
+        for m, s in summaries.items():
+            cells = [cell(s[c]) if c in s else "—" for c in cols]
+            parts.append(f"| {m} | {n[m]} | " + " | ".join(cells) + " |")
+        parts.append("")
+    return "\n".join(parts)
+
+
+def benchmark_csv_rows(rows_by_method: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Long-format rows `method, metric, n, n_nan, mean, sd, ci_low, ci_high`."""
+    from clinfuse.evaluation.dataset import summarise_rows
+
+    out = []
+    for m, rows in rows_by_method.items():
+        for k, s in summarise_rows(rows).items():
+            out.append({"method": m, "metric": k, **s.to_dict()})
+    return out
