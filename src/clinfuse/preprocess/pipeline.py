@@ -1,0 +1,395 @@
+"""One case from native files to the model range: orientation, one grid, optional registration,
+intensities, masks (given or automatic), the transform record; saving/loading prepared cases,
+and `to_native` to map fused intensities back."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import nibabel as nib
+import numpy as np
+
+import clinfuse
+from clinfuse.errors import ClinfuseInputError
+from clinfuse.io.atomic import write_text_atomic
+from clinfuse.io.case import MASK_ROLES, Case
+from clinfuse.io.nifti import canonicalise, load_nifti, save_nifti
+from clinfuse.preprocess.normalize import denormalise_mri, normalise_mri
+from clinfuse.preprocess.prepared import PreparedCase
+from clinfuse.preprocess.resample import grid_with_spacing, resample_to_grid
+from clinfuse.preprocess.windowing import (
+    BONE_WINDOW,
+    CLINICAL_WINDOW,
+    apply_window,
+    display_to_model,
+    invert_window,
+    model_to_display,
+)
+
+__all__ = [
+    "PreparedCase",
+    "preprocess_case",
+    "save_prepared",
+    "load_prepared",
+    "to_native",
+    "SIDECAR",
+]
+
+SIDECAR = "preprocess.json"
+RECORD_VERSION = 1
+CT_AIR_HU = -1024.0  # fill value for CT voxels outside the CT's field of view after resampling
+IMAGE_FILES = {"mri": "mri.nii.gz", "ct": "ct.nii.gz", "ct_bone": "ct_bone.nii.gz"}
+MASK_FILES = {r: f"{r}.nii.gz" for r in MASK_ROLES}
+
+NativeMode = Literal["auto", "roi", "mri", "ct_bone", "ct_clinical", "display"]
+
+
+def _window_dict(w: Any) -> dict[str, float]:
+    return {"centre": w.centre, "width": w.width, "low": w.low, "high": w.high}
+
+
+def _is_ras(affine: np.ndarray) -> bool:
+    return nib.aff2axcodes(affine) == ("R", "A", "S")
+
+
+def _auto_masks(
+    mri: np.ndarray, ct: np.ndarray, spacing: tuple[float, ...], ct_kind: str, need: set[str],
+    bone: np.ndarray | None,
+) -> dict[str, np.ndarray]:  # fmt: skip
+    """Call the automatic mask makers of `preprocess.masks` (imported lazily: optional there)."""
+    try:
+        from clinfuse.preprocess import masks
+    except ImportError as err:
+        raise ClinfuseInputError(
+            f"no {' and '.join(sorted(need))} mask given and automatic masks are unavailable "
+            f"({err}); give the masks as files"
+        ) from err
+    out: dict[str, np.ndarray] = {}
+    if "bone" in need:
+        bone = np.asarray(masks.auto_bone_mask(ct, spacing, ct_kind=ct_kind), dtype=bool)
+        out["bone"] = bone
+    if "brain" in need:
+        out["brain"] = np.asarray(
+            masks.auto_brain_mask(mri, ct, spacing, ct_kind=ct_kind, bone=bone), dtype=bool
+        )
+    return out
+
+
+def preprocess_case(
+    case: Case,
+    *,
+    spacing: float | tuple[float, ...] | None = None,
+    register: bool = False,
+    auto_masks: bool = True,
+) -> PreparedCase:
+    """Bring a `Case` onto one grid in model range [-2, 2] with brain and bone masks.
+
+    Steps (each recorded in `PreparedCase.record`): canonical RAS+ orientation; the MRI grid,
+    optionally resampled to `spacing` mm; the CT (and masks on other grids) resampled onto it,
+    through a rigid CT->MRI registration when `register`; MRI robust normalisation
+    (`normalise_mri`); CT clinical + bone windows, or `display_to_model` for display CT; masks
+    as given (nearest-neighbour) or automatic (`preprocess.masks`) when `auto_masks`.
+    """
+    case.validate()
+    src = case.sources
+    nd = case.ndim
+    record: dict[str, Any] = {
+        "version": RECORD_VERSION,
+        "clinfuse_version": getattr(clinfuse, "__version__", "unknown"),
+        "case_id": case.case_id,
+        "ndim": nd,
+        "sources": dict(src),
+        "source_grid": {
+            "shape": list(case.mri.shape),
+            "affine": np.asarray(case.affine, float).tolist(),
+            "spacing": list(case.spacing),
+        },
+    }
+    mri, affine = np.asarray(case.mri, np.float32), np.asarray(case.affine, np.float64)
+    ct, ct_aff = np.asarray(case.ct, np.float32), case.grids.get("ct", affine)
+    masks_in = {r: (m, case.grids.get(r, affine)) for r, m in case.masks().items()}
+
+    # 1. Canonical orientation (loaders already give RAS+; hand-made cases may not).
+    reoriented = nd == 3 and not _is_ras(affine)
+    if reoriented:
+        on_grid = [r for r in ("ct", *masks_in) if r not in case.grids]
+        mri, new_aff = canonicalise(mri, affine)
+        if "ct" in on_grid:
+            ct, ct_aff = canonicalise(ct, affine)[0], new_aff
+        for r in on_grid:
+            if r != "ct":
+                masks_in[r] = (canonicalise(masks_in[r][0], affine)[0].astype(bool), new_aff)
+        affine = new_aff
+        mri = np.asarray(mri, np.float32)
+    record["reoriented"] = bool(reoriented)
+    mri_native = mri
+
+    # 2. Target grid: the MRI's, optionally at a new spacing.
+    shape = tuple(int(s) for s in mri.shape)
+    if spacing is not None:
+        shape, grid_aff = grid_with_spacing(shape, affine, spacing)
+        mri = resample_to_grid(mri, affine, shape, grid_aff)
+    else:
+        grid_aff = affine
+    record["grid"] = {
+        "shape": list(shape),
+        "affine": grid_aff.tolist(),
+        "spacing": [float(s) for s in np.linalg.norm(grid_aff[:3, :nd], axis=0)],
+        "target_spacing": None if spacing is None else np.broadcast_to(spacing, (nd,)).tolist(),
+        "resampled": spacing is not None,
+        "interpolation": {"images": "linear", "masks": "nearest"},
+    }
+
+    # 3. CT onto the grid, through a rigid registration if asked.
+    transform = None
+    if register:
+        if case.ct_kind != "hu":
+            raise ClinfuseInputError(
+                "--register needs CT in HU; display-windowed CT is assumed co-registered",
+                src.get("ct"),
+            )
+        from clinfuse.preprocess.register import register_rigid
+
+        # Register at the native MRI resolution: resampling first would blur the fixed image.
+        reg = register_rigid(mri_native, affine, ct, ct_aff)
+        transform = reg.to_sitk()
+        record["registration"] = reg.to_dict()
+    else:
+        record["registration"] = None
+    fill = CT_AIR_HU if case.ct_kind == "hu" else 0.0
+    ct_moved = transform is not None or spacing is not None or "ct" in case.grids
+    if ct_moved:
+        ct = resample_to_grid(ct, ct_aff, shape, grid_aff, default=fill, transform=transform)
+    record["ct_resampled"] = bool(ct_moved)
+
+    # 4. Masks: given ones onto the grid (nearest), missing ones automatic.
+    masks: dict[str, np.ndarray] = {}
+    mask_source: dict[str, str] = {}
+    for r, (m, m_aff) in masks_in.items():
+        if spacing is not None or r in case.grids:
+            m = resample_to_grid(m, m_aff, shape, grid_aff, nearest=True)
+        masks[r] = np.asarray(m, dtype=bool)
+        mask_source[r] = "given"
+    need = {r for r in ("brain", "bone") if r not in masks}
+    if need:
+        if not auto_masks:
+            raise ClinfuseInputError(
+                f"no {' and '.join(sorted(need))} mask given and automatic masks are off",
+                src.get("mri"),
+            )
+        sp = tuple(float(s) for s in np.linalg.norm(grid_aff[:3, :nd], axis=0))
+        for r, m in _auto_masks(mri, ct, sp, case.ct_kind, need, masks.get("bone")).items():
+            masks[r] = m
+            mask_source[r] = "auto"
+    for r in ("brain", "bone"):
+        if not masks[r].any():
+            where = src.get(r) if mask_source[r] == "given" else src.get("ct")
+            raise ClinfuseInputError(f"{r} mask is empty on the preprocessing grid", where)
+    record["masks"] = dict(mask_source)
+
+    # 5. Intensities into the model range.
+    mri_n, mri_params = normalise_mri(mri)
+    record["mri_normalisation"] = mri_params
+    if case.ct_kind == "hu":
+        ct_clin, ct_bone = apply_window(ct, CLINICAL_WINDOW), apply_window(ct, BONE_WINDOW)
+        record["ct"] = {
+            "kind": "hu",
+            "offset_subtracted": float(case.meta.get("ct_offset", 0.0)),
+            "clinical_window": _window_dict(CLINICAL_WINDOW),
+            "bone_window": _window_dict(BONE_WINDOW),
+            "outside_fov_hu": CT_AIR_HU,
+        }
+    else:
+        ct_clin = display_to_model(ct)
+        ct_bone = ct_clin.copy()  # HU cannot be recovered: one image serves both channels
+        record["ct"] = {"kind": "display", "mapping": "0..255 -> [-2, 2] linear, both channels"}
+    record["patient_id"] = str(case.meta.get("patient_id", case.case_id))
+    return PreparedCase(
+        case_id=case.case_id,
+        mri=mri_n,
+        ct=ct_clin,
+        ct_bone=ct_bone,
+        affine=grid_aff,
+        brain=masks["brain"],
+        bone=masks["bone"],
+        lesion=masks.get("lesion"),
+        ct_kind=case.ct_kind,
+        mask_source=mask_source,
+        record=record,
+    )
+
+
+# ----------------------------------------------------------------------------- save / load
+
+
+def save_prepared(prepared: PreparedCase, out_dir: str | Path) -> Path:
+    """Write a prepared case as NIfTI files plus the `preprocess.json` sidecar (all atomic).
+
+    Files: mri, ct (clinical window), ct_bone, brain, bone[, lesion] `.nii.gz` on the
+    preprocessing grid; 2D cases get a singleton third axis that `load_prepared` removes.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files: dict[str, str] = {}
+    for key, name in IMAGE_FILES.items():
+        save_nifti(out / name, getattr(prepared, key), prepared.affine)
+        files[key] = name
+    for role, name in MASK_FILES.items():
+        m = getattr(prepared, role)
+        if m is not None:
+            save_nifti(out / name, np.asarray(m, dtype=bool), prepared.affine)
+            files[role] = name
+    sidecar = {
+        "case_id": prepared.case_id,
+        "ct_kind": prepared.ct_kind,
+        "shape": list(prepared.shape),
+        "spacing": list(prepared.spacing),
+        "affine": np.asarray(prepared.affine, float).tolist(),
+        "files": files,
+        "mask_source": dict(prepared.mask_source),
+        "model_range": [-2.0, 2.0],
+        "record": prepared.record,
+    }
+    write_text_atomic(out / SIDECAR, json.dumps(sidecar, indent=2) + "\n")
+    return out
+
+
+def load_prepared(directory: str | Path) -> PreparedCase:
+    """Read a folder written by `save_prepared` back into a `PreparedCase`."""
+    d = Path(directory)
+    side_path = d / SIDECAR
+    if not side_path.is_file():
+        raise ClinfuseInputError(f"not a prepared case: {SIDECAR} missing", d)
+    try:
+        side = json.loads(side_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise ClinfuseInputError(f"cannot read sidecar ({err})", side_path) from err
+    files = side.get("files", {})
+    arrays: dict[str, np.ndarray] = {}
+    affine = np.asarray(side["affine"], dtype=np.float64)
+    for key, name in files.items():
+        arr, _ = load_nifti(d / name)
+        if list(arr.shape) != list(side["shape"]):
+            raise ClinfuseInputError(
+                f"shape {arr.shape} differs from the sidecar's {side['shape']}", d / name
+            )
+        arrays[key] = arr
+    for role in ("brain", "bone", "lesion"):
+        if role in arrays:
+            arrays[role] = arrays[role] > 0.5
+    for key in ("mri", "ct", "ct_bone", "brain", "bone"):
+        if key not in arrays:
+            raise ClinfuseInputError(f"prepared case lacks {key}", d)
+    return PreparedCase(
+        case_id=str(side["case_id"]),
+        mri=arrays["mri"],
+        ct=arrays["ct"],
+        ct_bone=arrays["ct_bone"],
+        affine=affine,
+        brain=arrays["brain"],
+        bone=arrays["bone"],
+        lesion=arrays.get("lesion"),
+        ct_kind=side.get("ct_kind", "hu"),
+        mask_source=dict(side.get("mask_source", {})),
+        record=dict(side.get("record", {})),
+    )
+
+
+# ----------------------------------------------------------------------------- back to native
+
+
+def to_native(
+    fused: np.ndarray,
+    prepared: PreparedCase,
+    *,
+    mode: NativeMode = "auto",
+    original_grid: bool = True,
+) -> np.ndarray:
+    """Map a fused model-range image back to native intensities (and grid), float32.
+
+    Modes: "roi" (default for HU CT): voxels in the bone mask -> HU through the bone window
+    (`invert_window`), every other voxel (brain, scalp, air) -> MRI units through
+    `denormalise_mri`; "mri" / "ct_bone" / "ct_clinical": the whole image through one mapping;
+    "display" (default for display CT): 0..255 (`model_to_display`). When the case was
+    resampled and `original_grid`, the result is resampled (linear) back onto the MRI's input
+    grid, so it overlays the input MRI in a viewer.
+    """
+    x = np.asarray(fused, dtype=np.float32)
+    if x.shape != prepared.shape:
+        raise ValueError(f"fused shape {x.shape} != prepared shape {prepared.shape}")
+    rec = prepared.record
+    if mode == "auto":
+        mode = "display" if prepared.ct_kind == "display" else "roi"
+    if mode == "display":
+        out = model_to_display(x).astype(np.float32)
+    elif mode == "ct_bone":
+        out = invert_window(x, BONE_WINDOW)
+    elif mode == "ct_clinical":
+        out = invert_window(x, CLINICAL_WINDOW)
+    elif mode in ("mri", "roi"):
+        if "mri_normalisation" not in rec:
+            raise ValueError("prepared.record has no mri_normalisation: cannot map to MRI units")
+        out = denormalise_mri(x, rec["mri_normalisation"])
+        if mode == "roi":
+            if prepared.ct_kind != "hu":
+                raise ValueError("mode 'roi' needs HU CT; use 'display' for display CT")
+            out = np.where(prepared.bone, invert_window(x, BONE_WINDOW), out).astype(np.float32)
+    else:
+        raise ValueError(f"unknown mode {mode!r}")
+    grid = rec.get("grid", {})
+    src = rec.get("source_grid")
+    if original_grid and src and (grid.get("resampled") or rec.get("reoriented")):
+        out = resample_to_grid(
+            out, prepared.affine, tuple(src["shape"]), np.asarray(src["affine"], np.float64)
+        )
+    return out
+
+
+# ----------------------------------------------------------------------------- datasets
+
+PREPARED_MANIFEST = "manifest.csv"
+PREPARED_COLUMNS = (
+    "case_id",
+    "patient_id",
+    "prepared",
+    "ct_kind",
+    "ndim",
+    "shape",
+    "spacing",
+    "brain",
+    "bone",
+    "lesion",
+)
+
+
+def prepared_manifest_row(prepared: PreparedCase, folder: str) -> dict[str, str]:
+    """One row of the prepared-dataset manifest (`folder` relative to the manifest)."""
+    return {
+        "case_id": prepared.case_id,
+        "patient_id": str(prepared.record.get("patient_id", prepared.case_id)),
+        "prepared": folder,
+        "ct_kind": prepared.ct_kind,
+        "ndim": str(prepared.ndim),
+        "shape": "x".join(str(s) for s in prepared.shape),
+        "spacing": "x".join(f"{s:g}" for s in prepared.spacing),
+        "brain": prepared.mask_source.get("brain", ""),
+        "bone": prepared.mask_source.get("bone", ""),
+        "lesion": prepared.mask_source.get("lesion", "none"),
+    }
+
+
+def load_prepared_dataset(path: str | Path) -> list[PreparedCase]:
+    """All cases of a folder written by `clinfuse preprocess` (its `manifest.csv`), in order."""
+    import csv
+
+    root = Path(path)
+    man = root / PREPARED_MANIFEST
+    if not man.is_file():
+        raise ClinfuseInputError(f"not a prepared dataset: {PREPARED_MANIFEST} missing", root)
+    with man.open(newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows or "prepared" not in rows[0]:
+        raise ClinfuseInputError("manifest has no 'prepared' column (not from preprocess)", man)
+    return [load_prepared(root / r["prepared"]) for r in rows]
