@@ -154,12 +154,9 @@ def generate_phantom(
     rigid = _random_rigid(rng, mm, deg, cfg.ndim) if (mm > 0 or deg > 0) else np.eye(4)
 
     # Exact masks: a voxel belongs to a structure when at least half of its sub-voxels do.
-    def frac(labels: tuple[int, ...]) -> np.ndarray:
-        return _block_mean(np.isin(labels_hi, labels), k)
-
-    brain = frac(T.INTRACRANIAL_LABELS) >= 0.5
-    bone = frac(T.BONE_LABELS) >= 0.5
-    lesion = frac(T.LESION_LABELS) >= 0.5
+    brain = _block_mean(np.isin(labels_hi, T.INTRACRANIAL_LABELS), k) >= 0.5
+    bone = _block_mean(np.isin(labels_hi, T.BONE_LABELS), k) >= 0.5
+    lesion = _block_mean(np.isin(labels_hi, T.LESION_LABELS), k) >= 0.5
 
     mri = _block_mean(mri_lut[labels_hi], k)
     ct_hi = ct_lut[labels_hi]
