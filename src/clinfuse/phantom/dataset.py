@@ -79,6 +79,18 @@ def case_config(base: PhantomConfig, index: int, contrast: str, lesion: str) -> 
     return replace(base, mri_contrast=c, lesion=les)
 
 
+def check_out_dir(out: str | Path, overwrite: bool) -> Path:
+    """Refuse a non-folder `out` or a non-empty one without `overwrite` (nothing is written)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ClinfuseInputError("output path exists and is not a folder", out)
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise ClinfuseInputError(
+            "output folder exists and is not empty; pass --overwrite to replace its files", out
+        )
+    return out
+
+
 def write_phantom_dataset(
     out: str | Path,
     n: int,
@@ -104,13 +116,7 @@ def write_phantom_dataset(
         raise ClinfuseInputError(f"contrast must be one of {MRI_CONTRASTS} or 'mixed': {contrast}")
     if lesion not in (*LESION_KINDS, "mixed"):
         raise ClinfuseInputError(f"lesion must be one of {LESION_KINDS} or 'mixed': {lesion}")
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ClinfuseInputError("output path exists and is not a folder", out)
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise ClinfuseInputError(
-            "output folder exists and is not empty; pass --overwrite to replace its files", out
-        )
+    out = check_out_dir(out, overwrite)
     out.mkdir(parents=True, exist_ok=True)
     width = max(3, len(str(n - 1)))
     rows = [",".join(MANIFEST_COLUMNS)]
