@@ -1,0 +1,80 @@
+import math
+
+import numpy as np
+import pytest
+
+from clinfuse.errors import ClinfuseInputError
+from clinfuse.evaluation.case import FUSION_COLUMNS, evaluate_case
+
+
+def test_brain_vs_mri_and_bone_vs_bone_window(case_factory):
+    p = case_factory()
+    row = evaluate_case(p.mri, p)
+    assert row["brain_ssim"] == pytest.approx(1.0)
+    assert row["brain_psnr"] == math.inf
+    # Bone is judged against the bone window, not the clinical window.
+    row = evaluate_case(p.ct_bone, p)
+    assert row["bone_ssim"] == pytest.approx(1.0)
+    assert row["bone_psnr"] == math.inf
+    assert row["brain_ssim"] < 0.9
+    assert evaluate_case(p.ct, p)["bone_ssim"] < 0.9
+
+
+def test_roi_psnr_hand_value(case_factory):
+    p = case_factory()
+    # An offset of 0.4 inside the brain: MSE 0.16, PSNR = 10 log10(4^2 / 0.16) = 20 dB.
+    row = evaluate_case(np.where(p.brain, p.mri + 0.4, p.mri), p)
+    assert row["brain_psnr"] == pytest.approx(20.0, abs=1e-4)
+
+
+def test_lesion_metrics_only_with_a_prediction(case_factory):
+    p = case_factory()
+    row = evaluate_case(p.mri, p)
+    assert all(math.isnan(row[k]) for k in ("dice", "nsd", "hd95"))
+    row = evaluate_case(p.mri, p, lesion_pred=p.lesion.astype(np.float32) * 0.9)
+    assert row["dice"] == 1.0 and row["nsd"] == 1.0 and row["hd95"] == 0.0
+    shifted = np.roll(p.lesion, 1, axis=0)
+    row = evaluate_case(p.mri, p, lesion_pred=shifted)
+    assert 0 < row["dice"] < 1 and row["hd95"] == pytest.approx(1.0)
+
+
+def test_bad_inputs_raise_clear_errors(case_factory):
+    p = case_factory()
+    with pytest.raises(ClinfuseInputError, match="shape"):
+        evaluate_case(p.mri[:-1], p)
+    f = p.mri.copy()
+    f[0, 0, 0] = np.nan
+    with pytest.raises(ClinfuseInputError, match="NaN"):
+        evaluate_case(f, p)
+    with pytest.raises(ClinfuseInputError, match="lesion prediction"):
+        evaluate_case(p.mri, p, lesion_pred=np.zeros((4, 4, 4), bool))
+    p.bone = np.zeros((15, 16, 16), bool)
+    with pytest.raises(ClinfuseInputError, match="bone mask"):
+        evaluate_case(p.mri, p)
+
+
+def test_empty_roi_is_nan_with_a_warning(case_factory):
+    p = case_factory()
+    p.bone = np.zeros_like(p.bone)
+    with pytest.warns(RuntimeWarning, match="empty ROI"):
+        row = evaluate_case(p.mri, p)
+    assert math.isnan(row["bone_ssim"]) and math.isnan(row["bone_psnr"])
+    assert row["brain_ssim"] == pytest.approx(1.0)
+
+
+def test_2d_adds_the_standard_metrics(case_factory):
+    pytest.importorskip("clinfuse.metrics.fusion")
+    from clinfuse.metrics.fusion import fusion_metrics
+
+    p = case_factory(shape=(32, 32), lesion=False)
+    a = np.round((p.mri + 2) / 4 * 255).astype(np.uint8)
+    b = np.round((p.ct + 2) / 4 * 255).astype(np.uint8)
+    fused = 0.5 * (p.mri + p.ct)
+    row = evaluate_case(fused, p, sources_uint8=(a, b))
+    assert list(row)[:8] == list(FUSION_COLUMNS)
+    # The fused image is scored as saved: min-max scaled to 0..255 and rounded.
+    lo, hi = fused.min(), fused.max()
+    f8 = np.round((fused - lo) / (hi - lo) * 255).astype(np.uint8)
+    want = fusion_metrics(a, b, f8)
+    for k in FUSION_COLUMNS:
+        assert row[k] == pytest.approx(want[k], rel=1e-6), k

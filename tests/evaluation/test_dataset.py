@@ -1,0 +1,109 @@
+import csv
+import json
+import math
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from clinfuse.baselines import average_fusion
+from clinfuse.errors import ClinfuseInputError
+from clinfuse.evaluation import MethodOutput, compare, evaluate_dataset, read_per_case
+from clinfuse.evaluation.dataset import PreparedItem
+
+
+def _items(case_factory, n=3):
+    return [PreparedItem(f"c{i}", case_factory(f"c{i}", seed=i)) for i in range(n)]
+
+
+def test_writes_fused_csv_and_summary(tmp_path, case_factory):
+    items = _items(case_factory)
+    res = evaluate_dataset("average", None, tmp_path / "out", items=items)
+    out = res.out
+    rows = read_per_case(out)
+    assert [r["case_id"] for r in rows] == ["c0", "c1", "c2"]
+    assert not any(r["error"] for r in rows)
+    with (out / "per_case.csv").open() as fh:
+        header = next(csv.reader(fh))
+    for col in ["brain_ssim", "bone_ssim", "brain_psnr", "bone_psnr", "dice", "nsd", "hd95"]:
+        assert col in header
+    # The fused volume is saved with the case's affine and is exactly what was scored.
+    img = nib.load(out / "fused" / "c1.nii.gz")
+    np.testing.assert_allclose(img.affine, items[1].prepared.affine)
+    np.testing.assert_allclose(img.get_fdata(), average_fusion(items[1].prepared), atol=1e-6)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["method"] == "average" and summary["n_cases"] == 3
+    bs = summary["metrics"]["brain_ssim"]
+    vals = [r["brain_ssim"] for r in rows]
+    assert bs["mean"] == pytest.approx(np.mean(vals))
+    assert bs["sd"] == pytest.approx(np.std(vals, ddof=1))
+    assert "dice" not in summary["metrics"]  # no lesion prediction: all NaN, left out
+    assert "brain_ssim" in (out / "summary.md").read_text()
+
+
+def test_refuses_to_overwrite_without_flag(tmp_path, case_factory):
+    items = _items(case_factory, 1)
+    evaluate_dataset("max", None, tmp_path / "o", items=items)
+    with pytest.raises(ClinfuseInputError, match="overwrite"):
+        evaluate_dataset("max", None, tmp_path / "o", items=items)
+    evaluate_dataset("max", None, tmp_path / "o", items=items, overwrite=True)
+
+
+def test_bad_case_gets_a_nan_row_and_the_run_goes_on(tmp_path, case_factory):
+    items = _items(case_factory, 3)
+    items.insert(1, PreparedItem("broken", None, error="ClinfuseInputError: mask is empty"))
+
+    def method(p):
+        f = p.mri.copy()
+        if p.case_id == "c2":
+            f[0, 0, 0] = np.nan  # a method that produced NaN on one case
+        return f
+
+    with pytest.warns(RuntimeWarning):
+        res = evaluate_dataset(method, None, tmp_path / "o", items=items)
+    rows = read_per_case(res.out)
+    assert [r["case_id"] for r in rows] == ["c0", "broken", "c1", "c2"]
+    assert "mask is empty" in rows[1]["error"] and "NaN" in rows[3]["error"]
+    assert math.isnan(rows[3]["brain_ssim"]) and rows[2]["brain_ssim"] == pytest.approx(1.0)
+    assert json.loads((res.out / "summary.json").read_text())["n_failed"] == 2
+    assert not (res.out / "fused" / "c2.nii.gz").exists()
+
+
+def test_rows_survive_a_crash(tmp_path, case_factory):
+    items = _items(case_factory, 3)
+
+    def method(p):
+        if p.case_id == "c2":
+            raise KeyboardInterrupt  # not an error of the case: the run stops
+        return p.mri
+
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_dataset(method, None, tmp_path / "o", items=items)
+    rows = read_per_case(tmp_path / "o")
+    assert [r["case_id"] for r in rows] == ["c0", "c1"]
+
+
+def test_lesion_prediction_is_scored(tmp_path, case_factory):
+    items = _items(case_factory, 2)
+
+    def method(p):
+        return MethodOutput(p.mri, np.roll(p.lesion, 1, axis=0))
+
+    res = evaluate_dataset(method, None, tmp_path / "o", items=items)
+    assert all(0 < r["dice"] < 1 for r in res.rows)
+    assert "hd95" in res.summary
+
+
+def test_compare_pairs_cases_and_tests(tmp_path, case_factory):
+    items = _items(case_factory, 6)
+    evaluate_dataset("average", None, tmp_path / "a", items=items)
+    evaluate_dataset("composite", None, tmp_path / "b", items=items[1:])
+    cmp = compare([tmp_path / "a", tmp_path / "b"])
+    assert cmp.methods == ["average", "composite"]
+    t = cmp.tests["composite"]["brain_ssim"]
+    assert t.n == 5  # c0 is missing from the second run
+    assert t.mean_diff > 0  # the composite copies the MRI inside the brain
+    # All five differences positive: exact two-sided Wilcoxon p = 2 / 2**5.
+    assert t.p_value == pytest.approx(0.0625)
+    md = cmp.to_markdown()
+    assert "| composite |" in md and "p = 0.062" in md
