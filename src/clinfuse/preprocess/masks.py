@@ -1,0 +1,241 @@
+"""Automatic ROI masks: skull (bone) from CT, intracranial soft tissue (brain + CSF) from CT
+and/or MRI, 2D and 3D; plus an optional TotalSegmentator adapter.
+
+Bone: a half-maximum HU threshold between soft tissue and cortical bone (so partial-volume edge
+voxels are split where the tissue fraction is 0.5), a lower threshold for diploe kept only where
+a spacing-aware closing of the cortical tables encloses it, and removal of small components.
+Brain: the cavity the skull encloses (3D hole filling of the closed skull, united with
+slice-wise filling of axial slices so an opening at the skull base or a fracture does not
+empty it), minus bone, kept soft-tissue HU, largest component. Without a HU CT (none, or a
+display-windowed one such as the Harvard PNGs) the brain comes from the MRI alone: the dark
+skull separates brain from scalp, so threshold, erode, keep the largest blob, dilate back.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+from skimage.filters import threshold_otsu
+
+from clinfuse.errors import ClinfuseInputError
+
+SOFT_TISSUE_HU = 40.0  # grey matter / muscle: the "background" side of the bone half-maximum
+DIPLOE_HU = 250.0  # below the diploe range (300-700 HU), above any soft tissue or blood
+BONE_HALF_MAX_RANGE = (300.0, 700.0)  # clamp of the adaptive cortical half-maximum threshold
+DISPLAY_BONE_LEVEL = 200  # 8-bit display-windowed CT: bone saturates near 255, brain ~90-150
+
+
+def _check_image(x: np.ndarray | None, spacing: Sequence[float], name: str) -> np.ndarray:
+    if x is None:
+        raise ClinfuseInputError(f"{name} image is missing")
+    x = np.asarray(x)
+    if x.ndim not in (2, 3):
+        raise ClinfuseInputError(f"{name} must be 2D or 3D for automatic masks, got {x.ndim}D")
+    if len(spacing) != x.ndim:
+        raise ClinfuseInputError(
+            f"{name}: spacing {tuple(spacing)} has {len(spacing)} values for a {x.ndim}D image"
+        )
+    if not np.all(np.isfinite(x)):
+        raise ClinfuseInputError(f"{name} contains NaN or Inf values")
+    return x.astype(np.float32, copy=False)
+
+
+def ball(radius_mm: float, spacing: Sequence[float]) -> np.ndarray:
+    """Ellipsoidal structuring element of `radius_mm` in physical space (>= 1 voxel per axis)."""
+    r = [max(1, int(np.floor(radius_mm / s))) for s in spacing]
+    grids = np.ogrid[tuple(slice(-ri, ri + 1) for ri in r)]
+    d2 = sum((g * s / max(radius_mm, 1e-6)) ** 2 for g, s in zip(grids, spacing, strict=True))
+    se = d2 <= 1.0
+    if se.sum() == 1:
+        # A radius below the voxel size still connects face neighbours rather than nothing.
+        se |= ndimage.generate_binary_structure(len(spacing), 1)
+    return se
+
+
+def _pad_op(op: str, mask: np.ndarray, se: np.ndarray) -> np.ndarray:
+    """Binary closing/dilation with padding so nothing leaks through the array border."""
+    pad = [(s // 2 + 1,) * 2 for s in se.shape]
+    m = np.pad(mask, pad)
+    if op == "close":
+        m = ndimage.binary_closing(m, structure=se)
+    elif op == "dilate":
+        m = ndimage.binary_dilation(m, structure=se)
+    elif op == "erode":
+        m = ndimage.binary_erosion(m, structure=se, border_value=0)
+    else:  # pragma: no cover - programming error
+        raise ValueError(op)
+    return m[tuple(slice(p[0], p[0] + n) for p, n in zip(pad, mask.shape, strict=True))]
+
+
+def remove_small_components(mask: np.ndarray, min_fraction: float = 0.01) -> np.ndarray:
+    """Drop connected components smaller than `min_fraction` of the largest one."""
+    lab, n = ndimage.label(mask, structure=ndimage.generate_binary_structure(mask.ndim, 2))
+    if n <= 1:
+        return mask.astype(bool)
+    sizes = np.bincount(lab.ravel())
+    sizes[0] = 0
+    keep = sizes >= max(1.0, min_fraction * sizes.max())
+    keep[0] = False
+    return keep[lab]
+
+
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """The largest 6/4-connected component (empty in -> empty out)."""
+    lab, n = ndimage.label(mask)
+    if n == 0:
+        return mask.astype(bool)
+    sizes = np.bincount(lab.ravel())
+    sizes[0] = 0
+    return lab == int(sizes.argmax())
+
+
+def _fill_slicewise(mask: np.ndarray) -> np.ndarray:
+    """Fill holes in each axial slice (last axis of a 3D array; the whole image in 2D)."""
+    if mask.ndim == 2:
+        return ndimage.binary_fill_holes(mask)
+    out = np.zeros_like(mask)
+    for k in range(mask.shape[2]):
+        if mask[:, :, k].any():
+            out[:, :, k] = ndimage.binary_fill_holes(mask[:, :, k])
+    return out
+
+
+def bone_threshold_hu(ct_hu: np.ndarray) -> float:
+    """Half-maximum between soft tissue and this scan's cortical bone (clamped to 300-700 HU).
+
+    A voxel half cortical bone (~1400 HU) and half soft tissue/CSF sits near 700 HU, so the
+    half-maximum splits partial-volume edge voxels at a bone fraction of about 0.5.
+    """
+    dense = ct_hu[ct_hu > 300.0]
+    if dense.size < 10:
+        return BONE_HALF_MAX_RANGE[0]
+    peak = float(np.percentile(dense, 90))
+    return float(np.clip((peak + SOFT_TISSUE_HU) / 2.0, *BONE_HALF_MAX_RANGE))
+
+
+def auto_bone_mask(
+    ct: np.ndarray,
+    spacing: Sequence[float],
+    ct_kind: str = "hu",
+    threshold: float | None = None,
+) -> np.ndarray:
+    """Skull mask (cortical tables + diploe) from a CT, bool, same shape (2D or 3D).
+
+    `ct_kind="hu"`: CT in Hounsfield units (if the scan stores HU + 1024, subtract it first).
+    `ct_kind="display"`: an 8-bit display-windowed CT where bone is saturated; `threshold`
+    defaults to grey level 200. An explicit `threshold` replaces the adaptive one.
+    """
+    x = _check_image(ct, spacing, "CT")
+    if ct_kind == "display":
+        strict = x >= (DISPLAY_BONE_LEVEL if threshold is None else threshold)
+        bone = _pad_op("close", strict, ball(1.5, spacing)) & (x >= 0.8 * DISPLAY_BONE_LEVEL)
+        return remove_small_components(bone | strict)
+    if ct_kind != "hu":
+        raise ClinfuseInputError(f"ct_kind must be 'hu' or 'display', got {ct_kind!r}")
+    thr = bone_threshold_hu(x) if threshold is None else float(threshold)
+    strict = x > thr
+    # Diploe (300-700 HU) lies between the two cortical tables: keep the sub-threshold bone
+    # voxels that a closing of the tables encloses (radius ~ half the diploe thickness).
+    closed = _pad_op("close", strict, ball(2.5, spacing))
+    bone = strict | (closed & (x > min(DIPLOE_HU, thr)))
+    return remove_small_components(bone)
+
+
+def auto_brain_mask(
+    mri: np.ndarray | None,
+    ct: np.ndarray | None,
+    spacing: Sequence[float],
+    ct_kind: str = "hu",
+    bone: np.ndarray | None = None,
+) -> np.ndarray:
+    """Intracranial soft tissue (brain + CSF inside the inner skull table), bool, 2D or 3D.
+
+    With a HU CT: the cavity enclosed by the (given or automatic) bone mask. With no CT, or a
+    display-windowed CT (`ct_kind="display"`, whose alignment and window are not trusted),
+    from the MRI alone (see `mri_brain_mask`).
+    """
+    if ct is None or ct_kind == "display":
+        return mri_brain_mask(_check_image(mri, spacing, "MRI"), spacing)
+    if ct_kind != "hu":
+        raise ClinfuseInputError(f"ct_kind must be 'hu' or 'display', got {ct_kind!r}")
+    x = _check_image(ct, spacing, "CT")
+    if bone is None:
+        bone = auto_bone_mask(x, spacing, ct_kind)
+    elif bone.shape != x.shape:
+        raise ClinfuseInputError(f"bone mask shape {bone.shape} does not match CT {x.shape}")
+    bone = bone.astype(bool)
+    if not bone.any():
+        raise ClinfuseInputError("no skull found in the CT (no voxel above the bone threshold)")
+    # Close small openings (fracture lines, foramina, partial-volume holes) before filling.
+    closed = _pad_op("close", bone, ball(4.0, spacing))
+    interior = (ndimage.binary_fill_holes(closed) | _fill_slicewise(closed)) & ~closed
+    # The closing also swallowed the innermost brain voxels along the inner table: add back the
+    # non-bone soft-tissue voxels next to the interior (one voxel), but not a fracture gap.
+    soft = (x > -30.0) & ~bone
+    near = _pad_op("dilate", interior, ndimage.generate_binary_structure(x.ndim, 1))
+    brain = (interior | (near & closed)) & soft
+    return largest_component(brain)
+
+
+def mri_brain_mask(mri: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
+    """Intracranial mask from a head MRI with skull (T1/T2-like), no CT.
+
+    The skull's cortical bone is dark on every MRI contrast and separates the brain from the
+    scalp: threshold the smoothed image at half the median head intensity, erode 4 mm to cut
+    thin bridges through the skull, keep the largest blob, dilate back inside the threshold
+    mask, and fill holes (dark CSF/ventricles on T1). On T1 the dark subarachnoid CSF rim is
+    indistinguishable from bone, so the mask is slightly tighter there.
+    """
+    x = _check_image(mri, spacing, "MRI")
+    sm = ndimage.gaussian_filter(x, sigma=[1.0 / s for s in spacing])
+    hi = float(np.percentile(sm, 99.5))
+    if hi <= 0:
+        raise ClinfuseInputError("MRI is empty (no positive values)")
+    head = sm > threshold_otsu(np.clip(sm, 0, hi)) * 0.5
+    head = largest_component(_fill_slicewise(head))
+    thr = 0.5 * float(np.median(sm[head]))
+    fg = head & (sm > thr)
+    core = largest_component(_pad_op("erode", fg, ball(4.0, spacing)))
+    brain = _pad_op("dilate", core, ball(4.0, spacing)) & fg
+    brain = _fill_slicewise(brain) | ndimage.binary_fill_holes(brain)
+    return largest_component(brain)
+
+
+def totalsegmentator_masks(
+    ct: np.ndarray, affine: np.ndarray, device: str = "cpu"
+) -> dict[str, np.ndarray]:
+    """Brain and skull masks from TotalSegmentator (task "total"), only when the package and
+    its weights are present; raises `ClinfuseInputError` saying what is missing otherwise.
+
+    Note TotalSegmentator's "brain" is the parenchyma, not the intracranial volume.
+    """
+    if importlib.util.find_spec("totalsegmentator") is None:
+        raise ClinfuseInputError(
+            "TotalSegmentator is not installed (pip install TotalSegmentator, then download its "
+            "weights with `totalseg_download_weights -t total`). It is optional: "
+            "clinfuse's auto_bone_mask/auto_brain_mask work without it."
+        )
+    home = Path(os.environ.get("TOTALSEG_HOME_DIR", Path.home() / ".totalsegmentator"))
+    weights = home / "nnunet" / "results"
+    if not weights.is_dir() or not any(weights.iterdir()):
+        raise ClinfuseInputError(
+            f"TotalSegmentator weights not found in {weights}; run "
+            "`totalseg_download_weights -t total` on a machine with internet access "
+            "(clinfuse never downloads weights at run time)."
+        )
+    import nibabel as nib  # noqa: PLC0415 - only needed on this optional path
+    from totalsegmentator.map_to_binary import class_map  # type: ignore[import-not-found]
+    from totalsegmentator.python_api import totalsegmentator  # type: ignore[import-not-found]
+
+    img = nib.Nifti1Image(np.asarray(ct, dtype=np.float32), np.asarray(affine, dtype=float))
+    seg = totalsegmentator(
+        img, None, task="total", roi_subset=["brain", "skull"], ml=True, device=device, quiet=True
+    )
+    labels = np.asarray(seg.dataobj)
+    ids = {name: i for i, name in class_map["total"].items()}
+    return {"brain": labels == ids["brain"], "bone": labels == ids["skull"]}
