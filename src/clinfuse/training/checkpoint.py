@@ -1,0 +1,141 @@
+"""Training checkpoints: atomic save, `weights_only=True` load, architecture checks.
+
+A checkpoint is a plain dict (tensors, numbers, strings, lists, dicts) so `torch.load(...,
+weights_only=True)` reads it: model and EMA weights, optimizer / LR-scheduler / grad-scaler
+state, step, RNG state and the full resolved config (as a dict and as YAML text).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from clinfuse.errors import ClinfuseInputError
+from clinfuse.io.atomic import atomic_write
+from clinfuse.training.config import TrainConfig, config_from_dict, dump_config, to_dict
+
+FORMAT = "clinfuse-train-checkpoint/1"
+
+
+@dataclass
+class LoadedCheckpoint:
+    """What inference needs: the model with EMA weights (eval mode), the resolved config and
+    the training step. `state` is the raw checkpoint dict (for resuming)."""
+
+    model: nn.Module
+    config: TrainConfig
+    step: int
+    path: str
+    state: dict[str, Any]
+
+    @property
+    def model_config(self) -> dict[str, Any]:
+        """The `ModelConfig` fields as a plain dict."""
+        return dict(self.config.model)
+
+
+def save_checkpoint(
+    path: str | Path,
+    *,
+    model: nn.Module,
+    ema: nn.Module,
+    config: TrainConfig,
+    step: int,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any = None,
+    scaler: Any = None,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write a checkpoint atomically (temp file + `os.replace`); `ema` is the
+    `torch.optim.swa_utils.AveragedModel` of `model`. Returns the path."""
+    import clinfuse
+
+    state: dict[str, Any] = {
+        "format": FORMAT,
+        "step": int(step),
+        "config": to_dict(config),
+        "config_yaml": dump_config(config),
+        "model": model.state_dict(),
+        "ema": ema.state_dict(),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        # Batches and diffusion noise come from generators derived from (seed, step), so these
+        # global states only matter for code that uses the global RNG (none in our model).
+        "rng": {"torch": torch.get_rng_state()},
+        "extra": dict(extra or {}),
+        "versions": {"torch": torch.__version__, "clinfuse": getattr(clinfuse, "__version__", "")},
+    }
+    path = Path(path)
+    with atomic_write(path) as tmp:
+        torch.save(state, tmp)
+    return path
+
+
+def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """The raw checkpoint dict, loaded with `weights_only=True`; clear errors for bad files."""
+    path = Path(path)
+    if not path.is_file():
+        raise ClinfuseInputError("checkpoint not found", path)
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # torch raises many types for corrupt / foreign files
+        raise ClinfuseInputError(
+            f"cannot read checkpoint ({type(err).__name__}: {err})", path
+        ) from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise ClinfuseInputError(
+            f"not a clinfuse training checkpoint (expected format {FORMAT!r})", path
+        )
+    return state
+
+
+def ema_weights(state: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The EMA model's state dict (AveragedModel keys are prefixed with `module.`)."""
+    ema = state["ema"]
+    return {k[len("module.") :]: v for k, v in ema.items() if k.startswith("module.")}
+
+
+def load_weights(model: nn.Module, weights: dict[str, torch.Tensor], source: str | Path) -> None:
+    """`model.load_state_dict` with an error that names the architecture mismatch."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(weights))
+    unexpected = sorted(set(weights) - set(own))
+    shapes = [
+        f"{k}: checkpoint {tuple(weights[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own
+        if k in weights and tuple(weights[k].shape) != tuple(own[k].shape)
+    ]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {missing[:3]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})")
+        if shapes:
+            parts.append(f"{len(shapes)} of another shape (e.g. {shapes[:2]})")
+        raise ClinfuseInputError(
+            "checkpoint is from another model architecture: " + "; ".join(parts), source
+        )
+    model.load_state_dict(weights)
+
+
+def build_model(model_config: dict[str, Any]) -> nn.Module:
+    """A `FusionModel` from the plain-dict model config stored in checkpoints."""
+    from clinfuse.nn.model import FusionModel
+
+    return FusionModel.from_config(dict(model_config))
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> LoadedCheckpoint:
+    """Load a checkpoint for inference: `FusionModel` with the EMA weights, in eval mode."""
+    state = read_checkpoint(path, map_location)
+    config = config_from_dict(state["config"], str(path))
+    model = build_model(config.model)
+    load_weights(model, ema_weights(state), path)
+    model.to(map_location).eval()
+    return LoadedCheckpoint(model, config, int(state["step"]), str(path), state)

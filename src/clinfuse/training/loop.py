@@ -1,0 +1,706 @@
+"""The training loop: L_total = L_diffusion + lambda_roi * L_ROI (MISSION Eq. 2), with mixed
+precision, gradient accumulation, EMA, warm-up, DDP, DDIM validation, CSV/TensorBoard logs and
+exactly resumable checkpoints.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.optim.swa_utils import AveragedModel
+
+from clinfuse.errors import ClinfuseInputError
+from clinfuse.training.checkpoint import (
+    build_model,
+    load_weights,
+    read_checkpoint,
+    save_checkpoint,
+)
+from clinfuse.training.config import (
+    RESUMABLE_KEYS,
+    TrainConfig,
+    config_from_dict,
+    dump_config,
+    to_dict,
+)
+from clinfuse.training.data import Batch, TrainData, load_train_data
+from clinfuse.training.distributed import (
+    DistInfo,
+    all_reduce_mean,
+    barrier,
+    setup_distributed,
+    teardown_distributed,
+)
+
+TRAIN_COLUMNS = [
+    "step",
+    "loss",
+    "loss_diffusion",
+    "loss_roi",
+    "loss_brain",
+    "loss_bone",
+    "loss_lesion",
+    "lr",
+    "grad_norm",
+    "grad_norm_lesion",
+    "jitter_applied",
+    "jitter_fraction",
+    "step_seconds",
+]
+VAL_COLUMNS = [
+    "val_loss_diffusion",
+    "val_ssim_brain",
+    "val_ssim_bone",
+    "val_roi_ssim",
+    "val_psnr_bone",
+    "val_dice_lesion",
+]
+JITTER_COLUMNS = (
+    ["step", "micro", "sample", "case_id", "applied"]
+    + [f"t{i}_mm" for i in range(3)]
+    + [f"r{i}_deg" for i in range(3)]
+)
+
+
+class NonFiniteLossError(ClinfuseInputError):
+    """The loss became NaN/Inf: the run stops and keeps its last good checkpoint."""
+
+
+@dataclass
+class TrainResult:
+    """What `train` returns. `model` is the raw (non-DDP) model, `ema` its AveragedModel."""
+
+    step: int
+    out: Path
+    model: nn.Module
+    ema: nn.Module
+    last_checkpoint: Path | None
+    best_checkpoint: Path | None
+    best_score: float | None
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+class TrainingObjective(nn.Module):
+    """One forward pass of everything that carries gradients, so DDP sees a single `forward`.
+
+    Returns the network output, x̂0 and the lesion logits; the loss arithmetic stays outside.
+    """
+
+    def __init__(self, model: nn.Module, schedule: nn.Module, detach_x0_for_lesion: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.schedule = schedule
+        self.detach = detach_x0_for_lesion
+
+    def forward(
+        self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, with_lesion: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        tokens = self.model.encode(cond)
+        out = self.model(x_t, t, cond, tokens)
+        x0_hat, _ = self.schedule.split_prediction(
+            out.float(), x_t, t, self.model.config.prediction
+        )
+        logits = None
+        if with_lesion:
+            # Detached by default: the lesion term trains the head to read the fused estimate;
+            # it must not push the denoiser to paint lesion-friendly intensities (TRAINING.md).
+            head_in = x0_hat.detach() if self.detach else x0_hat
+            logits = self.model.lesion_head(head_in.to(cond.dtype), cond)
+        return out, x0_hat, logits
+
+
+def _amp_settings(mode: str, device: torch.device) -> tuple[bool, torch.dtype, bool]:
+    """(autocast enabled, dtype, use GradScaler). `auto`: bf16 on CPU, fp16 + scaler on CUDA."""
+    if mode == "off":
+        return False, torch.float32, False
+    if mode == "auto":
+        mode = "fp16" if device.type == "cuda" else "bf16"
+    if mode == "bf16":
+        return True, torch.bfloat16, False
+    return True, torch.float16, device.type == "cuda"
+
+
+def _ema_avg_fn(decay: float) -> Any:
+    """EMA update for `AveragedModel(multi_avg_fn=...)`, with the usual warm-up
+    decay_n = min(decay, (1 + n) / (10 + n)) so short runs are not dominated by the init."""
+
+    @torch.no_grad()
+    def update(ema: list[torch.Tensor], cur: list[torch.Tensor], n: torch.Tensor | int) -> None:
+        d = min(decay, (1.0 + float(n)) / (10.0 + float(n)))
+        if ema and not ema[0].is_floating_point():  # integer buffers: copy
+            for e, c in zip(ema, cur, strict=True):
+                e.copy_(c)
+            return
+        torch._foreach_lerp_(ema, cur, 1.0 - d)
+
+    return update
+
+
+def _lr_lambda(cfg: TrainConfig) -> Any:
+    warm = max(0, cfg.optim.warmup_steps)
+
+    def factor(step: int) -> float:
+        # `step` counts optimizer steps already taken; the first update uses factor(0).
+        if warm and step < warm:
+            return (step + 1) / warm
+        if cfg.optim.lr_schedule == "cosine":
+            span = max(1, cfg.max_steps - warm)
+            prog = min(1.0, (step - warm) / span)
+            lo = cfg.optim.min_lr_ratio
+            return lo + (1 - lo) * 0.5 * (1 + math.cos(math.pi * prog))
+        return 1.0
+
+    return factor
+
+
+def _seed_for(*parts: int) -> int:
+    """A 63-bit seed derived from integers (seed, step, micro-batch, rank...)."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> 1)
+
+
+def _roi_term(x: torch.Tensor, ref: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """1 − masked SSIM, averaged over the items whose mask is non-empty (0 if none is)."""
+    from clinfuse.losses.ssim import masked_ssim
+
+    per_item = masked_ssim(x, ref, mask, reduction="none")
+    keep = torch.isfinite(per_item)
+    if not bool(keep.any()):
+        return x.sum() * 0.0
+    return (1.0 - per_item[keep]).mean()
+
+
+def _lesion_term(logits: torch.Tensor, batch: Batch, cfg: TrainConfig) -> torch.Tensor:
+    """gamma's term: Dice + NSD + HD95 surrogates (+ BCE) on cases that have a lesion mask."""
+    from clinfuse.losses.lesion import lesion_loss
+
+    logits = logits.float()
+    idx = [i for i in range(logits.shape[0]) if bool(batch.has_lesion[i])]
+    if not idx:
+        return logits.sum() * 0.0
+    total = logits.new_zeros(())
+    for i in idx:
+        prob = torch.sigmoid(logits[i : i + 1])
+        target = batch.lesion[i : i + 1]
+        term = lesion_loss(prob, target, batch.spacing[i], tau=cfg.roi.lesion_tau_mm)
+        if cfg.roi.lesion_bce_weight:
+            term = term + cfg.roi.lesion_bce_weight * F.binary_cross_entropy_with_logits(
+                logits[i : i + 1], target
+            )
+        total = total + term
+    return total / len(idx)
+
+
+def compute_losses(
+    objective: nn.Module,
+    schedule: nn.Module,
+    batch: Batch,
+    cfg: TrainConfig,
+    generator: torch.Generator,
+    amp: tuple[bool, torch.dtype, bool],
+    prediction: str,
+) -> dict[str, torch.Tensor]:
+    """All loss terms for one micro-batch (scalars; `total` carries the gradient)."""
+    x0 = batch.target
+    device = x0.device
+    t = torch.randint(0, schedule.num_steps, (x0.shape[0],), generator=generator, device=device)
+    noise = torch.randn(x0.shape, generator=generator, device=device, dtype=x0.dtype)
+    x_t = schedule.q_sample(x0, t, noise)
+    use_lesion = cfg.roi.lambda_roi > 0 and cfg.roi.gamma > 0
+    enabled, dtype, _ = amp
+    with torch.autocast(device.type, dtype=dtype, enabled=enabled):
+        out, x0_hat, logits = objective(x_t, t, batch.cond, use_lesion)
+    target = schedule.model_target(x0, noise, t, prediction)
+    loss_diff = F.mse_loss(out.float(), target)
+    zero = loss_diff * 0.0
+    loss_brain = loss_bone = loss_lesion = zero
+    if cfg.roi.lambda_roi > 0:
+        # L_ROI on the predicted clean image, in fp32 (SSIM's variances are cancellation-prone).
+        x0f = x0_hat.float()
+        if cfg.roi.alpha:
+            loss_brain = _roi_term(x0f, batch.cond[:, 0:1], batch.brain)
+        if cfg.roi.beta:
+            loss_bone = _roi_term(x0f, batch.cond[:, 2:3], batch.bone)
+        if use_lesion and logits is not None:
+            loss_lesion = _lesion_term(logits, batch, cfg)
+    loss_roi = cfg.roi.alpha * loss_brain + cfg.roi.beta * loss_bone + cfg.roi.gamma * loss_lesion
+    total = loss_diff + cfg.roi.lambda_roi * loss_roi
+    return {
+        "loss": total,
+        "loss_diffusion": loss_diff,
+        "loss_roi": loss_roi,
+        "loss_brain": loss_brain,
+        "loss_bone": loss_bone,
+        "loss_lesion": loss_lesion,
+    }
+
+
+def _psnr(x: torch.Tensor, ref: torch.Tensor, mask: torch.Tensor, data_range: float) -> float:
+    """ROI-PSNR in dB over the masked voxels (METRICS.md)."""
+    try:
+        from clinfuse.metrics.roi import roi_psnr
+    except ImportError:  # metrics package not there yet: same definition, inline
+        m = mask > 0.5
+        mse = float(((x - ref)[m] ** 2).mean()) if bool(m.any()) else float("nan")
+        return 10.0 * math.log10(data_range**2 / max(mse, 1e-12))
+    return float(
+        roi_psnr(
+            x.squeeze().cpu().numpy(),
+            ref.squeeze().cpu().numpy(),
+            mask.squeeze().cpu().numpy() > 0.5,
+            data_range=data_range,
+        )
+    )
+
+
+def _dice(pred: torch.Tensor, gt: torch.Tensor) -> float:
+    try:
+        from clinfuse.metrics.segmentation import dice
+    except ImportError:
+        p, g = pred > 0.5, gt > 0.5
+        denom = int(p.sum()) + int(g.sum())
+        return 1.0 if denom == 0 else 2.0 * int((p & g).sum()) / denom
+    return float(dice(pred.squeeze().cpu().numpy() > 0.5, gt.squeeze().cpu().numpy() > 0.5))
+
+
+@torch.no_grad()
+def validate(
+    model: nn.Module,
+    schedule: nn.Module,
+    batches: list[Batch],
+    cfg: TrainConfig,
+    device: torch.device,
+) -> dict[str, float]:
+    """DDIM sampling on held-out cases with `model` (the EMA weights): diffusion loss at fixed
+    noise levels, brain/bone ROI-SSIM, bone ROI-PSNR and the lesion head's Dice."""
+    from clinfuse.diffusion.samplers import sample
+    from clinfuse.losses.ssim import masked_ssim
+    from clinfuse.nn.model import pad_to_multiple
+
+    model.eval()
+    prediction = model.config.prediction
+    rows: dict[str, list[float]] = {k: [] for k in VAL_COLUMNS}
+    mult = model.size_multiple
+    for i, cpu_batch in enumerate(batches):
+        b = cpu_batch.to(device)
+        gen = torch.Generator(device=device).manual_seed(_seed_for(cfg.seed, 7, i))
+        cond, crop = pad_to_multiple(b.cond, mult)
+        # Diffusion loss at four fixed noise levels (fixed noise): comparable across steps.
+        losses = []
+        for frac in (0.1, 0.3, 0.6, 0.9):
+            t = torch.full((1,), int(frac * (schedule.num_steps - 1)), device=device)
+            noise = torch.randn(b.target.shape, generator=gen, device=device)
+            x_t = schedule.q_sample(b.target, t, noise)
+            x_tp, _ = pad_to_multiple(x_t, mult)
+            out = model(x_tp, t, cond)[crop]
+            losses.append(
+                float(F.mse_loss(out, schedule.model_target(b.target, noise, t, prediction)))
+            )
+        rows["val_loss_diffusion"].append(float(np.mean(losses)))
+        fused_p = sample(
+            model,
+            cond,
+            schedule,
+            steps=cfg.diffusion.val_sampling_steps,
+            generator=gen,
+            clip_x0=cfg.diffusion.clip_x0,
+        )
+        fused = fused_p[crop]
+        mri, ct_bone = b.cond[:, 0:1], b.cond[:, 2:3]
+        sb = float(masked_ssim(fused, mri, b.brain)) if bool(b.brain.any()) else math.nan
+        so = float(masked_ssim(fused, ct_bone, b.bone)) if bool(b.bone.any()) else math.nan
+        rows["val_ssim_brain"].append(sb)
+        rows["val_ssim_bone"].append(so)
+        rows["val_roi_ssim"].append(float(np.nanmean([sb, so])))
+        rows["val_psnr_bone"].append(_psnr(fused, ct_bone, b.bone, 4.0))
+        if bool(b.has_lesion[0]) and bool(b.lesion.any()):
+            prob = torch.sigmoid(model.lesion_head(fused_p, cond)[crop].float())
+            rows["val_dice_lesion"].append(_dice(prob, b.lesion))
+    out = {}
+    for k, vals in rows.items():
+        finite = [v for v in vals if math.isfinite(v)]
+        out[k] = float(np.mean(finite)) if finite else math.nan
+    return out
+
+
+def _truncate_csv(path: Path, last_step: int) -> None:
+    """Drop rows logged after `last_step` (a resumed run re-does them)."""
+    if not path.is_file():
+        return
+    with path.open(newline="") as fh:
+        rows = list(csv.reader(fh))
+    if not rows:
+        return
+    keep = [rows[0]] + [r for r in rows[1:] if r and int(float(r[0])) <= last_step]
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with tmp.open("w", newline="") as fh:
+        csv.writer(fh).writerows(keep)
+    tmp.replace(path)
+
+
+class _CsvLog:
+    """Append-only CSV with a fixed header (written once)."""
+
+    def __init__(self, path: Path, columns: list[str]) -> None:
+        self.path = path
+        self.columns = columns
+        if not path.is_file() or path.stat().st_size == 0:
+            with path.open("w", newline="") as fh:
+                csv.writer(fh).writerow(columns)
+
+    def write(self, row: dict[str, Any]) -> None:
+        with self.path.open("a", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow([_fmt(row.get(c, "")) for c in self.columns])
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return "" if math.isnan(v) else f"{v:.6g}"
+    return str(v)
+
+
+def _check_resume_config(config: TrainConfig, saved: TrainConfig, path: Path) -> None:
+    a, b = to_dict(config), to_dict(saved)
+
+    def diff(x: Any, y: Any, prefix: str) -> list[str]:
+        if isinstance(x, dict) and isinstance(y, dict):
+            keys = sorted(set(x) | set(y))
+            return [d for k in keys for d in diff(x.get(k), y.get(k), f"{prefix}{k}.")]
+        return [] if x == y else [prefix.rstrip(".")]
+
+    changed = [
+        k for k in diff(a, b, "") if k not in RESUMABLE_KEYS and not k.startswith("data.path")
+    ]
+    if changed:
+        raise ClinfuseInputError(
+            f"cannot resume: the config differs from the checkpoint's in {changed}; only "
+            f"{sorted(RESUMABLE_KEYS)} may change (resume with the checkpoint's own config "
+            "plus --max-steps)",
+            path,
+        )
+
+
+def _prepare_out(out: Path, resume: Path | None, overwrite: bool, data_path: str | None) -> Path:
+    from clinfuse.io.atomic import check_output_dir
+
+    if resume is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        return out.resolve()
+    inputs = [data_path] if data_path else []
+    if out.is_dir() and (out / "last.ckpt").exists() and not overwrite:
+        raise ClinfuseInputError(
+            "this run folder already holds a run; continue it with --resume "
+            f"{out / 'last.ckpt'} or pass --overwrite to start again",
+            out,
+        )
+    out = check_output_dir(out, overwrite=overwrite, inputs=inputs)
+    for name in ("metrics.csv", "jitter.csv"):
+        (out / name).unlink(missing_ok=True)
+    return out
+
+
+def train(
+    config: TrainConfig,
+    data: TrainData | str | Path | None,
+    out: str | Path,
+    resume: str | Path | None = None,
+    device: str | torch.device = "auto",
+    *,
+    progress: bool = True,
+    overwrite: bool = False,
+) -> TrainResult:
+    """Train (or resume) a `FusionModel`; see docs/TRAINING.md.
+
+    `data`: a `TrainData` or a dataset path (default: `config.data.path`). Under `torchrun`
+    every rank calls this; only rank 0 writes `out`. Returns a `TrainResult`.
+    """
+    from clinfuse.diffusion.schedule import NoiseSchedule
+
+    info = setup_distributed(device)
+    try:
+        return _train(config, data, Path(out), resume, info, progress, overwrite, NoiseSchedule)
+    finally:
+        teardown_distributed(info)
+
+
+def _train(
+    config: TrainConfig,
+    data: TrainData | str | Path | None,
+    out: Path,
+    resume: str | Path | None,
+    info: DistInfo,
+    show_progress: bool,
+    overwrite: bool,
+    schedule_cls: type,
+) -> TrainResult:
+    dev = info.device
+    resume_state = None
+    if resume is not None:
+        resume = Path(resume)
+        resume_state = read_checkpoint(resume, map_location=dev)
+        _check_resume_config(config, config_from_dict(resume_state["config"], str(resume)), resume)
+
+    data_path = None
+    if not isinstance(data, TrainData):
+        data_path = str(data) if data is not None else config.data.path
+        if not data_path:
+            raise ClinfuseInputError("no dataset given: pass --data DIR or set data.path")
+        data = load_train_data(data_path, config.data)
+    model_dims = config.model["spatial_dims"]
+    if data.ndim != model_dims:
+        raise ClinfuseInputError(
+            f"the data is {data.ndim}D but the model is {model_dims}D (model.spatial_dims)",
+            data_path,
+        )
+
+    if info.is_main:
+        out = _prepare_out(out, resume, overwrite, data_path)
+    barrier(info)
+
+    # Same initial weights on every rank and every run of this seed, without reseeding globally.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        model = build_model(config.model)
+    mult = model.size_multiple
+    if any(p % mult for p in config.data.patch_size):
+        raise ClinfuseInputError(
+            f"config key 'data.patch_size' {tuple(config.data.patch_size)}: every size must be "
+            f"a multiple of {mult} for this model"
+        )
+    model.to(dev)
+    prediction = model.config.prediction
+    schedule = schedule_cls(model.config.num_train_steps, model.config.schedule).to(dev)
+    ema = AveragedModel(model, multi_avg_fn=_ema_avg_fn(config.ema_decay), use_buffers=True)
+    objective: nn.Module = TrainingObjective(model, schedule, config.roi.detach_x0_for_lesion)
+    use_lesion = config.roi.lambda_roi > 0 and config.roi.gamma > 0
+    if info.enabled:
+        objective = nn.parallel.DistributedDataParallel(
+            objective,
+            device_ids=[dev.index] if dev.type == "cuda" else None,
+            find_unused_parameters=not use_lesion,
+        )
+    optimizer = torch.optim.AdamW(
+        model.parameters(),
+        lr=config.optim.lr,
+        betas=tuple(config.optim.betas),
+        weight_decay=config.optim.weight_decay,
+    )
+    lr_sched = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config))
+    lesion_params = list(model.lesion_head.parameters())
+    lesion_ids = {id(p) for p in lesion_params}
+    fusion_params = [p for p in model.parameters() if id(p) not in lesion_ids]
+    amp = _amp_settings(config.amp, dev)
+    scaler = torch.amp.GradScaler(dev.type, enabled=amp[2])
+
+    per_step = config.batch_size * info.world_size
+    if config.effective_batch % per_step:
+        raise ClinfuseInputError(
+            f"effective_batch {config.effective_batch} is not a multiple of batch_size × "
+            f"processes = {config.batch_size} × {info.world_size}"
+        )
+    accum = config.effective_batch // per_step
+
+    start = 0
+    extra: dict[str, Any] = {"best_score": None, "jitter_applied": 0, "jitter_seen": 0}
+    if resume_state is not None:
+        load_weights(model, resume_state["model"], resume)
+        ema.load_state_dict(resume_state["ema"])
+        optimizer.load_state_dict(resume_state["optimizer"])
+        lr_sched.load_state_dict(resume_state["scheduler"])
+        if resume_state.get("scaler"):
+            scaler.load_state_dict(resume_state["scaler"])
+        start = int(resume_state["step"])
+        extra.update(resume_state.get("extra", {}))
+
+    writer = None
+    metrics_log = jitter_log = None
+    if info.is_main:
+        from clinfuse.io.atomic import write_text_atomic
+
+        write_text_atomic(out / "config.yaml", dump_config(config))
+        split = {
+            "train": data.train_ids,
+            "val": data.val_ids,
+            "patients": data.patients,
+            "world_size": info.world_size,
+            "accumulation": accum,
+        }
+        write_text_atomic(out / "split.json", json.dumps(split, indent=1))
+        _truncate_csv(out / "metrics.csv", start)
+        _truncate_csv(out / "jitter.csv", start)
+        metrics_log = _CsvLog(out / "metrics.csv", TRAIN_COLUMNS + VAL_COLUMNS)
+        jitter_log = _CsvLog(out / "jitter.csv", JITTER_COLUMNS)
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(out / "tb"), purge_step=start + 1)
+
+    val_batches = data.val_batches() if info.is_main else []
+    history: list[dict[str, float]] = []
+    last_ckpt = out / "last.ckpt" if (out / "last.ckpt").exists() else None
+    best_ckpt = out / "best.ckpt" if (out / "best.ckpt").exists() else None
+    bar = None
+    if info.is_main and show_progress:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        bar = Progress(
+            TextColumn("[bold]train[/]"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.description}"),
+        )
+        bar.start()
+        task = bar.add_task("", total=config.max_steps, completed=start)
+
+    def checkpoint(path: Path, step: int) -> Path:
+        return save_checkpoint(
+            path,
+            model=model,
+            ema=ema,
+            config=config,
+            step=step,
+            optimizer=optimizer,
+            scheduler=lr_sched,
+            scaler=scaler,
+            extra=extra,
+        )
+
+    try:
+        for step in range(start + 1, config.max_steps + 1):
+            t0 = time.perf_counter()
+            objective.train()
+            optimizer.zero_grad(set_to_none=True)
+            sums: dict[str, float] = {}
+            jit_rows = []
+            for micro in range(accum):
+                # One generator per (seed, step, micro-batch, rank): each rank draws its own
+                # shard of patches, and a resumed run redraws exactly the same batches.
+                rng = np.random.default_rng([config.seed, step, micro, info.rank])
+                gen = torch.Generator(device=dev).manual_seed(
+                    _seed_for(config.seed, step, micro, info.rank, 1)
+                )
+                batch = data.sample_batch(rng, config.batch_size, config.jitter).to(dev)
+                sync = micro == accum - 1 or not info.enabled
+                ctx = nullcontext() if sync else objective.no_sync()
+                with ctx:
+                    losses = compute_losses(
+                        objective, schedule, batch, config, gen, amp, prediction
+                    )
+                    scaler.scale(losses["loss"] / accum).backward()
+                for k, v in losses.items():
+                    sums[k] = sums.get(k, 0.0) + float(v.detach()) / accum
+                for j, params in enumerate(batch.jitter):
+                    jit_rows.append(
+                        {"step": step, "micro": micro, "sample": j, "case_id": batch.case_ids[j]}
+                        | params.as_row()
+                    )
+            keys = sorted(sums)
+            reduced = all_reduce_mean(torch.tensor([sums[k] for k in keys], device=dev), info)
+            sums = dict(zip(keys, reduced.tolist(), strict=True))
+            if not all(math.isfinite(v) for v in sums.values()):
+                raise NonFiniteLossError(
+                    f"non-finite loss at step {step} ("
+                    + ", ".join(f"{k}={v:.4g}" for k, v in sums.items())
+                    + f"); stopped before updating the weights. Last good checkpoint: "
+                    f"{last_ckpt or 'none yet'}. Try a lower optim.lr or amp: off.",
+                    out,
+                )
+            scaler.unscale_(optimizer)
+            clip = config.optim.grad_clip if config.optim.grad_clip > 0 else float("inf")
+            # Clipped per part: with x0_hat detached the lesion head and the denoiser have
+            # disjoint losses, and the (unbounded) HD95 surrogate must not shrink the
+            # denoiser's step through one global norm.
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(fusion_params, clip))
+            grad_norm_lesion = float(torch.nn.utils.clip_grad_norm_(lesion_params, clip))
+            if not amp[2] and not math.isfinite(grad_norm + grad_norm_lesion):
+                raise NonFiniteLossError(
+                    f"non-finite gradient norm at step {step}; stopped before updating the "
+                    f"weights. Last good checkpoint: {last_ckpt or 'none yet'}.",
+                    out,
+                )
+            lr = optimizer.param_groups[0]["lr"]
+            scaler.step(optimizer)
+            scaler.update()
+            lr_sched.step()
+            ema.update_parameters(model)
+
+            extra["jitter_applied"] += sum(int(r["applied"]) for r in jit_rows)
+            extra["jitter_seen"] += len(jit_rows)
+            row: dict[str, Any] = {"step": step, **sums, "lr": lr, "grad_norm": grad_norm}
+            row["grad_norm_lesion"] = grad_norm_lesion
+            row["jitter_applied"] = sum(int(r["applied"]) for r in jit_rows)
+            row["jitter_fraction"] = extra["jitter_applied"] / max(1, extra["jitter_seen"])
+            row["step_seconds"] = time.perf_counter() - t0
+
+            do_val = step % config.val_every == 0 or step == config.max_steps
+            if do_val and info.is_main and val_batches:
+                vals = validate(ema.module, schedule, val_batches, config, dev)
+                row.update(vals)
+                score = vals["val_roi_ssim"]
+                if math.isfinite(score) and (
+                    extra["best_score"] is None or score > extra["best_score"]
+                ):
+                    extra["best_score"] = score
+                    best_ckpt = checkpoint(out / "best.ckpt", step)
+                if bar is not None:
+                    bar.console.print(
+                        f"step {step}: "
+                        + ", ".join(f"{k}={v:.4f}" for k, v in vals.items() if math.isfinite(v))
+                    )
+            if do_val:
+                barrier(info)  # the other ranks wait while rank 0 validates
+
+            if info.is_main:
+                metrics_log.write(row)
+                for r in jit_rows:
+                    jitter_log.write(r)
+                for k, v in row.items():
+                    if k != "step" and isinstance(v, float) and math.isfinite(v):
+                        writer.add_scalar(k.replace("val_", "val/", 1), v, step)
+                if step % config.ckpt_every == 0 or step == config.max_steps:
+                    last_ckpt = checkpoint(out / "last.ckpt", step)
+                if bar is not None:
+                    bar.update(task, completed=step, description=f"loss {sums['loss']:.4f}")
+            history.append({k: v for k, v in row.items() if isinstance(v, (int, float))})
+    finally:
+        if bar is not None:
+            bar.stop()
+        if writer is not None:
+            writer.close()
+
+    if info.is_main and history:
+        try:
+            from clinfuse.training.plot import plot_curves
+
+            plot_curves(out / "metrics.csv", out / "curves.png")
+        except Exception as err:  # a plot must never fail a finished run
+            print(f"warning: could not plot curves: {err}")
+    return TrainResult(
+        step=max(start, config.max_steps),
+        out=out,
+        model=model,
+        ema=ema,
+        last_checkpoint=last_ckpt,
+        best_checkpoint=best_ckpt,
+        best_score=extra["best_score"],
+        history=history,
+    )
