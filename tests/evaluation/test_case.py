@@ -66,7 +66,7 @@ def test_2d_adds_the_standard_metrics(case_factory):
     pytest.importorskip("clinfuse.metrics.fusion")
     from clinfuse.metrics.fusion import fusion_metrics
 
-    p = case_factory(shape=(32, 32), lesion=False)
+    p = case_factory(shape=(64, 64), lesion=False)
     a = np.round((p.mri + 2) / 4 * 255).astype(np.uint8)
     b = np.round((p.ct + 2) / 4 * 255).astype(np.uint8)
     fused = 0.5 * (p.mri + p.ct)
