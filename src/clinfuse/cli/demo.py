@@ -1,16 +1,85 @@
-"""`clinfuse demo`."""
+"""`clinfuse demo`: the whole pipeline on held-out phantoms, ending in a self-contained report.
+
+Thin over `clinfuse.demo.run_demo`; prints where the report is and the summary table.
+"""
 
 from __future__ import annotations
 
-import typer
+import shlex
+from pathlib import Path
 
-from clinfuse.errors import ClinfuseInputError
+import typer
+from rich.console import Console
+
+
+def _device(choice: str) -> str:
+    """Resolve `--device auto|cpu|cuda` once, here (library code follows the tensors)."""
+    from clinfuse.errors import ClinfuseInputError
+
+    if choice not in ("auto", "cpu", "cuda"):
+        raise ClinfuseInputError(f"--device must be auto, cpu or cuda, got {choice!r}")
+    import torch
+
+    if choice == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise ClinfuseInputError("--device cuda was asked for but no CUDA device is available")
+    return choice
 
 
 def register(app: typer.Typer) -> None:
     """Add the `demo` command to the app."""
 
     @app.command("demo")
-    def demo() -> None:
-        """(not implemented yet)"""
-        raise ClinfuseInputError("`clinfuse demo` is not implemented yet")
+    def demo(
+        out: Path = typer.Option(
+            Path("clinfuse-demo"), "--out", help="Output folder (report.html, figures, NIfTIs)."
+        ),
+        n_cases: int = typer.Option(3, "--n-cases", help="Number of held-out phantoms."),
+        device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
+        checkpoint: Path = typer.Option(
+            None, "--checkpoint", help="Model checkpoint (default: the shipped one)."
+        ),
+        seed: int = typer.Option(
+            9000, "--seed", help="Case i is phantom seed SEED + i (disjoint from training)."
+        ),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace files in --out."),
+    ) -> None:
+        """Fuse a few held-out stroke phantoms with our model and every baseline; write a report.
+
+        Writes OUT/report.html (self-contained), OUT/summary.md, OUT/per_case.csv,
+        OUT/figures/*.png, OUT/methods/<method>/fused/*.nii.gz and OUT/cases/<case>/*.nii.gz.
+        """
+        from clinfuse.demo import run_demo
+
+        console = Console()
+        dev = _device(device)
+        # The command that reproduces this run, rebuilt from the parsed options (not argv, so
+        # it is the same whether run from a shell or from Python).
+        parts = ["clinfuse", "demo", "--out", str(out), "--n-cases", str(n_cases)]
+        parts += ["--seed", str(seed), "--device", device]
+        if checkpoint is not None:
+            parts += ["--checkpoint", str(checkpoint)]
+        command = shlex.join(parts)
+        with console.status("clinfuse demo") as status:
+
+            def progress(msg: str) -> None:
+                status.update(f"clinfuse demo: {msg}")
+                console.log(msg)
+
+            result = run_demo(
+                out,
+                n_cases=n_cases,
+                seed=seed,
+                checkpoint=checkpoint,
+                device=dev,
+                overwrite=overwrite,
+                command=command,
+                progress=progress,
+            )
+        if not result.model.available:
+            console.print(f"[yellow]note:[/] {result.model.reason}", highlight=False)
+        console.print(result.summary_md.read_text(encoding="utf-8"), highlight=False)
+        console.print(
+            f"[bold green]done[/] in {result.seconds:.0f} s: open {result.report}", highlight=False
+        )

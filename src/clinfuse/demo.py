@@ -1,0 +1,409 @@
+"""The library side of `clinfuse demo`: held-out phantoms -> every method -> metrics -> report.
+
+Synthesises a few phantoms with seeds disjoint from training, fuses them with our model (the
+shipped checkpoint, stroke preset) and every classical baseline, scores all with the evaluation
+harness, and writes fused NIfTIs, montages, `per_case.csv`, `summary.md` and `report.html`.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from clinfuse.errors import ClinfuseInputError
+
+# Training and benchmark phantoms use small seeds (0.., 1000..; docs/TRAINING.md,
+# docs/BENCHMARKS.md); the demo's held-out cases start far above them so none is ever trained on.
+DEMO_SEED = 9000
+# 64 x 64 x 48 voxels at 3 mm covers a 19 x 19 x 14 cm head: a few-minute CPU budget for
+# 3 cases of guided DDIM-20 (docs/MODEL.md timings), with a skull still 2-3 voxels thick.
+DEMO_SHAPE = (64, 64, 48)
+DEMO_SPACING = (3.0, 3.0, 3.0)
+# Alternate MRI contrasts: T1-like (bright marrow, dark CSF) and T2-like (the reverse) each
+# defeat a different classical baseline, which is the point the demo has to show.
+DEMO_CONTRASTS = ("T1", "T2")
+OUR_METHOD = "clinfuse"
+SHOWN_METRICS = (
+    ("brain_ssim", "brain ROI-SSIM"),
+    ("bone_ssim", "bone ROI-SSIM"),
+    ("brain_psnr", "brain PSNR (dB)"),
+    ("bone_psnr", "bone PSNR (dB)"),
+    ("dice", "lesion Dice"),
+    ("nsd", "lesion NSD@2mm"),
+    ("hd95", "lesion HD95 (mm)"),
+    ("fuse_seconds", "seconds/case"),
+)
+
+ProgressFn = Callable[[str], None]
+
+
+@dataclass
+class DemoCase:
+    """One held-out phantom: its prepared (model-range) form and how it was made."""
+
+    case_id: str
+    seed: int
+    contrast: str
+    prepared: Any  # clinfuse.preprocess.prepared.PreparedCase
+    native: Any  # clinfuse.io.case.Case (HU CT, MRI units, exact masks)
+
+
+@dataclass
+class ModelStatus:
+    """Whether our model ran, and if not, why (shown in the report instead of numbers)."""
+
+    available: bool
+    reason: str
+    checkpoint: str | None = None
+    sha256: str | None = None
+
+
+@dataclass
+class DemoResult:
+    """What `run_demo` wrote."""
+
+    out: Path
+    report: Path
+    per_case_csv: Path
+    summary_md: Path
+    rows: list[dict[str, Any]]
+    model: ModelStatus
+    seconds: float
+    methods: list[str] = field(default_factory=list)
+
+
+def default_checkpoint(ndim: int = 3) -> Path:
+    """Path of the shipped checkpoint for 2D or 3D data (it may not exist yet)."""
+    name = "phantom3d.pt" if ndim == 3 else "harvard2d.pt"
+    return Path(__file__).resolve().parent / "checkpoints" / name
+
+
+def make_demo_cases(
+    n_cases: int = 3,
+    *,
+    seed: int = DEMO_SEED,
+    shape: Sequence[int] = DEMO_SHAPE,
+    spacing: Sequence[float] = DEMO_SPACING,
+) -> list[DemoCase]:
+    """Generate and preprocess `n_cases` phantoms (seed `seed + i`, contrasts alternating).
+
+    Each has one ischaemic lesion and exact brain/bone/lesion masks; the masks given to the
+    methods are the exact ones (the composite is then the ROI-SSIM ceiling, see the report).
+    """
+    if n_cases < 1:
+        raise ClinfuseInputError(f"--n-cases must be at least 1, got {n_cases}")
+    from clinfuse.phantom import PhantomConfig, generate_phantom
+    from clinfuse.preprocess.pipeline import preprocess_case
+
+    cases = []
+    for i in range(n_cases):
+        contrast = DEMO_CONTRASTS[i % len(DEMO_CONTRASTS)]
+        config = PhantomConfig(
+            shape=tuple(int(s) for s in shape),
+            spacing=tuple(float(s) for s in spacing),
+            mri_contrast=contrast,  # type: ignore[arg-type]
+            lesion="ischaemic",
+            n_lesions=1,
+        )
+        phantom = generate_phantom(config, seed + i)
+        case = phantom.case
+        case.case_id = f"demo{seed + i}_{contrast}"
+        prepared = preprocess_case(case)
+        cases.append(DemoCase(case.case_id, seed + i, contrast, prepared, case))
+    return cases
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _load_model(checkpoint: Path | None, ndim: int, device: str) -> tuple[Any, ModelStatus]:
+    """Our model and its status; a missing checkpoint or module is a status, not a crash."""
+    path = checkpoint if checkpoint is not None else default_checkpoint(ndim)
+    if not path.is_file():
+        if checkpoint is not None:
+            raise ClinfuseInputError("checkpoint file not found", path)
+        return None, ModelStatus(
+            False,
+            f"no shipped checkpoint at {path} yet (it is trained by `clinfuse train`); "
+            "the clinfuse row is left out rather than filled with made-up numbers",
+            str(path),
+        )
+    try:
+        from clinfuse.training.checkpoint import load_checkpoint
+    except ImportError as err:
+        return None, ModelStatus(False, f"model code not available: {err}", str(path))
+    loaded = load_checkpoint(path, map_location=device)
+    dims = int(loaded.model.config.spatial_dims)
+    if dims != ndim:
+        raise ClinfuseInputError(
+            f"checkpoint is for {dims}D data, the demo cases are {ndim}D", path
+        )
+    return loaded.model, ModelStatus(True, "ok", str(path), _sha256(path))
+
+
+def lesion_head_probability(model: Any, fused: np.ndarray, prepared: Any) -> np.ndarray:
+    """The lesion head applied to a fused image: P(lesion) per voxel, shape of `fused`.
+
+    The head takes `[fused, mri, ct, ct_bone]` (nn/lesion_head.py), so the same trained network
+    scores every method's fused image: lesion Dice/NSD/HD95 then measure how well each fusion
+    preserves the lesion, never the ground truth passed off as a prediction.
+    """
+    import torch
+
+    from clinfuse.nn.model import pad_to_multiple
+
+    device = next(model.parameters()).device
+    x = torch.from_numpy(np.ascontiguousarray(fused, dtype=np.float32))[None, None]
+    cond = torch.from_numpy(prepared.stack())[None]
+    both, crop = pad_to_multiple(torch.cat([x, cond], dim=1).to(device), model.size_multiple)
+    with torch.no_grad():
+        logits = model.lesion_head(both[:, :1], both[:, 1:])
+    return torch.sigmoid(logits[crop])[0, 0].float().cpu().numpy()
+
+
+def _our_method(checkpoint: str, preset: str, device: str, seed: int) -> Callable:
+    """Our fusion as an evaluation-harness method (`clinfuse.pipeline` registers "clinfuse").
+
+    The registry contract guarantees the `checkpoint` and `preset` options; `device` and `seed`
+    are passed too when the registered factory accepts them.
+    """
+    from clinfuse.evaluation.methods import resolve_method
+
+    base = {"checkpoint": checkpoint, "preset": preset}
+    try:
+        return resolve_method(OUR_METHOD, **base, device=device, seed=seed)[1]
+    except ClinfuseInputError as err:
+        if "does not accept options" not in str(err) and "bad options" not in str(err):
+            raise
+    return resolve_method(OUR_METHOD, **base)[1]
+
+
+class _Recorder:
+    """Wraps a method: keeps what it returned per case (for montages/calibration) and adds the
+    lesion head's prediction on its fused image when the method has none of its own."""
+
+    def __init__(self, name: str, fn: Callable, model: Any) -> None:
+        self.__name__ = name
+        self.fn = fn
+        self.model = model
+        self.outputs: dict[str, dict[str, np.ndarray]] = {}
+
+    def __call__(self, prepared: Any) -> Any:
+        from clinfuse.evaluation.methods import MethodOutput, unpack_output
+
+        raw = self.fn(prepared)
+        fused, lesion = unpack_output(raw)
+        fused = np.asarray(fused, dtype=np.float32)
+        kept: dict[str, np.ndarray] = {"fused": fused}
+        if lesion is None and self.model is not None:
+            lesion = lesion_head_probability(self.model, fused, prepared)
+        if lesion is not None:
+            kept["lesion_prob"] = np.asarray(lesion, dtype=np.float32)
+        for key in ("uncertainty", "fused_std", "std"):
+            # A bare ndarray result has a `.std` *method*: only take array-valued attributes.
+            value = None if isinstance(raw, np.ndarray) else getattr(raw, key, None)
+            if value is not None and not callable(value):
+                kept["uncertainty"] = np.asarray(value, dtype=np.float32)
+                break
+        self.outputs[prepared.case_id] = kept
+        return MethodOutput(fused, kept.get("lesion_prob"))
+
+
+def _summary_rows(rows_by_method: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    from clinfuse.evaluation.dataset import summarise_rows
+
+    return {m: summarise_rows(rows) for m, rows in rows_by_method.items()}
+
+
+def _calibration(
+    recorders: dict[str, _Recorder], cases: list[DemoCase]
+) -> tuple[dict[str, Any], dict[str, dict[str, float]]]:
+    """Pooled reliability curves, ECE and Brier of the head's lesion probability per method,
+    over brain voxels of all cases (METRICS.md: ECE inside the brain, 15 bins)."""
+    from clinfuse.metrics.calibration import brier, ece, reliability_curve
+
+    curves, scores = {}, {}
+    for name, rec in recorders.items():
+        probs, gts, masks = [], [], []
+        for c in cases:
+            out = rec.outputs.get(c.case_id, {})
+            if "lesion_prob" not in out or c.prepared.lesion is None:
+                continue
+            probs.append(out["lesion_prob"].ravel())
+            gts.append(c.prepared.lesion.ravel())
+            masks.append(c.prepared.brain.ravel())
+        if not probs:
+            continue
+        p, g, m = np.concatenate(probs), np.concatenate(gts), np.concatenate(masks)
+        curves[name] = reliability_curve(p, g, mask=m)
+        scores[name] = {"ECE": float(ece(p, g, mask=m)), "Brier": float(brier(p, g, mask=m))}
+    return curves, scores
+
+
+def _write_inputs(case: DemoCase, folder: Path) -> None:
+    """The phantom as NIfTI files a user can open next to the fused outputs (ITK-SNAP)."""
+    from clinfuse.io.nifti import save_nifti
+
+    native = case.native
+    folder.mkdir(parents=True, exist_ok=True)
+    for role in ("mri", "ct", "brain", "bone", "lesion"):
+        arr = getattr(native, role)
+        if arr is not None:
+            save_nifti(folder / f"{role}.nii.gz", arr, native.affine)
+
+
+def _write_long_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    from clinfuse.io.atomic import atomic_write
+
+    columns: list[str] = []
+    for r in rows:
+        columns += [k for k in r if k not in columns]
+    with atomic_write(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns)
+        writer.writeheader()
+        for r in rows:
+            writer.writerow(
+                {k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
+            )
+
+
+def run_demo(
+    out: str | Path,
+    *,
+    n_cases: int = 3,
+    seed: int = DEMO_SEED,
+    shape: Sequence[int] = DEMO_SHAPE,
+    spacing: Sequence[float] = DEMO_SPACING,
+    checkpoint: str | Path | None = None,
+    preset: str = "stroke",
+    device: str = "cpu",
+    overwrite: bool = False,
+    methods: Sequence[str] | None = None,
+    command: str | None = None,
+    progress: ProgressFn | None = None,
+) -> DemoResult:
+    """Run the whole demo into the folder `out` and return what was written.
+
+    Our model runs when a checkpoint is found (`checkpoint`, default the shipped one) and
+    `clinfuse.pipeline` registers the "clinfuse" evaluation method; otherwise the report says
+    so and shows the baselines only. `methods` limits the baselines (default: all).
+    """
+    from clinfuse.baselines import BASELINES
+    from clinfuse.evaluation.dataset import PreparedItem, evaluate_dataset
+    from clinfuse.io.atomic import check_output_dir
+
+    say = progress or (lambda _msg: None)
+    t_start = time.perf_counter()
+    out_dir = check_output_dir(out, overwrite)
+    timings: dict[str, float] = {}
+
+    say(f"synthesising {n_cases} held-out phantoms (seeds {seed}..{seed + n_cases - 1})")
+    t0 = time.perf_counter()
+    cases = make_demo_cases(n_cases, seed=seed, shape=shape, spacing=spacing)
+    for c in cases:
+        _write_inputs(c, out_dir / "cases" / c.case_id)
+    timings["phantoms_and_preprocessing"] = time.perf_counter() - t0
+
+    ndim = cases[0].prepared.ndim
+    model, status = _load_model(None if checkpoint is None else Path(checkpoint), ndim, device)
+    baseline_names = list(methods) if methods is not None else list(BASELINES)
+    unknown = [m for m in baseline_names if m not in BASELINES]
+    if unknown:
+        raise ClinfuseInputError(f"unknown baseline(s) {unknown}; available: {list(BASELINES)}")
+    recorders: dict[str, _Recorder] = {}
+    if model is not None:
+        try:
+            fn = _our_method(str(status.checkpoint), preset, device, seed)
+            recorders[OUR_METHOD] = _Recorder(OUR_METHOD, fn, model)
+        except (ImportError, ClinfuseInputError) as err:
+            if "unknown method" not in str(err) and not isinstance(err, ImportError):
+                raise
+            status = ModelStatus(
+                False,
+                f"checkpoint found but `clinfuse.pipeline` does not provide the "
+                f"{OUR_METHOD!r} method yet ({err}); our row is left out",
+                status.checkpoint,
+                status.sha256,
+            )
+    for name in baseline_names:
+        recorders[name] = _Recorder(name, BASELINES[name], model)
+
+    items = [PreparedItem(c.case_id, c.prepared) for c in cases]
+    contrast_of = {c.case_id: c.contrast for c in cases}
+    rows_by_method: dict[str, list[dict[str, Any]]] = {}
+    long_rows: list[dict[str, Any]] = []
+    for name, rec in recorders.items():
+        say(f"fusing and scoring: {name}")
+        t0 = time.perf_counter()
+        res = evaluate_dataset(rec, None, out_dir / "methods" / name, items=items, overwrite=True)
+        timings[f"method_{name}"] = time.perf_counter() - t0
+        rows_by_method[name] = res.rows
+        for r in res.rows:
+            long_rows.append(
+                {"method": name, "case_id": r["case_id"], "mri_contrast": contrast_of[r["case_id"]]}
+                | {k: v for k, v in r.items() if k not in ("case_id", "patient_id")}
+            )
+        failed = [r for r in res.rows if r.get("error")]
+        if name == OUR_METHOD and len(failed) == len(res.rows):
+            status = ModelStatus(
+                False, f"our model failed on every case: {failed[0]['error']}", status.checkpoint
+            )
+
+    per_case = out_dir / "per_case.csv"
+    _write_long_csv(per_case, long_rows)
+
+    say("drawing montages and plots")
+    t0 = time.perf_counter()
+    from clinfuse.report.demo_report import write_demo_report
+
+    report, summary_md = write_demo_report(
+        out_dir,
+        cases=cases,
+        recorders=recorders,
+        rows_by_method=rows_by_method,
+        status=status,
+        per_case_csv=per_case,
+        calibration=_calibration(recorders, cases) if model is not None else ({}, {}),
+        settings={
+            "n_cases": n_cases,
+            "seed": seed,
+            "shape": list(shape),
+            "spacing": list(spacing),
+            "preset": preset,
+            "device": device,
+        },
+        command=command,
+        timings=timings,
+    )
+    timings["report"] = time.perf_counter() - t0
+    seconds = time.perf_counter() - t_start
+    meta = {
+        "command": command,
+        "seeds": [c.seed for c in cases],
+        "cases": {c.case_id: {"seed": c.seed, "mri_contrast": c.contrast} for c in cases},
+        "model": vars(status),
+        "preset": preset,
+        "methods": list(recorders),
+        "timings_seconds": {k: round(v, 2) for k, v in timings.items()},
+        "total_seconds": round(seconds, 2),
+    }
+    from clinfuse.io.atomic import write_text_atomic
+
+    write_text_atomic(out_dir / "demo.json", json.dumps(meta, indent=2) + "\n")
+    return DemoResult(
+        out_dir, report, per_case, summary_md, long_rows, status, seconds, list(recorders)
+    )
