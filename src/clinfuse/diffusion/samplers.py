@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+import numpy as np
 import torch
 
 from clinfuse.diffusion.schedule import NoiseSchedule
@@ -35,6 +36,12 @@ def ddim_timesteps(num_train: int = 1000, steps: int = 20) -> list[int]:
     return ts
 
 
+def _coef(values: np.ndarray, like: torch.Tensor) -> torch.Tensor:
+    """Per-sample float64 coefficients → ``like``'s dtype/device, broadcastable to it."""
+    out = torch.as_tensor(values, dtype=like.dtype, device=like.device)
+    return out.reshape(out.shape + (1,) * (like.ndim - out.ndim))
+
+
 def _noise_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
 
@@ -55,13 +62,13 @@ def ddim_step(
     σ = η·√((1 − ᾱ_prev)/(1 − ᾱ_t))·√(1 − ᾱ_t/ᾱ_prev)  (eq. 16; η = 0 deterministic, 1 ≈ DDPM).
     Tensors ``(B, C, *S)``; t, t_prev ints or ``(B,)``. ``x_t`` only sets device/dtype here.
     """
-    ab_t = schedule.alpha_bar(t, x_t)
-    ab_prev = schedule.alpha_bar(t_prev, x_t)
-    sigma = eta * torch.sqrt((1 - ab_prev) / (1 - ab_t) * (1 - ab_t / ab_prev))
-    direction = torch.sqrt((1 - ab_prev - sigma**2).clamp(min=0.0)) * eps_hat
-    x_prev = torch.sqrt(ab_prev) * x0_hat + direction
+    # coefficients in float64 (numpy), cast once: see NoiseSchedule.alpha_bar64
+    ab_t, ab_prev = schedule.alpha_bar64(t), schedule.alpha_bar64(t_prev)
+    sigma = eta * np.sqrt((1 - ab_prev) / (1 - ab_t) * (1 - ab_t / ab_prev))
+    c_dir = np.sqrt(np.clip(1 - ab_prev - sigma**2, 0.0, None))
+    x_prev = _coef(np.sqrt(ab_prev), x0_hat) * x0_hat + _coef(c_dir, eps_hat) * eps_hat
     if eta > 0:
-        x_prev = x_prev + sigma * _noise_like(x_t, generator)
+        x_prev = x_prev + _coef(sigma, x_t) * _noise_like(x_t, generator)
     return x_prev
 
 
@@ -79,16 +86,16 @@ def ddpm_step(
     mean = √ᾱ_prev·b/(1−ᾱ_t)·x̂0 + √a·(1−ᾱ_prev)/(1−ᾱ_t)·x_t, variance β̃ = (1−ᾱ_prev)/(1−ᾱ_t)·b
     ("fixed small"). For ``t_prev = t - 1`` this is exactly DDPM; no noise when ``t_prev < 0``.
     """
-    ab_t = schedule.alpha_bar(t, x_t)
-    ab_prev = schedule.alpha_bar(t_prev, x_t)
+    ab_t, ab_prev = schedule.alpha_bar64(t), schedule.alpha_bar64(t_prev)
     a = ab_t / ab_prev
     b = 1 - a
-    mean = (
-        torch.sqrt(ab_prev) * b / (1 - ab_t) * x0_hat
-        + torch.sqrt(a) * (1 - ab_prev) / (1 - ab_t) * x_t
-    )
-    var = (1 - ab_prev) / (1 - ab_t) * b
-    return mean + torch.sqrt(var.clamp(min=0.0)) * _noise_like(x_t, generator)
+    c_x0 = np.sqrt(ab_prev) * b / (1 - ab_t)
+    c_xt = np.sqrt(a) * (1 - ab_prev) / (1 - ab_t)
+    std = np.sqrt(np.clip((1 - ab_prev) / (1 - ab_t) * b, 0.0, None))
+    mean = _coef(c_x0, x0_hat) * x0_hat + _coef(c_xt, x_t) * x_t
+    if not np.any(std > 0):  # final step: no noise (and no draw from the generator)
+        return mean
+    return mean + _coef(std, x_t) * _noise_like(x_t, generator)
 
 
 @dataclass

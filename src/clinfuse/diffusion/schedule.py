@@ -2,15 +2,15 @@
 
 Code names → paper symbols (Ho et al. 2020, "DDPM"; Nichol & Dhariwal 2021; Salimans & Ho 2022):
 
-| code                  | symbol            | meaning                                               |
-|-----------------------|-------------------|-------------------------------------------------------|
-| ``betas[t]``          | β_t               | variance added at step t                              |
-| ``alphas[t]``         | α_t = 1 − β_t     |                                                       |
-| ``alphas_cumprod[t]`` | ᾱ_t = ∏_{s≤t} α_s | signal fraction kept at step t                        |
-| ``sqrt_ab``           | √ᾱ_t              | x_t = √ᾱ_t·x0 + √(1−ᾱ_t)·ε  (``q_sample``)           |
-| ``sqrt_1m_ab``        | √(1−ᾱ_t)          |                                                       |
-| ``v``                 | v_t               | v = √ᾱ_t·ε − √(1−ᾱ_t)·x0  (velocity, Salimans & Ho)   |
-| ``x0_hat``/``eps_hat``| x̂0, ε̂             | the network's estimates of the clean image and noise  |
+| code                   | symbol            | meaning                                          |
+|------------------------|-------------------|--------------------------------------------------|
+| ``betas[t]``           | β_t               | variance added at step t                         |
+| ``alphas[t]``          | α_t = 1 − β_t     |                                                  |
+| ``alphas_cumprod[t]``  | ᾱ_t = ∏_{s≤t} α_s | signal fraction kept at step t                   |
+| ``sqrt_ab``            | √ᾱ_t              | x_t = √ᾱ_t·x0 + √(1−ᾱ_t)·ε  (``q_sample``)      |
+| ``sqrt_1m_ab``         | √(1−ᾱ_t)          |                                                  |
+| ``v_target``           | v_t               | v = √ᾱ_t·ε − √(1−ᾱ_t)·x0 (Salimans & Ho)        |
+| ``x0_hat``/``eps_hat`` | x̂0, ε̂             | the network's estimates of clean image and noise |
 
 Timesteps are 0-based: t ∈ {0, …, T−1}; t = T−1 is (almost) pure noise. ``t_prev = -1`` means
 "the clean image" (ᾱ = 1), as in DDIM's final step.
@@ -81,6 +81,9 @@ class NoiseSchedule(nn.Module):
         betas = _betas(self.num_steps, kind)
         alphas = 1.0 - betas
         ab = np.cumprod(alphas)
+        # Kept in float64 (not a buffer, so ``.to(dtype)`` cannot round it): step coefficients such
+        # as 1 − ᾱ_t/ᾱ_prev cancel catastrophically in float32 near t = 0.
+        self._ab64 = ab
         for name, arr in (
             ("betas", betas),
             ("alphas", alphas),
@@ -99,6 +102,11 @@ class NoiseSchedule(nn.Module):
         ab = _gather(self.alphas_cumprod, t_tensor.clamp(min=0), like)
         clean = (t_tensor < 0).reshape(t_tensor.shape + (1,) * (like.ndim - t_tensor.ndim))
         return torch.where(clean, torch.ones_like(ab), ab)
+
+    def alpha_bar64(self, t: torch.Tensor | int) -> np.ndarray:
+        """ᾱ_t in float64 as a numpy array shaped like ``t``; ``t < 0`` gives 1."""
+        t_np = np.asarray(t.detach().cpu() if isinstance(t, torch.Tensor) else t, dtype=np.int64)
+        return np.where(t_np < 0, 1.0, self._ab64[np.clip(t_np, 0, None)])
 
     def q_sample(
         self, x0: torch.Tensor, t: torch.Tensor | int, noise: torch.Tensor

@@ -66,7 +66,7 @@ class Denoiser(nn.Module):
     def forward(
         self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, tokens: torch.Tensor
     ) -> torch.Tensor:
-        """``x_t (B,1,*S)``, ``t (B,)`` long, ``cond (B,3,*S)``, ``tokens (B,N,D)`` → ``(B,1,*S)``."""
+        """``x_t (B,1,*S)``, ``t (B,)`` long, ``cond (B,3,*S)``, ``tokens (B,N,D)`` → (B,1,*S)."""
         bad = [s for s in x_t.shape[2:] if s % self.size_multiple]
         if bad:
             raise ValueError(

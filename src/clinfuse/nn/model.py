@@ -70,7 +70,9 @@ class ModelConfig:
         if any(c % self.norm_num_groups for c in self.channels):
             problems.append(f"every channel count must be divisible by {self.norm_num_groups}")
         if any(
-            c % self.num_head_channels for c, a in zip(self.channels, self.attention_levels) if a
+            c % self.num_head_channels
+            for c, a in zip(self.channels, self.attention_levels, strict=False)
+            if a
         ):
             problems.append(f"attention widths must be divisible by {self.num_head_channels}")
         if len(self.encoder_widths) != 4:
