@@ -20,9 +20,12 @@ def is_nifti(path: str | Path) -> bool:
 
 def canonicalise(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Reorder/flip a 3D array so its voxel axes are RAS+ (`nibabel.as_closest_canonical`)."""
-    img = nib.Nifti1Image(np.asarray(array), np.asarray(affine, dtype=np.float64))
+    arr = np.asarray(array)
+    is_bool = arr.dtype == np.bool_  # NIfTI has no bool type: go through uint8
+    img = nib.Nifti1Image(arr.astype(np.uint8) if is_bool else arr, np.asarray(affine, float))
     can = nib.as_closest_canonical(img)
-    return np.asanyarray(can.dataobj), np.asarray(can.affine, dtype=np.float64)
+    out = np.asanyarray(can.dataobj)
+    return (out.astype(bool) if is_bool else out), np.asarray(can.affine, dtype=np.float64)
 
 
 def squeeze_to_2d(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

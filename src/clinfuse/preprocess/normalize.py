@@ -16,9 +16,16 @@ that would squash the brain's contrast if the true maximum were mapped to +2."""
 
 
 def head_foreground(x: np.ndarray) -> np.ndarray:
-    """Voxels brighter than the Otsu threshold of the positive values: the head, not the air."""
+    """Voxels brighter than the Otsu threshold of the positive values: the head, not the air.
+
+    Values are clipped at their 99.9th percentile first: a few very bright voxels (vessels,
+    metal artefacts) would otherwise pull Otsu's threshold above the whole head.
+    """
     pos = x[x > 0]
     if pos.size == 0 or float(pos.max()) == float(pos.min()):
+        return x > 0
+    pos = np.minimum(pos, np.percentile(pos, 99.9))
+    if float(pos.max()) == float(pos.min()):
         return x > 0
     return x > threshold_otsu(pos)
 
