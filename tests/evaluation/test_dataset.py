@@ -107,3 +107,17 @@ def test_compare_pairs_cases_and_tests(tmp_path, case_factory):
     assert t.p_value == pytest.approx(0.0625)
     md = cmp.to_markdown()
     assert "| composite |" in md and "p = 0.062" in md
+
+
+def test_a_bug_stops_the_run_after_writing_its_row(tmp_path, case_factory):
+    items = _items(case_factory, 3)
+
+    def method(p):
+        if p.case_id == "c1":
+            return undefined_name  # noqa: F821 - a programming error, not a bad case
+        return p.mri
+
+    with pytest.raises(NameError):
+        evaluate_dataset(method, None, tmp_path / "o", items=items)
+    rows = read_per_case(tmp_path / "o")
+    assert [r["case_id"] for r in rows] == ["c0", "c1"] and "NameError" in rows[1]["error"]

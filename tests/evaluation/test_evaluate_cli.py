@@ -96,8 +96,8 @@ def test_benchmark_table(tmp_path):
     assert r.exit_code == 0, r.output
     md = (tmp_path / "b" / "benchmark.md").read_text()
     for m in ("average", "max", "composite"):
-        assert f"| {m} | 2 |" in md
-        assert f"| {m} | 1 |" in md  # the subset table
+        assert f"| {m} | 2 | 0 |" in md
+        assert f"| {m} | 1 | 0 |" in md  # the subset table
     csv_text = (tmp_path / "b" / "benchmark.csv").read_text()
     assert csv_text.startswith("subset,method,metric,n,")
     assert (tmp_path / "b" / "max" / "per_case.csv").is_file()

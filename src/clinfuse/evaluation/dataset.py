@@ -34,6 +34,8 @@ PER_CASE = "per_case.csv"
 SUMMARY_JSON = "summary.json"
 SUMMARY_MD = "summary.md"
 EXTRA_COLUMNS = ("fuse_seconds",)  # wall time of the method on the case (not a quality metric)
+PROGRAMMING_ERRORS = (NameError, AttributeError, ImportError, SyntaxError)
+"""Errors that mean broken code rather than a bad case: the run stops after writing the row."""
 
 
 @dataclass
@@ -282,7 +284,14 @@ def evaluate_dataset(
             row["error"] = None
         except Exception as err:  # noqa: BLE001 - one bad case must not end a 100-case run
             row["error"] = f"{type(err).__name__}: {err}".replace("\n", " ")
+            writer.write(row)
+            if isinstance(err, PROGRAMMING_ERRORS):
+                raise  # a bug in the method or the metrics, not a bad case: stop (rows are kept)
             warnings.warn(f"case {item.case_id}: {row['error']}", RuntimeWarning, stacklevel=2)
+            result.rows.append(row)
+            if on_case is not None:
+                on_case(item.case_id, row)
+            continue
         writer.write(row)
         result.rows.append(row)
         if on_case is not None:

@@ -141,17 +141,21 @@ def benchmark_tables(
     for r in rows_by_method.values():
         present.update(metric_names(r))
     parts = []
+    if not present:
+        failed = {m: sum(1 for r in rows if r.get("error")) for m, rows in rows_by_method.items()}
+        return f"(no metric value: failed cases per method {failed}; see per_case.csv)\n"
     for title, cols in groups.items():
         cols = tuple(c for c in cols if c in present)
         if not cols:
             continue
         n = {m: max((s.n for s in summaries[m].values()), default=0) for m in summaries}
+        failed = {m: sum(1 for r in rows if r.get("error")) for m, rows in rows_by_method.items()}
         parts.append(f"**{title}**\n")
-        parts.append("| method | n | " + " | ".join(cols) + " |")
-        parts.append("|---" * (len(cols) + 2) + "|")
+        parts.append("| method | n | failed | " + " | ".join(cols) + " |")
+        parts.append("|---" * (len(cols) + 3) + "|")
         for m, s in summaries.items():
             cells = [cell(s[c]) if c in s else "—" for c in cols]
-            parts.append(f"| {m} | {n[m]} | " + " | ".join(cells) + " |")
+            parts.append(f"| {m} | {n[m]} | {failed[m]} | " + " | ".join(cells) + " |")
         parts.append("")
     return "\n".join(parts)
 
