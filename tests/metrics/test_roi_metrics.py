@@ -1,0 +1,62 @@
+"""ROI-SSIM (vs scikit-image's map) and ROI-PSNR (hand values), empty ROIs and bad input."""
+
+import math
+
+import numpy as np
+import pytest
+from skimage.metrics import structural_similarity
+
+from clinfuse.errors import ClinfuseInputError
+from clinfuse.metrics.roi import roi_psnr, roi_ssim
+
+
+@pytest.mark.parametrize("shape", [(32, 28), (16, 18, 14)])
+def test_roi_ssim_is_skimage_map_mean_in_roi(shape):
+    rng = np.random.default_rng(0)
+    ref = rng.uniform(-2, 2, shape)
+    fused = np.clip(ref + rng.normal(0, 0.4, shape), -2, 2).astype(np.float32)
+    mask = rng.random(shape) > 0.6
+    _, full = structural_similarity(
+        fused.astype(np.float64),
+        ref,
+        gaussian_weights=True,
+        sigma=1.5,
+        use_sample_covariance=False,
+        data_range=4.0,
+        full=True,
+    )
+    assert roi_ssim(fused, ref, mask) == pytest.approx(full[mask].mean(), abs=1e-6)
+
+
+def test_roi_psnr_hand_value_uses_roi_voxels_only():
+    ref = np.zeros((4, 4))
+    fused = np.zeros((4, 4))
+    fused[0, :2] = 1.0  # error 1 on two ROI voxels
+    fused[3, 3] = 100.0  # outside the ROI: ignored
+    mask = np.zeros((4, 4), dtype=bool)
+    mask[:2] = True  # 8 voxels, MSE = 2/8
+    assert roi_psnr(fused, ref, mask) == pytest.approx(10 * math.log10(16 / 0.25))
+    assert roi_psnr(fused, ref, mask, data_range=1.0) == pytest.approx(10 * math.log10(4.0))
+    assert roi_psnr(ref, ref, mask) == math.inf
+
+
+def test_empty_roi_is_nan_with_warning():
+    a = np.zeros((12, 12))
+    empty = np.zeros((12, 12), dtype=bool)
+    with pytest.warns(RuntimeWarning):
+        assert math.isnan(roi_ssim(a, a, empty))
+    with pytest.warns(RuntimeWarning):
+        assert math.isnan(roi_psnr(a, a, empty))
+
+
+def test_bad_input_raises():
+    a = np.zeros((12, 12))
+    m = np.ones((12, 12), dtype=bool)
+    with pytest.raises(ClinfuseInputError):
+        roi_ssim(a, np.zeros((12, 13)), m)
+    with pytest.raises(ClinfuseInputError):
+        roi_psnr(a, a, np.ones((12, 11), dtype=bool))
+    bad = a.copy()
+    bad[0, 0] = np.nan
+    with pytest.raises(ClinfuseInputError):
+        roi_ssim(bad, a, m)
