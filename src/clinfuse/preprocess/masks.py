@@ -27,6 +27,7 @@ from clinfuse.errors import ClinfuseInputError
 SOFT_TISSUE_HU = 40.0  # grey matter / muscle: the "background" side of the bone half-maximum
 DIPLOE_HU = 250.0  # below the diploe range (300-700 HU), above any soft tissue or blood
 BONE_HALF_MAX_RANGE = (300.0, 700.0)  # clamp of the adaptive cortical half-maximum threshold
+SHELL_HU = 150.0  # above blood (50-90 HU): the densest thing that is still brain
 DISPLAY_BONE_LEVEL = 200  # 8-bit display-windowed CT: bone saturates near 255, brain ~90-150
 
 
@@ -94,15 +95,42 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     return lab == int(sizes.argmax())
 
 
-def _fill_slicewise(mask: np.ndarray) -> np.ndarray:
-    """Fill holes in each axial slice (last axis of a 3D array; the whole image in 2D)."""
+def _fill_slicewise(mask: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Fill holes in each 2D slice across `axis` (the whole image in 2D)."""
     if mask.ndim == 2:
         return ndimage.binary_fill_holes(mask)
-    out = np.zeros_like(mask)
-    for k in range(mask.shape[2]):
-        if mask[:, :, k].any():
-            out[:, :, k] = ndimage.binary_fill_holes(mask[:, :, k])
-    return out
+    m = np.moveaxis(mask, axis, 0)
+    out = np.zeros_like(m)
+    for k in range(m.shape[0]):
+        if m[k].any():
+            out[k] = ndimage.binary_fill_holes(m[k])
+    return np.moveaxis(out, 0, axis)
+
+
+def _fill_any_direction(mask: np.ndarray) -> np.ndarray:
+    """Union of 3D hole filling and slice-wise filling along each axis: a cavity open at the
+    skull base (foramen magnum, end of the field of view) is still closed in most coronal or
+    sagittal slices, and a fracture opens only a few slices of any one direction."""
+    filled = ndimage.binary_fill_holes(mask)
+    for axis in range(mask.ndim if mask.ndim == 3 else 0):
+        filled |= _fill_slicewise(mask, axis)
+    return filled
+
+
+def _drop_floating(bone: np.ndarray, air: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
+    """Remove bright components that float in air (fiducial markers, head-holder arcs): real
+    bone is mostly surrounded by soft tissue, so drop components whose 2 mm rim is > 80 % air."""
+    lab, n = ndimage.label(bone, structure=ndimage.generate_binary_structure(bone.ndim, 2))
+    if n <= 1:
+        return bone
+    rim = _pad_op("dilate", bone, ball(2.0, spacing)) & ~bone
+    # Assign each rim voxel to the nearest component label (grey dilation of the label map).
+    near = ndimage.grey_dilation(lab, footprint=ball(2.0, spacing))
+    rim_n = np.bincount(near[rim], minlength=n + 1)
+    air_n = np.bincount(near[rim & air], minlength=n + 1)
+    floating = air_n > 0.8 * np.maximum(rim_n, 1)
+    floating[0] = False
+    return bone & ~floating[lab]
 
 
 def bone_threshold_hu(ct_hu: np.ndarray) -> float:
@@ -134,7 +162,8 @@ def auto_bone_mask(
     if ct_kind == "display":
         strict = x >= (DISPLAY_BONE_LEVEL if threshold is None else threshold)
         bone = _pad_op("close", strict, ball(1.5, spacing)) & (x >= 0.8 * DISPLAY_BONE_LEVEL)
-        return remove_small_components(bone | strict)
+        bone = remove_small_components(bone | strict)
+        return _drop_floating(bone, x < 10, spacing)
     if ct_kind != "hu":
         raise ClinfuseInputError(f"ct_kind must be 'hu' or 'display', got {ct_kind!r}")
     thr = bone_threshold_hu(x) if threshold is None else float(threshold)
@@ -142,8 +171,8 @@ def auto_bone_mask(
     # Diploe (300-700 HU) lies between the two cortical tables: keep the sub-threshold bone
     # voxels that a closing of the tables encloses (radius ~ half the diploe thickness).
     closed = _pad_op("close", strict, ball(2.5, spacing))
-    bone = strict | (closed & (x > min(DIPLOE_HU, thr)))
-    return remove_small_components(bone)
+    bone = remove_small_components(strict | (closed & (x > min(DIPLOE_HU, thr))))
+    return _drop_floating(bone, x < -500.0, spacing)
 
 
 def auto_brain_mask(
@@ -171,25 +200,51 @@ def auto_brain_mask(
     bone = bone.astype(bool)
     if not bone.any():
         raise ClinfuseInputError("no skull found in the CT (no voxel above the bone threshold)")
-    # Close small openings (fracture lines, foramina, partial-volume holes) before filling.
-    closed = _pad_op("close", bone, ball(4.0, spacing))
-    interior = (ndimage.binary_fill_holes(closed) | _fill_slicewise(closed)) & ~closed
-    # The closing also swallowed the innermost brain voxels along the inner table: add back the
-    # non-bone soft-tissue voxels next to the interior (one voxel), but not a fracture gap.
+    # The cavity wall: the skull plus anything denser than blood (thin bone that partial
+    # volume pushed below the bone threshold still closes the wall), with small openings
+    # (fracture lines, foramina, partial-volume holes) closed before filling.
+    shell = bone | (x > SHELL_HU)
+    closed = _pad_op("close", shell, ball(4.0, spacing))
+    interior = _fill_any_direction(closed) & ~closed
     soft = (x > -30.0) & ~bone
+    # Closing and the low wall threshold took the innermost brain voxels along the inner
+    # table: add back the non-bone voxels one voxel outside the interior (not a whole
+    # fracture gap, which is thicker than one voxel from the cavity).
     near = _pad_op("dilate", interior, ndimage.generate_binary_structure(x.ndim, 1))
-    brain = (interior | (near & closed)) & soft
-    return largest_component(brain)
+    brain = (interior | near) & soft
+    # Facial cavities (orbits, nasal cavity) can look enclosed in some slice direction; they
+    # join the brain only through thin openings (cribriform plate, optic canals), which an
+    # opening cuts. Then grow the main blob back inside the mask by the opening radius only.
+    return _open_and_regrow(brain, spacing, 5.0)
+
+
+def _open_and_regrow(mask: np.ndarray, spacing: Sequence[float], radius_mm: float) -> np.ndarray:
+    """Largest component after a morphological opening, regrown (geodesic dilation inside
+    `mask`) by `radius_mm` + 1 voxel: thin bridges stay cut, the rim is restored."""
+    se = ball(radius_mm, spacing)
+    core = largest_component(
+        ndimage.binary_opening(np.pad(mask, 1), structure=se)[
+            tuple(slice(1, -1) for _ in mask.shape)
+        ]
+    )
+    if not core.any():
+        return largest_component(mask)
+    steps = int(np.ceil(radius_mm / min(spacing))) + 1
+    cross = ndimage.generate_binary_structure(mask.ndim, 1)
+    return ndimage.binary_dilation(core, structure=cross, iterations=steps, mask=mask)
 
 
 def mri_brain_mask(mri: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
     """Intracranial mask from a head MRI with skull (T1/T2-like), no CT.
 
     The skull's cortical bone is dark on every MRI contrast and separates the brain from the
-    scalp: threshold the smoothed image at half the median head intensity, erode 4 mm to cut
-    thin bridges through the skull, keep the largest blob, dilate back inside the threshold
-    mask, and fill holes (dark CSF/ventricles on T1). On T1 the dark subarachnoid CSF rim is
-    indistinguishable from bone, so the mask is slightly tighter there.
+    scalp, and the brain lies at least ~8 mm (skin + fat + skull) below the head surface.
+    Steps: head = Otsu foreground; tissue = smoothed image above half the median of the deep
+    (> 15 mm) head, deeper than 8 mm; a core = the largest blob of that tissue eroded by 5 mm
+    (cuts bridges through the skull and the brainstem-neck junction); grow the core back
+    inside the tissue by at most 8 mm (geodesic dilation); fill holes (dark ventricles on T1).
+    On T1 the dark subarachnoid CSF rim is indistinguishable from bone, so the mask is
+    slightly tighter there; on T2 the bright CSF is included.
     """
     x = _check_image(mri, spacing, "MRI")
     sm = ndimage.gaussian_filter(x, sigma=[1.0 / s for s in spacing])
@@ -197,13 +252,19 @@ def mri_brain_mask(mri: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
     if hi <= 0:
         raise ClinfuseInputError("MRI is empty (no positive values)")
     head = sm > threshold_otsu(np.clip(sm, 0, hi)) * 0.5
-    head = largest_component(_fill_slicewise(head))
-    thr = 0.5 * float(np.median(sm[head]))
-    fg = head & (sm > thr)
-    core = largest_component(_pad_op("erode", fg, ball(4.0, spacing)))
-    brain = _pad_op("dilate", core, ball(4.0, spacing)) & fg
-    brain = _fill_slicewise(brain) | ndimage.binary_fill_holes(brain)
-    return largest_component(brain)
+    head = largest_component(_fill_any_direction(head))
+    depth = ndimage.distance_transform_edt(np.pad(head, 1), sampling=spacing)
+    depth = depth[tuple(slice(1, -1) for _ in head.shape)]
+    deep = head & (depth > min(15.0, 0.5 * float(depth.max())))
+    thr = 0.5 * float(np.median(sm[deep]))
+    tissue = head & (sm > thr) & (depth > min(8.0, 0.2 * float(depth.max())))
+    core = largest_component(_pad_op("erode", tissue, ball(5.0, spacing)))
+    if not core.any():
+        core = largest_component(tissue)
+    steps = max(1, int(round(8.0 / min(spacing))))
+    cross = ndimage.generate_binary_structure(x.ndim, 1)
+    brain = ndimage.binary_dilation(core, structure=cross, iterations=steps, mask=tissue)
+    return largest_component(_fill_any_direction(brain))
 
 
 def totalsegmentator_masks(
