@@ -132,7 +132,9 @@ def generate_phantom(
         # A single axial slice: give the virtual head a z extent like its y extent.
         ext = np.array([ext[0], ext[1], ext[1]])
     mm, deg = (float(v) for v in cfg.misregistration)
-    margin = mm + float(np.linalg.norm(ext)) * np.sin(np.deg2rad(min(deg, 30.0))) / 2 + 10.0
+    # Fields are only sampled on the MRI grid (the CT is the moved high-resolution image), so
+    # a fixed margin suffices and the anatomy does not depend on the misregistration.
+    margin = 10.0
 
     anat = draw_anatomy(rng, ext, cfg.lesion, cfg.n_lesions, cfg.fracture, margin)
     z_slice = float(cfg.slice_height * anat.brain_axes[2])
