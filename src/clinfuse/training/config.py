@@ -141,6 +141,9 @@ def _convert(value: Any, tp: Any, key: str, source: str | None) -> Any:
                 errors.append(err)
         raise bad()
     if origin is Literal:
+        # YAML 1.1 reads a bare `off` / `on` as a boolean.
+        if isinstance(value, bool) and ("off" if not value else "on") in args:
+            return "off" if not value else "on"
         if value not in args:
             raise bad("one of " + ", ".join(repr(a) for a in args))
         return value

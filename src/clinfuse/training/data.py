@@ -344,7 +344,10 @@ def load_train_data(
     by_id = {_ref_id(r): r for r in refs}
     patients = {cid: patient_of(cid, _ref_meta(r), cfg.patient_pattern) for cid, r in by_id.items()}
     train_ids, val_ids, _ = split_by_patient(patients, cfg, source)
-    val_ids = val_ids[: cfg.max_val_cases]
+    if len(val_ids) > cfg.max_val_cases:
+        # Evenly spread over the held-out cases (e.g. slices from skull base to vertex).
+        pick = np.linspace(0, len(val_ids) - 1, cfg.max_val_cases).round().astype(int)
+        val_ids = [val_ids[i] for i in pick]
 
     def prepare(cid: str) -> PreparedCase:
         if progress is not None:

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from rich.console import Console
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
@@ -550,7 +551,7 @@ def _train(
     last_ckpt = out / "last.ckpt" if (out / "last.ckpt").exists() else None
     best_ckpt = out / "best.ckpt" if (out / "best.ckpt").exists() else None
     bar = None
-    if info.is_main and show_progress:
+    if info.is_main and show_progress and Console().is_terminal:
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -585,6 +586,14 @@ def _train(
         )
 
     try:
+        if start == 0 and info.is_main and val_batches:
+            # Step-0 validation: the starting point of the validation curves.
+            vals = validate(ema.module, schedule, val_batches, config, dev)
+            metrics_log.write({"step": 0, **vals})
+            for k, v in vals.items():
+                if math.isfinite(v):
+                    writer.add_scalar(k.replace("val_", "val/", 1), v, 0)
+        barrier(info)
         for step in range(start + 1, config.max_steps + 1):
             t0 = time.perf_counter()
             objective.train()
@@ -661,10 +670,12 @@ def _train(
                 ):
                     extra["best_score"] = score
                     best_ckpt = checkpoint(out / "best.ckpt", step)
-                if bar is not None:
-                    bar.console.print(
-                        f"step {step}: "
-                        + ", ".join(f"{k}={v:.4f}" for k, v in vals.items() if math.isfinite(v))
+                if show_progress or bar is not None:
+                    console = bar.console if bar is not None else Console()
+                    console.print(
+                        f"step {step}: loss_diffusion={sums['loss_diffusion']:.4f} "
+                        + ", ".join(f"{k}={v:.4f}" for k, v in vals.items() if math.isfinite(v)),
+                        highlight=False,
                     )
             if do_val:
                 barrier(info)  # the other ranks wait while rank 0 validates
