@@ -4,7 +4,7 @@ multi-resolution), returning the transform's parameters so it can be recorded an
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import SimpleITK as sitk
@@ -74,17 +74,26 @@ def register_rigid(
     *,
     shrink: tuple[int, ...] = (4, 2, 1),
     smooth_mm: tuple[float, ...] = (4.0, 2.0, 0.0),
-    iterations: int = 200,
-    sampling: float = 0.25,
+    iterations: int = 400,
+    sampling: float | tuple[float, ...] = (0.1, 0.25, 0.5),
     seed: int = 0,
+    bins: int = 50,
+    strategy: Literal["random", "regular"] = "random",
+    learning_rate: float = 2.0,
+    min_step: float = 1e-5,
 ) -> RigidResult:
     """Rigidly register `moving` (CT, HU) onto `fixed` (MRI); both arrays with RAS affines.
 
     Mattes MI (50 bins) suits MRI vs CT, whose intensities are related but not linearly.
     The CT is clipped to [-1024, 2000] HU first so that scanner padding (-2000, -3024) and
-    metal do not dominate the joint histogram. Sampling uses a fixed `seed`, so the result is
-    reproducible. 2D arrays use an Euler 2D transform in their pixel frame.
+    metal do not dominate the joint histogram. `sampling` is the fraction of voxels the metric
+    uses (one value, or one per pyramid level); sampling uses a fixed `seed`, so the result is
+    reproducible. The defaults (sampling rising to 50 %, min step 1e-5) were chosen on
+    misregistered phantoms (3 mm / 3 deg), where the stock settings stopped ~1 mm short.
+    2D arrays use an Euler 2D transform in their pixel frame.
     """
+    if isinstance(sampling, tuple) and len(sampling) != len(shrink):
+        raise ValueError(f"sampling has {len(sampling)} levels but shrink has {len(shrink)}")
     dim = fixed.ndim
     f_img = to_sitk(np.asarray(fixed, dtype=np.float32), fixed_affine)
     m_img = to_sitk(np.clip(moving, -1024, 2000).astype(np.float32), moving_affine)
@@ -93,12 +102,19 @@ def register_rigid(
         f_img, m_img, init_tx, sitk.CenteredTransformInitializerFilter.GEOMETRY
     )
     reg = sitk.ImageRegistrationMethod()
-    reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=50)
-    reg.SetMetricSamplingStrategy(reg.RANDOM)
-    reg.SetMetricSamplingPercentage(sampling, seed)
+    reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=bins)
+    reg.SetMetricSamplingStrategy(reg.RANDOM if strategy == "random" else reg.REGULAR)
+    # SimpleITK reads seed 0 as "seed from the wall clock": shift by one to stay reproducible.
+    if isinstance(sampling, tuple):
+        reg.SetMetricSamplingPercentagePerLevel(list(sampling), seed + 1)
+    else:
+        reg.SetMetricSamplingPercentage(sampling, seed + 1)
     reg.SetInterpolator(sitk.sitkLinear)
     reg.SetOptimizerAsRegularStepGradientDescent(
-        learningRate=2.0, minStep=1e-3, numberOfIterations=iterations, relaxationFactor=0.5
+        learningRate=learning_rate,
+        minStep=min_step,
+        numberOfIterations=iterations,
+        relaxationFactor=0.5,
     )
     # Scales from a 1 mm physical shift make a radian and a millimetre comparable steps.
     reg.SetOptimizerScalesFromPhysicalShift()
