@@ -17,7 +17,9 @@ ROW_SP, COL_SP = 0.8, 0.6  # PixelSpacing = [between rows, between columns]
 SLOPE, INTERCEPT = 2.0, -1024.0
 
 
-def write_series(folder: Path, n: int = 4, dz: float = 2.5, skip: int | None = None) -> list:
+def write_series(
+    folder: Path, n: int = 4, dz: float = 2.5, skip: int | None = None, intercept: float = INTERCEPT
+) -> list:
     """Write `n` slices in shuffled file order; returns the stored pixel arrays by slice."""
     folder.mkdir(parents=True, exist_ok=True)
     uid = generate_uid()
@@ -46,7 +48,7 @@ def write_series(folder: Path, n: int = 4, dz: float = 2.5, skip: int | None = N
         ds.SliceThickness = dz
         ds.ImageOrientationPatient = [*ROW_DIR, *COL_DIR]
         ds.ImagePositionPatient = [-10.0, 20.0, 5.0 + dz * k]
-        ds.RescaleSlope, ds.RescaleIntercept = SLOPE, INTERCEPT
+        ds.RescaleSlope, ds.RescaleIntercept = SLOPE, intercept
         ds.SamplesPerPixel = 1
         ds.PhotometricInterpretation = "MONOCHROME2"
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0

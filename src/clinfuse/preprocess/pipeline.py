@@ -190,7 +190,10 @@ def preprocess_case(
     record["masks"] = dict(mask_source)
 
     # 5. Intensities into the model range.
-    mri_n, mri_params = normalise_mri(mri)
+    try:
+        mri_n, mri_params = normalise_mri(mri)
+    except ClinfuseInputError as err:
+        raise ClinfuseInputError(str(err), src.get("mri")) from err
     record["mri_normalisation"] = mri_params
     if case.ct_kind == "hu":
         ct_clin, ct_bone = apply_window(ct, CLINICAL_WINDOW), apply_window(ct, BONE_WINDOW)
