@@ -83,8 +83,13 @@ class DemoResult:
 
 def default_checkpoint(ndim: int = 3) -> Path:
     """Path of the shipped checkpoint for 2D or 3D data (it may not exist yet)."""
-    name = "phantom3d.pt" if ndim == 3 else "harvard2d.pt"
-    return Path(__file__).resolve().parent / "checkpoints" / name
+    try:
+        from clinfuse.pipeline import CHECKPOINT_DIR, SHIPPED_CHECKPOINTS
+
+        return Path(CHECKPOINT_DIR) / SHIPPED_CHECKPOINTS[ndim]
+    except ImportError:
+        name = "phantom3d.pt" if ndim == 3 else "harvard2d.pt"
+        return Path(__file__).resolve().parent / "checkpoints" / name
 
 
 def make_demo_cases(
@@ -131,7 +136,9 @@ def _sha256(path: Path) -> str:
 
 
 def _load_model(checkpoint: Path | None, ndim: int, device: str) -> tuple[Any, ModelStatus]:
-    """Our model and its status; a missing checkpoint or module is a status, not a crash."""
+    """Our model (`pipeline.LoadedModel`) and its status; a missing shipped checkpoint or a
+    missing pipeline module is a status shown in the report, not a crash. A checkpoint the user
+    named that does not exist or does not fit is an error."""
     path = checkpoint if checkpoint is not None else default_checkpoint(ndim)
     if not path.is_file():
         if checkpoint is not None:
@@ -143,16 +150,11 @@ def _load_model(checkpoint: Path | None, ndim: int, device: str) -> tuple[Any, M
             str(path),
         )
     try:
-        from clinfuse.training.checkpoint import load_checkpoint
+        from clinfuse.pipeline import load_model
     except ImportError as err:
         return None, ModelStatus(False, f"model code not available: {err}", str(path))
-    loaded = load_checkpoint(path, map_location=device)
-    dims = int(loaded.model.config.spatial_dims)
-    if dims != ndim:
-        raise ClinfuseInputError(
-            f"checkpoint is for {dims}D data, the demo cases are {ndim}D", path
-        )
-    return loaded.model, ModelStatus(True, "ok", str(path), _sha256(path))
+    loaded = load_model(path, ndim, device)
+    return loaded, ModelStatus(True, "ok", loaded.path, loaded.sha256)
 
 
 def lesion_head_probability(model: Any, fused: np.ndarray, prepared: Any) -> np.ndarray:
@@ -175,21 +177,26 @@ def lesion_head_probability(model: Any, fused: np.ndarray, prepared: Any) -> np.
     return torch.sigmoid(logits[crop])[0, 0].float().cpu().numpy()
 
 
-def _our_method(checkpoint: str, preset: str, device: str, seed: int) -> Callable:
-    """Our fusion as an evaluation-harness method (`clinfuse.pipeline` registers "clinfuse").
+def _our_method(
+    loaded: Any, preset: str, seed: int, samples: int, steps: int
+) -> Callable[[Any], Any]:
+    """Our fusion of one prepared case (`pipeline.fuse_prepared`), lesion guidance "predicted":
+    the head's own mask guides the lesion term, never the phantom's reference mask."""
+    from clinfuse.pipeline import fuse_prepared
 
-    The registry contract guarantees the `checkpoint` and `preset` options; `device` and `seed`
-    are passed too when the registered factory accepts them.
-    """
-    from clinfuse.evaluation.methods import resolve_method
+    def clinfuse(prepared: Any) -> Any:
+        return fuse_prepared(
+            prepared,
+            loaded.model,
+            preset=preset,
+            steps=steps,
+            samples=samples,
+            seed=seed,
+            lesion="predicted",
+            patch_size=loaded.patch_size,
+        )
 
-    base = {"checkpoint": checkpoint, "preset": preset}
-    try:
-        return resolve_method(OUR_METHOD, **base, device=device, seed=seed)[1]
-    except ClinfuseInputError as err:
-        if "does not accept options" not in str(err) and "bad options" not in str(err):
-            raise
-    return resolve_method(OUR_METHOD, **base)[1]
+    return clinfuse
 
 
 class _Recorder:
@@ -201,6 +208,7 @@ class _Recorder:
         self.fn = fn
         self.model = model
         self.outputs: dict[str, dict[str, np.ndarray]] = {}
+        self.lesion_source: dict[str, str | None] = {}
 
     def __call__(self, prepared: Any) -> Any:
         from clinfuse.evaluation.methods import MethodOutput, unpack_output
@@ -220,6 +228,8 @@ class _Recorder:
                 kept["uncertainty"] = np.asarray(value, dtype=np.float32)
                 break
         self.outputs[prepared.case_id] = kept
+        # What guided our lesion term ("predicted" in the demo); None for the baselines.
+        self.lesion_source[prepared.case_id] = getattr(raw, "lesion_source", None)
         return MethodOutput(fused, kept.get("lesion_prob"))
 
 
@@ -290,6 +300,8 @@ def run_demo(
     spacing: Sequence[float] = DEMO_SPACING,
     checkpoint: str | Path | None = None,
     preset: str = "stroke",
+    samples: int = 2,
+    steps: int = 20,
     device: str = "cpu",
     overwrite: bool = False,
     methods: Sequence[str] | None = None,
@@ -299,8 +311,9 @@ def run_demo(
     """Run the whole demo into the folder `out` and return what was written.
 
     Our model runs when a checkpoint is found (`checkpoint`, default the shipped one) and
-    `clinfuse.pipeline` registers the "clinfuse" evaluation method; otherwise the report says
-    so and shows the baselines only. `methods` limits the baselines (default: all).
+    `clinfuse.pipeline` is importable; otherwise the report says so and shows the baselines
+    only. Ours runs `samples` samples per case (their sd is the uncertainty map) with DDIM
+    `steps` and guidance `preset`. `methods` limits the baselines (default: all).
     """
     from clinfuse.baselines import BASELINES
     from clinfuse.evaluation.dataset import PreparedItem, evaluate_dataset
@@ -319,26 +332,16 @@ def run_demo(
     timings["phantoms_and_preprocessing"] = time.perf_counter() - t0
 
     ndim = cases[0].prepared.ndim
-    model, status = _load_model(None if checkpoint is None else Path(checkpoint), ndim, device)
+    loaded, status = _load_model(None if checkpoint is None else Path(checkpoint), ndim, device)
     baseline_names = list(methods) if methods is not None else list(BASELINES)
     unknown = [m for m in baseline_names if m not in BASELINES]
     if unknown:
         raise ClinfuseInputError(f"unknown baseline(s) {unknown}; available: {list(BASELINES)}")
     recorders: dict[str, _Recorder] = {}
-    if model is not None:
-        try:
-            fn = _our_method(str(status.checkpoint), preset, device, seed)
-            recorders[OUR_METHOD] = _Recorder(OUR_METHOD, fn, model)
-        except (ImportError, ClinfuseInputError) as err:
-            if "unknown method" not in str(err) and not isinstance(err, ImportError):
-                raise
-            status = ModelStatus(
-                False,
-                f"checkpoint found but `clinfuse.pipeline` does not provide the "
-                f"{OUR_METHOD!r} method yet ({err}); our row is left out",
-                status.checkpoint,
-                status.sha256,
-            )
+    model = None if loaded is None else loaded.model
+    if loaded is not None:
+        fn = _our_method(loaded, preset, seed, samples, steps)
+        recorders[OUR_METHOD] = _Recorder(OUR_METHOD, fn, model)
     for name in baseline_names:
         recorders[name] = _Recorder(name, BASELINES[name], model)
 
@@ -384,6 +387,8 @@ def run_demo(
             "shape": list(shape),
             "spacing": list(spacing),
             "preset": preset,
+            "samples": samples,
+            "steps": steps,
             "device": device,
         },
         command=command,
@@ -397,6 +402,9 @@ def run_demo(
         "cases": {c.case_id: {"seed": c.seed, "mri_contrast": c.contrast} for c in cases},
         "model": vars(status),
         "preset": preset,
+        "lesion_guidance": dict(recorders[OUR_METHOD].lesion_source)
+        if OUR_METHOD in recorders
+        else None,
         "methods": list(recorders),
         "timings_seconds": {k: round(v, 2) for k, v in timings.items()},
         "total_seconds": round(seconds, 2),

@@ -93,6 +93,13 @@ def choose_point(shape: Sequence[int], masks: Sequence[np.ndarray | None] = ()) 
     return tuple(int(v) for v in nearest)
 
 
+def _point_masks(masks: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+    """Masks that decide where to slice: the reference ones when they are non-empty, because a
+    poor prediction (scattered false positives) must not pull the slices away from the lesion."""
+    ref = [m for k, m in masks.items() if "ref" in k.lower() and m.any()]
+    return ref or list(masks.values())
+
+
 def _display(
     name: str, data: np.ndarray, ranges: Mapping[str, tuple[float, float]] | None
 ) -> tuple[str, tuple[float, float]]:
@@ -186,7 +193,7 @@ def build_montage_figure(
     if len(shape) not in (2, 3):
         raise ValueError(f"expected 2D or 3D panels, got shape {shape}")
     sp = _check_spacing(len(shape), spacing)
-    pt = tuple(point) if point is not None else choose_point(shape, list(masks.values()))
+    pt = tuple(point) if point is not None else choose_point(shape, _point_masks(masks))
     if len(pt) != len(shape):
         raise ValueError(f"point {pt} must have {len(shape)} coordinates")
     wanted: Sequence[Plane] = ("2d",) if len(shape) == 2 else (planes or PLANES_3D)
@@ -235,7 +242,8 @@ def build_montage_figure(
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:
-                ax.set_title(col, fontsize=9)
+                is_map = cmap != "gray" and not (masks and c == len(arrays))
+                ax.set_title(f"{col}\n[{lo:.2g}, {hi:.2g}]" if is_map else col, fontsize=9)
             if c == 0:
                 label = plane if plane == "2d" else f"{plane} {view.index}"
                 ax.set_ylabel(label, fontsize=8)
@@ -307,7 +315,7 @@ def comparison_montage(
         raise ValueError("no images to compare")
     shape = np.asarray(next(iter(images.values()))).shape
     masks = {k: np.asarray(v, dtype=bool) for k, v in (overlay or {}).items() if v is not None}
-    pt = tuple(point) if point is not None else choose_point(shape, list(masks.values()))
+    pt = tuple(point) if point is not None else choose_point(shape, _point_masks(masks))
     fig = build_montage_figure(
         images,
         spacing=spacing,
