@@ -14,6 +14,7 @@ from clinfuse.errors import ClinfuseInputError
 from clinfuse.io.case import Case
 from clinfuse.preprocess.pipeline import (
     load_prepared,
+    native_grid,
     preprocess_case,
     save_prepared,
     to_native,
@@ -78,6 +79,11 @@ def test_spacing_resamples_everything_and_to_native_maps_back():
     assert p.record["grid"]["resampled"] and p.record["ct_resampled"]
     back = to_native(p.mri, p, mode="mri")
     assert back.shape == case.mri.shape
+    shape, aff = native_grid(p)
+    assert shape == case.mri.shape and np.allclose(aff, case.affine)
+    # 4 mm -> 2 mm linear: the brain interior (away from the blurred edge) is still ~100.
+    core = np.sqrt(((np.indices(shape) - 7.5) ** 2).sum(0)) < 2.5
+    np.testing.assert_allclose(back[core], 100.0, rtol=0.05)
     # Same grid: to_native inverts the normalisation exactly inside the brain.
     q = preprocess_case(case)
     np.testing.assert_allclose(to_native(q.mri, q, mode="mri")[case.brain], 100.0, rtol=1e-5)

@@ -34,6 +34,8 @@ __all__ = [
     "save_prepared",
     "load_prepared",
     "to_native",
+    "native_grid",
+    "load_prepared_dataset",
     "SIDECAR",
 ]
 
@@ -303,6 +305,15 @@ def load_prepared(directory: str | Path) -> PreparedCase:
 # ----------------------------------------------------------------------------- back to native
 
 
+def native_grid(prepared: PreparedCase) -> tuple[tuple[int, ...], np.ndarray]:
+    """(shape, affine) of the input MRI grid that `to_native` maps back onto (for saving)."""
+    rec = prepared.record
+    grid, src = rec.get("grid", {}), rec.get("source_grid")
+    if src and (grid.get("resampled") or rec.get("reoriented")):
+        return tuple(int(s) for s in src["shape"]), np.asarray(src["affine"], np.float64)
+    return prepared.shape, np.asarray(prepared.affine, np.float64)
+
+
 def to_native(
     fused: np.ndarray,
     prepared: PreparedCase,
@@ -317,7 +328,8 @@ def to_native(
     `denormalise_mri`; "mri" / "ct_bone" / "ct_clinical": the whole image through one mapping;
     "display" (default for display CT): 0..255 (`model_to_display`). When the case was
     resampled and `original_grid`, the result is resampled (linear) back onto the MRI's input
-    grid, so it overlays the input MRI in a viewer.
+    grid (`native_grid(prepared)` gives its shape and affine for saving), so it overlays the
+    input MRI in a viewer.
     """
     x = np.asarray(fused, dtype=np.float32)
     if x.shape != prepared.shape:
@@ -341,12 +353,9 @@ def to_native(
             out = np.where(prepared.bone, invert_window(x, BONE_WINDOW), out).astype(np.float32)
     else:
         raise ValueError(f"unknown mode {mode!r}")
-    grid = rec.get("grid", {})
-    src = rec.get("source_grid")
-    if original_grid and src and (grid.get("resampled") or rec.get("reoriented")):
-        out = resample_to_grid(
-            out, prepared.affine, tuple(src["shape"]), np.asarray(src["affine"], np.float64)
-        )
+    shape, affine = native_grid(prepared)
+    if original_grid and (shape != prepared.shape or not np.allclose(affine, prepared.affine)):
+        out = resample_to_grid(out, prepared.affine, shape, affine)
     return out
 
 
