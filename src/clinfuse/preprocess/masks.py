@@ -24,9 +24,10 @@ from skimage.filters import threshold_otsu
 
 from clinfuse.errors import ClinfuseInputError
 
-SOFT_TISSUE_HU = 40.0  # grey matter / muscle: the "background" side of the bone half-maximum
+FAT_HU = -90.0  # scalp fat, the darkest tissue next to the skull (the outer table's side)
+NOISE_MARGIN_HU = 25.0  # a few sigma of soft-tissue CT noise
 DIPLOE_HU = 250.0  # below the diploe range (300-700 HU), above any soft tissue or blood
-BONE_HALF_MAX_RANGE = (300.0, 700.0)  # clamp of the adaptive cortical half-maximum threshold
+BONE_HALF_MAX_RANGE = (300.0, 700.0)  # clamp of the per-voxel half-maximum threshold
 SHELL_HU = 150.0  # above blood (50-90 HU): the densest thing that is still brain
 DISPLAY_BONE_LEVEL = 200  # 8-bit display-windowed CT: bone saturates near 255, brain ~90-150
 
@@ -133,17 +134,23 @@ def _drop_floating(bone: np.ndarray, air: np.ndarray, spacing: Sequence[float]) 
     return bone & ~floating[lab]
 
 
-def bone_threshold_hu(ct_hu: np.ndarray) -> float:
-    """Half-maximum between soft tissue and this scan's cortical bone (clamped to 300-700 HU).
-
-    A voxel half cortical bone (~1400 HU) and half soft tissue/CSF sits near 700 HU, so the
-    half-maximum splits partial-volume edge voxels at a bone fraction of about 0.5.
-    """
+def cortical_peak_hu(ct_hu: np.ndarray) -> float:
+    """This scan's dense cortical bone value: the 99th percentile of voxels above 300 HU."""
     dense = ct_hu[ct_hu > 300.0]
-    if dense.size < 10:
-        return BONE_HALF_MAX_RANGE[0]
-    peak = float(np.percentile(dense, 90))
-    return float(np.clip((peak + SOFT_TISSUE_HU) / 2.0, *BONE_HALF_MAX_RANGE))
+    return float(np.percentile(dense, 99)) if dense.size >= 10 else 2 * BONE_HALF_MAX_RANGE[0]
+
+
+def bone_threshold_hu(ct_hu: np.ndarray) -> float:
+    """Half-maximum threshold between this scan's cortical bone and scalp fat (300-700 HU).
+
+    A voxel that is half cortical bone (~1400 HU) and half fat (-90) holds ~655 HU, half bone
+    and half CSF ~705: thresholding just below the fat-side half-maximum (by 25 HU, a few
+    sigma of CT noise) keeps every voxel with a bone fraction >= 0.5 and drops thinner
+    partial-volume rims on both sides.
+    """
+    peak = cortical_peak_hu(ct_hu)
+    thr = (peak + FAT_HU) / 2.0 - NOISE_MARGIN_HU
+    return float(np.clip(thr, *BONE_HALF_MAX_RANGE))
 
 
 def auto_bone_mask(
@@ -168,10 +175,12 @@ def auto_bone_mask(
         raise ClinfuseInputError(f"ct_kind must be 'hu' or 'display', got {ct_kind!r}")
     thr = bone_threshold_hu(x) if threshold is None else float(threshold)
     strict = x > thr
-    # Diploe (300-700 HU) lies between the two cortical tables: keep the sub-threshold bone
-    # voxels that a closing of the tables encloses (radius ~ half the diploe thickness).
-    closed = _pad_op("close", strict, ball(2.5, spacing))
-    bone = remove_small_components(strict | (closed & (x > min(DIPLOE_HU, thr))))
+    # Diploe (300-700 HU) can fall below the half-maximum, but it lies between the two
+    # cortical tables, so no face neighbour is soft tissue; a partial-volume edge voxel of the
+    # same HU always touches soft tissue or CSF on its open side.
+    cross = ndimage.generate_binary_structure(x.ndim, 1)
+    touches_soft = _pad_op("dilate", x < SHELL_HU, cross)
+    bone = remove_small_components(strict | ((x > min(DIPLOE_HU, thr)) & ~touches_soft))
     return _drop_floating(bone, x < -500.0, spacing)
 
 
