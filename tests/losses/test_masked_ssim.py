@@ -63,6 +63,25 @@ def test_masked_mean_is_skimage_map_averaged_in_mask(shape):
         assert float(got) == pytest.approx(expected, abs=1e-10)
 
 
+@pytest.mark.parametrize("shape", [(40, 36), (24, 22, 20)])
+def test_small_roi_crop_is_exact_in_value_and_gradient(shape):
+    # masked_ssim crops to the ROI's box grown by the window radius; compare with the plain
+    # full-image formula, for an interior ROI and one touching the image border.
+    a, b = _pair(shape, seed=7)
+    for sl in [(slice(9, 13),) * len(shape), (slice(0, 3),) + (slice(5, 9),) * (len(shape) - 1)]:
+        mask = torch.zeros(shape, dtype=torch.float64)
+        mask[sl] = 1.0
+        x1 = _t(a).clone().requires_grad_(True)
+        x2 = _t(a).clone().requires_grad_(True)
+        got = masked_ssim(x1, _t(b), mask)
+        full = (ssim_map(x2, _t(b))[0, 0] * mask).sum() / mask.sum()
+        got.backward()
+        full.backward()
+        assert float(got.detach()) == pytest.approx(float(full.detach()), abs=1e-12)
+        torch.testing.assert_close(x1.grad, x2.grad, atol=1e-12, rtol=0)
+        assert float(got.detach()) == pytest.approx(_skimage_map(a, b)[mask.bool().numpy()].mean())
+
+
 def test_batch_and_channels_per_item_means():
     a, b = _pair((2, 3, 16, 16), seed=3)
     x, y = torch.from_numpy(a), torch.from_numpy(b)
@@ -125,7 +144,7 @@ def test_empty_mask_is_nan_with_finite_gradient():
     assert torch.isfinite(x.grad).all()
     assert float(x.grad[0].abs().sum()) == 0.0
     all_empty = masked_ssim(x, torch.from_numpy(b), torch.zeros(16, 16, dtype=torch.bool))
-    assert math.isnan(float(all_empty))
+    assert math.isnan(float(all_empty.detach()))
 
 
 def test_bad_shapes_raise():
@@ -145,5 +164,5 @@ def test_head_sized_volume_runs_with_gradient():
     x = y.clone().requires_grad_(True)
     v = masked_ssim(x, y, y > 0)
     v.backward()
-    assert float(v) == pytest.approx(1.0, abs=1e-5)
+    assert float(v.detach()) == pytest.approx(1.0, abs=1e-5)
     assert torch.isfinite(x.grad).all()
