@@ -20,10 +20,12 @@ from clinfuse.io.case import MASK_ROLES, Case, CtKind
 from clinfuse.io.dicom import load_dicom_series
 from clinfuse.io.nifti import NIFTI_SUFFIXES, is_nifti, load_nifti
 from clinfuse.io.png import load_png
+from clinfuse.io.sitk import load_sitk_image
 
 ROLES = ("mri", "ct", *MASK_ROLES)
 MANIFEST_COLUMNS = ("case_id", "mri", "ct", "brain", "bone", "lesion")
-_ROLE_SUFFIXES = (*NIFTI_SUFFIXES, ".png")
+SITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
+_ROLE_SUFFIXES = (*NIFTI_SUFFIXES, ".png", *SITK_SUFFIXES)
 # APIS (paired NCCT + ADC + lesion): name fragments we accept, matched case-insensitively.
 APIS_CT_KEYS = ("ncct",)
 APIS_MRI_KEYS = ("adc",)
@@ -65,8 +67,9 @@ class CaseRef:
 
 
 def load_image(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """One image as float32 and its 4x4 affine: NIfTI file, 8-bit PNG (identity affine, i.e.
-    1 mm pixels, because PNG carries no geometry) or a DICOM series folder."""
+    """One image as float32 and its 4x4 affine: NIfTI file, NRRD/MetaImage (SimpleITK), 8-bit
+    PNG (identity affine, i.e. 1 mm pixels, because PNG carries no geometry) or a DICOM series
+    folder."""
     path = Path(path)
     if path.is_dir():
         return load_dicom_series(path)
@@ -76,8 +79,11 @@ def load_image(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
         return load_nifti(path)
     if path.suffix.lower() == ".png":
         return load_png(path).astype(np.float32), np.eye(4)
+    if path.suffix.lower() in SITK_SUFFIXES:
+        return load_sitk_image(path)
     raise ClinfuseInputError(
-        "unsupported file type; use .nii/.nii.gz, .png, or a folder holding one DICOM series",
+        "unsupported file type; use .nii/.nii.gz, .nrrd, .mha/.mhd, .png, or a folder holding "
+        "one DICOM series",
         path,
     )
 

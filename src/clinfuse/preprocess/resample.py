@@ -1,46 +1,13 @@
-"""Resampling onto one voxel grid with SimpleITK (images linear, masks nearest-neighbour), and
-conversion between our (array in RAS+ voxel order, RAS affine) pairs and SimpleITK images."""
+"""Resampling onto one voxel grid with SimpleITK: images linear, masks nearest-neighbour."""
 
 from __future__ import annotations
 
 import numpy as np
 import SimpleITK as sitk
 
-_RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])  # SimpleITK's world frame is LPS
+from clinfuse.io.sitk import from_sitk, to_sitk
 
-
-def to_sitk(array: np.ndarray, affine: np.ndarray) -> sitk.Image:
-    """Array (x, y, z) + 4x4 RAS affine -> SimpleITK image in LPS physical space.
-
-    2D arrays use a plain pixel frame (spacing from the affine, identity direction, origin 0)
-    because a 2D slice may lie in any plane; 2D data are only resampled onto themselves.
-    """
-    arr = np.asarray(array)
-    aff = np.asarray(affine, dtype=np.float64)
-    # GetImageFromArray reads numpy axes as (z, y, x): transpose so array axis 0 is ITK's x.
-    img = sitk.GetImageFromArray(np.ascontiguousarray(arr.T))
-    if arr.ndim == 2:
-        img.SetSpacing(tuple(float(s) for s in np.linalg.norm(aff[:3, :2], axis=0)))
-        return img
-    m = _RAS_TO_LPS @ aff[:3, :3]
-    spacing = np.linalg.norm(m, axis=0)
-    img.SetSpacing(tuple(float(s) for s in spacing))
-    img.SetDirection(tuple(float(v) for v in (m / spacing).ravel()))
-    img.SetOrigin(tuple(float(v) for v in _RAS_TO_LPS @ aff[:3, 3]))
-    return img
-
-
-def from_sitk(img: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
-    """Inverse of `to_sitk` for 3D images: (array in x, y, z order, 4x4 RAS affine)."""
-    arr = sitk.GetArrayFromImage(img).T
-    if img.GetDimension() == 2:
-        aff = np.diag([*img.GetSpacing(), 1.0, 1.0])
-        return arr, aff
-    d = np.asarray(img.GetDirection(), dtype=np.float64).reshape(3, 3)
-    aff = np.eye(4)
-    aff[:3, :3] = _RAS_TO_LPS @ (d * np.asarray(img.GetSpacing()))
-    aff[:3, 3] = _RAS_TO_LPS @ np.asarray(img.GetOrigin())
-    return arr, aff
+__all__ = ["from_sitk", "grid_with_spacing", "resample_to_grid", "to_sitk"]
 
 
 def grid_with_spacing(
