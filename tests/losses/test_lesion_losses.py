@@ -104,6 +104,8 @@ def test_prepared_target_matches_raw_target_and_hand_distances():
     np.testing.assert_allclose(lt.dist_in[0, 0, 0].numpy(), [0, 0, 2, 2, 0, 0, 0, 0])
     prob = torch.linspace(0, 1, 8, dtype=torch.float32).reshape(1, 1, 1, 8)
     assert float(lesion_loss(prob, lt)) == pytest.approx(float(lesion_loss(prob, g, (1.0, 2.0))))
+    # a target prepared in float32 serves a float64 prediction too
+    assert float(lesion_loss(prob.double(), lt)) == pytest.approx(float(lesion_loss(prob, lt)))
     # hand value of the HD95 surrogate: sum((p - g)^2 d^2) / (|G| R^2), R = 2 mm
     p = prob[0, 0, 0].numpy().astype(np.float64)
     d = np.array([4, 2, 2, 2, 2, 4, 6, 8.0])

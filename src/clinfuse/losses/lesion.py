@@ -4,7 +4,7 @@ for lesion probabilities `(B, 1, *spatial)` against a fixed binary target, 2D an
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -78,11 +78,29 @@ def prepare_target(
     )
 
 
+def _moved(lt: LesionTarget, like: Tensor) -> LesionTarget:
+    """The same target on `like`'s device and dtype (e.g. prepared on CPU, used on CUDA)."""
+
+    def conv(t: Tensor) -> Tensor:
+        return t.to(dtype=like.dtype, device=like.device)
+
+    return replace(
+        lt,
+        mask=conv(lt.mask),
+        dist_out=conv(lt.dist_out),
+        dist_in=conv(lt.dist_in),
+        surface=conv(lt.surface),
+        degenerate=lt.degenerate.to(like.device),
+    )
+
+
 def _as_target(
     prob: Tensor, target: Tensor | np.ndarray | LesionTarget, spacing: Sequence[float] | None
 ) -> LesionTarget:
     if isinstance(target, LesionTarget):
         lt = target
+        if lt.mask.device != prob.device or lt.mask.dtype != prob.dtype:
+            lt = _moved(lt, prob)
     else:
         if spacing is None:
             raise ValueError("spacing is required unless target is a LesionTarget")
