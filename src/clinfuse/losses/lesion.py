@@ -114,6 +114,13 @@ def _spatial_sum(t: Tensor) -> Tensor:
     return t.sum(dim=tuple(range(1, t.ndim)))
 
 
+def _batch_mean(per_item: Tensor, prob: Tensor, lt: LesionTarget) -> Tensor:
+    """Mean over the batch; items without a target surface (empty or full) use mean (p - g)^2,
+    since surface distances are undefined there."""
+    fallback = _spatial_sum((prob - lt.mask) ** 2) / prob[0].numel()
+    return torch.where(lt.degenerate, fallback, per_item).mean()
+
+
 def soft_dice_loss(prob: Tensor, target: Tensor | np.ndarray | LesionTarget) -> Tensor:
     """1 - soft Dice, `prob` `(B, 1, *spatial)` in [0, 1]; mean over the batch (scalar).
 
@@ -155,9 +162,7 @@ def nsd_surrogate_loss(
     false_surface = _spatial_sum(prob * far) / (_spatial_sum(prob) + _EPS)
     n_surface = _spatial_sum(lt.surface)
     missed = _spatial_sum((1 - prob) * lt.surface) / n_surface.clamp_min(1.0)
-    loss = 0.5 * (false_surface + missed)
-    fallback = _spatial_sum((prob - lt.mask) ** 2) / prob[0].numel()
-    return torch.where(lt.degenerate, fallback, loss).mean()
+    return _batch_mean(0.5 * (false_surface + missed), prob, lt)
 
 
 def hd95_surrogate_loss(
@@ -180,8 +185,7 @@ def hd95_surrogate_loss(
     radius = lt.dist_in.amax(dim=tuple(range(1, prob.ndim)))
     norm = _spatial_sum(lt.mask) * radius**2
     loss = _spatial_sum((prob - lt.mask) ** 2 * d2) / norm.clamp_min(_EPS)
-    fallback = _spatial_sum((prob - lt.mask) ** 2) / prob[0].numel()
-    return torch.where(lt.degenerate, fallback, loss).mean()
+    return _batch_mean(loss, prob, lt)
 
 
 def lesion_loss(
