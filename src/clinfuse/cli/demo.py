@@ -12,21 +12,6 @@ import typer
 from rich.console import Console
 
 
-def _device(choice: str) -> str:
-    """Resolve `--device auto|cpu|cuda` once, here (library code follows the tensors)."""
-    from clinfuse.errors import ClinfuseInputError
-
-    if choice not in ("auto", "cpu", "cuda"):
-        raise ClinfuseInputError(f"--device must be auto, cpu or cuda, got {choice!r}")
-    import torch
-
-    if choice == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise ClinfuseInputError("--device cuda was asked for but no CUDA device is available")
-    return choice
-
-
 def register(app: typer.Typer) -> None:
     """Add the `demo` command to the app."""
 
@@ -43,6 +28,10 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(
             9000, "--seed", help="Case i is phantom seed SEED + i (disjoint from training)."
         ),
+        samples: int = typer.Option(
+            2, "--samples", help="Samples of our model per case (their sd = uncertainty map)."
+        ),
+        steps: int = typer.Option(20, "--steps", help="DDIM steps of our model."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace files in --out."),
     ) -> None:
         """Fuse a few held-out stroke phantoms with our model and every baseline; write a report.
@@ -53,11 +42,14 @@ def register(app: typer.Typer) -> None:
         from clinfuse.demo import run_demo
 
         console = Console()
-        dev = _device(device)
+        from clinfuse.pipeline import resolve_device
+
+        dev = resolve_device(device)
         # The command that reproduces this run, rebuilt from the parsed options (not argv, so
         # it is the same whether run from a shell or from Python).
         parts = ["clinfuse", "demo", "--out", str(out), "--n-cases", str(n_cases)]
         parts += ["--seed", str(seed), "--device", device]
+        parts += ["--samples", str(samples), "--steps", str(steps)]
         if checkpoint is not None:
             parts += ["--checkpoint", str(checkpoint)]
         command = shlex.join(parts)
@@ -72,6 +64,8 @@ def register(app: typer.Typer) -> None:
                 n_cases=n_cases,
                 seed=seed,
                 checkpoint=checkpoint,
+                samples=samples,
+                steps=steps,
                 device=dev,
                 overwrite=overwrite,
                 command=command,
