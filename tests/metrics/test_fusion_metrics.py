@@ -59,6 +59,20 @@ def test_mutual_information_natural_log():
     assert mutual_information(HALVES, ZERO, HALVES) == pytest.approx(math.log(2))
 
 
+def test_mutual_information_equals_entropy_identity():
+    # oracle: MI(X, Y) = H(X) + H(Y) - H(X, Y), entropies by scipy (natural log)
+    from scipy.stats import entropy as h
+
+    a, b = _texture(10, (32, 32)), _texture(11, (32, 32))
+    f = a // 2 + b // 4
+
+    def mi(x, y):
+        joint = np.histogram2d(x.ravel(), y.ravel(), bins=256, range=[[0, 256], [0, 256]])[0]
+        return h(joint.sum(1)) + h(joint.sum(0)) - h(joint.ravel())
+
+    assert mutual_information(a, b, f) == pytest.approx(mi(f, a) + mi(f, b), abs=1e-10)
+
+
 def test_scd_of_the_sum_is_two():
     a, b = _texture(0) // 2, _texture(1) // 2
     assert scd(a, b, a + b) == pytest.approx(2.0)
