@@ -26,6 +26,9 @@ class Denoiser(nn.Module):
         token_dim: width of the context tokens (256).
         concat_conditioning: if True the input is ``[x_t, mri, ct, ct_bone]`` (4 channels).
         norm_num_groups: GroupNorm groups (must divide every width).
+        flash_attention: use ``torch.nn.functional.scaled_dot_product_attention`` in MONAI's
+            attention blocks (same math; halves the CPU time of self-attention at 1/4 resolution
+            by never materialising the N×N score matrix).
     """
 
     def __init__(
@@ -38,6 +41,7 @@ class Denoiser(nn.Module):
         token_dim: int = 256,
         concat_conditioning: bool = True,
         norm_num_groups: int = 8,
+        flash_attention: bool = True,
     ) -> None:
         super().__init__()
         if len(attention_levels) != len(channels):
@@ -61,6 +65,7 @@ class Denoiser(nn.Module):
             with_conditioning=True,
             transformer_num_layers=1,
             cross_attention_dim=token_dim,
+            use_flash_attention=flash_attention,
         )
 
     def forward(

@@ -15,12 +15,27 @@ import torch.nn.functional as F
 from torch import nn
 
 from clinfuse.errors import ClinfuseInputError
+from clinfuse.nn.cpu_conv import use_onednn_conv3d
 from clinfuse.nn.denoiser import Denoiser
 from clinfuse.nn.encoders import ConditionEncoder
 from clinfuse.nn.lesion_head import LesionHead
 
 Prediction = Literal["x0", "eps", "v"]
 ScheduleKind = Literal["linear", "cosine"]
+
+
+_SCALAR_TYPES: dict[str, type] = {
+    "spatial_dims": int,
+    "num_res_blocks": int,
+    "num_head_channels": int,
+    "norm_num_groups": int,
+    "token_dim": int,
+    "token_grid": int,
+    "num_train_steps": int,
+    "lesion_res_units": int,
+    "concat_conditioning": bool,
+    "flash_attention": bool,
+}
 
 
 @dataclass
@@ -34,8 +49,8 @@ class ModelConfig:
     """
 
     spatial_dims: int = 3
-    channels: tuple[int, ...] = (16, 32, 64)
-    attention_levels: tuple[bool, ...] = (False, False, True)
+    channels: tuple[int, ...] = (16, 32, 64, 64)
+    attention_levels: tuple[bool, ...] = (False, False, False, True)
     num_res_blocks: int = 1
     num_head_channels: int = 16
     norm_num_groups: int = 8
@@ -43,6 +58,7 @@ class ModelConfig:
     encoder_widths: tuple[int, ...] = (16, 32, 64, 128)
     token_grid: int = 2
     concat_conditioning: bool = True
+    flash_attention: bool = True
     prediction: Prediction = "x0"
     schedule: ScheduleKind = "linear"
     num_train_steps: int = 1000
@@ -57,6 +73,13 @@ class ModelConfig:
         self.encoder_widths = tuple(int(c) for c in self.encoder_widths)
         self.lesion_channels = tuple(int(c) for c in self.lesion_channels)
         problems = []
+        for name, kind in _SCALAR_TYPES.items():
+            value = getattr(self, name)
+            # bool is an int subclass: reject True where a count is expected, and vice versa
+            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+                problems.append(f"{name} must be {kind.__name__}, got {value!r}")
+        if problems:
+            raise ClinfuseInputError("invalid model config: " + "; ".join(problems))
         if self.spatial_dims not in (2, 3):
             problems.append(f"spatial_dims must be 2 or 3, got {self.spatial_dims}")
         if self.prediction not in ("x0", "eps", "v"):
@@ -116,17 +139,16 @@ class ModelConfig:
 MODEL_PRESETS: dict[str, dict[str, Any]] = {
     "phantom3d-small": {
         "spatial_dims": 3,
-        "channels": [16, 32, 64],
-        "attention_levels": [False, False, True],
+        "channels": [16, 32, 64, 64],
+        "attention_levels": [False, False, False, True],
         "num_res_blocks": 1,
     },
     "phantom3d-tiny": {
         "spatial_dims": 3,
-        "channels": [8, 16, 32],
-        "attention_levels": [False, False, True],
+        "channels": [8, 16, 32, 32],
+        "attention_levels": [False, False, False, True],
         "num_res_blocks": 1,
         "encoder_widths": [8, 16, 32, 64],
-        "lesion_channels": [8, 16, 32],
     },
     "harvard2d": {
         "spatial_dims": 2,
@@ -167,8 +189,11 @@ class FusionModel(nn.Module):
             c.token_dim,
             c.concat_conditioning,
             c.norm_num_groups,
+            c.flash_attention,
         )
         self.lesion_head = LesionHead(c.spatial_dims, c.lesion_channels, c.lesion_res_units)
+        if c.spatial_dims == 3:
+            use_onednn_conv3d(self)  # same weights and math, ~10x faster small CPU convs
 
     @property
     def size_multiple(self) -> int:

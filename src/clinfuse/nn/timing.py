@@ -1,88 +1,147 @@
-"""CPU forward-time measurements used to size the model presets (numbers in docs/MODEL.md).
+"""CPU forward / training-step measurements used to size the model presets (docs/MODEL.md).
 
-Run: ``python -m clinfuse.nn.timing [--repeats 3]``; prints one row per (config, size).
+Run: ``python -m clinfuse.nn.timing [--threads 1] [--repeats 3]``. The machine is shared, so
+besides wall time it reports process CPU time, which contention inflates far less.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import torch
+from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from clinfuse.nn.cpu_conv import OneDNNConv3d
 from clinfuse.nn.model import FusionModel, ModelConfig
 
-# Candidate denoisers compared in docs/MODEL.md (all with the default encoders and lesion head).
-CANDIDATES: dict[str, dict[str, object]] = {
-    "c16-32-64_attn3_rb1": {"channels": (16, 32, 64), "attention_levels": (False, False, True)},
-    "c8-16-32_attn3_rb1": {
+# Candidate denoisers compared in docs/MODEL.md (default encoders and lesion head).
+CANDIDATES: dict[str, dict[str, Any]] = {
+    "c16-32-64_att3": {"channels": (16, 32, 64), "attention_levels": (False, False, True)},
+    "c8-16-32_att3": {
         "channels": (8, 16, 32),
         "attention_levels": (False, False, True),
         "encoder_widths": (8, 16, 32, 64),
     },
-    "c16-32-64_attn3_rb2": {
-        "channels": (16, 32, 64),
-        "attention_levels": (False, False, True),
-        "num_res_blocks": 2,
+    "c16-32-64-64_att4": {
+        "channels": (16, 32, 64, 64),
+        "attention_levels": (False, False, False, True),
     },
-    "c32-64-64_attn3_rb1": {"channels": (32, 64, 64), "attention_levels": (False, False, True)},
+    "c8-16-32-32_att4": {
+        "channels": (8, 16, 32, 32),
+        "attention_levels": (False, False, False, True),
+        "encoder_widths": (8, 16, 32, 64),
+    },
 }
-SIZES: tuple[tuple[int, int, int], ...] = ((32, 32, 32), (48, 48, 48), (64, 64, 48))
+SIZES: tuple[tuple[int, ...], ...] = ((32, 32, 32), (48, 48, 48), (64, 64, 48))
 
 
-def time_forward(config: ModelConfig, size: Sequence[int], repeats: int = 3) -> dict[str, float]:
-    """Median seconds of one denoiser forward (batch 1, tokens precomputed), its GFLOP and rate."""
+def _stock(model: nn.Module) -> nn.Module:
+    """A copy with plain ``nn.Conv3d`` and MONAI's default attention (for the baseline row)."""
+    m = copy.deepcopy(model)
+    for mod in m.modules():
+        if type(mod) is OneDNNConv3d:
+            mod.__class__ = nn.Conv3d
+        if hasattr(mod, "use_flash_attention"):
+            mod.use_flash_attention = False
+    return m
+
+
+def _clock(fn: Any, repeats: int) -> tuple[float, float]:
+    """Median (wall s, CPU s) of ``repeats`` calls after one warm-up call."""
+    fn()
+    walls, cpus = [], []
+    for _ in range(repeats):
+        w0, c0 = time.perf_counter(), time.process_time()
+        fn()
+        walls.append(time.perf_counter() - w0)
+        cpus.append(time.process_time() - c0)
+    return statistics.median(walls), statistics.median(cpus)
+
+
+def time_forward(
+    config: ModelConfig, size: Sequence[int], repeats: int = 3, stock: bool = False
+) -> dict[str, float]:
+    """One denoiser forward, batch 1, tokens precomputed: wall/CPU seconds and GFLOP.
+
+    FLOPs are counted on the stock network (the oneDNN and flash-attention kernels are not seen
+    by ``FlopCounterMode``; the math is the same).
+    """
     model = FusionModel(config).eval()
+    if stock:
+        model = _stock(model)
     g = torch.Generator().manual_seed(0)
     cond = torch.randn((1, 3, *size), generator=g)
     x = torch.randn((1, 1, *size), generator=g)
     t = torch.tensor([500])
     with torch.no_grad():
         tokens = model.encode(cond)
-        t0 = time.perf_counter()
-        model.encode(cond)
-        encode_s = time.perf_counter() - t0
+        wall, cpu = _clock(lambda: model(x, t, cond, tokens), repeats)
+        enc_wall, _ = _clock(lambda: model.encode(cond), 1)
         with FlopCounterMode(display=False) as counter:
-            model(x, t, cond, tokens)  # also the warm-up run
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            model(x, t, cond, tokens)
-            times.append(time.perf_counter() - t0)
-    sec = statistics.median(times)
-    gflop = counter.get_total_flops() / 1e9
-    n_params = sum(p.numel() for p in model.denoiser.parameters())
+            _stock(model)(x, t, cond, tokens)
     return {
-        "seconds": sec,
-        "gflop": gflop,
-        "gflops_per_s": gflop / sec,
-        "encode_s": encode_s,
-        "denoiser_params_M": n_params / 1e6,
+        "wall": wall,
+        "cpu": cpu,
+        "gflop": counter.get_total_flops() / 1e9,
+        "encode_wall": enc_wall,
+        "params_M": sum(p.numel() for p in model.denoiser.parameters()) / 1e6,
     }
 
 
+def time_train_step(
+    config: ModelConfig, size: Sequence[int], batch: int = 2, repeats: int = 3
+) -> tuple[float, float]:
+    """Forward + backward of encoders, denoiser and lesion head (float32): (wall s, CPU s)."""
+    model = FusionModel(config).train()
+    g = torch.Generator().manual_seed(0)
+    cond = torch.randn((batch, 3, *size), generator=g)
+    x = torch.randn((batch, 1, *size), generator=g)
+    t = torch.randint(0, 1000, (batch,), generator=g)
+
+    def step() -> None:
+        model.zero_grad(set_to_none=True)
+        out = model(x, t, cond, model.encode(cond))
+        loss = out.square().mean() + model.lesion_head(out, cond).square().mean()
+        loss.backward()
+
+    return _clock(step, repeats)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    """Print a Markdown table of forward times for :data:`CANDIDATES` × :data:`SIZES`."""
+    """Print Markdown tables of forward and training-step times."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--configs", nargs="*", default=list(CANDIDATES))
+    parser.add_argument("--stock", action="store_true", help="also time plain MONAI layers")
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
-    print("| config | denoiser params (M) | size | forward s | GFLOP | GFLOP/s | encode s |")
+    print("| config | params (M) | size | forward wall s | forward CPU s | GFLOP | encode wall s |")
     print("|---|---|---|---|---|---|---|")
     for name in args.configs:
-        cfg = ModelConfig(**CANDIDATES[name])  # type: ignore[arg-type]
-        for size in SIZES:
-            r = time_forward(cfg, size, args.repeats)
-            print(
-                f"| {name} | {r['denoiser_params_M']:.2f} | {'×'.join(map(str, size))} | "
-                f"{r['seconds']:.3f} | {r['gflop']:.1f} | {r['gflops_per_s']:.0f} | "
-                f"{r['encode_s']:.3f} |",
-                flush=True,
-            )
+        cfg = ModelConfig(**CANDIDATES[name])
+        for stock in (False, True) if args.stock else (False,):
+            label = name + (" (stock MONAI)" if stock else "")
+            for size in SIZES:
+                r = time_forward(cfg, size, args.repeats, stock=stock)
+                print(
+                    f"| {label} | {r['params_M']:.2f} | {'×'.join(map(str, size))} | "
+                    f"{r['wall']:.3f} | {r['cpu']:.3f} | {r['gflop']:.1f} | "
+                    f"{r['encode_wall']:.3f} |",
+                    flush=True,
+                )
+    print("\n| config | train step 32³, batch 2: wall s | CPU s |")
+    print("|---|---|---|")
+    for name in args.configs:
+        wall, cpu = time_train_step(ModelConfig(**CANDIDATES[name]), (32, 32, 32))
+        print(f"| {name} | {wall:.3f} | {cpu:.3f} |", flush=True)
 
 
 if __name__ == "__main__":
