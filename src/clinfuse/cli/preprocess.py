@@ -59,7 +59,9 @@ def register(app: typer.Typer) -> None:
             "auto",
             help="Subtract this from CT values to get HU ('auto': 1024 if stored as HU+1024).",
         ),
-        overwrite: bool = typer.Option(False, help="Replace files in an existing OUT."),
+        overwrite: bool = typer.Option(
+            False, "--overwrite", help="Replace files in an existing OUT."
+        ),
     ) -> None:
         """Canonical orientation, one grid, CT windows, MRI normalisation, masks; JSON sidecars."""
         from clinfuse.io.atomic import check_output_dir, write_text_atomic
