@@ -102,6 +102,8 @@ def test_harvard_like_png_dataset(tmp_path: Path):
 
     cases = load_prepared_dataset(tmp_path / "out")
     assert cases[0].shape == (16, 16) and cases[0].mask_source["bone"] == "auto"
+    res = run(str(tmp_path / "out"), str(tmp_path / "again"))  # prepared data is not raw data
+    assert isinstance(res.exception, ClinfuseInputError) and "prepared" in str(res.exception)
 
 
 @pytest.mark.skipif(not (DATA / "volumes").is_dir(), reason="shared data not present")

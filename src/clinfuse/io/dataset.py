@@ -382,6 +382,12 @@ def load_dataset(path: str | Path) -> list[CaseRef]:
                 return _manifest(man, rows)
             if rows and {"index", "case_id"} <= set(rows[0]) and (path / "mri").is_dir():
                 return _harvard(path, rows)
+            if rows and "prepared" in rows[0]:
+                raise ClinfuseInputError(
+                    "this is a prepared dataset (output of `clinfuse preprocess`); read it with "
+                    "clinfuse.preprocess.pipeline.load_prepared_dataset, or give the raw data",
+                    man,
+                )
             raise ClinfuseInputError(
                 "manifest has neither case columns (case_id,mri,ct,...) nor the Harvard PNG "
                 "columns (index,case_id,slice with mri/ and ct/ folders)",
