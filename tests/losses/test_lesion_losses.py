@@ -114,6 +114,15 @@ def test_prepared_target_matches_raw_target_and_hand_distances():
     assert float(hd95_surrogate_loss(prob, lt)) == pytest.approx(expected, rel=1e-5)
 
 
+def test_half_precision_prob_is_summed_in_float32():
+    g = _ball(SHAPE_3D, CENTRE_3D, 5.0, SPACING_3D)
+    prob = _ball(SHAPE_3D, (14.0, 12.0, 14.0), 5.0, SPACING_3D).float() * 0.9 + 0.05
+    ref = float(lesion_loss(prob, g, SPACING_3D))
+    got = lesion_loss(prob.bfloat16(), g, SPACING_3D)
+    assert got.dtype == torch.float32
+    assert float(got) == pytest.approx(ref, rel=1e-2)
+
+
 def test_empty_target_falls_back_to_mean_squared_error():
     g = torch.zeros(1, 1, 10, 10, dtype=torch.bool)
     prob = torch.full((1, 1, 10, 10), 0.1, dtype=torch.float64)

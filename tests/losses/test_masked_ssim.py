@@ -98,6 +98,18 @@ def test_batch_and_channels_per_item_means():
     assert float(masked_ssim(x, y, mask)) == pytest.approx(float(per_item.mean()), abs=1e-12)
 
 
+def test_half_precision_and_autocast_compute_in_float32():
+    a, b = _pair((24, 24), seed=8)
+    mask = torch.ones(24, 24, dtype=torch.bool)
+    ref = float(masked_ssim(_t(a).float(), _t(b).float(), mask))
+    got = masked_ssim(_t(a).bfloat16(), _t(b).bfloat16(), mask)
+    assert got.dtype == torch.float32
+    assert float(got) == pytest.approx(ref, abs=2e-2)  # only the bf16 rounding of the inputs
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = masked_ssim(_t(a).float(), _t(b).float(), mask)
+    assert float(inside) == pytest.approx(ref, abs=1e-6)
+
+
 def test_identical_images_give_one():
     a, _ = _pair((12, 12, 12), seed=4)
     v = masked_ssim(_t(a), _t(a), torch.ones(12, 12, 12, dtype=torch.bool))

@@ -114,6 +114,11 @@ def _spatial_sum(t: Tensor) -> Tensor:
     return t.sum(dim=tuple(range(1, t.ndim)))
 
 
+def _upcast(prob: Tensor) -> Tensor:
+    # Sums over a whole volume lose most digits in fp16/bf16 (e.g. under autocast): use float32.
+    return prob.float() if prob.dtype in (torch.float16, torch.bfloat16) else prob
+
+
 def _batch_mean(per_item: Tensor, prob: Tensor, lt: LesionTarget) -> Tensor:
     """Mean over the batch; items without a target surface (empty or full) use mean (p - g)^2,
     since surface distances are undefined there."""
@@ -127,6 +132,7 @@ def soft_dice_loss(prob: Tensor, target: Tensor | np.ndarray | LesionTarget) -> 
     Soft Dice = (2 sum(p g) + eps) / (sum(p) + sum(g) + eps), eps = 1e-6, so an empty target
     and an all-zero prediction give loss 0.
     """
+    prob = _upcast(prob)
     g = target.mask if isinstance(target, LesionTarget) else _to_tensor(target, prob)
     if g.shape != prob.shape:
         raise ValueError(f"prob {tuple(prob.shape)} and target {tuple(g.shape)} differ")
@@ -157,6 +163,7 @@ def nsd_surrogate_loss(
       the prediction does not cover).
     Items with an empty or full target (no surface) use the mean of (p - g)^2 instead.
     """
+    prob = _upcast(prob)
     lt = _as_target(prob, target, spacing)
     far = (lt.dist_out > tau).to(prob.dtype)
     false_surface = _spatial_sum(prob * far) / (_spatial_sum(prob) + _EPS)
@@ -180,6 +187,7 @@ def hd95_surrogate_loss(
     Not bounded above (a far false positive is meant to cost much). Items with an empty or full
     target use the mean of (p - g)^2 instead.
     """
+    prob = _upcast(prob)
     lt = _as_target(prob, target, spacing)
     d2 = (lt.dist_out + lt.dist_in) ** 2
     radius = lt.dist_in.amax(dim=tuple(range(1, prob.ndim)))
@@ -201,6 +209,7 @@ def lesion_loss(
     shape (or a `LesionTarget` from `prepare_target`), `spacing` in mm. Scalar, differentiable
     in `prob`; 0 for a perfect binary prediction.
     """
+    prob = _upcast(prob)
     lt = _as_target(prob, target, spacing)
     w_dice, w_nsd, w_hd = weights
     return (

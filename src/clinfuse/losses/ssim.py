@@ -85,8 +85,17 @@ def ssim_map(
     Borders: the image is extended by symmetric reflection, so the map is defined at every voxel
     and equals `skimage.metrics.structural_similarity(..., gaussian_weights=True, sigma=1.5,
     use_sample_covariance=False, full=True)[1]` (no cropping). Differentiable in `x` and `y`.
+    Half-precision inputs are computed in float32 (the result is float32) and autocast is
+    switched off inside: variances are differences of close moments, which fp16/bf16 destroy.
     """
     _check_inputs(x, y, win_size)
+    if x.dtype in (torch.float16, torch.bfloat16) or y.dtype in (torch.float16, torch.bfloat16):
+        x, y = x.float(), y.float()
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        return _ssim_map(x, y.to(x.dtype), data_range, sigma, win_size)
+
+
+def _ssim_map(x: Tensor, y: Tensor, data_range: float, sigma: float, win_size: int) -> Tensor:
     kernel = gaussian_kernel1d(sigma, win_size, x.dtype, x.device)
     c = x.shape[1]
     # One filter pass over the five moment images stacked along channels: (B, 5C, *spatial).
