@@ -134,7 +134,9 @@ def draw_anatomy(
         "inner_table": rng.uniform(1.3, 1.8) * scale,
         "csf": rng.uniform(1.5, 2.5) * scale,
         "grey_matter": rng.uniform(2.5, 3.2) * scale,
-        "sulcus_depth": rng.uniform(8.0, 12.0) * scale,
+        "sulcus_depth": rng.uniform(10.0, 16.0) * scale,
+        # Width of the grey-matter lining of each sulcus bank, in units of the gyral field.
+        "gm_band": rng.uniform(0.45, 0.6),
         "scale": scale,
     }
     inner = sum(layers[k] for k in ("skin", "fat", "outer_table", "diploe", "inner_table"))
@@ -144,7 +146,7 @@ def draw_anatomy(
     fields = {
         "shape": SmoothField.draw(rng, lo, hi, 40.0),
         "thickness": SmoothField.draw(rng, lo, hi, 25.0),
-        "gyri": SmoothField.draw(rng, lo, hi, 7.0 * max(scale, 0.6)),
+        "gyri": SmoothField.draw(rng, lo, hi, 5.5 * max(scale, 0.6)),
         "lesion": SmoothField.draw(rng, lo, hi, 12.0),
         "bias": SmoothField.draw(rng, lo, hi, 90.0),
     }
@@ -164,7 +166,7 @@ def draw_anatomy(
         anat.fracture = {
             "centre_dir": centre_dir.tolist(),
             "normal": normal.tolist(),
-            "width_mm": float(rng.uniform(1.2, 2.0)),
+            "width_mm": float(rng.uniform(2.0, 3.0)),
             "half_length_deg": float(rng.uniform(12.0, 20.0)),
         }
     return anat
@@ -253,20 +255,26 @@ def tissue_labels(ax: np.ndarray, ay: np.ndarray, az: np.ndarray, anat: Anatomy)
     inside = depth > d_in
     lab[inside] = T.CSF
 
-    # Cortex: gyri from the zero-crossings of a smooth field. Sulci (CSF sheets) follow
-    # |g| < w; under gyral crowns (|g| large) white matter comes up to one cortical thickness.
+    # Cortex: sulci are the zero-crossing sheets of a smooth field (|g| < 0.12, CSF) down to
+    # the sulcal depth; grey matter lines the brain surface and both banks of every sulcus
+    # (|g| < 0.12 + band, about one cortical thickness), so white matter reaches up into the
+    # gyral crowns only. This gives the ~1:1 grey/white volume ratio of a real cortex.
     g = f("gyri")
     ag = np.abs(g)
     d_pial = d_in + L["csf"]
-    d_wm = d_pial + L["grey_matter"] + 5.0 * L["scale"] * np.clip(1.0 - ag, 0.0, 1.0)
-    lab[inside & (depth > d_pial)] = T.GM
-    lab[inside & (depth > d_wm)] = T.WM
-    sulcus = inside & (ag < 0.12) & (depth < d_pial + L["sulcus_depth"])
-    lab[sulcus] = T.CSF
+    gm_t = L["grey_matter"]
+    sd = L["sulcus_depth"]
+    parenchyma = inside & (depth > d_pial)
+    lab[parenchyma] = T.WM
+    lining = (ag < 0.12 + L["gm_band"]) & (depth < d_pial + sd + gm_t)
+    lab[parenchyma & ((depth < d_pial + gm_t) | lining)] = T.GM
+    lab[inside & (ag < 0.12) & (depth < d_pial + sd)] = T.CSF
 
     b = anat.brain_axes
-    # Interhemispheric fissure (falx region): a thin CSF sheet above the corpus callosum.
-    fissure = inside & (np.abs(x) < 0.9 * L["scale"] + 0.3) & (z > 0.15 * b[2] - 0.25 * np.abs(y))
+    # Interhemispheric fissure (falx region): a thin midline CSF sheet, interrupted by the
+    # corpus callosum (an ellipse in the mid-sagittal plane above the third ventricle).
+    callosum = (y / (0.4 * b[1])) ** 2 + ((z - 0.08 * b[2]) / (0.3 * b[2])) ** 2 < 1.0
+    fissure = inside & (np.abs(x) < 0.9 * L["scale"] + 0.3) & ~callosum & (z > -0.2 * b[2])
     lab[fissure] = T.CSF
     # Deep grey matter (basal ganglia/thalamus) and the ventricles.
     for sx in (-1.0, 1.0):
