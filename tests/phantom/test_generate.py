@@ -179,3 +179,17 @@ def test_2d_mode():
 def test_bad_config_is_a_user_error(kwargs):
     with pytest.raises(ClinfuseInputError):
         PhantomConfig(**kwargs)
+
+
+def test_fracture_cuts_the_skull():
+    cfg = dict(shape=(48, 48, 40), spacing=(2.5,) * 3, **CLEAN)
+    intact = generate_phantom(PhantomConfig(**cfg), 12)
+    broken = generate_phantom(PhantomConfig(**cfg, fracture=True), 12)
+    gap = broken.labels == T.GAP
+    assert gap.sum() > 10 and intact.truth["fracture"] is None
+    # The gap replaces bone only: it was skull in the intact phantom, and it is soft tissue
+    # on CT (35-60 HU) and outside both the bone and brain masks.
+    assert intact.case.bone[gap].all()
+    assert not broken.case.bone[gap].any() and not broken.case.brain[gap].any()
+    assert 35 <= broken.case.ct[gap].min() and broken.case.ct[gap].max() <= 60
+    assert 2.0 <= broken.truth["fracture"]["width_mm"] <= 3.0
