@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from clinfuse.preprocess.prepared import PreparedCase
 
@@ -51,6 +52,15 @@ def make_case(
         bone=bone,
         lesion=les,
     )
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One torch thread: the test CPU is shared, and oversubscribed OpenMP threads are slow."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture

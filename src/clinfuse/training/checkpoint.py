@@ -68,7 +68,10 @@ def save_checkpoint(
         # global states only matter for code that uses the global RNG (none in our model).
         "rng": {"torch": torch.get_rng_state()},
         "extra": dict(extra or {}),
-        "versions": {"torch": torch.__version__, "clinfuse": getattr(clinfuse, "__version__", "")},
+        "versions": {
+            "torch": str(torch.__version__),
+            "clinfuse": str(getattr(clinfuse, "__version__", "")),
+        },
     }
     path = Path(path)
     with atomic_write(path) as tmp:

@@ -183,7 +183,12 @@ def _roi_term(x: torch.Tensor, ref: torch.Tensor, mask: torch.Tensor) -> torch.T
 
 def _lesion_term(logits: torch.Tensor, batch: Batch, cfg: TrainConfig) -> torch.Tensor:
     """gamma's term: Dice + NSD + HD95 surrogates (+ BCE) on cases that have a lesion mask."""
-    from clinfuse.losses.lesion import lesion_loss
+    from clinfuse.losses.lesion import (
+        hd95_surrogate_loss,
+        nsd_surrogate_loss,
+        prepare_target,
+        soft_dice_loss,
+    )
 
     logits = logits.float()
     idx = [i for i in range(logits.shape[0]) if bool(batch.has_lesion[i])]
@@ -193,7 +198,15 @@ def _lesion_term(logits: torch.Tensor, batch: Batch, cfg: TrainConfig) -> torch.
     for i in idx:
         prob = torch.sigmoid(logits[i : i + 1])
         target = batch.lesion[i : i + 1]
-        term = lesion_loss(prob, target, batch.spacing[i], tau=cfg.roi.lesion_tau_mm)
+        lt = prepare_target(target, batch.spacing[i], like=prob)
+        # lesion_loss's three terms, with the HD95 surrogate log1p-compressed: it is unbounded
+        # and normalised by the lesion's size, so a sliver of lesion at a patch edge made it
+        # reach 1e6 in measured runs and swamp the other terms (TRAINING.md).
+        term = (
+            soft_dice_loss(prob, lt)
+            + nsd_surrogate_loss(prob, lt, tau=cfg.roi.lesion_tau_mm)
+            + torch.log1p(hd95_surrogate_loss(prob, lt))
+        )
         if cfg.roi.lesion_bce_weight:
             term = term + cfg.roi.lesion_bce_weight * F.binary_cross_entropy_with_logits(
                 logits[i : i + 1], target
