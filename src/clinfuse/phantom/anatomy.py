@@ -258,7 +258,7 @@ def tissue_labels(ax: np.ndarray, ay: np.ndarray, az: np.ndarray, anat: Anatomy)
     # Cortex: sulci are the zero-crossing sheets of a smooth field (|g| < 0.12, CSF) down to
     # the sulcal depth; grey matter lines the brain surface and both banks of every sulcus
     # (|g| < 0.12 + band, about one cortical thickness), so white matter reaches up into the
-    # gyral crowns only. This gives the ~1:1 grey/white volume ratio of a real cortex.
+    # gyral crowns only (grey/white volume ~0.45; a real adult brain is nearer 1).
     g = f("gyri")
     ag = np.abs(g)
     d_pial = d_in + L["csf"]
