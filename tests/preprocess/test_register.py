@@ -39,6 +39,7 @@ def test_recovers_3mm_3deg_within_1mm():
     mri = anatomy(p, "mri")
     ct = anatomy((p - t) @ rot, "ct")
     res = register_rigid(mri, AFF, ct, AFF, seed=3)
+    assert register_rigid(mri, AFF, ct, AFF, seed=3) == res  # bit-for-bit reproducible
     m = np.asarray(res.matrix_ras)
     head = p[mri > 50]
     err = np.linalg.norm(head @ m[:3, :3].T + m[:3, 3] - (head @ rot.T + t), axis=1)
