@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 from clinfuse.errors import ClinfuseInputError
@@ -38,7 +38,6 @@ class PhantomConfig:
     supersample: int = 2
     # 2D mode: height of the axial slice as a fraction of the head's z semi-axis (above centre).
     slice_height: float = 0.2
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _check(len(self.shape) in (2, 3), f"shape must have 2 or 3 entries, got {self.shape}")
