@@ -205,7 +205,10 @@ def test_geometry_mismatches(tmp_path: Path):
     far = AFF.copy()
     far[:3, 3] = [500.0, 0, 0]
     write(tmp_path / "far" / "ct.nii.gz", head()["ct"], far)
-    expect_error(tmp_path / "far", "does not overlap", "ct.nii.gz")
+    assert load_dataset(tmp_path / "far")[0].load().meta["no_overlap"] == ["ct"]  # see pipeline
+    write(tmp_path / "far" / "ct.nii.gz", head()["ct"])
+    write(tmp_path / "far" / "brain.nii.gz", head()["brain"], far)
+    expect_error(tmp_path / "far", "does not overlap", "brain.nii.gz")
     case_folder(tmp_path / "mix")
     write(tmp_path / "mix" / "bone.nii.gz", head()["bone"][:, :, 6])
     expect_error(tmp_path / "mix", "2D/3D mix", "bone.nii.gz")

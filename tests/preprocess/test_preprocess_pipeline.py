@@ -196,6 +196,26 @@ def test_register_in_pipeline_realigns_ct():
         preprocess_case(c2, register=True, auto_masks=False)
 
 
+def test_ct_in_another_world_frame_needs_registration():
+    """A CT whose affine puts it 400 mm away (another scanner's origin) is refused without
+    registration (naming the file) and aligned with it."""
+    case = ball_case(n=24)
+    far = AFF.copy()
+    far[:3, 3] += [400.0, -50.0, 0.0]
+    case.mri[case.mri > 0] += np.indices(case.mri.shape)[1][case.mri > 0]  # break symmetry
+    case.grids = {"ct": far}
+    case.meta["no_overlap"] = ["ct"]
+    case.sources = {"ct": "/data/ct.nii.gz"}
+    with pytest.raises(ClinfuseInputError, match="--register") as e:
+        preprocess_case(case)
+    assert "/data/ct.nii.gz" in str(e.value)
+    p = preprocess_case(case, register=True)
+    m = np.asarray(p.record["registration"]["matrix_ras"])
+    np.testing.assert_allclose(m[:3, 3], [400.0, -50.0, 0.0], atol=1.0)
+    ref = apply_window(ball_case(n=24).ct, BONE_WINDOW)
+    assert np.abs(p.ct_bone - ref).mean() < 0.1
+
+
 @pytest.mark.skipif(not (DATA / "volumes").is_dir(), reason="shared data not present")
 def test_real_seg3d_t1_with_pseudo_ct(tmp_path: Path):
     """Real T1 + the skull mask segmented on the patient's CT; the CT is a pseudo-CT made from

@@ -129,6 +129,15 @@ def _grid_box(shape: tuple[int, ...], affine: np.ndarray) -> tuple[np.ndarray, n
     return world.min(axis=1), world.max(axis=1)
 
 
+def grids_overlap(
+    a_shape: tuple[int, ...], a_aff: np.ndarray, b_shape: tuple[int, ...], b_aff: np.ndarray
+) -> bool:
+    """True when the world bounding boxes of two 3D grids intersect."""
+    lo_a, hi_a = _grid_box(a_shape, a_aff)
+    lo_b, hi_b = _grid_box(b_shape, b_aff)
+    return bool(np.all(np.minimum(hi_a, hi_b) >= np.maximum(lo_a, lo_b)))
+
+
 def _same_grid(a_shape: tuple[int, ...], a_aff: np.ndarray, b_shape: tuple[int, ...],
                b_aff: np.ndarray) -> bool:  # fmt: skip
     # 1e-3 mm / 1e-4 relative: float32 round-trips of the same header differ by less.
@@ -150,9 +159,11 @@ def load_case(
 
     Each image may be NIfTI, PNG or a DICOM folder. Arrays on a different 3D grid from the MRI
     (other shape or affine, but overlapping in space) are kept with their own affine in
-    `Case.grids` and resampled later by `preprocess_case`; 2D inputs must share the MRI's
-    shape. `ct_offset`: a value subtracted from the CT to get HU, or "auto" (1024 when the CT
-    looks like raw HU + 1024, with a warning; see `guess_ct_offset`).
+    `Case.grids` and resampled later by `preprocess_case`; a CT that does not overlap the MRI
+    at all is accepted but flagged (`meta["no_overlap"]`): only registration can align it.
+    2D inputs must share the MRI's shape. `ct_offset`: a value subtracted from the CT to get
+    HU, or "auto" (1024 when the CT looks like raw HU + 1024, with a warning; see
+    `guess_ct_offset`).
     """
     if mri is None or ct is None:
         raise ClinfuseInputError("a case needs both an MRI and a CT", mri or ct)
@@ -161,6 +172,7 @@ def load_case(
     m_arr, m_aff = load_image(mri)
     arrays: dict[str, np.ndarray] = {"mri": m_arr}
     grids: dict[str, np.ndarray] = {}
+    no_overlap: list[str] = []
     for role in ("ct", *MASK_ROLES):
         p = paths[role]
         if p is None:
@@ -181,19 +193,22 @@ def load_case(
                     "2D images must share one pixel grid",
                     p,
                 )
-            lo_a, hi_a = _grid_box(arr.shape, aff)
-            lo_m, hi_m = _grid_box(m_arr.shape, m_aff)
-            if np.any(np.minimum(hi_a, hi_m) < np.maximum(lo_a, lo_m)):
-                raise ClinfuseInputError(
+            if not grids_overlap(arr.shape, aff, m_arr.shape, m_aff):
+                msg = (
                     f"{role} does not overlap the MRI in space (affine mismatch: its origin is "
                     f"{aff[:3, 3].round(1).tolist()} mm, the MRI's {m_aff[:3, 3].round(1).tolist()}"
-                    " mm); the images cannot be put on one grid",
-                    p,
+                    " mm); the images cannot be put on one grid"
                 )
+                if role != "ct":
+                    raise ClinfuseInputError(msg, p)
+                # A CT from another scanner may use another world origin: rigid registration
+                # (which starts by centring the volumes) can still align it, so only
+                # `preprocess_case` without registration refuses it.
+                no_overlap.append(role)
             grids[role] = aff
         arrays[role] = arr
     ct_arr = arrays["ct"]
-    meta: dict[str, Any] = {}
+    meta: dict[str, Any] = {"no_overlap": no_overlap} if no_overlap else {}
     if ct_kind == "hu":
         off = guess_ct_offset(ct_arr) if ct_offset == "auto" else float(ct_offset)
         if ct_offset == "auto" and off:

@@ -145,6 +145,13 @@ def preprocess_case(
     }
 
     # 3. CT onto the grid, through a rigid registration if asked.
+    if "ct" in case.meta.get("no_overlap", ()) and not register:
+        raise ClinfuseInputError(
+            "CT does not overlap the MRI in space (affine mismatch): the images cannot be put "
+            "on one grid as they are; if they show the same head, use --register "
+            "(register=True) to align them",
+            src.get("ct"),
+        )
     transform = None
     if register:
         if case.ct_kind != "hu":
