@@ -17,7 +17,8 @@ from clinfuse.pipeline import (
     write_outputs,
 )
 
-SHAPE = (20, 24, 18)  # > the 16³ training patch on every axis: sliding windows run
+SHAPE = (20, 16, 14)  # > the 16³ training patch along x: two sliding windows (kept tiny: CPU)
+FAST = {"n_inner": 1}  # one gradient step per DDIM step keeps the tests quick
 SPACING = (2.0, 2.0, 2.5)
 
 
@@ -90,19 +91,23 @@ def _prepared(paths, lesion=True):
 def test_fuse_prepared_samples_uncertainty_and_determinism(checkpoint, case_files):
     prep = _prepared(case_files)
     lm = load_model(checkpoint, 3)
-    kw = dict(steps=2, samples=2, seed=5, patch_size=lm.patch_size, overrides={"eta": 0.01})
+    kw = dict(steps=1, samples=2, seed=5, patch_size=lm.patch_size, overrides={**FAST, "eta": 0.01})
     a = fuse_prepared(prep, lm.model, **kw)
     b = fuse_prepared(prep, lm.model, **kw)
     assert a.fused.shape == SHAPE and a.uncertainty.shape == SHAPE
     np.testing.assert_array_equal(a.fused, b.fused)
     assert a.uncertainty.max() > 0  # two samples from different noise differ
-    assert a.lesion_source == "predicted"  # the ground truth never guides by default
+    # the ground truth never guides by default; one step (t = 999) never reaches line 7 (t <= T/2)
+    # so no lesion mask guides at all (the "predicted" path: tests/diffusion/test_guidance.py)
+    assert a.lesion_source == "none"
     assert a.record["sliding_window"]["patch"] == [16, 16, 16]
     assert 0 <= a.lesion_prob.min() and a.lesion_prob.max() <= 1
-    oracle = fuse_prepared(prep, lm.model, steps=2, lesion="oracle", patch_size=lm.patch_size)
+    oracle = fuse_prepared(
+        prep, lm.model, steps=1, lesion="oracle", patch_size=lm.patch_size, overrides=FAST
+    )
     assert oracle.lesion_source == "oracle" and oracle.uncertainty is None
     blend = fuse_prepared(
-        prep, lm.model, **{**kw, "overrides": {"eta": 0.01, "uncertainty_blend": 1.0}}
+        prep, lm.model, **{**kw, "overrides": {**FAST, "eta": 0.01, "uncertainty_blend": 1.0}}
     )
     comp_dist = np.abs(blend.fused - prep.mri)[prep.brain].mean()
     assert comp_dist < np.abs(a.fused - prep.mri)[prep.brain].mean()  # pulled toward MRI
@@ -119,6 +124,7 @@ def test_fuse_case_and_write_outputs(checkpoint, case_files, tmp_path):
             "lesion": case_files["lesion"],
         },
         checkpoint=checkpoint,
+        overrides=FAST,
         steps=2,
         samples=2,
         progress=lambda i, n, info: steps.append((i, n)),
@@ -150,7 +156,9 @@ def test_interrupted_write_leaves_no_output(checkpoint, case_files, tmp_path, mo
     import clinfuse.pipeline as pl
 
     prep = _prepared(case_files, lesion=False)
-    res = fuse_prepared(prep, load_model(checkpoint, 3).model, steps=1, patch_size=(16, 16, 16))
+    res = fuse_prepared(
+        prep, load_model(checkpoint, 3).model, steps=1, patch_size=(16, 16, 16), overrides=FAST
+    )
 
     def boom(*a, **k):
         raise KeyboardInterrupt
