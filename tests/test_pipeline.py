@@ -193,3 +193,31 @@ def test_evaluation_hook_registers_clinfuse(checkpoint, case_files):
     assert name == "clinfuse" and fused.shape == SHAPE and lesion.shape == SHAPE
     with pytest.raises(ClinfuseInputError):
         resolve_method("clinfuse", checkpoint=checkpoint, preset="nope")
+
+
+def test_cli_fuse(checkpoint, case_files, tmp_path):
+    from typer.testing import CliRunner
+
+    from clinfuse.cli import app
+
+    out = tmp_path / "run"
+    base = ["fuse", "--mri", str(case_files["mri"]), "--ct", str(case_files["ct"])]
+    base += ["--brain", str(case_files["brain"]), "--bone", str(case_files["bone"])]
+    base += ["--checkpoint", str(checkpoint), "--out", str(out), "--device", "cpu"]
+    res = CliRunner().invoke(app, [*base, "--steps", "1", "--n-inner", "1", "--mode", "xt"])
+    assert res.exit_code == 0, res.output
+    run = json.loads((out / "run.json").read_text())
+    assert run["guidance"]["mode"] == "xt" and run["steps"] == 1
+    assert run["lesion_source"] == "none"  # no --lesion and one step: nothing guided it
+    res = CliRunner().invoke(app, [*base, "--steps", "1"])
+    assert isinstance(res.exception, ClinfuseInputError) and "overwrite" in str(res.exception)
+    res = CliRunner().invoke(app, [*base, "--preset", "migraine", "--overwrite"])
+    assert isinstance(res.exception, ClinfuseInputError) and "stroke" in str(res.exception)
+    bad = tmp_path / "fresh"
+    res = CliRunner().invoke(
+        app, [*base[:-4], "--out", str(bad), "--lesion", str(case_files["bone"])]
+    )
+    assert isinstance(res.exception, ClinfuseInputError) and "outside the brain" in str(
+        res.exception
+    )
+    assert not bad.exists()  # checked before sampling; the output folder is not left behind
