@@ -121,3 +121,12 @@ def test_a_bug_stops_the_run_after_writing_its_row(tmp_path, case_factory):
         evaluate_dataset(method, None, tmp_path / "o", items=items)
     rows = read_per_case(tmp_path / "o")
     assert [r["case_id"] for r in rows] == ["c0", "c1"] and "NameError" in rows[1]["error"]
+
+
+def test_summary_json_is_strict_json(tmp_path, case_factory):
+    items = _items(case_factory, 2)
+    res = evaluate_dataset("composite", None, tmp_path / "o", items=items)
+    text = (res.out / "summary.json").read_text()
+    summary = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard {c}"))
+    assert summary["metrics"]["brain_psnr"]["mean"] == "inf"  # exact copy inside the brain
+    assert summary["metrics"]["brain_psnr"]["sd"] is None

@@ -202,6 +202,17 @@ def summary_markdown(
     return "\n".join(lines) + "\n"
 
 
+def _json_safe(obj: Any) -> Any:
+    """Strict JSON: NaN -> null, +/-inf -> "inf"/"-inf" (other readers reject bare NaN)."""
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
+    return obj
+
+
 def _prepare_out(out: Path, data: Path | None, overwrite: bool) -> Path:
     from clinfuse.io.atomic import check_output_dir
 
@@ -309,7 +320,7 @@ def evaluate_dataset(
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "metrics": {k: v.to_dict() for k, v in result.summary.items()},
     }
-    _atomic_text(out_dir / SUMMARY_JSON, json.dumps(meta, indent=2, allow_nan=True) + "\n")
+    _atomic_text(out_dir / SUMMARY_JSON, json.dumps(_json_safe(meta), indent=2) + "\n")
     title = f"{name} on {meta['data'] or 'prepared cases'}"
     _atomic_text(
         out_dir / SUMMARY_MD,
