@@ -221,3 +221,46 @@ def test_cli_fuse(checkpoint, case_files, tmp_path):
         res.exception
     )
     assert not bad.exists()  # checked before sampling; the output folder is not left behind
+
+
+def test_png_pair_2d(tmp_path):
+    """A 2D PNG pair (display-windowed CT) fuses into fused.png with a 2D checkpoint."""
+    from torch.optim.swa_utils import AveragedModel
+
+    from clinfuse.io.png import save_png
+    from clinfuse.training.checkpoint import build_model, save_checkpoint
+    from clinfuse.training.config import resolve_config
+
+    over = [
+        "model.preset=harvard2d",
+        "model.channels=[8,16,32]",
+        "model.encoder_widths=[8,16,32,64]",
+    ]
+    over += ["data.patch_size=[32,32]", "data.val_patch_size=[32,32]"]
+    cfg = resolve_config("ci-tiny", over)
+    torch.manual_seed(0)  # test-only: the random initial weights of the tiny model
+    model = build_model(cfg.model)
+    ckpt = save_checkpoint(
+        tmp_path / "c2d.pt", model=model, ema=AveragedModel(model), config=cfg, step=0
+    )
+    state = torch.load(ckpt, weights_only=False)  # see the `checkpoint` fixture
+    state["versions"] = {k: str(v) for k, v in state.get("versions", {}).items()}
+    torch.save(state, ckpt)
+
+    mri, ct, brain, bone, _ = _head((48, 40, 3))
+    files = {}
+    for name, arr in (("mri", mri), ("ct", ct)):
+        a = arr[:, :, 1]
+        files[name] = save_png(
+            tmp_path / f"{name}.png", np.round((a - a.min()) / np.ptp(a) * 255).astype(np.uint8)
+        )
+    for name, arr in (("brain", brain), ("bone", bone)):
+        files[name] = save_png(tmp_path / f"{name}.png", arr[:, :, 1].astype(np.uint8))
+    res = fuse_case(files, checkpoint=ckpt, steps=1, overrides=FAST)
+    assert res.prepared.ct_kind == "display" and res.fused.shape == (48, 40)
+    out = write_outputs(res, tmp_path / "out")
+    assert {"fused.png", "lesion_prob.nii.gz", "montage.png", "run.json"} <= {
+        p.name for p in out.iterdir()
+    }
+    with pytest.raises(ClinfuseInputError, match="is a 2D model but the input is 3D"):
+        load_model(ckpt, 3)
