@@ -119,8 +119,13 @@ def draw_anatomy(
     n_lesions: int,
     fracture: bool,
     margin_mm: float,
+    plane_height: float | None = None,
 ) -> Anatomy:
-    """Draw the anatomy for a field of view of `extent_mm` (x, y, z) centred on 0."""
+    """Draw the anatomy for a field of view of `extent_mm` (x, y, z) centred on 0.
+
+    `plane_height` (2D mode): the slice lies at z = plane_height x the brain's z semi-axis;
+    round lesions (lacunes, haematomas) are centred on it so the slice cuts them.
+    """
     # The head fills ~88 % of the in-plane field of view and ~90 % in z, like a cropped scan.
     head_axes = extent_mm * np.array([0.44, 0.44, 0.45]) * rng.uniform(0.95, 1.0, 3)
     # Layer thicknesses (mm) of an adult head; scaled down only for tiny fields of view so a
@@ -154,7 +159,10 @@ def draw_anatomy(
     if lesion_kind != "none":
         territories = [str(t) for t in rng.permutation(["MCA", "ACA", "PCA", "lacune"])]
         for i in range(n_lesions):
-            anat.lesions.append(_draw_lesion(rng, lesion_kind, territories[i % 4], brain_axes))
+            les = _draw_lesion(rng, lesion_kind, territories[i % 4], brain_axes)
+            if plane_height is not None and les.kind != "wedge":
+                les.apex = (les.apex[0], les.apex[1], float(plane_height * brain_axes[2]))
+            anat.lesions.append(les)
     if fracture:
         # A linear fracture: a thin slab through the skull, centred on a random point of the
         # upper convexity, running along a random tangent for 25-45 mm.

@@ -136,7 +136,8 @@ def generate_phantom(
     # a fixed margin suffices and the anatomy does not depend on the misregistration.
     margin = 10.0
 
-    anat = draw_anatomy(rng, ext, cfg.lesion, cfg.n_lesions, cfg.fracture, margin)
+    plane = cfg.slice_height if cfg.ndim == 2 else None
+    anat = draw_anatomy(rng, ext, cfg.lesion, cfg.n_lesions, cfg.fracture, margin, plane)
     z_slice = float(cfg.slice_height * anat.brain_axes[2])
     axes = _subvoxel_axes(shape, spacing, k)
     labels_hi = _labels_on_grid(anat, cfg, axes, z_slice)
@@ -147,7 +148,7 @@ def generate_phantom(
         tries += 1
         if tries > 8:
             break
-        anat = draw_anatomy(rng, ext, cfg.lesion, cfg.n_lesions, cfg.fracture, margin)
+        anat = draw_anatomy(rng, ext, cfg.lesion, cfg.n_lesions, cfg.fracture, margin, plane)
         z_slice = float(cfg.slice_height * anat.brain_axes[2])
         labels_hi = _labels_on_grid(anat, cfg, axes, z_slice)
 
