@@ -1,1 +1,27 @@
-"""nn subpackage of clinfuse."""
+"""Networks: MRI/CT token encoders, the UNet denoiser, the lesion head and ``FusionModel``.
+
+Public names are imported lazily so that importing the package does not load MONAI.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+_EXPORTS = {
+    "FusionModel": "clinfuse.nn.model",
+    "ModelConfig": "clinfuse.nn.model",
+    "MODEL_PRESETS": "clinfuse.nn.model",
+    "pad_to_multiple": "clinfuse.nn.model",
+    "ConditionEncoder": "clinfuse.nn.encoders",
+    "TokenEncoder": "clinfuse.nn.encoders",
+    "Denoiser": "clinfuse.nn.denoiser",
+    "LesionHead": "clinfuse.nn.lesion_head",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'clinfuse.nn' has no attribute {name!r}")

@@ -120,6 +120,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--configs", nargs="*", default=list(CANDIDATES))
     parser.add_argument("--stock", action="store_true", help="also time plain MONAI layers")
+    parser.add_argument("--no-train", action="store_true", help="skip the training-step table")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
@@ -137,9 +138,17 @@ def main(argv: Sequence[str] | None = None) -> None:
                     f"{r['encode_wall']:.3f} |",
                     flush=True,
                 )
+    cfg2d = ModelConfig.preset("harvard2d")
+    for size in ((128, 128), (256, 256)):
+        r = time_forward(cfg2d, size, args.repeats)
+        print(
+            f"| harvard2d | {r['params_M']:.2f} | {'×'.join(map(str, size))} | "
+            f"{r['wall']:.3f} | {r['cpu']:.3f} | {r['gflop']:.1f} | {r['encode_wall']:.3f} |",
+            flush=True,
+        )
     print("\n| config | train step 32³, batch 2: wall s | CPU s |")
     print("|---|---|---|")
-    for name in args.configs:
+    for name in [] if args.no_train else args.configs:
         wall, cpu = time_train_step(ModelConfig(**CANDIDATES[name]), (32, 32, 32))
         print(f"| {name} | {wall:.3f} | {cpu:.3f} |", flush=True)
 
