@@ -74,3 +74,11 @@ def test_wilcoxon_identical_methods():
     a = np.array([0.5, 0.6, 0.7])
     assert paired_wilcoxon("m", a, a).p_value == 1.0
     assert paired_wilcoxon("m", np.array([math.nan]), np.array([1.0])).n == 0
+
+
+def test_wilcoxon_keeps_infinite_values_as_top_ranks():
+    ref = np.array([1.0, 2.0, 3.0, 4.0, 5.0, math.inf])
+    other = np.array([2.0, math.inf, 4.5, 4.2, math.inf, math.inf])
+    t = paired_wilcoxon("psnr", ref, other)
+    assert t.n == 5  # inf - inf has no difference: dropped
+    assert t.p_value == pytest.approx(0.0625) and t.mean_diff == math.inf

@@ -91,7 +91,7 @@ class PairedTest:
     """A paired comparison of one metric between a method and the reference (the first)."""
 
     metric: str
-    n: int  # cases present in both with finite values
+    n: int  # cases present in both with a defined difference (no NaN, not inf - inf)
     ref_mean: float
     mean: float
     mean_diff: float  # method - reference
@@ -99,15 +99,20 @@ class PairedTest:
 
 
 def paired_wilcoxon(metric: str, ref: np.ndarray, other: np.ndarray) -> PairedTest:
-    """Wilcoxon signed-rank test on paired values (NaN pairs dropped) via scipy."""
+    """Wilcoxon signed-rank test on paired values via scipy (NaN and inf - inf pairs dropped)."""
     a = np.asarray(ref, dtype=np.float64)
     b = np.asarray(other, dtype=np.float64)
-    ok = np.isfinite(a) & np.isfinite(b)
+    # +inf is a value (PSNR of an exact copy) and ranks above everything, so such pairs stay in
+    # the rank test; NaN pairs and inf - inf (no defined difference) are dropped.
+    with np.errstate(invalid="ignore"):
+        ok = ~np.isnan(a) & ~np.isnan(b) & ~np.isnan(b - a)
     a, b = a[ok], b[ok]
     n = int(a.size)
     if n == 0:
         return PairedTest(metric, 0, math.nan, math.nan, math.nan, math.nan)
     d = b - a
+    with np.errstate(invalid="ignore"):
+        means = float(a.mean()), float(b.mean()), float(d.mean())
     if np.all(d == 0):
         p = 1.0
     elif n < 2:
@@ -116,4 +121,4 @@ def paired_wilcoxon(metric: str, ref: np.ndarray, other: np.ndarray) -> PairedTe
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", category=UserWarning)  # small-n / ties notices
             p = float(stats.wilcoxon(b, a).pvalue)
-    return PairedTest(metric, n, float(a.mean()), float(b.mean()), float(d.mean()), p)
+    return PairedTest(metric, n, *means, p)

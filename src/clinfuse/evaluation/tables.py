@@ -90,7 +90,8 @@ class Comparison:
         ref = self.methods[0]
         lines += [
             "",
-            f"Δ = method − {ref} on the cases both have (finite values); two-sided Wilcoxon "
+            f"Δ = method − {ref} on the cases both have (NaN dropped; +inf, e.g. the PSNR of an "
+            "exact copy, ranks highest); two-sided Wilcoxon "
             "signed-rank test (scipy), no correction for multiple comparisons.",
         ]
         return "\n".join(lines) + "\n"
