@@ -95,9 +95,16 @@ def time_forward(
 
 
 def time_train_step(
-    config: ModelConfig, size: Sequence[int], batch: int = 2, repeats: int = 3
+    config: ModelConfig,
+    size: Sequence[int],
+    batch: int = 2,
+    repeats: int = 3,
+    bf16: bool = False,
 ) -> tuple[float, float]:
-    """Forward + backward of encoders, denoiser and lesion head (float32): (wall s, CPU s)."""
+    """Forward + backward of encoders, denoiser and lesion head: (wall s, CPU s).
+
+    ``bf16=True`` runs the forward under CPU bf16 autocast (the training loop's ``amp: auto``).
+    """
     model = FusionModel(config).train()
     g = torch.Generator().manual_seed(0)
     cond = torch.randn((batch, 3, *size), generator=g)
@@ -106,11 +113,28 @@ def time_train_step(
 
     def step() -> None:
         model.zero_grad(set_to_none=True)
-        out = model(x, t, cond, model.encode(cond))
-        loss = out.square().mean() + model.lesion_head(out, cond).square().mean()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = model(x, t, cond, model.encode(cond))
+            logits = model.lesion_head(out, cond)
+        loss = out.float().square().mean() + logits.float().square().mean()
         loss.backward()
 
     return _clock(step, repeats)
+
+
+def time_sampling(config: ModelConfig, size: Sequence[int], steps: int = 20) -> tuple[float, float]:
+    """One unguided DDIM run (``diffusion.samplers.sample``), batch 1: (wall s, CPU s)."""
+    from clinfuse.diffusion.samplers import sample
+    from clinfuse.diffusion.schedule import NoiseSchedule
+
+    model = FusionModel(config).eval()
+    schedule = NoiseSchedule(config.num_train_steps, config.schedule)
+    cond = torch.randn((1, 3, *size), generator=torch.Generator().manual_seed(0))
+
+    def run() -> None:
+        sample(model, cond, schedule, steps=steps, generator=torch.Generator().manual_seed(1))
+
+    return _clock(run, 1)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -121,9 +145,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--configs", nargs="*", default=list(CANDIDATES))
     parser.add_argument("--stock", action="store_true", help="also time plain MONAI layers")
     parser.add_argument("--no-train", action="store_true", help="skip the training-step table")
+    parser.add_argument("--sample", action="store_true", help="time DDIM-20 at 64×64×48 only")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
+    if args.sample:
+        print("| config | DDIM-20 at 64×64×48: wall s | CPU s |\n|---|---|---|")
+        for name in args.configs:
+            wall, cpu = time_sampling(ModelConfig(**CANDIDATES[name]), (64, 64, 48))
+            print(f"| {name} | {wall:.1f} | {cpu:.1f} |", flush=True)
+        return
     print("| config | params (M) | size | forward wall s | forward CPU s | GFLOP | encode wall s |")
     print("|---|---|---|---|---|---|---|")
     for name in args.configs:
@@ -146,11 +177,13 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"{r['wall']:.3f} | {r['cpu']:.3f} | {r['gflop']:.1f} | {r['encode_wall']:.3f} |",
             flush=True,
         )
-    print("\n| config | train step 32³, batch 2: wall s | CPU s |")
-    print("|---|---|---|")
+    print("\n| config | train step 32³, batch 2: wall s | CPU s | bf16 autocast wall s | CPU s |")
+    print("|---|---|---|---|---|")
     for name in [] if args.no_train else args.configs:
-        wall, cpu = time_train_step(ModelConfig(**CANDIDATES[name]), (32, 32, 32))
-        print(f"| {name} | {wall:.3f} | {cpu:.3f} |", flush=True)
+        cfg = ModelConfig(**CANDIDATES[name])
+        wall, cpu = time_train_step(cfg, (32, 32, 32))
+        wall16, cpu16 = time_train_step(cfg, (32, 32, 32), bf16=True)
+        print(f"| {name} | {wall:.3f} | {cpu:.3f} | {wall16:.3f} | {cpu16:.3f} |", flush=True)
 
 
 if __name__ == "__main__":
