@@ -130,3 +130,19 @@ def test_summary_json_is_strict_json(tmp_path, case_factory):
     summary = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard {c}"))
     assert summary["metrics"]["brain_psnr"]["mean"] == "inf"  # exact copy inside the brain
     assert summary["metrics"]["brain_psnr"]["sd"] is None
+
+
+def test_2d_saved_png_is_exactly_the_scored_array(tmp_path, case_factory):
+    from PIL import Image
+
+    from clinfuse.metrics.fusion import fusion_metrics
+
+    p = case_factory("s0", shape=(64, 64), lesion=False)
+    a = np.round((p.mri + 2) / 4 * 255).astype(np.uint8)
+    b = np.round((p.ct + 2) / 4 * 255).astype(np.uint8)
+    res = evaluate_dataset("average", None, tmp_path / "o", items=[PreparedItem("s0", p, (a, b))])
+    saved = np.array(Image.open(res.out / "fused" / "s0.png"))
+    assert saved.dtype == np.uint8 and saved.min() == 0 and saved.max() == 255
+    want = fusion_metrics(a, b, saved)
+    for k in ("EN", "SD", "SF", "MI", "SCD", "VIF", "Qabf", "SSIM"):
+        assert res.rows[0][k] == pytest.approx(want[k], rel=1e-9), k
