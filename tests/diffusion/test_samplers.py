@@ -223,3 +223,48 @@ def test_bad_arguments() -> None:
         sample(model, cond, s, steps=2, sampler="euler")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="x_T"):
         sample(model, cond, s, steps=2, x_T=torch.zeros(1, 1, 5, 5))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("t", "t_prev"), [(999, 949), (500, 499), (49, 0)])
+def test_ddim_eta1_equals_ddpm_posterior(t: int, t_prev: int) -> None:
+    """Song et al. §4.1: with η = 1 and ε̂ consistent with (x_t, x̂0), DDIM *is* the DDPM
+    posterior q(x_{t'} | x_t, x̂0): same mean and variance, so the same sample for one noise."""
+    s = NoiseSchedule()
+    g = torch.Generator().manual_seed(t)
+    x_t = torch.randn((1, 1, 6, 6), generator=g, dtype=torch.float64)
+    x0 = torch.randn(x_t.shape, generator=g, dtype=torch.float64)
+    eps = s.eps_from_x0(x_t, x0, t)
+    a = ddim_step(x_t, x0, eps, t, t_prev, s, eta=1.0, generator=torch.Generator().manual_seed(5))
+    b = ddpm_step(x_t, x0, t, t_prev, s, generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
+def test_sample_with_a_real_tiny_model() -> None:
+    from clinfuse.nn.model import FusionModel, ModelConfig
+
+    cfg = ModelConfig(
+        spatial_dims=2,
+        channels=(8, 8),
+        attention_levels=(False, True),
+        num_head_channels=8,
+        encoder_widths=(8, 8, 8, 8),
+        lesion_channels=(8, 8),
+    )
+    model = FusionModel(cfg).eval()
+    cond = torch.randn((1, 3, 8, 8), generator=torch.Generator().manual_seed(0))
+    fresh = sample(model, cond, NoiseSchedule(), steps=3, generator=torch.Generator())
+    assert not fresh.any()  # a fresh MONAI UNet predicts x̂0 = 0, and the last step returns x̂0
+    g0 = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # randomise MONAI's zero-initialised layers so the output is non-trivial
+        for p in model.parameters():
+            if p.ndim > 1 and not p.any():
+                p.copy_(torch.randn(p.shape, generator=g0) * 0.5)
+
+    def run() -> torch.Tensor:
+        g = torch.Generator().manual_seed(4)
+        return sample(model, cond, NoiseSchedule(), steps=3, generator=g, progress=True)
+
+    out = run()
+    assert out.shape == (1, 1, 8, 8) and torch.isfinite(out).all()
+    assert out.any() and out.abs().max() <= 2.0  # the last x̂0, clipped to the model range
+    torch.testing.assert_close(run(), out, rtol=0, atol=0)
