@@ -104,7 +104,7 @@ def test_architecture_mismatch_is_named(tmp_path):
     cfg = _cfg(max_steps=1)
     train(cfg, _data(cfg), tmp_path / "run", device="cpu", progress=False)
     state = read_checkpoint(tmp_path / "run" / "last.ckpt")
-    state["config"]["model"]["channels"] = [16, 32, 64]
+    state["config"]["model"]["channels"] = [2 * c for c in cfg.model["channels"]]
     torch.save(state, tmp_path / "other.ckpt")
     with pytest.raises(ClinfuseInputError, match="another model architecture"):
         load_checkpoint(tmp_path / "other.ckpt")

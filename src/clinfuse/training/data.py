@@ -345,8 +345,9 @@ def load_train_data(
     patients = {cid: patient_of(cid, _ref_meta(r), cfg.patient_pattern) for cid, r in by_id.items()}
     train_ids, val_ids, _ = split_by_patient(patients, cfg, source)
     if len(val_ids) > cfg.max_val_cases:
-        # Evenly spread over the held-out cases (e.g. slices from skull base to vertex).
-        pick = np.linspace(0, len(val_ids) - 1, cfg.max_val_cases).round().astype(int)
+        # Evenly spread over the held-out cases, ends excluded (for slices: neither the skull
+        # base nor the vertex, which are atypical).
+        pick = np.linspace(0, len(val_ids) - 1, cfg.max_val_cases + 2)[1:-1].round().astype(int)
         val_ids = [val_ids[i] for i in pick]
 
     def prepare(cid: str) -> PreparedCase:

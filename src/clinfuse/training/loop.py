@@ -528,6 +528,12 @@ def _train(
     start = 0
     extra: dict[str, Any] = {"best_score": None, "jitter_applied": 0, "jitter_seen": 0}
     if resume_state is not None:
+        if resume_state.get("optimizer") is None:
+            raise ClinfuseInputError(
+                "this checkpoint was exported for inference (no optimizer state); resume from "
+                "the run's last.ckpt",
+                resume,
+            )
         load_weights(model, resume_state["model"], resume)
         ema.load_state_dict(resume_state["ema"])
         optimizer.load_state_dict(resume_state["optimizer"])
