@@ -31,6 +31,7 @@ rejected (a swapped or misregistered file); a few voxels outside are a partial-v
 cortical lesion against an automatic brain mask, and only warn."""
 
 LesionMode = Literal["predicted", "user", "oracle"]
+WindowMode = Literal["sliding", "whole"]
 ProgressFn = Callable[[int, int, dict[str, Any]], None]
 
 
@@ -137,6 +138,7 @@ def fuse_prepared(
     seed: int = 0,
     lesion: LesionMode = "predicted",
     patch_size: tuple[int, ...] | None = None,
+    window: WindowMode = "sliding",
     overlap: float = 0.5,
     progress: ProgressFn | None = None,
 ) -> FusionResult:
@@ -147,7 +149,10 @@ def fuse_prepared(
     `lesion_prob` the mean of the head's probabilities. `lesion`: "predicted" (default; the
     head's own mask at t = T/2 guides, never the ground truth), "user" (the case's lesion mask
     was given by the user) or "oracle" (the case's ground-truth mask; label results "oracle").
-    Volumes larger than `patch_size` (the training patch) go through sliding windows.
+    Volumes larger than `patch_size` (the training patch) go through sliding windows
+    (`window="sliding"`), or through the network in one call (`window="whole"`: about 3x
+    cheaper for a 64x64x48 volume and a 32³ patch, but the tokens and attention then see a
+    larger field than in training).
     """
     import torch
 
@@ -166,7 +171,13 @@ def fuse_prepared(
     device = next(model.parameters()).device
     shape = prepared.shape
     multiple = int(getattr(model, "size_multiple", 1))
-    sliding = patch_size is not None and any(s > p for s, p in zip(shape, patch_size, strict=True))
+    if window not in ("sliding", "whole"):
+        raise ClinfuseInputError(f"window must be 'sliding' or 'whole', got {window!r}")
+    sliding = (
+        window == "sliding"
+        and patch_size is not None
+        and any(s > p for s, p in zip(shape, patch_size, strict=True))
+    )
     grid = padded_shape(shape, multiple, patch_size if sliding else None)
     net: Any = SlidingWindowModel(model, patch_size, overlap=overlap) if sliding else model
 
@@ -215,6 +226,7 @@ def fuse_prepared(
         "samples": int(samples),
         "seed": int(seed),
         "lesion_source": res.lesion_source,
+        "window": window,
         "sliding_window": {"patch": list(patch_size), "overlap": overlap} if sliding else None,
         "padded_grid": list(grid),
         "mask_source": dict(prepared.mask_source),
@@ -282,6 +294,7 @@ def fuse_case(
     samples: int = 1,
     seed: int = 0,
     device: str = "cpu",
+    window: WindowMode = "sliding",
     progress: ProgressFn | None = None,
 ) -> FusionResult:
     """Fuse one case: load, preprocess (missing masks automatic), guided sampling, map back.
@@ -320,6 +333,7 @@ def fuse_case(
         seed=seed,
         lesion=lesion,
         patch_size=loaded.patch_size,
+        window=window,
         progress=progress,
     )
     t2 = time.perf_counter()
@@ -495,7 +509,7 @@ def _clinfuse_method_factory(
     seed: int = 0,
     lesion: LesionMode = "predicted",
     device: str = "cpu",
-    ndim: int = 3,
+    window: WindowMode = "sliding",
     **overrides: Any,
 ) -> Callable[[PreparedCase], FusionResult]:
     """`clinfuse evaluate --method clinfuse --checkpoint CKPT --preset stroke [--option k=v]`.
@@ -526,6 +540,7 @@ def _clinfuse_method_factory(
             seed=int(seed),
             lesion=lesion,
             patch_size=lm.patch_size,
+            window=window,
         )
 
     return method

@@ -91,11 +91,14 @@ def test_tokens_cached_per_window_and_one_patch_runs_directly():
 
 
 def test_lesion_head_is_differentiable_through_windows():
-    sw = SlidingWindowModel(WindowBiasModel(), (32, 32), overlap=0.5)
+    sw = SlidingWindowModel(WindowBiasModel(), (32, 32), overlap=0.5, lesion_windows=True)
     cond = _ramp2d()
     x = torch.zeros(1, 1, 64, 64, requires_grad=True)
     sw.lesion_head(x, cond).sum().backward()
     assert x.grad is not None and float(x.grad.abs().sum()) > 0
+    whole = SlidingWindowModel(WindowBiasModel(), (32, 32))  # default: one whole-volume call
+    x2 = torch.linspace(0, 1, 64 * 64).reshape(1, 1, 64, 64)
+    torch.testing.assert_close(whole.lesion_head(x2, cond), WindowBiasModel().lesion_head(x2, cond))
 
 
 def test_padding_and_too_small_volume():

@@ -15,6 +15,13 @@ class Mode(str, Enum):
     xt = "xt"
 
 
+class Window(str, Enum):
+    """Volumes above the training patch: overlapping patches, or the whole volume at once."""
+
+    sliding = "sliding"
+    whole = "whole"
+
+
 class Device(str, Enum):
     """Compute device; `auto` picks CUDA when present."""
 
@@ -59,6 +66,11 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, "--seed", help="Seed of the sampling noise."),
         checkpoint: Path | None = typer.Option(
             None, "--checkpoint", help="Model checkpoint (default: the shipped one)."
+        ),
+        window: Window = typer.Option(
+            Window.sliding,
+            "--window",
+            help="sliding: training-size patches blended (default); whole: one call, ~3x faster.",
         ),
         device: Device = typer.Option(Device.auto, "--device", help="auto, cpu or cuda."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
@@ -110,6 +122,7 @@ def register(app: typer.Typer) -> None:
                     samples=samples,
                     seed=seed,
                     device=device.value,
+                    window=window.value,
                     progress=on_step,
                 )
             write_outputs(result, out_dir, overwrite=overwrite, inputs=inputs)

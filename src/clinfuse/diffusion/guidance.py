@@ -60,6 +60,9 @@ class GuidanceConfig:
     eta: float = 0.02  # guidance step size, per voxel in model-range units (see voxel_scaled)
     mode: GuidanceMode = "x0"
     n_inner: int = 3  # gradient steps on x̂0 per DDIM step (mode "x0" only)
+    # the lesion term joins only the first `lesion_inner` of those steps: each evaluation is a
+    # lesion-head forward + backward over the volume, the SSIM terms are cheap
+    lesion_inner: int = 1
     brain_window: tuple[float, float] = (0.0, 1.0)
     bone_window: tuple[float, float] = (0.0, 1.0)
     lesion_window: tuple[float, float] = (0.5, 1.0)
@@ -83,8 +86,10 @@ class GuidanceConfig:
             v = getattr(self, name)
             if not (isinstance(v, int | float) and v >= 0 and v == v):
                 raise ClinfuseInputError(f"{name} must be a number >= 0, got {v!r}", source)
-        if int(self.n_inner) != self.n_inner or self.n_inner < 1:
-            raise ClinfuseInputError(f"n_inner must be an integer >= 1, got {self.n_inner}", source)
+        for name in ("n_inner", "lesion_inner"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ClinfuseInputError(f"{name} must be an integer >= 1, got {v!r}", source)
         for name in ("brain_window", "bone_window", "lesion_window"):
             lo, hi = getattr(self, name)
             if not (0.0 <= lo <= hi <= 1.0):
@@ -394,15 +399,17 @@ def guided_sample(
             # x̂0-space variant: n_inner gradient steps of lines 10-12 on x̂0, then line 5 from
             # the guided x̂0 (ε̂ kept from the network, so the guided x̂0 passes into x_{t-1}).
             z = x0_hat
-            for _ in range(int(cfg.n_inner)):
+            for k in range(int(cfg.n_inner)):
                 z = z.detach().requires_grad_(True)
-                loss = objective(z)  # Alg.1 lines 10-12 (on x̂0)
+                wk = w if k < cfg.lesion_inner else (w[0], w[1], 0.0)
+                loss = objective(z, wk)  # Alg.1 lines 10-12 (on x̂0)
+                if k == 0:  # the losses before guidance moved x̂0 (logged)
+                    info.update(brain=loss.brain, bone=loss.bone, lesion=loss.lesion)
                 (grad,) = torch.autograd.grad(loss.total, z)
                 z = z - cfg.eta * grad  # Alg.1 line 15 (on x̂0)
                 if cfg.clip_x0:
                     z = z.clamp(lo, hi)
             x0_hat = z.detach()
-            info.update(brain=loss.brain, bone=loss.bone, lesion=loss.lesion)
         with torch.no_grad():
             x = ddim_step(x, x0_hat, eps_hat, tt, t_prev, schedule, eta=0.0, generator=generator)
             # Alg.1 line 5 (deterministic DDIM; the DDIM eta is not the guidance eta)

@@ -66,7 +66,8 @@ class SlidingWindowModel:
     changes during sampling), so the encoders still run once per window per case.
 
     Inputs must be at least the patch along every axis (see `padded_shape`). A volume that is
-    exactly one patch runs the model directly.
+    exactly one patch runs the model directly. The lesion head runs on the whole volume unless
+    `lesion_windows` (it has no tokens; see `lesion_head`).
     """
 
     def __init__(
@@ -77,6 +78,7 @@ class SlidingWindowModel:
         overlap: float = 0.5,
         sw_batch_size: int = 4,
         blend: str = "gaussian",
+        lesion_windows: bool = False,
     ) -> None:
         self.model = model
         self.config = getattr(model, "config", None)
@@ -88,6 +90,7 @@ class SlidingWindowModel:
         self.overlap = float(overlap)
         self.sw_batch_size = int(sw_batch_size)
         self.blend = blend
+        self.lesion_windows = bool(lesion_windows)
         self._tokens: dict[tuple[int, ...], torch.Tensor] = {}
         self._cond_id: int | None = None
 
@@ -121,7 +124,11 @@ class SlidingWindowModel:
     def lesion_head(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """Lesion logits `(B, 1, *S)` blended from windows; differentiable in `x`."""
         self._check(x)
-        if tuple(x.shape[2:]) == self.patch:
+        if not self.lesion_windows or tuple(x.shape[2:]) == self.patch:
+            # The head is a plain conv UNet (no tokens, no attention), so it runs on the whole
+            # padded volume in one call: about 1/3 of the voxels the overlapping windows cost,
+            # and guidance calls it forward + backward. Only its instance-norm statistics
+            # differ from per-patch application.
             return self.model.lesion_head(x, cond)
 
         def predictor(win: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
