@@ -193,3 +193,10 @@ def test_fracture_cuts_the_skull():
     assert not broken.case.bone[gap].any() and not broken.case.brain[gap].any()
     assert 35 <= broken.case.ct[gap].min() and broken.case.ct[gap].max() <= 60
     assert 2.0 <= broken.truth["fracture"]["width_mm"] <= 3.0
+
+
+@pytest.mark.parametrize("lesion", ["ischaemic", "haemorrhagic"])
+def test_2d_cases_asked_for_a_lesion_have_one(lesion):
+    for seed in range(6):
+        cfg = PhantomConfig(shape=(32, 32), spacing=(6.0, 6.0), lesion=lesion, supersample=1)
+        assert generate_phantom(cfg, seed).case.lesion.any(), seed
