@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
@@ -72,7 +73,7 @@ def register(app: typer.Typer) -> None:
             progress=progress,
             overwrite=overwrite,
         )
-        if result.out is not None:
+        if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 reports
             typer.echo(
                 f"done: step {result.step}; last {result.last_checkpoint}; "
                 f"best {result.best_checkpoint} (val ROI-SSIM {result.best_score})"

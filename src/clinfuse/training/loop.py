@@ -260,7 +260,9 @@ def compute_losses(
 
 
 def _psnr(x: torch.Tensor, ref: torch.Tensor, mask: torch.Tensor, data_range: float) -> float:
-    """ROI-PSNR in dB over the masked voxels (METRICS.md)."""
+    """ROI-PSNR in dB over the masked voxels (METRICS.md); NaN for an empty ROI."""
+    if not bool((mask > 0.5).any()):
+        return math.nan
     try:
         from clinfuse.metrics.roi import roi_psnr
     except ImportError:  # metrics package not there yet: same definition, inline
