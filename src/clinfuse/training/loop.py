@@ -74,6 +74,9 @@ JITTER_COLUMNS = (
 )
 
 
+MAX_SKIPPED_IN_A_ROW = 5  # consecutive non-finite-gradient steps before the run stops
+
+
 class NonFiniteLossError(ClinfuseInputError):
     """The loss became NaN/Inf: the run stops and keeps its last good checkpoint."""
 
@@ -606,6 +609,7 @@ def _train(
             extra=extra,
         )
 
+    skipped_in_a_row = 0
     try:
         if start == 0 and info.is_main and val_batches:
             # Step-0 validation: the starting point of the validation curves.
@@ -661,17 +665,32 @@ def _train(
             # denoiser's step through one global norm.
             grad_norm = float(torch.nn.utils.clip_grad_norm_(fusion_params, clip))
             grad_norm_lesion = float(torch.nn.utils.clip_grad_norm_(lesion_params, clip))
-            if not amp[2] and not math.isfinite(grad_norm + grad_norm_lesion):
-                raise NonFiniteLossError(
-                    f"non-finite gradient norm at step {step}; stopped before updating the "
-                    f"weights. Last good checkpoint: {last_ckpt or 'none yet'}.",
-                    out,
-                )
+            grads_ok = math.isfinite(grad_norm) and math.isfinite(grad_norm_lesion)
+            if not amp[2] and not grads_ok:
+                # Finite loss, non-finite gradient (seen once with bf16 autocast on CPU, step 63
+                # of the phantom run): skip this update as GradScaler does under fp16, and stop
+                # only if it keeps happening.
+                extra["skipped_updates"] = extra.get("skipped_updates", 0) + 1
+                skipped_in_a_row += 1
+                part = "denoiser/encoders" if not math.isfinite(grad_norm) else "lesion head"
+                if info.is_main:
+                    print(f"step {step}: non-finite gradient in the {part}; update skipped")
+                if skipped_in_a_row >= MAX_SKIPPED_IN_A_ROW:
+                    raise NonFiniteLossError(
+                        f"non-finite gradient norm ({part}) in {skipped_in_a_row} consecutive "
+                        f"steps up to step {step}; stopped. Last good checkpoint: "
+                        f"{last_ckpt or 'none yet'}. Try a lower optim.lr or amp: off.",
+                        out,
+                    )
+                optimizer.zero_grad(set_to_none=True)
+            else:
+                skipped_in_a_row = 0
             lr = optimizer.param_groups[0]["lr"]
-            scaler.step(optimizer)
-            scaler.update()
+            if grads_ok or amp[2]:
+                scaler.step(optimizer)
+                scaler.update()
+                ema.update_parameters(model)
             lr_sched.step()
-            ema.update_parameters(model)
 
             extra["jitter_applied"] += sum(int(r["applied"]) for r in jit_rows)
             extra["jitter_seen"] += len(jit_rows)
