@@ -158,3 +158,30 @@ def test_data_dimension_must_match_the_model(tmp_path):
     data2d = TrainData(flat, [], DataConfig(patch_size=(16, 16)))
     with pytest.raises(ClinfuseInputError, match="data is 2D but the model is 3D"):
         train(cfg, data2d, tmp_path / "run", device="cpu", progress=False)
+
+
+def test_non_finite_gradient_with_finite_loss_skips_one_update(tmp_path, monkeypatch):
+    import clinfuse.training.loop as loop
+
+    original = loop.build_model
+    calls = {"n": 0}
+
+    def with_bad_hook(model_config):
+        model = original(model_config)
+        param = next(model.lesion_head.parameters())
+
+        def hook(grad):
+            calls["n"] += 1
+            # Accumulation 2: backward calls 3 and 4 belong to step 2.
+            return grad * float("nan") if calls["n"] in (3, 4) else grad
+
+        param.register_hook(hook)
+        return model
+
+    monkeypatch.setattr(loop, "build_model", with_bad_hook)
+    cfg = _cfg()
+    train(cfg, _data(cfg), tmp_path / "run", device="cpu", progress=False)
+    state = read_checkpoint(tmp_path / "run" / "last.ckpt")
+    assert state["step"] == 3 and state["extra"]["skipped_updates"] == 1
+    rows = {r["step"]: r for r in _rows(tmp_path / "run" / "metrics.csv")}
+    assert rows["2"]["grad_norm_lesion"] == "" and rows["3"]["grad_norm_lesion"] != ""
