@@ -10,7 +10,7 @@ import torch
 from conftest import make_case
 
 from clinfuse.errors import ClinfuseInputError
-from clinfuse.training.checkpoint import load_checkpoint, read_checkpoint
+from clinfuse.training.checkpoint import export_checkpoint, load_checkpoint, read_checkpoint
 from clinfuse.training.config import DataConfig, resolve_config
 from clinfuse.training.data import TrainData
 from clinfuse.training.loop import (
@@ -98,6 +98,15 @@ def test_logs_checkpoints_and_weights_only_load(tmp_path):
         not torch.equal(p, q)
         for p, q in zip(loaded.model.parameters(), result.model.parameters(), strict=True)
     )
+    # The slim export for shipping loads the same EMA model but cannot be resumed.
+    slim = export_checkpoint(out / "last.ckpt", tmp_path / "slim.pt")
+    assert slim.stat().st_size < (out / "last.ckpt").stat().st_size / 2
+    for p, q in zip(
+        load_checkpoint(slim).model.parameters(), loaded.model.parameters(), strict=True
+    ):
+        assert torch.equal(p, q)
+    with pytest.raises(ClinfuseInputError, match="exported for inference"):
+        train(cfg, _data(cfg), out, resume=slim, device="cpu", progress=False)
 
 
 def test_architecture_mismatch_is_named(tmp_path):
