@@ -90,7 +90,7 @@ def test_report_is_self_contained_and_embeds_images(tmp_path):
     assert hrefs[0] == "per_case.csv" and hrefs[1].startswith("data:text/csv;base64,")
     body = "".join(parser.text)
     assert "clinfuse demo <test>" in body  # title escaped in the source, intact when parsed
-    assert "0.500 ± 0.100 [0.400, 0.600]" in body and "—" in body
+    assert "0.500 ± 0.100" in body and "[0.400, 0.600]" in body and "—" in body
     assert "The clinfuse row is missing" in body and "9000" in body and "torch" in body
     assert 'class="highlight"' in text
 

@@ -32,6 +32,8 @@ h1 { font-size: 1.6em; border-bottom: 2px solid #4e79a7; padding-bottom: .2em; }
 h2 { font-size: 1.25em; margin-top: 1.6em; color: #2b4a6f; }
 table { border-collapse: collapse; margin: .6em 0; font-size: .9em; }
 th, td { border: 1px solid #ccc; padding: .3em .6em; text-align: right; }
+td { white-space: nowrap; }
+.ci { font-size: .8em; color: #666; }
 th { background: #eef2f7; }
 td:first-child, th:first-child { text-align: left; font-weight: 600; }
 tr.highlight td { background: #fff6d5; }
@@ -105,13 +107,22 @@ def data_uri(path: str | Path, mime: str) -> str:
     return f"data:{mime};base64," + base64.b64encode(payload).decode("ascii")
 
 
+def _cell_html(text: str) -> str:
+    """A cell's HTML: a trailing `[lo, hi]` CI goes on its own smaller line, so wide method ×
+    metric tables stay readable without horizontal scrolling."""
+    main, sep, ci = text.partition(" [")
+    if sep and ci.endswith("]"):
+        return f'{html.escape(main)}<br><span class="ci">[{html.escape(ci)}</span>'
+    return html.escape(text)
+
+
 def _table_html(table: Table) -> str:
     esc = html.escape
     head = "".join(f"<th>{esc(str(h))}</th>" for h in table.header)
     body = []
     for row in table.rows:
         cls = ' class="highlight"' if row and str(row[0]) in table.highlight else ""
-        cells = "".join(f"<td>{esc(format_cell(v))}</td>" for v in row)
+        cells = "".join(f"<td>{_cell_html(format_cell(v))}</td>" for v in row)
         body.append(f"<tr{cls}>{cells}</tr>")
     cap = f"<caption>{esc(table.caption)}</caption>" if table.caption else ""
     return (
