@@ -91,6 +91,11 @@ def test_demo_refuses_to_overwrite_and_bad_counts(baseline_run, tmp_path):
         demo_mod.run_demo(baseline_run.out, n_cases=1, **TINY)
     with pytest.raises(ClinfuseInputError, match="n-cases"):
         demo_mod.run_demo(tmp_path / "o", n_cases=0, **TINY)
+    with pytest.raises(ClinfuseInputError, match="preset"):
+        demo_mod.run_demo(tmp_path / "o3", n_cases=1, preset="nonsense", **TINY)
+    with pytest.raises(ClinfuseInputError, match="unknown baseline"):
+        demo_mod.run_demo(tmp_path / "o4", n_cases=1, methods=["median"], **TINY)
+    assert not (tmp_path / "o3").exists() and not (tmp_path / "o4").exists()
     with pytest.raises(ClinfuseInputError, match="checkpoint file not found"):
         demo_mod.run_demo(tmp_path / "o2", n_cases=1, checkpoint=tmp_path / "nope.pt", **TINY)
 

@@ -328,6 +328,19 @@ def run_demo(
 
     say = progress or (lambda _msg: None)
     t_start = time.perf_counter()
+    # Every user error before any work: bad counts, unknown baseline or preset, bad output.
+    if samples < 1 or steps < 1:
+        raise ClinfuseInputError(f"--samples and --steps must be >= 1, got {samples}, {steps}")
+    baseline_names = list(methods) if methods is not None else list(BASELINES)
+    unknown = [m for m in baseline_names if m not in BASELINES]
+    if unknown:
+        raise ClinfuseInputError(f"unknown baseline(s) {unknown}; available: {list(BASELINES)}")
+    try:
+        from clinfuse.diffusion.guidance import load_preset
+    except ImportError:
+        pass  # no guidance module: the model cannot run either; _load_model reports it
+    else:
+        load_preset(preset)
     out_dir = check_output_dir(out, overwrite)
     timings: dict[str, float] = {}
 
@@ -340,10 +353,6 @@ def run_demo(
 
     ndim = cases[0].prepared.ndim
     loaded, status = _load_model(None if checkpoint is None else Path(checkpoint), ndim, device)
-    baseline_names = list(methods) if methods is not None else list(BASELINES)
-    unknown = [m for m in baseline_names if m not in BASELINES]
-    if unknown:
-        raise ClinfuseInputError(f"unknown baseline(s) {unknown}; available: {list(BASELINES)}")
     recorders: dict[str, _Recorder] = {}
     model = None if loaded is None else loaded.model
     if loaded is not None:
