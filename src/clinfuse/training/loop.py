@@ -667,9 +667,9 @@ def _train(
             grad_norm_lesion = float(torch.nn.utils.clip_grad_norm_(lesion_params, clip))
             grads_ok = math.isfinite(grad_norm) and math.isfinite(grad_norm_lesion)
             if not amp[2] and not grads_ok:
-                # Finite loss, non-finite gradient (seen once with bf16 autocast on CPU, step 63
-                # of the phantom run): skip this update as GradScaler does under fp16, and stop
-                # only if it keeps happening.
+                # Finite loss, non-finite gradient (seen every ~20 steps in the 3D model under
+                # bf16 autocast on CPU): skip this update as GradScaler does under fp16, and
+                # stop only if it keeps happening.
                 extra["skipped_updates"] = extra.get("skipped_updates", 0) + 1
                 skipped_in_a_row += 1
                 part = "denoiser/encoders" if not math.isfinite(grad_norm) else "lesion head"
