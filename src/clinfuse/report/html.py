@@ -27,10 +27,10 @@ MAX_EMBEDDED_CSV_BYTES = 2_000_000
 
 _CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 2em auto;
-       max-width: 1200px; color: #222; line-height: 1.4; padding: 0 1em; }
+       max-width: 1400px; color: #222; line-height: 1.4; padding: 0 1em; }
 h1 { font-size: 1.6em; border-bottom: 2px solid #4e79a7; padding-bottom: .2em; }
 h2 { font-size: 1.25em; margin-top: 1.6em; color: #2b4a6f; }
-table { border-collapse: collapse; margin: .6em 0; font-size: .9em; }
+table { border-collapse: collapse; margin: .6em 0; font-size: .85em; }
 th, td { border: 1px solid #ccc; padding: .3em .6em; text-align: right; }
 td { white-space: nowrap; }
 .ci { font-size: .8em; color: #666; }
