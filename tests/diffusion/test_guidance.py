@@ -106,9 +106,9 @@ def test_guided_loop_is_deterministic_and_pinned():
     b = _run(AverageModel(), cfg, seed=7)
     torch.testing.assert_close(a.fused, b.fused, atol=0, rtol=0)
     # pinned (torch 2.13 CPU, float32): the whole 5-step guided loop from seed 7
-    assert float(a.fused[0, 0, 0, 0, 0]) == pytest.approx(-1.687464, abs=1e-4)
-    assert float(a.fused[0, 0, 7, 3, 5]) == pytest.approx(0.164935, abs=1e-4)
-    assert float(a.fused.sum()) == pytest.approx(-0.072792, abs=2e-3)
+    assert float(a.fused[0, 0, 0, 0, 0]) == pytest.approx(-1.682574, abs=1e-4)
+    assert float(a.fused[0, 0, 7, 3, 5]) == pytest.approx(0.151058, abs=1e-4)
+    assert float(a.fused.sum()) == pytest.approx(0.352886, abs=2e-3)
     c = _run(AverageModel(), cfg, seed=8)
     assert not torch.equal(a.fused, c.fused)
     assert len(a.history) == 5 and all("brain" in h for h in a.history)
@@ -118,9 +118,10 @@ def test_guidance_increases_masked_ssim_in_both_modes():
     base = _ssims(_run(AverageModel(), None).fused)
     x0 = _ssims(_run(AverageModel(), GuidanceConfig(gamma=0.0, eta=0.1, mode="x0")).fused)
     xt = _ssims(_run(AverageModel(), GuidanceConfig(gamma=0.0, eta=0.3, mode="xt")).fused)
-    # measured: unguided 0.27 / 0.27, x0 mode 0.51 / 0.60, xt mode 0.49 / 0.56
-    assert x0[0] > base[0] + 0.2 and x0[1] > base[1] + 0.2
-    assert xt[0] > base[0] + 0.1 and xt[1] > base[1] + 0.1
+    # measured (ROI-SSIM on shifted, masked inputs): unguided 0.78 / 0.78,
+    # x0 mode 0.88 / 0.89, xt mode 0.95 / 0.95
+    assert x0[0] > base[0] + 0.07 and x0[1] > base[1] + 0.07
+    assert xt[0] > base[0] + 0.07 and xt[1] > base[1] + 0.07
 
 
 def test_xt_and_x0_modes_differ():

@@ -58,9 +58,20 @@ def test_masked_mean_is_skimage_map_averaged_in_mask(shape):
     mask[(slice(0, 2),) * len(shape)] = True  # and a corner piece: border by reflection
     expected = _skimage_map(a, b)[mask].mean()
     for m in (torch.from_numpy(mask), _t(mask), _t(mask).expand(1, 1, *shape)):
-        got = masked_ssim(_t(a), _t(b), m)
+        got = masked_ssim(_t(a), _t(b), m, low=None, mask_inputs=False)
         assert got.shape == ()
         assert float(got) == pytest.approx(expected, abs=1e-10)
+    # The ROI-SSIM convention: shift to [0, 4], mask, then average the map in the mask.
+    expected_roi = _skimage_map((a + 2) * mask, (b + 2) * mask)[mask].mean()
+    assert float(masked_ssim(_t(a), _t(b), _t(mask))) == pytest.approx(expected_roi, abs=1e-10)
+
+
+def test_identical_inside_the_roi_scores_one():
+    a, b = _pair((24, 30), seed=3)
+    mask = np.zeros((24, 30), dtype=bool)
+    mask[5:15, 6:20] = True
+    c = np.where(mask, a, b)  # equals a inside the ROI, anything outside
+    assert float(masked_ssim(_t(c), _t(a), _t(mask))) == pytest.approx(1.0, abs=1e-12)
 
 
 @pytest.mark.parametrize("shape", [(40, 36), (24, 22, 20)])
@@ -73,7 +84,7 @@ def test_small_roi_crop_is_exact_in_value_and_gradient(shape):
         mask[sl] = 1.0
         x1 = _t(a).clone().requires_grad_(True)
         x2 = _t(a).clone().requires_grad_(True)
-        got = masked_ssim(x1, _t(b), mask)
+        got = masked_ssim(x1, _t(b), mask, low=None, mask_inputs=False)
         full = (ssim_map(x2, _t(b))[0, 0] * mask).sum() / mask.sum()
         got.backward()
         full.backward()
@@ -91,7 +102,8 @@ def test_batch_and_channels_per_item_means():
     per_item = masked_ssim(x, y, mask, reduction="none")
     assert per_item.shape == (2,)
     for i in range(2):
-        maps = [_skimage_map(a[i, c], b[i, c]) for c in range(3)]
+        mi = mask[i, 0].numpy()
+        maps = [_skimage_map((a[i, c] + 2) * mi, (b[i, c] + 2) * mi) for c in range(3)]
         m = mask[i, 0].numpy()
         expected = np.mean([mp[m] for mp in maps])
         assert float(per_item[i]) == pytest.approx(expected, abs=1e-10)

@@ -16,9 +16,10 @@ def test_roi_ssim_is_skimage_map_mean_in_roi(shape):
     ref = rng.uniform(-2, 2, shape)
     fused = np.clip(ref + rng.normal(0, 0.4, shape), -2, 2).astype(np.float32)
     mask = rng.random(shape) > 0.6
+    # ROI-SSIM convention: shift to [0, 4] and mask both images, average the map in the ROI.
     _, full = structural_similarity(
-        fused.astype(np.float64),
-        ref,
+        (fused.astype(np.float64) + 2) * mask,
+        (ref + 2) * mask,
         gaussian_weights=True,
         sigma=1.5,
         use_sample_covariance=False,

@@ -156,13 +156,24 @@ def masked_ssim(
     sigma: float = 1.5,
     win_size: int = 11,
     reduction: Literal["mean", "none"] = "mean",
+    low: float | None = -2.0,
+    mask_inputs: bool = True,
 ) -> Tensor:
-    """Mean of the SSIM map of `x` against `y` inside `mask` (ROI-SSIM), differentiable.
+    """Mean of the SSIM map of `x·M` against `y·M` inside `mask` (ROI-SSIM), differentiable.
+
+    ROI-SSIM convention (docs/METRICS.md): both images are first shifted by `-low` so that they
+    are non-negative (model range [-2, 2] -> [0, 4]; SSIM's luminance term assumes non-negative
+    intensities and turns negative when two local means have opposite signs), then multiplied by
+    the binary mask, as Algorithm 1 writes `SSIM(x·M_brain, M·M_brain)`, and the SSIM map is
+    averaged inside the mask. So the windows at the ROI border see only ROI voxels and zeros, and
+    an image equal to the reference inside the ROI scores exactly 1 (the ROI composite with exact
+    masks is the ceiling). `low=None, mask_inputs=False` gives the plain masked mean of the
+    whole-image SSIM map.
 
     Shapes: `x`, `y` are `(B, C, *spatial)` with 2 or 3 spatial axes; `mask` is `(*spatial)`,
-    `(B, 1, *spatial)` or `(B, C, *spatial)`, bool or non-negative weights. The SSIM map is
-    computed on the whole image (local windows see the context around the ROI, borders by
-    symmetric reflection, see `ssim_map`) and then averaged over the masked voxels and channels.
+    `(B, 1, *spatial)` or `(B, C, *spatial)`, bool or non-negative weights (voxels with weight > 0
+    are "inside" for the input masking). Borders by symmetric reflection (see `ssim_map`); the map
+    is averaged over the masked voxels and channels.
 
     Returns `(B,)` for `reduction="none"`, a scalar for `"mean"` (mean over the batch items with
     a non-empty mask). An item with an empty mask gives NaN, with zero (finite) gradient, so
@@ -172,6 +183,11 @@ def masked_ssim(
     _check_inputs(x, y, win_size)
     m = _broadcast_mask(mask, x)
     x, y, m = _crop_to_roi(x, y, m, win_size // 2)
+    if low is not None:
+        x, y = x - low, y - low
+    if mask_inputs:
+        inside = (m > 0).to(x.dtype)
+        x, y = x * inside, y * inside
     s = ssim_map(x, y, data_range=data_range, sigma=sigma, win_size=win_size)
     dims = tuple(range(1, x.ndim))
     weight = m.sum(dim=dims)

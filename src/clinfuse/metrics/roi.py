@@ -36,8 +36,9 @@ def roi_ssim(
     """Mean SSIM map of `fused` against `ref` inside `mask` (same 2D/3D shape, numpy).
 
     Gaussian window sigma 1.5 (11 taps), C1/C2 from `data_range` (4.0 = model range [-2, 2]);
-    the map is computed on the whole image (borders by symmetric reflection) and averaged over
-    the ROI. An empty ROI gives NaN with a RuntimeWarning.
+    both images are shifted to [0, 4] and masked before the map is computed (the convention of
+    `clinfuse.losses.ssim.masked_ssim`, docs/METRICS.md), and the map is averaged over the ROI.
+    An empty ROI gives NaN with a RuntimeWarning.
     """
     f, r, m = _check(fused, ref, mask)
     if not m.any():

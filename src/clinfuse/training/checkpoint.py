@@ -144,17 +144,33 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return LoadedCheckpoint(model, config, int(state["step"]), str(path), state)
 
 
-def export_checkpoint(src: str | Path, dst: str | Path) -> Path:
+def _to_half(obj: object) -> object:
+    """Floating-point tensors to float16 (recursively); other values unchanged."""
+    if isinstance(obj, torch.Tensor):
+        return obj.half() if obj.is_floating_point() else obj
+    if isinstance(obj, dict):
+        return {k: _to_half(v) for k, v in obj.items()}
+    return obj
+
+
+def export_checkpoint(src: str | Path, dst: str | Path, *, half: bool = False) -> Path:
     """A slim copy for inference / shipping: EMA weights and config only (no raw weights, no
-    optimizer state, about 1/4 of the size). `load_checkpoint` reads it; it cannot be resumed."""
+    optimizer state, about 1/4 of the size). `load_checkpoint` reads it; it cannot be resumed.
+
+    `half=True` stores the weights as float16 (half the size again, for the checkpoint shipped in
+    the repository); `load_state_dict` casts them back to the model's float32 on load.
+    """
     state = read_checkpoint(src)
+    ema = state.get("ema")
     slim = {
         **state,
         "model": {},
+        "ema": _to_half(ema) if half else ema,
         "optimizer": None,
         "scheduler": None,
         "scaler": None,
-        "extra": {**state.get("extra", {}), "exported_from": str(src)},
+        "rng": None,
+        "extra": {**state.get("extra", {}), "exported_from": str(src), "float16": half},
     }
     dst = Path(dst)
     with atomic_write(dst) as tmp:
