@@ -32,16 +32,6 @@ DEMO_SPACING = (3.0, 3.0, 3.0)
 # defeat a different classical baseline, which is the point the demo has to show.
 DEMO_CONTRASTS = ("T1", "T2")
 OUR_METHOD = "clinfuse"
-SHOWN_METRICS = (
-    ("brain_ssim", "brain ROI-SSIM"),
-    ("bone_ssim", "bone ROI-SSIM"),
-    ("brain_psnr", "brain PSNR (dB)"),
-    ("bone_psnr", "bone PSNR (dB)"),
-    ("dice", "lesion Dice"),
-    ("nsd", "lesion NSD@2mm"),
-    ("hd95", "lesion HD95 (mm)"),
-    ("fuse_seconds", "seconds/case"),
-)
 
 ProgressFn = Callable[[str], None]
 
