@@ -5,8 +5,7 @@ Public names of the schedule and samplers are imported lazily; import guidance f
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
+from clinfuse._lazy import lazy_getattr
 
 _EXPORTS = {
     "NoiseSchedule": "clinfuse.diffusion.schedule",
@@ -18,8 +17,4 @@ _EXPORTS = {
 }
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'clinfuse.diffusion' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

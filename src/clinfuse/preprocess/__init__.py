@@ -5,8 +5,7 @@ Public names are imported lazily so that importing one submodule stays light.
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
+from clinfuse._lazy import lazy_getattr
 
 _EXPORTS = {
     "PreparedCase": "clinfuse.preprocess.prepared",
@@ -23,8 +22,4 @@ _EXPORTS = {
 }
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'clinfuse.preprocess' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _EXPORTS)
