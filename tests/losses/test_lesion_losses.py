@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from _helpers import ball
 from clinfuse.losses.lesion import (
     hd95_surrogate_loss,
     lesion_loss,
@@ -14,11 +15,7 @@ from clinfuse.losses.lesion import (
 
 
 def _ball(shape, centre, radius, spacing):
-    grids = np.meshgrid(
-        *[np.arange(n) * s for n, s in zip(shape, spacing, strict=True)], indexing="ij"
-    )
-    d2 = sum((g - c) ** 2 for g, c in zip(grids, centre, strict=True))
-    return torch.from_numpy(d2 <= radius**2)[None, None]
+    return torch.from_numpy(ball(shape, centre, radius, spacing))[None, None]
 
 
 SPACING_3D = (1.0, 1.0, 2.0)

@@ -13,6 +13,7 @@ from monai.metrics.utils import (
     get_edge_surface_distance,
 )
 
+from _helpers import ball
 from clinfuse.errors import ClinfuseInputError
 from clinfuse.metrics.segmentation import (
     dice,
@@ -21,13 +22,6 @@ from clinfuse.metrics.segmentation import (
     nsd,
     surface_element_table,
 )
-
-
-def _ball(shape, centre, radius, spacing):
-    grids = np.meshgrid(
-        *[np.arange(n) * s for n, s in zip(shape, spacing, strict=True)], indexing="ij"
-    )
-    return sum((g - c) ** 2 for g, c in zip(grids, centre, strict=True)) <= radius**2
 
 
 def _t(a):
@@ -47,7 +41,7 @@ CASES = [
 def _case(shape, spacing, r_gt, r_pred, shift):
     centre = [n * s / 2 for n, s in zip(shape, spacing, strict=True)]
     moved = [centre[0] + shift, *centre[1:]]
-    return _ball(shape, moved, r_pred, spacing), _ball(shape, centre, r_gt, spacing)
+    return ball(shape, moved, r_pred, spacing), ball(shape, centre, r_gt, spacing)
 
 
 def test_dice_hand_case_and_monai():

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from _helpers import ball
 from clinfuse.report.montage import (
     build_montage_figure,
     choose_point,
@@ -14,14 +15,6 @@ from clinfuse.report.montage import (
     save_montage,
     slice_views,
 )
-
-
-def _ball(shape, centre, radius_mm, spacing):
-    grids = np.meshgrid(
-        *[np.arange(n) * s for n, s in zip(shape, spacing, strict=True)], indexing="ij"
-    )
-    c = [ci * s for ci, s in zip(centre, spacing, strict=True)]
-    return sum((g - ci) ** 2 for g, ci in zip(grids, c, strict=True)) <= radius_mm**2
 
 
 def test_slice_views_orientation_and_mm_extent():
@@ -68,8 +61,8 @@ def test_anisotropic_voxels_are_not_squashed():
 
 def test_choose_point_lands_inside_a_crescent_lesion():
     shape = (30, 30, 10)
-    outer = _ball(shape, (15, 15, 5), 10, (1, 1, 1))
-    inner = _ball(shape, (18, 15, 5), 9, (1, 1, 1))
+    outer = ball(shape, (15, 15, 5), 10, (1, 1, 1))
+    inner = ball(shape, (18, 15, 5), 9, (1, 1, 1))
     crescent = outer & ~inner
     assert not crescent[tuple(np.round(np.argwhere(crescent).mean(0)).astype(int))]
     assert crescent[choose_point(shape, [crescent])]
@@ -89,9 +82,9 @@ def _count_colour(png: Path, rgb: tuple[int, int, int], tol: int = 40) -> int:
 
 def test_save_montage_writes_png_with_contours(tmp_path):
     shape, sp = (32, 32, 12), (1.0, 1.0, 2.5)
-    head = _ball(shape, (16, 16, 6), 12, sp).astype(np.float32) * 3 - 2
-    ref = _ball(shape, (20, 16, 6), 4, sp)
-    pred = _ball(shape, (21, 17, 6), 4, sp)
+    head = ball(shape, (16, 16, 15), 12, sp).astype(np.float32) * 3 - 2
+    ref = ball(shape, (20, 16, 15), 4, sp)
+    pred = ball(shape, (21, 17, 15), 4, sp)
     std = np.full(shape, 0.1, np.float32)
     out = tmp_path / "sub" / "montage.png"
     got = save_montage(
