@@ -21,6 +21,11 @@ from clinfuse.phantom.generate import Phantom, generate_phantom
 
 MANIFEST_COLUMNS = ("case_id", "mri", "ct", "brain", "bone", "lesion")
 CASE_FILES = ("mri.nii.gz", "ct.nii.gz", "brain.nii.gz", "bone.nii.gz", "lesion.nii.gz")
+# The unmoved CT of a misregistered case (on the MRI grid): what evaluation scores CT-derived
+# metrics against (`clinfuse.evaluation.reference`). Written, and listed in an extra manifest
+# column, only when the config moves the CT.
+REFERENCE_ROLE = "ct_reference"
+REFERENCE_FILE = f"{REFERENCE_ROLE}.nii.gz"
 
 
 def _atomic_bytes(path: Path, data: bytes) -> None:
@@ -49,7 +54,8 @@ def nifti_bytes(array: np.ndarray, affine: np.ndarray) -> bytes:
 
 
 def write_phantom_case(folder: Path, phantom: Phantom) -> dict[str, str]:
-    """Write one phantom's five NIfTI files and truth.json into `folder`; return role -> path."""
+    """Write one phantom's NIfTI files (five, plus `ct_reference.nii.gz` when the CT is moved)
+    and truth.json into `folder`; return role -> path."""
     folder.mkdir(parents=True, exist_ok=True)
     c = phantom.case
     arrays = {
@@ -59,12 +65,15 @@ def write_phantom_case(folder: Path, phantom: Phantom) -> dict[str, str]:
         "bone": np.asarray(c.bone, dtype=np.uint8),
         "lesion": np.asarray(c.lesion, dtype=np.uint8),
     }
+    if phantom.ct_reference is not None:
+        arrays[REFERENCE_ROLE] = phantom.ct_reference.astype(np.int16)
     paths = {}
     for role, arr in arrays.items():
         path = folder / f"{role}.nii.gz"
         _atomic_bytes(path, nifti_bytes(arr, c.affine))
         paths[role] = str(path)
     truth = dict(phantom.truth, case_id=c.case_id, affine=np.asarray(c.affine).tolist())
+    truth["ct_reference"] = REFERENCE_FILE if phantom.ct_reference is not None else None
     text = json.dumps(truth, indent=2, sort_keys=True) + "\n"
     _atomic_bytes(folder / "truth.json", text.encode("utf-8"))
     return paths
@@ -106,7 +115,8 @@ def write_phantom_dataset(
     Case i uses `numpy.random.default_rng(seed + i)`, so any single case can be regenerated on
     its own. `contrast`/`lesion` override the config's; "mixed" cycles T1/T2/ADC and
     ischaemic/haemorrhagic/none over the cases. Refuses a non-empty `out` unless `overwrite`.
-    `progress(i, case_id)` is called after each case.
+    `progress(i, case_id)` is called after each case. With a misregistration, each case also
+    gets `ct_reference.nii.gz` (the unmoved CT) and the manifest a `ct_reference` column.
     """
     if n < 1:
         raise ClinfuseInputError(f"--n must be >= 1, got {n}")
@@ -119,7 +129,9 @@ def write_phantom_dataset(
     out = check_out_dir(out, overwrite)
     out.mkdir(parents=True, exist_ok=True)
     width = max(3, len(str(n - 1)))
-    rows = [",".join(MANIFEST_COLUMNS)]
+    moved = any(v > 0 for v in config.misregistration)
+    files = (*CASE_FILES, REFERENCE_FILE) if moved else CASE_FILES
+    rows = [",".join((*MANIFEST_COLUMNS, REFERENCE_ROLE) if moved else MANIFEST_COLUMNS)]
     for i in range(n):
         case_id = f"phantom_{i:0{width}d}"
         cfg = case_config(config, i, contrast, lesion)
@@ -127,7 +139,7 @@ def write_phantom_dataset(
         ph.case.case_id = case_id
         ph.truth["seed"] = seed + i
         write_phantom_case(out / case_id, ph)
-        rows.append(",".join([case_id, *(f"{case_id}/{f}" for f in CASE_FILES)]))
+        rows.append(",".join([case_id, *(f"{case_id}/{f}" for f in files)]))
         if progress is not None:
             progress(i, case_id)
     _atomic_bytes(out / "manifest.csv", ("\n".join(rows) + "\n").encode("utf-8"))

@@ -14,7 +14,10 @@ from clinfuse.phantom import tissues as T
 from clinfuse.phantom.anatomy import Anatomy, draw_anatomy, tissue_labels
 from clinfuse.phantom.config import PhantomConfig
 
-GENERATOR_VERSION = "1"
+# 2: brain and bone masks disjoint (bone wins ties); the unmoved CT (`ct_reference`) of a
+# misregistered case; the rigid motion drawn after the noise, so the same seed gives the same MRI
+# and CT noise with and without misregistration.
+GENERATOR_VERSION = "2"
 
 
 @dataclass
@@ -25,6 +28,9 @@ class Phantom:
     case: Case
     truth: dict[str, Any]
     labels: np.ndarray  # tissue label at each MRI voxel's central sub-voxel (uint8)
+    # The CT as it would be without the misregistration (same anatomy, noise and rounding, on
+    # the MRI grid), float32 HU; None when the CT is not moved (then it equals `case.ct`).
+    ct_reference: np.ndarray | None = None
 
 
 def grid_affine(shape: tuple[int, ...], spacing: tuple[float, ...]) -> np.ndarray:
@@ -154,16 +160,28 @@ def generate_phantom(
 
     mri_lut = T.draw_lookup(T.MRI_UNITS[cfg.mri_contrast], rng, "mri")
     ct_lut = T.draw_lookup(T.CT_HU, rng, "ct")
+    # Noise is drawn before the rigid motion: the misregistration then changes nothing but the
+    # CT's position (same seed -> same MRI and the same CT noise, moved or not).
+    n1 = rng.standard_normal(shape, dtype=np.float32)
+    n2 = rng.standard_normal(shape, dtype=np.float32)
+    ct_noise = np.float32(cfg.ct_noise_hu) * rng.standard_normal(shape, dtype=np.float32)
     rigid = _random_rigid(rng, mm, deg, cfg.ndim) if (mm > 0 or deg > 0) else np.eye(4)
+    moved = not np.array_equal(rigid, np.eye(4))
 
     # Exact masks: a voxel belongs to a structure when at least half of its sub-voxels do.
-    brain = _block_mean(np.isin(labels_hi, T.INTRACRANIAL_LABELS), k) >= 0.5
+    # With an even number of sub-voxels a voxel can be exactly half bone, half intracranial
+    # (inner table against CSF); both ">= 0.5" tests would claim it. Bone wins: the voxel's CT
+    # value is halfway between CSF and bone (>= ~600 HU), so the CT shows it as bone, and the
+    # skull is the thin structure (3-4 voxels) that loses most from a missing voxel. Masks are
+    # therefore disjoint by construction.
     bone = _block_mean(np.isin(labels_hi, T.BONE_LABELS), k) >= 0.5
-    lesion = _block_mean(np.isin(labels_hi, T.LESION_LABELS), k) >= 0.5
+    brain = (_block_mean(np.isin(labels_hi, T.INTRACRANIAL_LABELS), k) >= 0.5) & ~bone
+    lesion = (_block_mean(np.isin(labels_hi, T.LESION_LABELS), k) >= 0.5) & brain
 
     mri = _block_mean(mri_lut[labels_hi], k)
     ct_hi = ct_lut[labels_hi]
-    if not np.array_equal(rigid, np.eye(4)):
+    ct_ref = _block_mean(ct_hi, k) if moved else None
+    if moved:
         ct_hi = _move_image(ct_hi, rigid, axes, fill=float(ct_lut[T.AIR]))
     ct = _block_mean(ct_hi, k)
     centre = tuple(slice(k // 2, None, k) for _ in shape)
@@ -180,15 +198,14 @@ def generate_phantom(
         field = anat.fields["bias"].on_grid(vox[0], vox[1], vz).reshape(shape)
         bias = np.exp(cfg.bias_field * field).astype(np.float32)
     sigma = float(cfg.mri_noise * mri_lut[T.WM])
-    n1 = rng.standard_normal(shape, dtype=np.float32)
-    n2 = rng.standard_normal(shape, dtype=np.float32)
     if cfg.mri_contrast == "ADC":
         mri = np.maximum(mri + sigma * n1, 0.0)
     else:
         mri = np.sqrt((mri * bias + sigma * n1) ** 2 + (sigma * n2) ** 2)
-    ct = ct + np.float32(cfg.ct_noise_hu) * rng.standard_normal(shape, dtype=np.float32)
     # CT is stored as integer HU (int16 on disk, as scanners do); keep memory == file.
-    ct = np.clip(np.round(ct), -1024, 3071)
+    ct = np.clip(np.round(ct + ct_noise), -1024, 3071)
+    if ct_ref is not None:
+        ct_ref = np.clip(np.round(ct_ref + ct_noise), -1024, 3071).astype(np.float32)
 
     affine = grid_affine(shape, spacing)
     truth = _truth(cfg, seed, anat, mri_lut, ct_lut, rigid, brain, bone, lesion, spacing, z_slice)
@@ -203,7 +220,7 @@ def generate_phantom(
         ct_kind="hu",
         meta={"phantom": True, "mri_contrast": cfg.mri_contrast},
     )
-    return Phantom(case=case, truth=truth, labels=labels)
+    return Phantom(case=case, truth=truth, labels=labels, ct_reference=ct_ref)
 
 
 def _has_lesion(labels_hi: np.ndarray, k: int) -> bool:
