@@ -11,7 +11,16 @@ import sys
 import typer
 from rich.console import Console
 
-from clinfuse.cli import benchmark, demo, evaluate, fuse, preprocess, synth, train
+from clinfuse.cli import (
+    benchmark,
+    demo,
+    evaluate,
+    fuse,
+    preprocess,
+    synth,
+    train,
+    train_lesion,
+)
 from clinfuse.errors import ClinfuseInputError
 
 app = typer.Typer(
@@ -22,7 +31,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-for _module in (demo, synth, preprocess, train, fuse, evaluate, benchmark):
+for _module in (demo, synth, preprocess, train, train_lesion, fuse, evaluate, benchmark):
     _module.register(app)
 
 

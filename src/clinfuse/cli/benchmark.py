@@ -33,6 +33,12 @@ def register(app: typer.Typer) -> None:
         checkpoint: Path | None = typer.Option(None, "--checkpoint", help="For model methods."),
         preset: str | None = typer.Option(None, "--preset", help="For model methods."),
         option: list[str] = typer.Option([], "--option", help="key=value for model methods."),
+        lesion_head: str | None = typer.Option(
+            None,
+            "--lesion-head",
+            help="Score every fused image's lesion with this checkpoint's lesion head "
+            "('default': the shipped one), so all methods get lesion Dice/NSD/HD95.",
+        ),
     ) -> None:
         """Run every method on one dataset; write OUT/benchmark.md (mean ± sd [CI]) and .csv."""
         from clinfuse.cli._method_options import method_options
@@ -61,6 +67,7 @@ def register(app: typer.Typer) -> None:
             limit=limit,
             subsets=subsets,
             on_case=on_case,
+            lesion_head=lesion_head,
         )
         console.print(result.markdown, markup=False, highlight=False, soft_wrap=True)
         console.print(f"wrote {result.out / 'benchmark.md'} and benchmark.csv", highlight=False)

@@ -38,6 +38,12 @@ def register(app: typer.Typer) -> None:
             False, "--compare", help="Compare output folders given as arguments."
         ),
         list_methods: bool = typer.Option(False, "--list-methods", help="List method names."),
+        lesion_head: str | None = typer.Option(
+            None,
+            "--lesion-head",
+            help="Score every fused image's lesion with this checkpoint's lesion head "
+            "('default': the shipped one), so all methods get lesion Dice/NSD/HD95.",
+        ),
     ) -> None:
         """Fuse every case with a method and score it (per_case.csv, summary.json/.md), or
         compare earlier runs with paired Wilcoxon tests (--compare OUT1 OUT2 ...)."""
@@ -80,8 +86,19 @@ def register(app: typer.Typer) -> None:
                 v = row.get(key, math.nan)
                 console.print(f"{state['n']:4d} {case_id}: {key} {v:.4f}", highlight=False)
 
+        from clinfuse.evaluation.benchmark import lesion_scorer
+
+        head_fn, head_name = lesion_scorer(lesion_head)
         result = evaluate_dataset(
-            method, data, out, options=opts, overwrite=overwrite, limit=limit, on_case=on_case
+            method,
+            data,
+            out,
+            options=opts,
+            overwrite=overwrite,
+            limit=limit,
+            on_case=on_case,
+            lesion_head=head_fn,
+            lesion_head_name=head_name,
         )
         console.print((result.out / "summary.md").read_text(encoding="utf-8"), markup=False)
         console.print(f"wrote {result.out}", highlight=False)

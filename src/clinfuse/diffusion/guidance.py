@@ -282,7 +282,7 @@ class GuidedResult:
     """Output of `guided_sample`. Tensors are (B, 1, *S) on the input device, detached."""
 
     fused: torch.Tensor  # x_0, model range
-    lesion_prob: torch.Tensor  # sigmoid(lesion_head(fused, cond)): the head on the final image
+    lesion_prob: torch.Tensor  # sigmoid(lesion_head(fused, cond)) * brain: head on the final image
     lesion_target: torch.Tensor | None  # the mask that guided the lesion term (None: no term)
     lesion_source: LesionSource  # "user", "oracle" (ground truth, say so), "predicted", "none"
     timesteps: list[int]
@@ -376,7 +376,9 @@ def guided_sample(
                 s_lesion = torch.sigmoid(model.lesion_head(x0_hat, cond))
             # Honesty rule: without a user mask, the guiding mask is the head's own prediction
             # from the fused estimate (a function of the inputs only), never the ground truth.
-            target, source = s_lesion > cfg.lesion_threshold, "predicted"
+            # lesions are intracranial: the predicted mask is kept inside the brain mask (an
+            # input), as a user mask must be (pipeline.check_lesion_in_brain)
+            target, source = (s_lesion > cfg.lesion_threshold) & brain, "predicted"
             needs_line7 = False
         if target is not None and prepared is None:
             # distance maps of the fixed guiding mask, once per run (scipy EDT in mm)
@@ -426,7 +428,7 @@ def guided_sample(
     if cfg.clip_x0:
         fused = fused.clamp(lo, hi)
     with torch.no_grad():
-        lesion_prob = torch.sigmoid(model.lesion_head(fused, cond))
+        lesion_prob = torch.sigmoid(model.lesion_head(fused, cond)) * brain.to(fused.dtype)
     return GuidedResult(
         fused=fused,
         lesion_prob=lesion_prob,

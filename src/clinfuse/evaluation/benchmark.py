@@ -26,6 +26,20 @@ class BenchmarkResult:
     subsets: dict[str, list[str]] = field(default_factory=dict)
 
 
+def lesion_scorer(
+    lesion_head: str | Path | None,
+) -> tuple[Callable[[Any, Any], Any] | None, str | None]:
+    """`--lesion-head` value -> (`lesion_head_predictor`, the name recorded), or (None, None)."""
+    if lesion_head is None:
+        return None, None
+    from clinfuse.pipeline import lesion_head_predictor
+
+    path = None if str(lesion_head) == "default" else Path(lesion_head)
+    if path is not None and not path.is_file():
+        raise ClinfuseInputError("lesion-head checkpoint not found", path)
+    return lesion_head_predictor(path), str(lesion_head)
+
+
 def run_benchmark(
     data: str | Path,
     out: str | Path,
@@ -37,6 +51,7 @@ def run_benchmark(
     subsets: dict[str, list[str]] | None = None,
     command: str | None = None,
     on_case: Callable[[str, str, dict[str, Any]], None] | None = None,
+    lesion_head: str | Path | None = None,
 ) -> BenchmarkResult:
     """Evaluate each method into `OUT/<method>/` and write `OUT/benchmark.md` + `benchmark.csv`.
 
@@ -44,6 +59,8 @@ def run_benchmark(
     case-id glob patterns (e.g. `{"CDDFuse test pairs": ["16_*", "21_*"]}`); each gets its own
     table computed from the same per-case rows. `options` go to every method that is not a
     baseline (e.g. `checkpoint` for `clinfuse`). `command` is recorded in the markdown.
+    `lesion_head` (a checkpoint path, or "default" for the shipped one) scores every method's
+    fused image with that checkpoint's lesion head (`pipeline.lesion_head_predictor`).
     """
     from clinfuse.baselines import BASELINES
     from clinfuse.io.atomic import check_output_dir, write_text_atomic
@@ -54,6 +71,7 @@ def run_benchmark(
         raise ClinfuseInputError(f"a method is listed twice: {list(methods)}")
     out_dir = check_output_dir(out, overwrite, inputs=[data])
     items = list(prepare_cases(data, limit=limit))
+    head_fn, head_name = lesion_scorer(lesion_head)
     rows_by_method: dict[str, list[dict[str, Any]]] = {}
     for m in methods:
         opts = {} if m in BASELINES else dict(options or {})
@@ -63,7 +81,15 @@ def run_benchmark(
                 on_case(_m, case_id, row)
 
         res = evaluate_dataset(
-            m, data, out_dir / m, options=opts, overwrite=True, items=items, on_case=progress
+            m,
+            data,
+            out_dir / m,
+            options=opts,
+            overwrite=True,
+            items=items,
+            on_case=progress,
+            lesion_head=head_fn,
+            lesion_head_name=head_name,
         )
         rows_by_method[m] = res.rows
     command = command or " ".join(shlex.quote(a) for a in ["clinfuse", *sys.argv[1:]])

@@ -237,6 +237,8 @@ def evaluate_dataset(
     limit: int | None = None,
     items: Iterable[PreparedItem] | None = None,
     on_case: Callable[[str, dict[str, Any]], None] | None = None,
+    lesion_head: Callable[[np.ndarray, PreparedCase], np.ndarray] | None = None,
+    lesion_head_name: str | None = None,
 ) -> DatasetResult:
     """Run `method` on every case of `data` and write `OUT` (see the module docstring).
 
@@ -245,7 +247,10 @@ def evaluate_dataset(
     when cases are already prepared (the benchmark prepares once for all methods). A case that
     fails (bad input, wrong-shape or NaN output, ...) gets a row of NaN with the error in the
     `error` column and a warning; rows already written are never lost. `on_case(case_id, row)`
-    is called after each row (progress display).
+    is called after each row (progress display). `lesion_head(fused, prepared) -> probability`
+    (e.g. `clinfuse.pipeline.lesion_head_predictor`) replaces every method's own lesion output,
+    so all methods' lesion Dice/NSD/HD95 come from one segmenter applied to their fused images;
+    `lesion_head_name` records which one in summary.json.
     """
     name, fn = resolve_method(method, **(options or {}))
     if items is None:
@@ -285,6 +290,8 @@ def evaluate_dataset(
             t0 = time.perf_counter()
             fused, lesion_pred = unpack_output(fn(item.prepared))
             seconds = time.perf_counter() - t0
+            if lesion_head is not None:
+                lesion_pred = lesion_head(np.asarray(fused), item.prepared)
             scores = evaluate_case(
                 fused, item.prepared, lesion_pred=lesion_pred, sources_uint8=item.sources_uint8
             )
@@ -311,6 +318,7 @@ def evaluate_dataset(
     meta = {
         "method": name,
         "options": {k: str(v) for k, v in (options or {}).items()},
+        "lesion_head": lesion_head_name if lesion_head is not None else None,
         "data": None if data is None else str(Path(data).resolve()),
         "ndim": ndim,
         "n_cases": len(result.rows),

@@ -18,7 +18,7 @@ from clinfuse.errors import ClinfuseInputError
 from clinfuse.nn.cpu_conv import use_onednn_conv3d
 from clinfuse.nn.denoiser import Denoiser
 from clinfuse.nn.encoders import ConditionEncoder
-from clinfuse.nn.lesion_head import LesionHead
+from clinfuse.nn.lesion_head import LESION_INPUTS, LesionHead
 
 Prediction = Literal["x0", "eps", "v"]
 ScheduleKind = Literal["linear", "cosine"]
@@ -64,6 +64,10 @@ class ModelConfig:
     num_train_steps: int = 1000
     lesion_channels: tuple[int, ...] = (8, 16, 32)
     lesion_res_units: int = 1
+    # What the lesion head reads: "fused" (the fused image / x̂0 only, so its prediction measures
+    # how visible the lesion is in *that* image, and guidance gradients all flow through it) or
+    # "fused+sources" (x̂0 plus [mri, ct, ct_bone], the session-1 design). See nn/lesion_head.py.
+    lesion_inputs: str = "fused+sources"
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes (e.g. preset name)
 
     def __post_init__(self) -> None:
@@ -84,6 +88,10 @@ class ModelConfig:
             problems.append(f"spatial_dims must be 2 or 3, got {self.spatial_dims}")
         if self.prediction not in ("x0", "eps", "v"):
             problems.append(f"prediction must be 'x0', 'eps' or 'v', got {self.prediction!r}")
+        if self.lesion_inputs not in LESION_INPUTS:
+            problems.append(
+                f"lesion_inputs must be one of {LESION_INPUTS}, got {self.lesion_inputs!r}"
+            )
         if self.schedule not in ("linear", "cosine"):
             problems.append(f"schedule must be 'linear' or 'cosine', got {self.schedule!r}")
         if len(self.attention_levels) != len(self.channels):
@@ -191,7 +199,9 @@ class FusionModel(nn.Module):
             c.norm_num_groups,
             c.flash_attention,
         )
-        self.lesion_head = LesionHead(c.spatial_dims, c.lesion_channels, c.lesion_res_units)
+        self.lesion_head = LesionHead(
+            c.spatial_dims, c.lesion_channels, c.lesion_res_units, inputs=c.lesion_inputs
+        )
         if c.spatial_dims == 3:
             use_onednn_conv3d(self)  # same weights and math, ~10x faster small CPU convs
 
