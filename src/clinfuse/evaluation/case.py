@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import math
 import warnings
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from clinfuse.errors import ClinfuseInputError
 from clinfuse.preprocess.prepared import PreparedCase
 from clinfuse.preprocess.windowing import MODEL_RANGE, model_to_display
+
+if TYPE_CHECKING:
+    from clinfuse.evaluation.reference import CtReference
 
 ROI_COLUMNS = ("brain_ssim", "bone_ssim", "brain_psnr", "bone_psnr")
 LESION_COLUMNS = ("dice", "nsd", "hd95")
@@ -69,6 +73,7 @@ def evaluate_case(
     *,
     lesion_pred: np.ndarray | None = None,
     sources_uint8: tuple[np.ndarray, np.ndarray] | None = None,
+    ct_reference: CtReference | None = None,
 ) -> dict[str, float]:
     """Score one fused image against its prepared case; returns `{column: value}`.
 
@@ -81,6 +86,10 @@ def evaluate_case(
       (MRI, CT) source images as uint8 (e.g. the PNGs) and the fused image min-max scaled to
       uint8 (`fused_to_uint8`, exactly as saved). Without `sources_uint8` the prepared
       channels are mapped back linearly with `model_to_display`.
+    - `ct_reference` (`evaluation.reference`, e.g. the unmoved CT of a misregistered phantom):
+      every CT-derived score uses it instead of the CT the method was given: bone ROI-SSIM/PSNR
+      against `ct_reference.ct_bone`, and in 2D the CT side of the fusion metrics. The brain is
+      always scored against the MRI (the fixed image, which does not move).
 
     Raises `ClinfuseInputError` for a fused image or lesion prediction of the wrong shape, NaN/Inf
     in it, or case masks that do not match the case. An empty ROI gives NaN with a warning.
@@ -100,6 +109,8 @@ def evaluate_case(
     if prepared.ndim == 2:
         if sources_uint8 is None:
             sources_uint8 = (model_to_display(prepared.mri), model_to_display(prepared.ct))
+        if ct_reference is not None:
+            sources_uint8 = (sources_uint8[0], model_to_display(ct_reference.ct))
         a, b = (np.asarray(s) for s in sources_uint8)
         for name, s in (("MRI source", a), ("CT source", b)):
             if s.shape != shape:
@@ -110,10 +121,14 @@ def evaluate_case(
         row.update({k: float(scores[k]) for k in FUSION_COLUMNS})
     brain = prepared.brain.astype(bool)
     bone = prepared.bone.astype(bool)
+    ct_bone = prepared.ct_bone
+    if ct_reference is not None:
+        _check_image("ct_reference", ct_reference.ct_bone, shape)
+        ct_bone = ct_reference.ct_bone
     row["brain_ssim"] = _roi_metric("roi_ssim", fused64, prepared.mri, brain)
-    row["bone_ssim"] = _roi_metric("roi_ssim", fused64, prepared.ct_bone, bone)
+    row["bone_ssim"] = _roi_metric("roi_ssim", fused64, ct_bone, bone)
     row["brain_psnr"] = _roi_metric("roi_psnr", fused64, prepared.mri, brain)
-    row["bone_psnr"] = _roi_metric("roi_psnr", fused64, prepared.ct_bone, bone)
+    row["bone_psnr"] = _roi_metric("roi_psnr", fused64, ct_bone, bone)
     row.update(dict.fromkeys(LESION_COLUMNS, math.nan))
     if lesion_pred is not None:
         lesion_pred = np.asarray(lesion_pred)
