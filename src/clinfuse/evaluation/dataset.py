@@ -3,7 +3,9 @@
 Layout of an output folder `OUT`:
     OUT/fused/<case>.png      2D: the uint8 image that was scored (min-max scaled fused image)
     OUT/fused/<case>.nii.gz   3D: the fused model-range volume with the prepared case's affine
-    OUT/per_case.csv          one row per case, appended and flushed as soon as it is computed
+    OUT/per_case.csv          one row per case, appended and flushed as soon as it is computed;
+                              `ct_scored_against` says which CT the bone metrics used (`input`,
+                              or `ct_reference` when the case has one: evaluation/reference.py)
     OUT/summary.json, .md     mean ± sd and the seeded 95 % bootstrap CI of every metric
 """
 
@@ -27,6 +29,14 @@ import numpy as np
 from clinfuse.errors import ClinfuseInputError
 from clinfuse.evaluation.case import evaluate_case, fused_to_uint8, metric_columns
 from clinfuse.evaluation.methods import MethodFn, resolve_method, unpack_output
+from clinfuse.evaluation.reference import (
+    REFERENCE_ROLE,
+    SCORED_AGAINST_COLUMN,
+    CtReference,
+    load_ct_reference,
+    reference_paths,
+    scored_against_note,
+)
 from clinfuse.evaluation.stats import BOOT_SEED, CI_LEVEL, N_BOOT, MetricSummary, summarise
 from clinfuse.preprocess.prepared import PreparedCase
 
@@ -34,6 +44,7 @@ PER_CASE = "per_case.csv"
 SUMMARY_JSON = "summary.json"
 SUMMARY_MD = "summary.md"
 EXTRA_COLUMNS = ("fuse_seconds",)  # wall time of the method on the case (not a quality metric)
+TEXT_COLUMNS = ("case_id", "patient_id", SCORED_AGAINST_COLUMN, "error")  # not metrics
 PROGRAMMING_ERRORS = (NameError, AttributeError, ImportError, SyntaxError)
 """Errors that mean broken code rather than a bad case: the run stops after writing the row."""
 
@@ -47,6 +58,7 @@ class PreparedItem:
     sources_uint8: tuple[np.ndarray, np.ndarray] | None = None  # 2D: the source PNG values
     patient_id: str | None = None
     error: str | None = None
+    ct_reference: CtReference | None = None  # CT-derived metrics are scored against this
 
 
 @dataclass
@@ -70,16 +82,30 @@ def _source_uint8(x: np.ndarray) -> np.ndarray | None:
     return np.clip(np.round(x), 0, 255).astype(np.uint8)
 
 
-def prepare_cases(data: str | Path, *, limit: int | None = None) -> Iterator[PreparedItem]:
+def prepare_cases(
+    data: str | Path, *, limit: int | None = None, cases: list[str] | None = None
+) -> Iterator[PreparedItem]:
     """Load and preprocess each case of a dataset (any layout `load_dataset` accepts), lazily.
 
-    A case that fails to load or preprocess yields an item with `error` set instead of raising,
-    so one bad case does not stop a run.
+    `cases`: case-id glob patterns (fnmatch, e.g. `16_00[7-9]`); only matching cases are kept,
+    then `limit` applies. A case with a CT reference (`evaluation.reference`) carries it. A case
+    that fails to load or preprocess yields an item with `error` set instead of raising, so one
+    bad case does not stop a run.
     """
+    from clinfuse.evaluation.tables import case_matches
     from clinfuse.io.dataset import load_dataset
     from clinfuse.preprocess.pipeline import preprocess_case
 
     refs = load_dataset(data)
+    if cases:
+        kept = [r for r in refs if case_matches(r.case_id, cases)]
+        if not kept:
+            shown = ", ".join(r.case_id for r in refs[:5])
+            raise ClinfuseInputError(
+                f"no case id matches {list(cases)} (ids look like: {shown}, ...)", data
+            )
+        refs = kept
+    ref_paths = reference_paths(data, refs)
     if limit is not None:
         if limit < 1:
             raise ClinfuseInputError(f"--limit must be >= 1, got {limit}")
@@ -97,7 +123,10 @@ def prepare_cases(data: str | Path, *, limit: int | None = None) -> Iterator[Pre
             ):
                 a, b = _source_uint8(case.mri), _source_uint8(case.ct)
                 src = None if a is None or b is None else (a, b)
-            yield PreparedItem(ref.case_id, prepared, src, pid)
+            ct_ref = None
+            if ref.case_id in ref_paths:
+                ct_ref = load_ct_reference(ref_paths[ref.case_id], prepared)
+            yield PreparedItem(ref.case_id, prepared, src, pid, ct_reference=ct_ref)
         except Exception as err:  # noqa: BLE001 - recorded per case, see evaluate_dataset
             warnings.warn(f"case {ref.case_id}: {err}", RuntimeWarning, stacklevel=2)
             yield PreparedItem(ref.case_id, None, None, pid, f"{type(err).__name__}: {err}")
@@ -152,7 +181,7 @@ def read_per_case(out: str | Path) -> list[dict[str, Any]]:
         for raw in csv.DictReader(fh):
             row: dict[str, Any] = {}
             for k, v in raw.items():
-                if k in ("case_id", "patient_id", "error"):
+                if k in TEXT_COLUMNS:
                     row[k] = v or None
                 else:
                     try:
@@ -167,7 +196,7 @@ def metric_names(rows: list[dict[str, Any]]) -> list[str]:
     """Numeric columns of per-case rows with at least one non-NaN value, in order."""
     if not rows:
         return []
-    names = [k for k in rows[0] if k not in ("case_id", "patient_id", "error")]
+    names = [k for k in rows[0] if k not in TEXT_COLUMNS]
     return [k for k in names if any(not math.isnan(r.get(k, math.nan)) for r in rows)]
 
 
@@ -182,7 +211,11 @@ def summarise_rows(
 
 
 def summary_markdown(
-    title: str, summary: dict[str, MetricSummary], n_cases: int, n_failed: int
+    title: str,
+    summary: dict[str, MetricSummary],
+    n_cases: int,
+    n_failed: int,
+    note: str | None = None,
 ) -> str:
     """`summary.md`: one row per metric with n, mean ± sd and the 95 % CI."""
     from clinfuse.evaluation.tables import fmt
@@ -193,6 +226,7 @@ def summary_markdown(
         f"{n_cases} cases, {n_failed} failed. 95 % CI: percentile bootstrap of the mean "
         f"({N_BOOT} resamples, seed {BOOT_SEED}).",
         "",
+        *([note, ""] if note else []),
         "| metric | n | mean ± sd | 95 % CI |",
         "|---|---|---|---|",
     ]
@@ -237,10 +271,14 @@ def evaluate_dataset(
     limit: int | None = None,
     items: Iterable[PreparedItem] | None = None,
     on_case: Callable[[str, dict[str, Any]], None] | None = None,
+    cases: list[str] | None = None,
     lesion_head: Callable[[np.ndarray, PreparedCase], np.ndarray] | None = None,
     lesion_head_name: str | None = None,
 ) -> DatasetResult:
     """Run `method` on every case of `data` and write `OUT` (see the module docstring).
+
+    `cases`: case-id glob patterns (see `prepare_cases`). Cases with a CT reference have their
+    CT-derived metrics scored against it (column and summary.json key `ct_scored_against`).
 
     `method` is a registered name (`available_methods()`, options via `options`) or a callable
     `(PreparedCase) -> fused | MethodOutput`. `items` (from `prepare_cases`) replaces `data`
@@ -256,7 +294,7 @@ def evaluate_dataset(
     if items is None:
         if data is None:
             raise ValueError("give `data` or `items`")
-        items = prepare_cases(data, limit=limit)
+        items = prepare_cases(data, limit=limit, cases=cases)
     elif limit is not None:
         items = list(items)[:limit]
     items = iter(items)
@@ -276,12 +314,14 @@ def evaluate_dataset(
         ndim = ndim or 3
     else:
         items = iter([first, *items])
-    columns = ["case_id", "patient_id", *metric_columns(ndim), *EXTRA_COLUMNS, "error"]
+    columns = ["case_id", "patient_id", *metric_columns(ndim), *EXTRA_COLUMNS]
+    columns += [SCORED_AGAINST_COLUMN, "error"]
     writer = _RowWriter(out_dir / PER_CASE, columns)
     result = DatasetResult(out_dir, name)
     for item in items:
         row: dict[str, Any] = {"case_id": item.case_id, "patient_id": item.patient_id}
-        row.update(dict.fromkeys(columns[2:-1], math.nan))
+        row.update(dict.fromkeys(columns[2:-2], math.nan))
+        row[SCORED_AGAINST_COLUMN] = REFERENCE_ROLE if item.ct_reference is not None else "input"
         try:
             if item.prepared is None:
                 raise ClinfuseInputError(item.error or "case could not be prepared", item.case_id)
@@ -293,7 +333,11 @@ def evaluate_dataset(
             if lesion_head is not None:
                 lesion_pred = lesion_head(np.asarray(fused), item.prepared)
             scores = evaluate_case(
-                fused, item.prepared, lesion_pred=lesion_pred, sources_uint8=item.sources_uint8
+                fused,
+                item.prepared,
+                lesion_pred=lesion_pred,
+                sources_uint8=item.sources_uint8,
+                ct_reference=item.ct_reference,
             )
             u8 = fused_to_uint8(fused) if ndim == 2 else None
             _save_fused(out_dir / "fused", item, fused, u8)
@@ -324,6 +368,11 @@ def evaluate_dataset(
         "n_cases": len(result.rows),
         "n_failed": result.n_failed,
         "failed": {r["case_id"]: r["error"] for r in result.rows if r.get("error")},
+        # Which CT the bone (CT-derived) metrics were scored against, counted over the cases.
+        SCORED_AGAINST_COLUMN: {
+            k: sum(1 for r in result.rows if r[SCORED_AGAINST_COLUMN] == k)
+            for k in ("input", REFERENCE_ROLE)
+        },
         "bootstrap": {"n_resamples": N_BOOT, "seed": BOOT_SEED, "level": CI_LEVEL},
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "metrics": {k: v.to_dict() for k, v in result.summary.items()},
@@ -332,6 +381,12 @@ def evaluate_dataset(
     title = f"{name} on {meta['data'] or 'prepared cases'}"
     _atomic_text(
         out_dir / SUMMARY_MD,
-        summary_markdown(title, result.summary, len(result.rows), result.n_failed),
+        summary_markdown(
+            title,
+            result.summary,
+            len(result.rows),
+            result.n_failed,
+            scored_against_note(result.rows),
+        ),
     )
     return result

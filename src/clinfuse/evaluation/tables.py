@@ -48,9 +48,15 @@ def cell(s: MetricSummary, *, ci: bool = True) -> str:
     return f"{text} [{fmt(s.ci_low)}, {fmt(s.ci_high)}]" if ci else text
 
 
+def case_matches(case_id: str, patterns: Sequence[str]) -> bool:
+    """True when `case_id` matches any of the glob `patterns` (fnmatch, case-sensitive, e.g.
+    `16_*` or `16_00[7-9]`): the one case selector of `--subset` and `--cases`."""
+    return any(fnmatch.fnmatchcase(str(case_id), p) for p in patterns)
+
+
 def filter_rows(rows: list[dict[str, Any]], patterns: Sequence[str]) -> list[dict[str, Any]]:
     """Rows whose case_id matches any of the glob `patterns` (e.g. `16_*`)."""
-    return [r for r in rows if any(fnmatch.fnmatchcase(str(r["case_id"]), p) for p in patterns)]
+    return [r for r in rows if case_matches(r["case_id"], patterns)]
 
 
 def method_name(out: str | Path) -> str:
