@@ -11,7 +11,8 @@ from rich.console import Console
 from clinfuse.errors import ClinfuseInputError
 
 
-def _split(values: list[str]) -> list[str]:
+def split_list(values: list[str]) -> list[str]:
+    """Repeated and/or comma-separated option values as one list (`--methods`, `--cases`)."""
     return [v.strip() for item in values for v in item.split(",") if v.strip()]
 
 
@@ -30,6 +31,12 @@ def register(app: typer.Typer) -> None:
         ),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier run."),
         limit: int | None = typer.Option(None, "--limit", help="Only the first N cases."),
+        cases: list[str] = typer.Option(
+            [],
+            "--cases",
+            help="Case-id glob(s), repeatable or comma-separated (fnmatch, e.g. '16_00[7-9]'): "
+            "only matching cases (then --limit).",
+        ),
         checkpoint: Path | None = typer.Option(None, "--checkpoint", help="For model methods."),
         preset: str | None = typer.Option(None, "--preset", help="For model methods."),
         option: list[str] = typer.Option([], "--option", help="key=value for model methods."),
@@ -45,13 +52,13 @@ def register(app: typer.Typer) -> None:
         from clinfuse.evaluation.benchmark import DEFAULT_METHODS, run_benchmark
 
         console = Console()
-        names = _split(methods) or list(DEFAULT_METHODS)
+        names = split_list(methods) or list(DEFAULT_METHODS)
         subsets: dict[str, list[str]] = {}
         for s in subset:
             name, sep, pats = s.partition("=")
-            if not sep or not name.strip() or not _split([pats]):
+            if not sep or not name.strip() or not split_list([pats]):
                 raise ClinfuseInputError(f"--subset expects NAME=GLOB[,GLOB], got {s!r}")
-            subsets[name.strip()] = _split([pats])
+            subsets[name.strip()] = split_list([pats])
         opts = method_options(checkpoint, preset, option)
 
         def on_case(method: str, case_id: str, row: dict[str, Any]) -> None:
@@ -65,6 +72,7 @@ def register(app: typer.Typer) -> None:
             options=opts,
             overwrite=overwrite,
             limit=limit,
+            cases=split_list(cases) or None,
             subsets=subsets,
             on_case=on_case,
             lesion_head=lesion_head,

@@ -27,6 +27,12 @@ def register(app: typer.Typer) -> None:
         out: Path | None = typer.Option(None, "--out", help="Output folder."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier run."),
         limit: int | None = typer.Option(None, "--limit", help="Only the first N cases."),
+        cases: list[str] = typer.Option(
+            [],
+            "--cases",
+            help="Case-id glob(s), repeatable or comma-separated (fnmatch, e.g. '16_00[7-9]'; "
+            "Harvard ids are <patient>_<slice:03d>): only matching cases (then --limit).",
+        ),
         checkpoint: Path | None = typer.Option(
             None, "--checkpoint", help="Model checkpoint (methods that take one)."
         ),
@@ -48,6 +54,7 @@ def register(app: typer.Typer) -> None:
         """Fuse every case with a method and score it (per_case.csv, summary.json/.md), or
         compare earlier runs with paired Wilcoxon tests (--compare OUT1 OUT2 ...)."""
         from clinfuse.cli._method_options import method_options
+        from clinfuse.cli.benchmark import split_list
         from clinfuse.evaluation import available_methods, compare, evaluate_dataset
 
         console = Console()
@@ -96,6 +103,7 @@ def register(app: typer.Typer) -> None:
             options=opts,
             overwrite=overwrite,
             limit=limit,
+            cases=split_list(cases) or None,
             on_case=on_case,
             lesion_head=head_fn,
             lesion_head_name=head_name,

@@ -48,6 +48,7 @@ def run_benchmark(
     options: dict[str, Any] | None = None,
     overwrite: bool = False,
     limit: int | None = None,
+    cases: list[str] | None = None,
     subsets: dict[str, list[str]] | None = None,
     command: str | None = None,
     on_case: Callable[[str, str, dict[str, Any]], None] | None = None,
@@ -59,6 +60,7 @@ def run_benchmark(
     case-id glob patterns (e.g. `{"CDDFuse test pairs": ["16_*", "21_*"]}`); each gets its own
     table computed from the same per-case rows. `options` go to every method that is not a
     baseline (e.g. `checkpoint` for `clinfuse`). `command` is recorded in the markdown.
+    `cases` (case-id globs) restricts the run to matching cases, before `limit`.
     `lesion_head` (a checkpoint path, or "default" for the shipped one) scores every method's
     fused image with that checkpoint's lesion head (`pipeline.lesion_head_predictor`).
     """
@@ -70,7 +72,7 @@ def run_benchmark(
     if len(set(methods)) != len(methods):
         raise ClinfuseInputError(f"a method is listed twice: {list(methods)}")
     out_dir = check_output_dir(out, overwrite, inputs=[data])
-    items = list(prepare_cases(data, limit=limit))
+    items = list(prepare_cases(data, limit=limit, cases=cases))
     head_fn, head_name = lesion_scorer(lesion_head)
     rows_by_method: dict[str, list[dict[str, Any]]] = {}
     for m in methods:
