@@ -38,7 +38,9 @@ def register(app: typer.Typer) -> None:
             (0.0, 0.0),
             "--misregister",
             help="MM DEG: move the CT rigidly by MM mm and DEG degrees (random directions; "
-            "the true transform goes into truth.json).",
+            "the true transform goes into truth.json). The unmoved CT is also written "
+            "(ct_reference.nii.gz, manifest column ct_reference): evaluation scores bone "
+            "against it.",
         ),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace files in --out."),
     ) -> None:
