@@ -1,5 +1,6 @@
 """Evaluation harness: per-case metrics, dataset runs with per-case CSV and bootstrap summaries,
-paired comparisons between methods, and the benchmark tables of docs/BENCHMARKS.md."""
+paired comparisons between methods, and the benchmark tables of docs/BENCHMARKS.md. CT-derived
+metrics use a case's CT reference (e.g. the unmoved CT of a misregistered phantom) if it has one."""
 
 from __future__ import annotations
 
@@ -17,11 +18,13 @@ from clinfuse.evaluation.methods import (
     register_method,
     resolve_method,
 )
+from clinfuse.evaluation.reference import CtReference, load_ct_reference
 from clinfuse.evaluation.stats import bootstrap_ci, paired_wilcoxon, summarise
 from clinfuse.evaluation.tables import Comparison, compare
 
 __all__ = [
     "Comparison",
+    "CtReference",
     "DatasetResult",
     "MethodOutput",
     "PreparedItem",
@@ -31,6 +34,7 @@ __all__ = [
     "evaluate_case",
     "evaluate_dataset",
     "fused_to_uint8",
+    "load_ct_reference",
     "metric_columns",
     "paired_wilcoxon",
     "prepare_cases",
