@@ -113,6 +113,20 @@ def test_fuse_prepared_samples_uncertainty_and_determinism(checkpoint, case_file
     assert comp_dist < np.abs(a.fused - prep.mri)[prep.brain].mean()  # pulled toward MRI
 
 
+def test_air_in_every_source_stays_air(checkpoint, case_files):
+    prep = _prepared(case_files)
+    lm = load_model(checkpoint, 3)
+    kw = dict(steps=1, seed=1, patch_size=lm.patch_size)
+    on = fuse_prepared(prep, lm.model, overrides={**FAST, "eta": 0.0}, **kw)
+    off = fuse_prepared(prep, lm.model, overrides={**FAST, "eta": 0.0, "air_threshold": 0.0}, **kw)
+    air = np.all(prep.stack() <= -2.0 + 0.05, axis=0)
+    assert air.any() and on.record["air_voxels"] == int(air.sum())
+    np.testing.assert_allclose(on.fused[air], prep.stack().max(0)[air], atol=1e-6)
+    np.testing.assert_array_equal(on.fused[~air], off.fused[~air])  # nothing else changes
+    assert not np.allclose(off.fused[air], prep.stack().max(0)[air])  # the sampler's noise
+    assert prep.lesion is not None and (on.lesion_prob[~prep.brain] == 0).all()
+
+
 def test_fuse_case_and_write_outputs(checkpoint, case_files, tmp_path):
     steps = []
     res = fuse_case(

@@ -190,7 +190,12 @@ def fuse_prepared(
     import torch
 
     from clinfuse.baselines.composite import roi_composite
-    from clinfuse.diffusion.guidance import guided_sample, load_preset, uncertainty_blend
+    from clinfuse.diffusion.guidance import (
+        MODEL_RANGE,
+        guided_sample,
+        load_preset,
+        uncertainty_blend,
+    )
     from clinfuse.diffusion.schedule import NoiseSchedule
     from clinfuse.diffusion.sliding import SlidingWindowModel, pad_to, padded_shape
 
@@ -252,8 +257,16 @@ def fuse_prepared(
         )
         for roi in (prepared.brain, prepared.bone):
             fused = uncertainty_blend(fused, std, comp, torch.as_tensor(roi), cfg.uncertainty_blend)
+    n_air = 0
+    if cfg.air_threshold > 0:
+        # air in every source -> air in the output (GuidanceConfig.air_threshold)
+        sources = torch.as_tensor(prepared.stack(), dtype=fused.dtype)
+        air = (sources <= MODEL_RANGE[0] + cfg.air_threshold).all(0)
+        fused = torch.where(air, sources.max(0).values, fused)
+        n_air = int(air.sum())
     record = {
         "preset": str(preset),
+        "air_voxels": n_air,
         "guidance": cfg.to_dict(),
         "steps": int(steps),
         "samples": int(samples),

@@ -75,6 +75,10 @@ class GuidanceConfig:
     # high (weight min(1, s * std / median ROI std)); needs samples > 1 (see uncertainty_blend).
     uncertainty_blend: float = 0.0
     clip_x0: bool = True  # clamp x̂0 to the model range [-2, 2] before and after guidance
+    # Air suppression after sampling: where every source is within this of the model-range
+    # minimum (air in MRI and CT), the output copies the sources' maximum there instead of the
+    # sampler's residual noise, which no ROI term constrains. 0 disables (pipeline.fuse_prepared).
+    air_threshold: float = 0.05
 
     def validate(self, source: str | Path | None = None) -> None:
         """Raise `ClinfuseInputError` for values a user could have typed wrongly."""
@@ -82,7 +86,7 @@ class GuidanceConfig:
             raise ClinfuseInputError(
                 f"guidance mode must be 'xt' or 'x0', got {self.mode!r}", source
             )
-        for name in ("alpha", "beta", "gamma", "eta", "uncertainty_blend"):
+        for name in ("alpha", "beta", "gamma", "eta", "uncertainty_blend", "air_threshold"):
             v = getattr(self, name)
             if not (isinstance(v, int | float) and v >= 0 and v == v):
                 raise ClinfuseInputError(f"{name} must be a number >= 0, got {v!r}", source)
