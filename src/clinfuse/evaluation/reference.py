@@ -139,9 +139,9 @@ def scored_against_note(rows: list[dict[str, Any]]) -> str | None:
     n_ref = sum(1 for u in used if u == REFERENCE_ROLE)
     if not n_ref:
         return None
+    rest = "" if n_ref == len(used) else ", against the input CT in the others"
     return (
-        f"CT-derived metrics (bone ROI-SSIM/PSNR; in 2D the CT side of the fusion metrics) "
-        f"scored against the CT reference "
-        f"(`ct_reference`, e.g. the unmoved CT of a misregistered phantom) in {n_ref} of "
-        f"{len(used)} cases, against the input CT in the others."
+        "CT-derived metrics (bone ROI-SSIM/PSNR; in 2D the CT side of the fusion metrics) "
+        "scored against the CT reference (`ct_reference`, e.g. the unmoved CT of a "
+        f"misregistered phantom) in {n_ref} of {len(used)} cases{rest}."
     )
