@@ -141,3 +141,25 @@ def test_cli_cases_glob(phantoms, tmp_path):
 def test_cases_select_harvard_pairs():
     ids = [it.case_id for it in prepare_cases(HARVARD, cases=["16_00[7-9]", "21_016"], limit=None)]
     assert ids == ["16_007", "16_008", "16_009", "21_016"]
+
+
+def test_2d_fusion_metrics_use_the_reference_on_the_ct_side(tmp_path):
+    from clinfuse.evaluation import evaluate_case, fused_to_uint8
+    from clinfuse.metrics.fusion import fusion_metrics
+    from clinfuse.preprocess.windowing import model_to_display
+
+    cfg = PhantomConfig(shape=(48, 48), spacing=(3.0, 3.0), misregistration=(3.0, 3.0))
+    data = write_phantom_dataset(tmp_path / "d2", 1, cfg, seed=2)
+    item = next(iter(prepare_cases(data)))
+    assert item.ct_reference is not None
+    p = item.prepared
+    fused = roi_composite(p.mri, p.ct_bone, p.brain, p.bone)
+    row = evaluate_case(fused, p, ct_reference=item.ct_reference)
+    a, b = model_to_display(p.mri), model_to_display(item.ct_reference.ct)
+    expected = fusion_metrics(a, b, fused_to_uint8(fused))
+    assert row["MI"] == pytest.approx(expected["MI"], abs=1e-9)
+    assert row["SCD"] == pytest.approx(expected["SCD"], abs=1e-9)
+    against_input = evaluate_case(fused, p)
+    assert against_input["MI"] != pytest.approx(row["MI"], abs=1e-6)
+    assert against_input["bone_ssim"] == pytest.approx(1.0, abs=1e-6)
+    assert row["bone_ssim"] < 0.99

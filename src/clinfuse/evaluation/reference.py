@@ -60,7 +60,8 @@ def reference_paths(data: str | Path, refs: list[Any]) -> dict[str, Path]:
     """`{case_id: reference file}` for the cases of `data` that have a CT reference.
 
     `refs` are the dataset's `CaseRef`s (`clinfuse.io.dataset.load_dataset`). The manifest column
-    wins; otherwise a case folder (MRI file named `mri.*`) may hold `ct_reference.nii[.gz]`.
+    wins, then a `ct_reference` entry of `CaseRef.paths`; otherwise a case folder (MRI file
+    named `mri.*`) may hold `ct_reference.nii[.gz]`.
     A listed file that does not exist raises `ClinfuseInputError`.
     """
     data = Path(data).expanduser()
@@ -77,6 +78,9 @@ def reference_paths(data: str | Path, refs: list[Any]) -> dict[str, Path]:
                     raise ClinfuseInputError(f"case {cid!r}: ct_reference file not found", p)
                 out[cid] = p
     for ref in refs:
+        given = ref.paths.get(REFERENCE_ROLE)  # should a loader ever carry the role itself
+        if ref.case_id not in out and given is not None:
+            out[ref.case_id] = Path(given)
         mri = ref.paths.get("mri")
         if ref.case_id in out or mri is None or not Path(mri).name.startswith("mri."):
             continue
