@@ -130,3 +130,16 @@ def test_lesion_head_scores_any_fused_image(trained, phantoms, tmp_path):
     with_lesion = [r for r in res.rows if not np.isnan(r["dice"])]
     assert with_lesion, "a baseline scored with the head gets lesion metrics"
     assert all(0.0 <= r["dice"] <= 1.0 for r in with_lesion)
+
+
+def test_train_lesion_on_patches(base_ckpt, phantoms, tmp_path):
+    from clinfuse.training.checkpoint import load_checkpoint
+    from clinfuse.training.lesion import LesionTrainConfig, train_lesion_head
+
+    cfg = LesionTrainConfig(
+        steps=2, val_every=1, batch_size=2, patch_size=(16, 16, 16), x0_per_case=1
+    )
+    res = train_lesion_head(base_ckpt, phantoms, tmp_path, cfg, log=None)
+    assert res.best_step in (1, 2)
+    record = load_checkpoint(res.checkpoint).state["extra"]["lesion_head"]
+    assert record["config"]["patch_size"] == [16, 16, 16]

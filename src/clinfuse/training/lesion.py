@@ -5,11 +5,16 @@ training (`clinfuse train`, gamma > 0) gave the head too few updates on a CPU bu
 Dice ~0.02 after 250 steps), so it is trained here separately, with the denoiser and encoders
 frozen:
 
-- **What it reads** (`ModelConfig.lesion_inputs = "fused"`): one fused image. Per patch, with
+- **What it reads** (`ModelConfig.lesion_inputs = "fused"`): one fused image. Per sample, with
   probability `p_x0` the frozen denoiser's x̂0 from the ROI-composite target noised to a random
   t <= T/2 (exactly what guidance shows the head from Algorithm 1 line 7 on), otherwise a clean
   fused image of the same case: the ROI composite or one of the classical baselines (so the head
   can score every method's fused image in the benchmark, not only ours).
+- **Whole volumes** by default (`patch_size=None`): the head runs on whole volumes when guiding
+  and scoring, and its instance norms see the whole volume's statistics only if it is trained
+  so (a head trained on 32³ patches found nothing on whole volumes in our first run). The
+  denoiser is frozen, so each case's x̂0 inputs are computed once, `x0_per_case` of them at
+  seeded random t, and training then costs only the small head.
 - **Loss**: MONAI `DiceCELoss` (sigmoid; Dice over the whole batch, so patches without lesion
   do not blow it up) = soft Dice + BCE.
 - **Augmentation**: random flips, gain/offset and Gaussian noise on the input.
@@ -24,6 +29,7 @@ It has no optimizer state: it is for inference (`load_checkpoint`, `export_check
 from __future__ import annotations
 
 import csv
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -45,14 +51,16 @@ class LesionTrainConfig:
     """Options of `train_lesion_head` (recorded in the output checkpoint)."""
 
     steps: int = 1500
-    batch_size: int = 4
+    batch_size: int = 2
     lr: float = 1e-3
     weight_decay: float = 1e-4
-    channels: tuple[int, ...] = (16, 32, 64)
-    res_units: int = 2
-    p_x0: float = 0.5  # share of patches whose input is the frozen denoiser's x̂0
+    channels: tuple[int, ...] = (8, 16, 32, 64)  # 4 levels: a receptive field of ~40 voxels
+    res_units: int = 1
+    p_x0: float = 0.5  # share of samples whose input is the frozen denoiser's x̂0
     t_max_fraction: float = 0.5  # x̂0 from t in [1, t_max_fraction * T] (Alg.1: from T/2 on)
-    lesion_fraction: float = 0.7  # share of patches centred on a lesion voxel
+    x0_per_case: int = 8  # precomputed x̂0 volumes per training case
+    patch_size: tuple[int, ...] | None = None  # None: whole volumes (see the module docstring)
+    lesion_fraction: float = 0.7  # with patch_size: share of patches centred on a lesion voxel
     fused_inputs: tuple[str, ...] = DEFAULT_BASELINES
     val_every: int = 100
     seed: int = 0
@@ -68,6 +76,8 @@ class LesionTrainConfig:
             raise ClinfuseInputError("steps, batch_size and val_every must be >= 1")
         if not 0.0 <= self.p_x0 <= 1.0 or not 0.0 < self.t_max_fraction <= 1.0:
             raise ClinfuseInputError("p_x0 must be in [0, 1] and t_max_fraction in (0, 1]")
+        if self.x0_per_case < 1:
+            raise ClinfuseInputError("x0_per_case must be >= 1")
         if self.p_x0 < 1.0 and not self.fused_inputs:
             raise ClinfuseInputError("fused_inputs is empty but p_x0 < 1")
 
@@ -158,58 +168,72 @@ def train_lesion_head(
     mcfg = model.config
     schedule = NoiseSchedule(mcfg.num_train_steps, mcfg.schedule).to(dev)
     train_cfg = loaded.config
-    # whole held-out cases (all of them: the head is cheap to validate), lesion-rich patches
+    # whole held-out cases (all of them: the head is cheap to validate); the split is the run's
+    patch = None if cfg.patch_size is None else tuple(int(p) for p in cfg.patch_size)
     data_cfg = replace(
         train_cfg.data,
         val_patch_size=None,
         max_val_cases=10_000,
         lesion_fraction=cfg.lesion_fraction,
+        patch_size=patch if patch is not None else train_cfg.data.patch_size,
     )
     say(f"loading {data} (split as the checkpoint's run)")
     td = load_train_data(data, data_cfg)
     if td.ndim != mcfg.spatial_dims:
         raise ClinfuseInputError(f"{td.ndim}D data for a {mcfg.spatial_dims}D model", data)
-    # Clean fused images of every training case, computed once (on the padded case).
-    fused_bank: list[dict[str, np.ndarray]] = []
-    for case in td.train:
-        bank = {n: np.asarray(BASELINES[n](case), np.float32) for n in cfg.fused_inputs}
-        fused_bank.append(bank)
-    val = [c for c in td.val if c.lesion is not None and c.lesion.any()]
-    say(f"{len(td.train)} training cases, {len(val)} validation cases with a lesion")
-
     head = LesionHead(mcfg.spatial_dims, cfg.channels, cfg.res_units, inputs="fused").to(dev)
-    opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.steps, eta_min=cfg.lr / 20)
-    loss_fn = DiceCELoss(sigmoid=True, batch=True)
-    rng = np.random.default_rng(cfg.seed)
+    mult = math.lcm(model.size_multiple, head.size_multiple)
+    lo, hi = -2.0, 2.0
     gen = torch.Generator().manual_seed(cfg.seed)
     t_max = max(1, int(cfg.t_max_fraction * mcfg.num_train_steps))
-    patch = tuple(int(p) for p in data_cfg.patch_size)
-    lo, hi = -2.0, 2.0
 
-    # validation inputs, fixed once: composite, average fusion, x̂0 from the target noised to T/2
-    val_inputs: list[dict[str, torch.Tensor]] = []
-    vgen = torch.Generator().manual_seed(12345)
-    for case in val:
-        mult = max(model.size_multiple, head.size_multiple)
-        cond, crop = pad_to_multiple(torch.from_numpy(case.stack())[None].to(dev), mult)
-        target = torch.from_numpy(training_target(case, data_cfg.feather_sigma))[None, None]
-        target, _ = pad_to_multiple(target.to(dev), mult)
-        t = torch.full((1,), mcfg.num_train_steps // 2, dtype=torch.long, device=dev)
-        noise = torch.randn(target.shape, generator=vgen).to(dev)
+    def padded(a: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+        x = x.reshape(1, -1, *a.shape[-td.ndim :])
+        return pad_to_multiple(x, mult)[0]
+
+    def x0_of(cond: torch.Tensor, target: torch.Tensor, t_value: int) -> torch.Tensor:
+        t = torch.full((1,), t_value, dtype=torch.long)
+        noise = torch.randn(target.shape, generator=gen)
         with torch.no_grad():
-            x_t = schedule.q_sample(target, t, noise)
-            x0 = schedule.split_prediction(model(x_t, t, cond), x_t, t, mcfg.prediction)[0]
-        avg = torch.from_numpy(np.asarray(BASELINES["average"](case), np.float32))[None, None]
+            x_t = schedule.q_sample(target.to(dev), t.to(dev), noise.to(dev))
+            out = model(x_t, t.to(dev), cond.to(dev))
+            x0 = schedule.split_prediction(out, x_t, t.to(dev), mcfg.prediction)[0]
+        return x0.clamp(lo, hi).cpu()
+
+    # Every training input, computed once: clean fused images and x̂0 of the frozen denoiser.
+    bank: list[dict[str, list[torch.Tensor]]] = []
+    labels: list[torch.Tensor] = []
+    train_idx = [j for j, c in enumerate(td.train) if c.lesion is not None]
+    train_cases = [td.train[j] for j in train_idx]
+    if not train_cases:
+        raise ClinfuseInputError("no training case has a lesion mask", data)
+    t_start = time.perf_counter()
+    for case in train_cases:
+        cond, target = padded(case.stack()), padded(training_target(case, data_cfg.feather_sigma))
+        clean = [padded(np.asarray(BASELINES[n](case))) for n in cfg.fused_inputs]
+        t_draws = torch.randint(1, t_max + 1, (cfg.x0_per_case,), generator=gen).tolist()
+        bank.append({"clean": clean, "x0": [x0_of(cond, target, int(t)) for t in t_draws]})
+        labels.append(padded(case.lesion.astype(np.float32)))  # type: ignore[union-attr]
+    say(
+        f"{len(train_cases)} training cases ({sum(bool(y.any()) for y in labels)} with a lesion),"
+        f" inputs precomputed in {time.perf_counter() - t_start:.0f} s"
+    )
+
+    # validation inputs, fixed: composite, average fusion, x̂0 from the target noised to T/2
+    val = [c for c in td.val if c.lesion is not None and c.lesion.any()]
+    val_inputs: list[dict[str, Any]] = []
+    for case in val:
+        cond, target = padded(case.stack()), padded(training_target(case, data_cfg.feather_sigma))
         val_inputs.append(
             {
                 "composite": target,
-                "average": pad_to_multiple(avg.to(dev), mult)[0],
-                "x0_T/2": x0.clamp(lo, hi),
-                "gt": torch.from_numpy(case.lesion.astype(np.float32))[None, None].to(dev),
-                "crop": crop,  # type: ignore[dict-item]
+                "average": padded(np.asarray(BASELINES["average"](case))),
+                "x0_T/2": x0_of(cond, target, mcfg.num_train_steps // 2),
+                "gt": padded(case.lesion.astype(np.float32)),  # type: ignore[union-attr]
             }
         )
+    say(f"{len(val)} validation cases with a lesion: {[c.case_id for c in val]}")
 
     def validate() -> dict[str, float]:
         head.eval()
@@ -217,11 +241,15 @@ def train_lesion_head(
         with torch.no_grad():
             for item in val_inputs:
                 for k in VAL_INPUTS:
-                    prob = torch.sigmoid(head(item[k]))[item["crop"]]  # type: ignore[index]
+                    prob = torch.sigmoid(head(item[k].to(dev))).cpu()
                     scores[k].append(_dice_at_half(prob, item["gt"]))
         head.train()
         return {k: float(np.mean(v)) if v else float("nan") for k, v in scores.items()}
 
+    opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.steps, eta_min=cfg.lr / 20)
+    loss_fn = DiceCELoss(sigmoid=True, batch=True)
+    rng = np.random.default_rng(cfg.seed)
     columns = ["step", "loss", "lr", "seconds", *(f"val_dice_{k}" for k in VAL_INPUTS)]
     rows: list[dict[str, Any]] = []
     best: tuple[float, int, dict[str, torch.Tensor], dict[str, float]] = (-1.0, 0, {}, {})
@@ -229,36 +257,20 @@ def train_lesion_head(
     start = time.perf_counter()
     running = 0.0
     for step in range(1, cfg.steps + 1):
-        xs, ys, conds, targets, use_x0 = [], [], [], [], []
+        xs, ys = [], []
         for _ in range(cfg.batch_size):
-            i = int(rng.integers(len(td.train)))
-            case = td.train[i]
-            sl = _crop(td._centre(rng, i), patch, case.shape)
-            lesion = case.lesion if case.lesion is not None else np.zeros(case.shape, bool)
-            ys.append(torch.from_numpy(lesion[sl].astype(np.float32))[None, None])
-            if rng.random() < cfg.p_x0:
-                use_x0.append(True)
-                conds.append(torch.from_numpy(case.stack()[(slice(None), *sl)])[None])
-                targets.append(torch.from_numpy(td._targets[i][sl].astype(np.float32))[None, None])
-                xs.append(torch.empty(0))
-            else:
-                use_x0.append(False)
-                name = cfg.fused_inputs[int(rng.integers(len(cfg.fused_inputs)))]
-                xs.append(torch.from_numpy(fused_bank[i][name][sl])[None, None])
-        if conds:
-            cond = torch.cat(conds).to(dev)
-            target = torch.cat(targets).to(dev)
-            t = torch.randint(1, t_max + 1, (cond.shape[0],), generator=gen).to(dev)
-            noise = torch.randn(target.shape, generator=gen).to(dev)
-            with torch.no_grad():
-                x_t = schedule.q_sample(target, t, noise)
-                x0 = schedule.split_prediction(model(x_t, t, cond), x_t, t, mcfg.prediction)[0]
-            x0_iter = iter(x0.clamp(lo, hi).cpu().split(1))
-            xs = [next(x0_iter) if flag else x for x, flag in zip(xs, use_x0, strict=True)]
-        pairs = [_augment(x, y, gen) for x, y in zip(xs, ys, strict=True)]
-        x = torch.cat([p[0] for p in pairs]).to(dev)
-        y = torch.cat([p[1] for p in pairs]).to(dev)
-        loss = loss_fn(head(x), y)
+            i = int(rng.integers(len(train_cases)))
+            kind = "x0" if (rng.random() < cfg.p_x0 or not cfg.fused_inputs) else "clean"
+            choices = bank[i][kind]
+            x, y = choices[int(rng.integers(len(choices)))], labels[i]
+            if patch is not None:
+                centre = td._centre(rng, train_idx[i])
+                sl = (slice(None), slice(None), *_crop(centre, patch, x.shape[2:]))
+                x, y = x[sl], y[sl]
+            x, y = _augment(x, y, gen)
+            xs.append(x)
+            ys.append(y)
+        loss = loss_fn(head(torch.cat(xs).to(dev)), torch.cat(ys).to(dev))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(head.parameters(), 1.0)
