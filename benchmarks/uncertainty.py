@@ -1,7 +1,7 @@
 """Does the ensemble std of `clinfuse fuse --samples K` point at the fusion's errors? Measured on
 held-out phantoms against the exact ROI composite (docs/UNCERTAINTY.md).
 
-    OMP_NUM_THREADS=1 python benchmarks/uncertainty.py --n 4 --samples 4 [--out DIR]
+    OMP_NUM_THREADS=1 python benchmarks/uncertainty.py --n 4 --samples 4 [--out runs/uncertainty]
 """
 
 from __future__ import annotations
@@ -186,7 +186,10 @@ def _model_card_step(checkpoint: Path) -> str:
 
 def _fmt(v: Any) -> str:
     if isinstance(v, float):
-        return "nan" if math.isnan(v) else f"{v:.3f}"
+        if math.isnan(v):
+            return "nan"
+        # tiny values (the RMSE reduction) would all print as 0.000
+        return f"{v:.1e}" if 0 < abs(v) < 5e-3 else f"{v:.3f}"
     return str(v)
 
 
@@ -221,6 +224,8 @@ def markdown(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) -> str:
                 ("auroc_bone", "AUROC bone"),
                 ("proxy_spearman_head", "edge ρ head"),
                 ("proxy_auroc_head", "edge AUROC head"),
+                ("proxy_auroc_brain", "edge AUROC brain"),
+                ("proxy_auroc_bone", "edge AUROC bone"),
             ],
         ),
         (
@@ -259,7 +264,8 @@ def markdown(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) -> str:
         f"Command: `{meta['command']}`  ",
         f"Checkpoint: `{meta['checkpoint']}` (sha256 {meta['sha256'][:12]}, step "
         f"{meta['step']}); preset stroke, window=whole, DDIM-{meta['steps']}, "
-        f"{meta['samples']} samples (sampling seed {meta['sample_seed']}), uncertainty_blend 0; "
+        f"{meta['samples']} samples (sampling seed {meta['sample_seed']}), uncertainty_blend 0"
+        f"{''.join(f', {k}={v}' for k, v in meta['overrides'].items())}; "
         f"lesion guidance from the lesion head's own prediction. Phantoms: seeds "
         f"{meta['seed']}..{meta['seed'] + meta['n'] - 1}, 64x64x48 at 3 mm, contrast cycling "
         "T1/T2/ADC, ischaemic lesion; reference = exact ROI composite (exact masks). "
@@ -302,7 +308,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "seed": args.seed,
         "n": args.n,
         "seconds": 0.0,
+        "overrides": dict(args.overrides),
     }
+    name = f"uncertainty_{args.tag}" if args.tag else "uncertainty"
     t_start = time.perf_counter()
     rows: list[dict[str, Any]] = []
     for case_seed, contrast, ph in _phantoms(args.n, args.seed):
@@ -313,7 +321,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             loaded.model,
             preset="stroke",
             # the raw ensemble mean: the blend would move high-std voxels toward the reference
-            overrides={"uncertainty_blend": 0.0},
+            overrides={"uncertainty_blend": 0.0, **args.overrides},
             steps=args.steps,
             samples=args.samples,
             seed=args.sample_seed,
@@ -356,10 +364,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
         md, csv_text = markdown(rows, meta), _csv_text(rows)
         for folder in (out, RESULTS) if args.copy_results else (out,):
-            write_text_atomic(folder / "uncertainty.md", md + "\n")
-            write_text_atomic(folder / "uncertainty_per_case.csv", csv_text)
+            write_text_atomic(folder / f"{name}.md", md + "\n")
+            write_text_atomic(folder / f"{name}_per_case.csv", csv_text)
     summary = {"meta": meta, "mean": summarise(rows)}
-    write_text_atomic(out / "uncertainty.json", json.dumps(summary, indent=2) + "\n")
+    write_text_atomic(out / f"{name}.json", json.dumps(summary, indent=2) + "\n")
     return summary
 
 
@@ -373,7 +381,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=20, help="DDIM steps")
     p.add_argument("--checkpoint", type=Path, default=None, help="default: the shipped one")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
-    p.add_argument("--out", type=Path, default=Path("uncertainty_out"))
+    p.add_argument("--out", type=Path, default=Path("runs/uncertainty"), help="(git-ignored)")
     p.add_argument("--overwrite", action="store_true", help="replace files in --out")
     p.add_argument(
         "--no-copy",
@@ -381,7 +389,24 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         action="store_false",
         help="do not copy the markdown/CSV to benchmarks/results/ (quick trial runs)",
     )
+    p.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="guidance override as in `clinfuse evaluate --option` (e.g. eta=0), repeatable",
+    )
+    p.add_argument("--tag", default="", help="name results uncertainty_TAG.* (e.g. unguided)")
     args = p.parse_args(argv)
+    from clinfuse.cli._method_options import method_options
+    from clinfuse.diffusion.guidance import load_preset
+    from clinfuse.errors import ClinfuseInputError
+
+    try:
+        args.overrides = method_options(None, None, args.option)
+        load_preset("stroke", args.overrides)  # a bad key or value fails before any work
+    except ClinfuseInputError as e:
+        p.error(str(e))
     if args.n < 1 or args.samples < 2 or args.steps < 1 or args.threads < 1:
         p.error("need --n >= 1, --samples >= 2, --steps >= 1, --threads >= 1")
     return args

@@ -95,3 +95,32 @@ def test_parse_args_rejects_a_single_sample():
         unc.parse_args(["--samples", "1"])
     args = unc.parse_args(["--n", "2", "--samples", "3", "--no-copy"])
     assert (args.n, args.samples, args.seed, args.copy_results) == (2, 3, 2000, False)
+
+
+def test_guidance_options_are_typed_and_checked_before_any_work():
+    assert unc.parse_args(["--option", "eta=0", "--option", "mode=xt"]).overrides == {
+        "eta": 0,
+        "mode": "xt",
+    }
+    with pytest.raises(SystemExit):
+        unc.parse_args(["--option", "no_such_key=1"])
+
+
+def test_markdown_prints_tiny_reductions_instead_of_zero():
+    row = {"case": "c", "contrast": "T1", "rmse_reduction_head": 1.2e-4, "spearman_head": 0.5}
+    meta = {
+        "command": "cmd",
+        "checkpoint": "m.pt",
+        "sha256": "ab" * 32,
+        "step": 250,
+        "steps": 20,
+        "samples": 4,
+        "sample_seed": 0,
+        "seed": 2000,
+        "n": 1,
+        "seconds": 1.0,
+        "overrides": {"eta": 0},
+    }
+    md = unc.markdown([row], meta)
+    assert "| c | T1 | 0.500 |" in md and "1.2e-04" in md and "eta=0" in md
+    assert "sha256 abababababab, step 250" in md
