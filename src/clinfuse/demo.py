@@ -147,26 +147,6 @@ def _load_model(checkpoint: Path | None, ndim: int, device: str) -> tuple[Any, M
     return loaded, ModelStatus(True, "ok", loaded.path, loaded.sha256)
 
 
-def lesion_head_probability(model: Any, fused: np.ndarray, prepared: Any) -> np.ndarray:
-    """The lesion head applied to a fused image: P(lesion) per voxel, shape of `fused`.
-
-    The head takes `[fused, mri, ct, ct_bone]` (nn/lesion_head.py), so the same trained network
-    scores every method's fused image: lesion Dice/NSD/HD95 then measure how well each fusion
-    preserves the lesion, never the ground truth passed off as a prediction.
-    """
-    import torch
-
-    from clinfuse.nn.model import pad_to_multiple
-
-    device = next(model.parameters()).device
-    x = torch.from_numpy(np.ascontiguousarray(fused, dtype=np.float32))[None, None]
-    cond = torch.from_numpy(prepared.stack())[None]
-    both, crop = pad_to_multiple(torch.cat([x, cond], dim=1).to(device), model.size_multiple)
-    with torch.no_grad():
-        logits = model.lesion_head(both[:, :1], both[:, 1:])
-    return torch.sigmoid(logits[crop])[0, 0].float().cpu().numpy()
-
-
 def _our_method(
     loaded: Any, preset: str, seed: int, samples: int, steps: int, sliding: bool
 ) -> Callable[[Any], Any]:
@@ -208,13 +188,14 @@ class _Recorder:
 
     def __call__(self, prepared: Any) -> Any:
         from clinfuse.evaluation.methods import MethodOutput, unpack_output
+        from clinfuse.pipeline import lesion_probability
 
         raw = self.fn(prepared)
         fused, lesion = unpack_output(raw)
         fused = np.asarray(fused, dtype=np.float32)
         kept: dict[str, np.ndarray] = {"fused": fused}
         if lesion is None and self.model is not None:
-            lesion = lesion_head_probability(self.model, fused, prepared)
+            lesion = lesion_probability(self.model, fused, prepared)
         if lesion is not None:
             kept["lesion_prob"] = np.asarray(lesion, dtype=np.float32)
         for key in ("uncertainty", "fused_std", "std"):

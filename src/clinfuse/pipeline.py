@@ -114,35 +114,41 @@ def load_model(checkpoint: str | Path | None, ndim: int, device: str = "cpu") ->
     )
 
 
-def lesion_head_predictor(
-    checkpoint: str | Path | None = None, device: str = "cpu"
-) -> Callable[[np.ndarray, PreparedCase], np.ndarray]:
-    """`(fused, prepared) -> lesion probability`: a checkpoint's lesion head applied to any
-    fused image (ours or a baseline's), the same way `fuse` applies it to its own result.
+def lesion_probability(model: Any, fused: np.ndarray, prepared: PreparedCase) -> np.ndarray:
+    """A `FusionModel`'s lesion head applied to one fused image (ours or a baseline's):
+    P(lesion) per voxel, the shape of `fused`, the way `fuse` applies it to its own result.
 
-    The image is padded (replicate) to the head's size multiple; the probability is kept inside
-    the case's brain mask (lesions are intracranial; the mask is an input, not the reference).
-    The checkpoint (default: the shipped one of the case's dimension) is loaded on first use.
+    The image is padded (replicate) to the model's size multiple; the probability is kept
+    inside the case's brain mask (lesions are intracranial; the mask is an input, not the
+    reference). Heads that also read the sources get `prepared.stack()` as well.
     """
     import torch
 
     from clinfuse.nn.model import pad_to_multiple
 
+    device = next(model.parameters()).device
+    multiple = int(getattr(model, "size_multiple", 1))
+    x = torch.as_tensor(np.asarray(fused, np.float32), device=device)[None, None]
+    x, crop = pad_to_multiple(x, multiple)
+    cond, _ = pad_to_multiple(torch.as_tensor(prepared.stack(), device=device)[None], multiple)
+    with torch.no_grad():
+        prob = torch.sigmoid(model.lesion_head(x, cond))[crop][0, 0].float().cpu().numpy()
+    return prob * prepared.brain.astype(np.float32)
+
+
+def lesion_head_predictor(
+    checkpoint: str | Path | None = None, device: str = "cpu"
+) -> Callable[[np.ndarray, PreparedCase], np.ndarray]:
+    """`(fused, prepared) -> lesion probability` with a checkpoint's lesion head
+    (`lesion_probability`); the checkpoint (default: the shipped one of the case's dimension)
+    is loaded on first use. This is `--lesion-head` of `clinfuse evaluate` / `benchmark`."""
     device = resolve_device(device)
     cache: dict[int, LoadedModel] = {}
 
     def predict(fused: np.ndarray, prepared: PreparedCase) -> np.ndarray:
         if prepared.ndim not in cache:
             cache[prepared.ndim] = load_model(checkpoint, prepared.ndim, device)
-        model = cache[prepared.ndim].model
-        head = model.lesion_head
-        multiple = int(getattr(model, "size_multiple", 1))
-        x = torch.as_tensor(np.asarray(fused, np.float32), device=device)[None, None]
-        x, crop = pad_to_multiple(x, multiple)
-        cond, _ = pad_to_multiple(torch.as_tensor(prepared.stack(), device=device)[None], multiple)
-        with torch.no_grad():
-            prob = torch.sigmoid(head(x, cond))[crop][0, 0].float().cpu().numpy()
-        return prob * prepared.brain.astype(np.float32)
+        return lesion_probability(cache[prepared.ndim].model, fused, prepared)
 
     return predict
 
