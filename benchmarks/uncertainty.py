@@ -184,6 +184,23 @@ def _model_card_step(checkpoint: Path) -> str:
     return m.group(1) if m else ""
 
 
+def _git_state() -> str:
+    """HEAD's short hash, "+dirty" when src/ has uncommitted edits (the code that ran)."""
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "src"], cwd=repo, capture_output=True, text=True
+        ).stdout.strip()
+    except OSError:
+        return "unknown"
+    return (head or "unknown") + ("+dirty" if dirty else "")
+
+
 def _fmt(v: Any) -> str:
     if isinstance(v, float):
         if math.isnan(v):
@@ -269,7 +286,7 @@ def markdown(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) -> str:
         f"lesion guidance from the lesion head's own prediction. Phantoms: seeds "
         f"{meta['seed']}..{meta['seed'] + meta['n'] - 1}, 64x64x48 at 3 mm, contrast cycling "
         "T1/T2/ADC, ischaemic lesion; reference = exact ROI composite (exact masks). "
-        f"Wall time {meta['seconds']:.0f} s.",
+        f"Code: {meta.get('code', 'unknown')}. Wall time {meta['seconds']:.0f} s.",
         "",
     ]
     for title, cols in tables:
@@ -309,6 +326,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "n": args.n,
         "seconds": 0.0,
         "overrides": dict(args.overrides),
+        "code": _git_state(),
     }
     name = f"uncertainty_{args.tag}" if args.tag else "uncertainty"
     t_start = time.perf_counter()
