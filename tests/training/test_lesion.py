@@ -74,6 +74,8 @@ def test_train_lesion_replaces_only_the_head(trained, base_ckpt):
     new = load_checkpoint(trained / "lesion_head.ckpt")
     assert new.model.config.lesion_inputs == "fused"
     assert new.model.lesion_head.inputs == "fused"
+    assert new.model.config.lesion_norm == "batch"
+    assert not new.model.lesion_head.training  # batch norm uses its running statistics
     old_w = ema_weights(read_checkpoint(base_ckpt))
     new_w = ema_weights(new.state)
     # the frozen denoiser and encoders are bit-identical; the head is new
@@ -132,14 +134,15 @@ def test_lesion_head_scores_any_fused_image(trained, phantoms, tmp_path):
     assert all(0.0 <= r["dice"] <= 1.0 for r in with_lesion)
 
 
-def test_train_lesion_on_patches(base_ckpt, phantoms, tmp_path):
+def test_train_lesion_on_whole_volumes(base_ckpt, phantoms, tmp_path):
     from clinfuse.training.checkpoint import load_checkpoint
     from clinfuse.training.lesion import LesionTrainConfig, train_lesion_head
 
     cfg = LesionTrainConfig(
-        steps=2, val_every=1, batch_size=2, patch_size=(16, 16, 16), x0_per_case=1
+        steps=2, val_every=1, batch_size=2, patch_size=None, x0_per_case=1, norm="instance"
     )
     res = train_lesion_head(base_ckpt, phantoms, tmp_path, cfg, log=None)
     assert res.best_step in (1, 2)
     record = load_checkpoint(res.checkpoint).state["extra"]["lesion_head"]
-    assert record["config"]["patch_size"] == [16, 16, 16]
+    assert record["config"]["patch_size"] is None
+    assert load_checkpoint(res.checkpoint).model.config.lesion_norm == "instance"

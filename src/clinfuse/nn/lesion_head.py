@@ -35,6 +35,7 @@ class LesionHead(nn.Module):
         channels: UNet widths; sizes must be a multiple of ``2 ** (len(channels) - 1)``.
         num_res_units: residual units per level.
         inputs: ``"fused"`` (``cond`` is ignored) or ``"fused+sources"``.
+        norm: ``"instance"`` or ``"batch"`` (see ``ModelConfig.lesion_norm``).
     """
 
     def __init__(
@@ -43,6 +44,7 @@ class LesionHead(nn.Module):
         channels: Sequence[int] = (8, 16, 32),
         num_res_units: int = 1,
         inputs: str = "fused+sources",
+        norm: str = "instance",
     ) -> None:
         super().__init__()
         if len(channels) < 2:
@@ -58,7 +60,7 @@ class LesionHead(nn.Module):
             channels=tuple(channels),
             strides=(2,) * (len(channels) - 1),
             num_res_units=num_res_units,
-            norm="instance",
+            norm=norm,
         )
 
     def forward(self, x0_hat: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:

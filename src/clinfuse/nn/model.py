@@ -68,6 +68,11 @@ class ModelConfig:
     # how visible the lesion is in *that* image, and guidance gradients all flow through it) or
     # "fused+sources" (x̂0 plus [mri, ct, ct_bone], the session-1 design). See nn/lesion_head.py.
     lesion_inputs: str = "fused+sources"
+    # "batch" (train-lesion's choice): running statistics do not depend on the input's size, so a
+    # head trained on lesion-centred patches applies unchanged to whole volumes; "instance" (the
+    # session-1 default) normalises each input by its own statistics, which differ between a
+    # 32³ patch in the head and a whole volume that is mostly air.
+    lesion_norm: str = "instance"
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes (e.g. preset name)
 
     def __post_init__(self) -> None:
@@ -92,6 +97,8 @@ class ModelConfig:
             problems.append(
                 f"lesion_inputs must be one of {LESION_INPUTS}, got {self.lesion_inputs!r}"
             )
+        if self.lesion_norm not in ("instance", "batch"):
+            problems.append(f"lesion_norm must be 'instance' or 'batch', got {self.lesion_norm!r}")
         if self.schedule not in ("linear", "cosine"):
             problems.append(f"schedule must be 'linear' or 'cosine', got {self.schedule!r}")
         if len(self.attention_levels) != len(self.channels):
@@ -200,7 +207,11 @@ class FusionModel(nn.Module):
             c.flash_attention,
         )
         self.lesion_head = LesionHead(
-            c.spatial_dims, c.lesion_channels, c.lesion_res_units, inputs=c.lesion_inputs
+            c.spatial_dims,
+            c.lesion_channels,
+            c.lesion_res_units,
+            inputs=c.lesion_inputs,
+            norm=c.lesion_norm,
         )
         if c.spatial_dims == 3:
             use_onednn_conv3d(self)  # same weights and math, ~10x faster small CPU convs

@@ -10,11 +10,14 @@ frozen:
   t <= T/2 (exactly what guidance shows the head from Algorithm 1 line 7 on), otherwise a clean
   fused image of the same case: the ROI composite or one of the classical baselines (so the head
   can score every method's fused image in the benchmark, not only ours).
-- **Whole volumes** by default (`patch_size=None`): the head runs on whole volumes when guiding
-  and scoring, and its instance norms see the whole volume's statistics only if it is trained
-  so (a head trained on 32³ patches found nothing on whole volumes in our first run). The
-  denoiser is frozen, so each case's x̂0 inputs are computed once, `x0_per_case` of them at
-  seeded random t, and training then costs only the small head.
+- **Patches, batch norm**: lesion-centred 32³ patches (`lesion_fraction` 0.7) give the small
+  lesions a usable share of the voxels; batch norm's running statistics make the head trained
+  on patches apply unchanged to the whole volumes it guides and scores (instance norm would
+  normalise a mostly-air whole volume differently from a patch in the head). Measured: with
+  instance norm and whole volumes, or patches, validation Dice stayed 0 for 300-400 steps;
+  with batch norm on patches it was learning by step 150. The denoiser is frozen, so each
+  case's x̂0 inputs are computed once on the whole volume, `x0_per_case` of them at seeded
+  random t, and patches are cut from them; training then costs only the small head.
 - **Loss**: MONAI `DiceCELoss` (sigmoid; Dice over the whole batch, so patches without lesion
   do not blow it up) = soft Dice + BCE.
 - **Augmentation**: random flips, gain/offset and Gaussian noise on the input.
@@ -50,16 +53,17 @@ VAL_INPUTS = ("composite", "average", "x0_T/2")
 class LesionTrainConfig:
     """Options of `train_lesion_head` (recorded in the output checkpoint)."""
 
-    steps: int = 1500
-    batch_size: int = 2
-    lr: float = 1e-3
+    steps: int = 2000
+    batch_size: int = 4
+    lr: float = 3e-3
     weight_decay: float = 1e-4
     channels: tuple[int, ...] = (8, 16, 32, 64)  # 4 levels: a receptive field of ~40 voxels
     res_units: int = 1
+    norm: str = "batch"  # size-independent statistics: train on patches, apply to whole volumes
     p_x0: float = 0.5  # share of samples whose input is the frozen denoiser's x̂0
     t_max_fraction: float = 0.5  # x̂0 from t in [1, t_max_fraction * T] (Alg.1: from T/2 on)
     x0_per_case: int = 8  # precomputed x̂0 volumes per training case
-    patch_size: tuple[int, ...] | None = None  # None: whole volumes (see the module docstring)
+    patch_size: tuple[int, ...] | None = (32, 32, 32)  # None: whole volumes
     lesion_fraction: float = 0.7  # with patch_size: share of patches centred on a lesion voxel
     fused_inputs: tuple[str, ...] = DEFAULT_BASELINES
     val_every: int = 100
@@ -181,7 +185,9 @@ def train_lesion_head(
     td = load_train_data(data, data_cfg)
     if td.ndim != mcfg.spatial_dims:
         raise ClinfuseInputError(f"{td.ndim}D data for a {mcfg.spatial_dims}D model", data)
-    head = LesionHead(mcfg.spatial_dims, cfg.channels, cfg.res_units, inputs="fused").to(dev)
+    head = LesionHead(
+        mcfg.spatial_dims, cfg.channels, cfg.res_units, inputs="fused", norm=cfg.norm
+    ).to(dev)
     mult = math.lcm(model.size_multiple, head.size_multiple)
     lo, hi = -2.0, 2.0
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -310,6 +316,7 @@ def train_lesion_head(
         "lesion_channels": list(cfg.channels),
         "lesion_res_units": int(cfg.res_units),
         "lesion_inputs": "fused",
+        "lesion_norm": cfg.norm,
     }
     tree = {**state["config"], "model": new_model_cfg}
     new_config = config_from_dict(tree, str(checkpoint))
