@@ -17,13 +17,20 @@ def register(app: typer.Typer) -> None:
         checkpoint: Path = typer.Option(
             ..., "--checkpoint", help="A `clinfuse train` checkpoint (its denoiser stays frozen)."
         ),
-        data: Path = typer.Option(..., "--data", help="The training dataset of that checkpoint."),
+        data: Path = typer.Option(
+            ...,
+            "--data",
+            help="Phantoms with lesion masks (split by the checkpoint's data config).",
+        ),
         out: Path = typer.Option(..., "--out", help="Output folder (lesion_head.ckpt, csv)."),
         steps: int = typer.Option(2000, "--steps", help="Optimizer steps."),
         batch_size: int = typer.Option(4, "--batch-size", help="Patches per step."),
         lr: float = typer.Option(3e-3, "--lr", help="AdamW learning rate (cosine decay)."),
         p_x0: float = typer.Option(
             0.5, "--p-x0", help="Share of patches whose input is the denoiser's x̂0 (t <= T/2)."
+        ),
+        x0_per_case: int = typer.Option(
+            8, "--x0-per-case", help="x̂0 volumes of the frozen denoiser precomputed per case."
         ),
         val_every: int = typer.Option(100, "--val-every", help="Validate every N steps."),
         seed: int = typer.Option(0, "--seed", help="Seed of patches, noise and augmentation."),
@@ -48,7 +55,13 @@ def register(app: typer.Typer) -> None:
         if export is not None and export.exists() and not overwrite:
             raise ClinfuseInputError("export target exists; pass --overwrite to replace it", export)
         cfg = LesionTrainConfig(
-            steps=steps, batch_size=batch_size, lr=lr, p_x0=p_x0, val_every=val_every, seed=seed
+            steps=steps,
+            batch_size=batch_size,
+            lr=lr,
+            p_x0=p_x0,
+            x0_per_case=x0_per_case,
+            val_every=val_every,
+            seed=seed,
         )
         result = train_lesion_head(
             checkpoint,
