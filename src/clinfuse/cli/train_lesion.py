@@ -23,9 +23,9 @@ def register(app: typer.Typer) -> None:
             help="Phantoms with lesion masks (split by the checkpoint's data config).",
         ),
         out: Path = typer.Option(..., "--out", help="Output folder (lesion_head.ckpt, csv)."),
-        steps: int = typer.Option(2000, "--steps", help="Optimizer steps."),
+        steps: int = typer.Option(4000, "--steps", help="Optimizer steps."),
         batch_size: int = typer.Option(4, "--batch-size", help="Patches per step."),
-        lr: float = typer.Option(3e-3, "--lr", help="AdamW learning rate (cosine decay)."),
+        lr: float = typer.Option(2e-3, "--lr", help="AdamW learning rate (cosine decay)."),
         p_x0: float = typer.Option(
             0.5, "--p-x0", help="Share of patches whose input is the denoiser's x̂0 (t <= T/2)."
         ),

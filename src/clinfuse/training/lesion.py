@@ -53,12 +53,14 @@ VAL_INPUTS = ("composite", "average", "x0_T/2")
 class LesionTrainConfig:
     """Options of `train_lesion_head` (recorded in the output checkpoint)."""
 
-    steps: int = 2000
+    steps: int = 4000
     batch_size: int = 4
-    lr: float = 3e-3
+    lr: float = 2e-3
     weight_decay: float = 1e-4
-    channels: tuple[int, ...] = (8, 16, 32, 64)  # 4 levels: a receptive field of ~40 voxels
-    res_units: int = 1
+    # 4 levels (receptive field ~40 voxels), 2 residual units: on 60 phantoms this reached a
+    # held-out Dice of 0.23 after 1000 steps where 8-16-32-64 x 1 had 0.05 (composite inputs)
+    channels: tuple[int, ...] = (16, 32, 64, 128)
+    res_units: int = 2
     norm: str = "batch"  # size-independent statistics: train on patches, apply to whole volumes
     p_x0: float = 0.5  # share of samples whose input is the frozen denoiser's x̂0
     t_max_fraction: float = 0.5  # x̂0 from t in [1, t_max_fraction * T] (Alg.1: from T/2 on)
