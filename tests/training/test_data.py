@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_case
 
+from _helpers import make_training_case as make_case
 from clinfuse.baselines.composite import roi_composite
 from clinfuse.errors import ClinfuseInputError
 from clinfuse.training.config import DataConfig, JitterConfig, resolve_config

@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import make_case
 
+from _helpers import make_training_case as make_case
 from clinfuse.training.config import resolve_config
 from clinfuse.training.data import TrainData
 from clinfuse.training.loop import train

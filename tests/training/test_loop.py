@@ -7,8 +7,8 @@ import csv
 
 import pytest
 import torch
-from conftest import make_case
 
+from _helpers import make_training_case as make_case
 from clinfuse.errors import ClinfuseInputError
 from clinfuse.training.checkpoint import export_checkpoint, load_checkpoint, read_checkpoint
 from clinfuse.training.config import DataConfig, resolve_config
