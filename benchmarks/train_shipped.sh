@@ -23,7 +23,7 @@ fi
   [ -f "$RUNS/data/lesion_train/manifest.csv" ] || clinfuse synth --n 60 --shape 48 64 64 \
     --spacing 3 3 3 --seed 3000 --contrast mixed --lesion mixed --out "$RUNS/data/lesion_train"
   clinfuse train-lesion --checkpoint "$RUNS/phantom3d-small/best.ckpt" \
-    --data "$RUNS/data/lesion_train" --out "$RUNS/lesion" --x0-per-case 4 --threads 1 \
+    --data "$RUNS/data/lesion_train" --out "$RUNS/lesion" --x0-per-case 2 --threads 1 \
     --device cpu --export "$RUNS/lesion/phantom3d-fp16.pt" --overwrite \
     > "$RUNS/logs/lesion.log" 2>&1 ) &
 

@@ -32,6 +32,9 @@ def register(app: typer.Typer) -> None:
         x0_per_case: int = typer.Option(
             8, "--x0-per-case", help="x̂0 volumes of the frozen denoiser precomputed per case."
         ),
+        lesion_fraction: float = typer.Option(
+            0.3, "--lesion-fraction", help="Share of patches centred on a lesion voxel."
+        ),
         val_every: int = typer.Option(100, "--val-every", help="Validate every N steps."),
         seed: int = typer.Option(0, "--seed", help="Seed of patches, noise and augmentation."),
         export: Path = typer.Option(
@@ -60,6 +63,7 @@ def register(app: typer.Typer) -> None:
             lr=lr,
             p_x0=p_x0,
             x0_per_case=x0_per_case,
+            lesion_fraction=lesion_fraction,
             val_every=val_every,
             seed=seed,
         )
