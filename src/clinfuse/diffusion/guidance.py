@@ -59,7 +59,7 @@ class GuidanceConfig:
     gamma: float = 3.0  # lesion term weight (soft Dice + NSD + HD95 surrogates)
     eta: float = 0.02  # guidance step size, per voxel in model-range units (see voxel_scaled)
     mode: GuidanceMode = "x0"
-    n_inner: int = 3  # gradient steps on x̂0 per DDIM step (mode "x0" only)
+    n_inner: int = 10  # gradient steps on x̂0 per DDIM step (mode "x0" only; docs/GUIDANCE.md)
     # the lesion term joins only the first `lesion_inner` of those steps: each evaluation is a
     # lesion-head forward + backward over the volume, the SSIM terms are cheap
     lesion_inner: int = 1
