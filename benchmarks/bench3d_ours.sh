@@ -52,20 +52,16 @@ run clinfuse evaluate "${common[@]}" --data "$OUT/phantoms" --out "$OUT/ours_xt"
 run clinfuse evaluate "${common[@]}" --data "$OUT/phantoms" --out "$OUT/ours_unguided" \
   --option eta=0
 # beta = 12: the bone term's step matched to thin bone (chosen on 3 validation phantoms, seeds
-# 5000-5002, docs/GUIDANCE.md; not on these); oracle: the reference lesion mask guides (labelled).
+# 5000-5002, docs/GUIDANCE.md; not on these).
 run clinfuse evaluate "${common[@]}" --data "$OUT/phantoms" --out "$OUT/ours_x0_beta12" \
   --option beta=12
-run clinfuse evaluate "${common[@]}" --data "$OUT/phantoms" --out "$OUT/ours_x0_oracle" \
-  --option lesion=oracle
 for set in misreg2 automasks; do
   run clinfuse evaluate "${common[@]}" --data "$OUT/phantoms_$set" --out "$OUT/ours_x0_$set" \
     --option mode=x0
-  run clinfuse evaluate "${common[@]}" --data "$OUT/phantoms_$set" \
-    --out "$OUT/ours_x0_beta12_$set" --option beta=12
 done
 for pid in $(jobs -p); do wait "$pid"; done  # a failed run fails the script (set -e)
 clinfuse evaluate --compare "$OUT/ours_x0" "$OUT/ours_xt" "$OUT/ours_unguided" \
-  "$OUT/ours_x0_beta12" "$OUT/ours_x0_oracle" "$OUT"/baselines/*/ | tee "$OUT/compare.md"
+  "$OUT/ours_x0_beta12" "$OUT"/baselines/*/ | tee "$OUT/compare.md"
 python "$HERE/by_contrast.py" --phantoms "$OUT/phantoms" --out "$OUT/by_contrast.md" \
   --title "Exact masks, per MRI contrast" \
   "$OUT/ours_x0" "$OUT/ours_xt" "$OUT/ours_unguided" "$OUT/ours_x0_beta12" "$OUT/baselines"
@@ -76,10 +72,9 @@ python "$HERE/by_contrast.py" --phantoms "$OUT/phantoms" --out "$OUT/by_contrast
 # instead of exact brain/bone masks (mask files removed; the lesion mask is kept only as the
 # reference for lesion metrics).
 for set in misreg2 automasks; do
-  clinfuse evaluate --compare "$OUT/ours_x0_$set" "$OUT/ours_x0_beta12_$set" \
-    "$OUT"/baselines_$set/*/ \
+  clinfuse evaluate --compare "$OUT/ours_x0_$set" "$OUT"/baselines_$set/*/ \
     | tee "$OUT/compare_$set.md"
   python "$HERE/by_contrast.py" --phantoms "$OUT/phantoms_$set" \
     --out "$OUT/by_contrast_$set.md" --title "$set, per MRI contrast" \
-    "$OUT/ours_x0_$set" "$OUT/ours_x0_beta12_$set" "$OUT/baselines_$set"
+    "$OUT/ours_x0_$set" "$OUT/baselines_$set"
 done

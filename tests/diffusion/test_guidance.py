@@ -157,6 +157,19 @@ def test_lesion_mask_source_is_recorded():
     assert 0.0 <= float(res.lesion_prob.min()) and float(res.lesion_prob.max()) <= 1.0
 
 
+def test_implausibly_large_predicted_mask_is_rejected():
+    # the toy head's prediction covers some share of the brain; a gate below it rejects it
+    res = _run(AverageModel(), GuidanceConfig(eta=0.02, gamma=3.0))
+    frac = [h["predicted_fraction"] for h in res.history if "predicted_fraction" in h]
+    assert len(frac) == 1 and 0.0 < frac[0] <= 1.0 and res.lesion_source == "predicted"
+    gate = frac[0] / 2
+    res = _run(AverageModel(), GuidanceConfig(eta=0.02, gamma=3.0, max_predicted_fraction=gate))
+    assert res.lesion_source == "rejected" and res.lesion_target is None
+    assert all(h.get("lesion") != h.get("lesion") for h in res.history)  # no lesion term ran
+    with pytest.raises(ClinfuseInputError, match="max_predicted_fraction"):
+        GuidanceConfig(max_predicted_fraction=0.0).validate()
+
+
 def test_roi_loss_is_zero_for_the_sources_and_voxel_scaled():
     cond, masks = _case()
     cfg = GuidanceConfig()
