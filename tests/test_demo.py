@@ -157,7 +157,11 @@ def test_demo_with_tiny_random_checkpoint(tmp_path):
         assert 0.0 <= float(row["dice"]) <= 1.0 and 0.0 <= float(row["nsd"]) <= 1.0
     meta = json.loads((out / "demo.json").read_text())
     # The lesion term was guided by the head's own prediction, never the reference mask.
-    assert set(meta["lesion_guidance"].values()) <= {"predicted", "none"}
+    assert set(meta["lesion_guidance"].values()) <= {
+        "predicted",
+        "rejected",
+        "none",
+    }  # never the reference
     assert meta["model"]["sha256"] and (out / "figures" / "reliability.png").is_file()
     text = r.report.read_text(encoding="utf-8")
     assert "row is missing" not in text and "Lesion probability calibration" in text

@@ -170,6 +170,24 @@ def test_implausibly_large_predicted_mask_is_rejected():
         GuidanceConfig(max_predicted_fraction=0.0).validate()
 
 
+def test_lesion_term_moves_only_the_lesion_zone():
+    from scipy.ndimage import distance_transform_edt
+
+    mask = torch.zeros(1, 1, S, S, S, dtype=torch.bool)
+    mask[0, 0, 1, 1, 1] = True  # inside the brain (x < 4)
+    base = _run(AverageModel(), None).fused[0, 0]
+    only_lesion = dict(alpha=0.0, beta=0.0, gamma=3.0, eta=1.0)
+    near = _run(AverageModel(), GuidanceConfig(**only_lesion, lesion_zone_mm=1.5), lesion_mask=mask)
+    zone = torch.from_numpy(distance_transform_edt(~mask[0, 0].numpy()) <= 1.5)
+    diff = (near.fused[0, 0] - base).abs()
+    assert diff[zone].max() > 1e-6 and diff[~zone].max() == 0.0  # the pointwise toy model
+    whole = _run(
+        AverageModel(), GuidanceConfig(**only_lesion, lesion_zone_mm=0.0), lesion_mask=mask
+    )
+    brain = _case()[1]["brain"][0, 0]
+    assert (whole.fused[0, 0] - base).abs()[brain & ~zone].max() > 1e-6  # literal form: all brain
+
+
 def test_roi_loss_is_zero_for_the_sources_and_voxel_scaled():
     cond, masks = _case()
     cfg = GuidanceConfig()
