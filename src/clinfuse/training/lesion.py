@@ -121,9 +121,10 @@ def _augment(x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> tuple[torc
 
 
 def _dice_at_half(prob: torch.Tensor, gt: torch.Tensor) -> float:
-    p, t = prob > 0.5, gt > 0.5
-    denom = int(p.sum()) + int(t.sum())
-    return 1.0 if denom == 0 else 2.0 * int((p & t).sum()) / denom
+    """The evaluation Dice (`metrics.segmentation.dice`) of the head thresholded at 0.5."""
+    from clinfuse.metrics.segmentation import dice
+
+    return float(dice(prob[0, 0].numpy() > 0.5, gt[0, 0].numpy() > 0.5))  # (1, 1, *S)
 
 
 def train_lesion_head(
