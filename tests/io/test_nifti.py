@@ -1,3 +1,4 @@
+import gzip
 from pathlib import Path
 
 import nibabel as nib
@@ -55,7 +56,7 @@ def test_bad_files_name_the_file(tmp_path: Path):
     assert "missing.nii.gz" in str(e.value)
     bad = tmp_path / "garbage.nii.gz"
     bad.write_bytes(b"this is not a nifti file at all")
-    with pytest.raises(ClinfuseInputError, match="cannot read") as e:
+    with pytest.raises(ClinfuseInputError, match="cannot read NIfTI file") as e:
         load_nifti(bad)
     assert "garbage.nii.gz" in str(e.value)
     data = np.zeros((4, 4, 4), np.float32)
@@ -68,3 +69,72 @@ def test_bad_files_name_the_file(tmp_path: Path):
     nib.save(nib.Nifti1Image(np.zeros((4, 4, 4, 2), np.float32), np.eye(4)), tmp_path / "t.nii")
     with pytest.raises(ClinfuseInputError, match="4D"):
         load_nifti(tmp_path / "t.nii")
+
+
+def _patched_header(tmp_path: Path, name: str, **fields) -> Path:
+    """A valid 4x4x4 .nii whose header fields are then overwritten as a damaged file would be."""
+    src = tmp_path / "valid.nii"
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.float32), np.eye(4)), src)
+    raw = bytearray(src.read_bytes())
+    with src.open("rb") as fh:
+        hdr = nib.Nifti1Header.from_fileobj(fh)
+    for key, value in fields.items():
+        hdr[key] = value
+    raw[:348] = hdr.binaryblock
+    out = tmp_path / name
+    if name.endswith(".gz"):
+        out.write_bytes(gzip.compress(bytes(raw)))
+    else:
+        out.write_bytes(bytes(raw))
+    return out
+
+
+@pytest.mark.parametrize("name", ["huge.nii", "huge.nii.gz"])
+def test_huge_header_is_a_clear_error_not_memoryerror(tmp_path: Path, name):
+    # 30000^3 float32 voxels (108 TB) claimed by a file of a few hundred bytes.
+    bad = _patched_header(tmp_path, name, dim=[3, 30000, 30000, 30000, 1, 1, 1, 1])
+    with pytest.raises(ClinfuseInputError) as e:
+        load_nifti(bad)
+    text = str(e.value)
+    assert name in text and "(30000, 30000, 30000)" in text and "108.0 TB" in text
+    assert "MemoryError" not in text
+    assert ("truncated" in text) if name == "huge.nii" else ("memory" in text)
+
+
+def test_out_of_memory_while_reading_names_the_file(tmp_path: Path, monkeypatch):
+    good = tmp_path / "ok.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.float32), np.eye(4)), good)
+
+    def no_memory(self, *args, **kwargs):
+        raise MemoryError()
+
+    monkeypatch.setattr(nib.Nifti1Image, "get_fdata", no_memory)
+    with pytest.raises(ClinfuseInputError, match="not enough memory.*shape \\(4, 4, 4\\)") as e:
+        load_nifti(good)
+    assert "ok.nii.gz" in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("fields", "source"),
+    [
+        ({"pixdim": [1, 1, 0, 1, 1, 1, 1, 1], "qform_code": 1, "sform_code": 0}, "pixdim"),
+        ({"pixdim": [1, 1, 0, 1, 1, 1, 1, 1], "qform_code": 0, "sform_code": 0}, "pixdim"),
+        ({"srow_y": [0, 0, 0, 0], "qform_code": 0, "sform_code": 1}, "sform"),
+    ],
+)
+def test_zero_spacing_header_is_a_clear_error(tmp_path: Path, fields, source):
+    bad = _patched_header(tmp_path, "zero.nii.gz", **fields)
+    with pytest.raises(ClinfuseInputError, match="zero") as e:
+        load_nifti(bad)
+    text = str(e.value)
+    assert "zero.nii.gz" in text and source in text and "axis 1" in text
+    assert "OrientationError" not in text
+
+
+def test_zero_pixdim_is_fine_when_a_valid_sform_is_used(tmp_path: Path):
+    ok = _patched_header(
+        tmp_path, "s.nii", pixdim=[1, 1, 0, 1, 1, 1, 1, 1], qform_code=0, sform_code=1
+    )
+    arr, affine = load_nifti(ok)
+    assert arr.shape == (4, 4, 4)
+    np.testing.assert_allclose(affine, np.eye(4))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import nibabel as nib
@@ -40,6 +41,111 @@ def squeeze_to_2d(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np
     return np.transpose(array, order)[..., 0], new_aff
 
 
+def _reason(err: BaseException) -> str:
+    """A user-facing reason: the message, or a plain description when it is empty/cryptic."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    if isinstance(err, EOFError | OSError) and not text:
+        return "the file ends early (truncated or damaged)"
+    return text or "the file is damaged or not a NIfTI image"
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("bytes", "kB", "MB", "GB", "TB", "PB"):
+        if n < 1000 or unit == "PB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1000
+    raise AssertionError("unreachable")
+
+
+def _physical_memory() -> int | None:
+    """This machine's RAM in bytes (None where the OS does not say)."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _check_header_size(img: nib.Nifti1Image | nib.Nifti2Image, path: Path) -> None:
+    """Refuse a header whose shape cannot be the file's data before anything is allocated.
+
+    A corrupt or hostile header (e.g. 30000^3 voxels in a 1 kB file) would otherwise end in a
+    bare `MemoryError` from numpy, which names neither the file nor the cause.
+    """
+    shape = tuple(int(s) for s in img.shape)
+    n_vox = int(np.prod(shape, dtype=np.float64)) if shape else 0
+    hdr = img.header
+    itemsize = int(hdr.get_data_dtype().itemsize)
+    stored = n_vox * itemsize
+    as_float32 = n_vox * 4
+    desc = f"the header says shape {shape} ({n_vox:,} voxels, {_fmt_bytes(stored)} of data)"
+    if not str(path).lower().endswith(".gz"):
+        offset = int(hdr.get("vox_offset", 0) or 0)
+        available = path.stat().st_size - offset
+        if stored > available:
+            raise ClinfuseInputError(
+                f"{desc} but the file holds only {_fmt_bytes(max(available, 0))} of image data: "
+                "the file is truncated or its header is corrupt",
+                path,
+            )
+    memory = _physical_memory()
+    # The data in its stored type plus the float32 copy we return must fit in memory.
+    if memory is not None and stored + as_float32 > memory:
+        raise ClinfuseInputError(
+            f"{desc}; loading it needs about {_fmt_bytes(stored + as_float32)}, more than this "
+            f"machine's {_fmt_bytes(memory)} of memory: the header is probably corrupt, or the "
+            "image must be cropped or downsampled before use",
+            path,
+        )
+
+
+def _check_geometry(img: nib.Nifti1Image | nib.Nifti2Image, path: Path) -> None:
+    """Voxel spacing must be positive and the affine invertible, checked on the header itself.
+
+    nibabel silently replaces a zero `pixdim` by 1 mm when the qform (or no transform) is used,
+    and a zero axis in the sform ends in an `OrientationError` deep in reorientation; both
+    mean a damaged header, so say so instead.
+    """
+    hdr = img.header
+    try:  # nibabel "fixes" a zero pixdim to 1 while loading: read the header as written
+        with nib.openers.ImageOpener(path) as fh:
+            hdr = type(img.header).from_fileobj(fh, check=False)
+    except Exception:  # the header nibabel loaded is the fallback
+        hdr = img.header
+    shape = tuple(int(s) for s in img.shape[:3])
+    axes = [i for i, n in enumerate(shape) if n > 1]  # a singleton slice axis has no spacing
+    if int(hdr.get("sform_code", 0)) > 0:
+        source = "sform (srow_x/y/z)"
+        affine = np.asarray(hdr.get_sform(), dtype=np.float64)
+    else:
+        source = "qform" if int(hdr.get("qform_code", 0)) > 0 else "pixdim"
+        pixdim = np.asarray(hdr["pixdim"][1 : 1 + len(shape)], dtype=np.float64)
+        bad = [i for i in axes if not (np.isfinite(pixdim[i]) and pixdim[i] != 0)]
+        if bad:
+            raise ClinfuseInputError(
+                f"the header's voxel spacing (pixdim) is {tuple(float(v) for v in pixdim)} mm: "
+                f"zero or not finite along voxel axis {', '.join(map(str, bad))}. A spacing must "
+                "be positive; the header is damaged or was written without spacing (fix it, e.g. "
+                "with nibabel's header.set_zooms, before use)",
+                path,
+            )
+        affine = np.asarray(img.affine, dtype=np.float64)
+    if not np.all(np.isfinite(affine)):
+        raise ClinfuseInputError(f"the header's {source} affine is not finite", path)
+    lengths = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    zero = [i for i in axes if lengths[i] < 1e-6]
+    if zero:
+        spacing = ", ".join(f"{v:g}" for v in lengths[: len(shape)])
+        raise ClinfuseInputError(
+            f"the header's {source} affine gives voxel spacing ({spacing}) mm: zero along voxel "
+            f"axis {', '.join(map(str, zero))}. A spacing must be positive; the header is damaged",
+            path,
+        )
+    if len(axes) == 3 and abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        raise ClinfuseInputError(
+            f"the header's {source} affine is singular (its voxel axes are not independent)", path
+        )
+
+
 def load_nifti(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """Load a NIfTI file as float32 in canonical RAS+ voxel order, and its 4x4 affine.
 
@@ -52,6 +158,13 @@ def load_nifti(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
         raise ClinfuseInputError("file not found", path)
     try:
         img = nib.load(str(path))
+    except Exception as err:  # nibabel raises many types for corrupt files
+        raise ClinfuseInputError(
+            f"cannot read NIfTI file: {_reason(err)} (expected a .nii or .nii.gz image)", path
+        ) from None
+    _check_header_size(img, path)
+    _check_geometry(img, path)
+    try:
         if len(img.shape) > 3:
             extra = img.shape[3:]
             if any(int(e) != 1 for e in extra):
@@ -69,9 +182,15 @@ def load_nifti(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
         affine = np.asarray(can.affine, dtype=np.float64)
     except ClinfuseInputError:
         raise
+    except MemoryError:
+        n_vox = int(np.prod(img.shape, dtype=np.float64))
+        raise ClinfuseInputError(
+            f"not enough memory to load an image of shape {tuple(img.shape)} "
+            f"({_fmt_bytes(n_vox * 4)} as float32)",
+            path,
+        ) from None
     except Exception as err:  # nibabel raises many types for corrupt files
-        msg = f"cannot read NIfTI file ({type(err).__name__}: {err})"
-        raise ClinfuseInputError(msg, path) from err
+        raise ClinfuseInputError(f"cannot read NIfTI file: {_reason(err)}", path) from err
     data, affine = squeeze_to_2d(data, affine)
     if data.ndim not in (2, 3) or min(data.shape) < 1:
         raise ClinfuseInputError(f"image must be 2D or 3D, got shape {data.shape}", path)
