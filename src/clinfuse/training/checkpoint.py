@@ -7,6 +7,7 @@ state, step, RNG state and the full resolved config (as a dict and as YAML text)
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,20 +80,89 @@ def save_checkpoint(
     return path
 
 
+EXPECTED = "expected a .pt/.ckpt file written by `clinfuse train` or `clinfuse train-lesion`"
+# Keys every checkpoint has, so a damaged or foreign dict fails here with its name, not later
+# as a bare KeyError.
+REQUIRED_KEYS = ("step", "config", "ema")
+# File signatures: what a user might pass by mistake instead of a checkpoint.
+_SIGNATURES = (
+    (0, b"\x1f\x8b", "a gzip file (a .nii.gz image?)"),
+    (0, b"\x89PNG", "a PNG image"),
+    (128, b"DICM", "a DICOM file"),
+    (344, b"n+1\x00", "a NIfTI image"),
+    (344, b"ni1\x00", "a NIfTI header"),
+    (4, b"n+2\x00", "a NIfTI-2 image"),
+    (0, b"\x89HDF", "an HDF5 file"),
+    (0, b"\x93NUMPY", "a NumPy .npy array"),
+)
+
+
+def _foreign_file_kind(path: Path) -> str | None:
+    """What the file is when it cannot be a PyTorch checkpoint (a zip archive since torch 1.6,
+    or the legacy pickle format); None when it may be one."""
+    with path.open("rb") as fh:
+        head = fh.read(352)
+    if not head:
+        return "an empty file"
+    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+        return None
+    for offset, magic, kind in _SIGNATURES:
+        if head[offset : offset + len(magic)] == magic:
+            return kind
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return "a binary file of unknown type"
+    return "a text file"
+
+
 def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """The raw checkpoint dict, loaded with `weights_only=True`; clear errors for bad files."""
+    """The raw checkpoint dict, loaded with `weights_only=True`.
+
+    Raises `ClinfuseInputError` naming the file and what it is instead (a NIfTI, a text file, a
+    damaged archive, another program's PyTorch file...), never torch's or pickle's own error.
+    """
     path = Path(path)
     if not path.is_file():
         raise ClinfuseInputError("checkpoint not found", path)
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # torch raises many types for corrupt / foreign files
+        kind = _foreign_file_kind(path)
+    except OSError as err:
+        raise ClinfuseInputError(f"cannot read checkpoint: {err.strerror}", path) from None
+    if kind is not None:
         raise ClinfuseInputError(
-            f"cannot read checkpoint ({type(err).__name__}: {err})", path
+            f"cannot read checkpoint: this is {kind}, not a PyTorch checkpoint ({EXPECTED})", path
+        )
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        raise ClinfuseInputError(
+            "cannot read checkpoint: a PyTorch file holding Python objects other than tensors "
+            f"and plain containers, so not one clinfuse wrote; clinfuse only loads checkpoints "
+            f"with weights_only=True, for safety ({EXPECTED})",
+            path,
+        ) from None
+    except Exception as err:  # torch raises many types for damaged files
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        detail = f" ({first})" if first and len(first) < 200 else ""
+        raise ClinfuseInputError(
+            f"cannot read checkpoint: the file is damaged or truncated{detail}; {EXPECTED}", path
         ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
+        what = (
+            "a dict without a 'format' entry" if isinstance(state, dict) else type(state).__name__
+        )
+        if isinstance(state, dict) and "format" in state:
+            what = f"format {state['format']!r}"
         raise ClinfuseInputError(
-            f"not a clinfuse training checkpoint (expected format {FORMAT!r})", path
+            f"not a clinfuse checkpoint: the file holds {what} (a plain state_dict or another "
+            f"program's file?), expected format {FORMAT!r}; {EXPECTED}",
+            path,
+        )
+    missing = [k for k in REQUIRED_KEYS if k not in state]
+    if missing:
+        raise ClinfuseInputError(
+            f"damaged clinfuse checkpoint: no {', '.join(map(repr, missing))} entry", path
         )
     return state
 

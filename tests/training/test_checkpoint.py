@@ -1,0 +1,69 @@
+"""Files that are not clinfuse checkpoints give an error naming the file and what it is."""
+
+import gzip
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from clinfuse.errors import ClinfuseInputError
+from clinfuse.training.checkpoint import FORMAT, load_checkpoint, read_checkpoint
+
+
+class _Opaque:
+    """A class object: weights_only loading refuses to unpickle it."""
+
+
+def _nifti(path: Path) -> Path:
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.float32), np.eye(4)), path)
+    return path
+
+
+def _expect(path: Path, *fragments: str) -> str:
+    with pytest.raises(ClinfuseInputError) as e:
+        load_checkpoint(path)
+    text = str(e.value)
+    assert str(path) in text
+    for frag in fragments:
+        assert frag in text, text
+    for bad in ("KeyError", "UnpicklingError", "Traceback", "101"):
+        assert bad not in text, text
+    return text
+
+
+def test_text_file_is_named_not_keyerror(tmp_path):
+    # torch.load on this text gives "KeyError: 101" (pickle reading the byte 'e').
+    notes = tmp_path / "notes.txt"
+    notes.write_text("hello world\n", encoding="utf-8")
+    _expect(notes, "cannot read checkpoint", "a text file", "clinfuse train")
+
+
+def test_images_and_empty_files_are_named(tmp_path):
+    _expect(_nifti(tmp_path / "mri.nii"), "a NIfTI image")
+    gz = tmp_path / "mri.nii.gz"
+    gz.write_bytes(gzip.compress(_nifti(tmp_path / "x.nii").read_bytes()))
+    _expect(gz, "gzip file (a .nii.gz image?)")
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    _expect(empty, "an empty file")
+
+
+def test_foreign_pytorch_files(tmp_path):
+    plain = tmp_path / "state_dict.pt"
+    torch.save({"weight": torch.zeros(2)}, plain)
+    _expect(plain, "not a clinfuse checkpoint", "plain state_dict", FORMAT)
+    objects = tmp_path / "pickled.pt"
+    torch.save(_Opaque, objects)
+    _expect(objects, "weights_only=True")
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(plain.read_bytes()[:100])
+    _expect(truncated, "damaged or truncated")
+
+
+def test_clinfuse_format_without_weights_is_damaged(tmp_path):
+    path = tmp_path / "partial.ckpt"
+    torch.save({"format": FORMAT, "step": 3}, path)
+    with pytest.raises(ClinfuseInputError, match="damaged clinfuse checkpoint.*'config', 'ema'"):
+        read_checkpoint(path)
