@@ -6,7 +6,16 @@ import numpy as np
 import pytest
 
 from clinfuse.errors import ClinfuseInputError
-from clinfuse.metrics.calibration import brier, ece, reliability_curve
+from clinfuse.metrics.calibration import (
+    apply_temperature,
+    brier,
+    calibration_scores,
+    class_balanced_weights,
+    ece,
+    fit_temperature,
+    lesion_neighbourhood,
+    reliability_curve,
+)
 
 
 def test_hand_case_ten_bins():
@@ -68,3 +77,127 @@ def test_bad_inputs():
         brier(np.array([0.5, 0.5]), np.array([0, 2]))
     with pytest.raises(ClinfuseInputError):
         ece(np.zeros((2, 2)), np.zeros((2, 3)))
+
+
+# --- class-balanced, lesion neighbourhood, the three-way summary -------------------------------
+
+# 15 bins: 0.2 falls in bin 3, 0.8 in bin 12. Three non-lesion voxels and one lesion voxel at
+# p 0.2, one lesion voxel at p 0.8.
+P5 = np.array([0.2, 0.2, 0.2, 0.2, 0.8])
+G5 = np.array([0, 0, 0, 1, 1])
+
+
+def test_class_balanced_hand_case():
+    w = class_balanced_weights(G5)
+    # 2 lesion voxels share 0.5 (0.25 each), 3 background voxels share 0.5 (1/6 each).
+    np.testing.assert_allclose(w, [1 / 6, 1 / 6, 1 / 6, 0.25, 0.25])
+    # bin 3: weight 0.75, accuracy 0.25 / 0.75 = 1/3, confidence 0.2;
+    # bin 12: weight 0.25, accuracy 1, confidence 0.8.
+    assert ece(P5, G5, weights=w) == pytest.approx(0.75 * (1 / 3 - 0.2) + 0.25 * 0.2)  # 0.15
+    # 0.5 * mean over lesion of (p - 1)^2 + 0.5 * mean over background of p^2
+    assert brier(P5, G5, weights=w) == pytest.approx(0.5 * (0.64 + 0.04) / 2 + 0.5 * 0.04)
+    curve = reliability_curve(P5, G5, weights=w)
+    assert curve.weights[3] == pytest.approx(0.75) and curve.weights[12] == pytest.approx(0.25)
+    assert curve.accuracy[3] == pytest.approx(1 / 3) and curve.counts[3] == 4
+    # Unweighted, the same voxels: 4/5 * |0.25 - 0.2| + 1/5 * |1 - 0.8| = 0.08; Brier 0.16.
+    assert ece(P5, G5) == pytest.approx(0.08)
+    assert brier(P5, G5) == pytest.approx(0.16)
+
+
+def test_class_balanced_exposes_a_head_that_predicts_nothing():
+    # 1 lesion voxel among 999 background voxels, p = 0 everywhere: brain-wide it looks
+    # calibrated, balanced it is half wrong.
+    gt = np.zeros(1000)
+    gt[0] = 1
+    prob = np.zeros(1000)
+    assert ece(prob, gt) == pytest.approx(0.001)
+    w = class_balanced_weights(gt)
+    assert ece(prob, gt, weights=w) == pytest.approx(0.5)
+    assert brier(prob, gt, weights=w) == pytest.approx(0.5)
+
+
+def test_class_balanced_needs_both_classes():
+    with pytest.raises(ClinfuseInputError, match="lesion 0"):
+        class_balanced_weights(np.zeros(4))
+    mask = np.array([True, True, False, False])
+    with pytest.raises(ClinfuseInputError, match="non-lesion 0"):
+        class_balanced_weights(np.array([1, 1, 0, 0]), mask)
+
+
+def test_lesion_neighbourhood_is_spacing_aware():
+    gt = np.zeros((7, 7, 3), dtype=bool)
+    gt[3, 3, 1] = True
+    near = lesion_neighbourhood(gt, (1.0, 2.0, 5.0), radius_mm=2.0)
+    # x: +-1, +-2 mm; y: +-2 mm; z: 5 mm is too far; (1, 1, 0) is sqrt(5) mm > 2.
+    expected = np.zeros_like(gt)
+    expected[1:6, 3, 1] = True
+    expected[3, 2:5, 1] = True
+    np.testing.assert_array_equal(near, expected)
+    brain = np.zeros_like(gt)
+    brain[3:, :, :] = True
+    np.testing.assert_array_equal(
+        lesion_neighbourhood(gt, (1.0, 2.0, 5.0), 2.0, within=brain), expected & brain
+    )
+    assert not lesion_neighbourhood(np.zeros((4, 4), bool), (1.0, 1.0)).any()
+    with pytest.raises(ValueError, match="spacing"):
+        lesion_neighbourhood(gt, (1.0, 0.0, 1.0))
+
+
+def test_calibration_scores_three_regions():
+    prob = np.array([0.2, 0.2, 0.2, 0.2, 0.8, 0.0, 0.0])
+    gt = np.array([0, 0, 0, 1, 1, 0, 0])
+    brain = np.array([1, 1, 1, 1, 1, 0, 0], dtype=bool)
+    near = np.array([0, 0, 0, 1, 1, 0, 0], dtype=bool)
+    out = calibration_scores(prob, gt, brain, near)
+    assert list(out) == ["brain", "lesion neighbourhood", "class-balanced (brain)"]
+    assert out["brain"].ece == pytest.approx(0.08) and out["brain"].n_voxels == 5
+    assert out["brain"].n_lesion == 2
+    # Neighbourhood = the two lesion voxels: bin 3 |1 - 0.2|, bin 12 |1 - 0.8|, half each.
+    assert out["lesion neighbourhood"].ece == pytest.approx(0.5 * 0.8 + 0.5 * 0.2)
+    assert out["lesion neighbourhood"].brier == pytest.approx((0.64 + 0.04) / 2)
+    assert out["class-balanced (brain)"].ece == pytest.approx(0.15)
+    assert out["class-balanced (brain)"].brier == pytest.approx(0.19)
+    no_lesion = calibration_scores(prob, np.zeros(7), brain)
+    assert "lesion neighbourhood" not in no_lesion
+    assert math.isnan(no_lesion["class-balanced (brain)"].ece)
+
+
+# --- temperature scaling -----------------------------------------------------------------------
+
+
+def test_fit_temperature_hand_case():
+    # Logits +-2 ln 3; at +2 ln 3 three of four voxels are lesion, at -2 ln 3 one of four.
+    # The NLL optimum has sigmoid(2 ln 3 / T) = 3/4, i.e. 2 ln 3 / T = ln 3: T = 2.
+    lg = 2 * math.log(3)
+    logits = np.array([lg, lg, lg, lg, -lg, -lg, -lg, -lg])
+    labels = np.array([1, 1, 1, 0, 1, 0, 0, 0])
+    t = fit_temperature(logits, labels)
+    assert t == pytest.approx(2.0, rel=1e-5)
+    np.testing.assert_allclose(apply_temperature(logits, t)[:2], [0.75, 0.75], rtol=1e-5)
+    # Already calibrated logits (+-ln 3 with the same labels): T = 1.
+    assert fit_temperature(logits / 2, labels) == pytest.approx(1.0, rel=1e-5)
+
+
+def test_fit_temperature_mask_and_torch_tensors():
+    import torch
+
+    lg = 2 * math.log(3)
+    logits = torch.tensor([lg, lg, lg, lg, -lg, -lg, -lg, -lg, 3.0, -3.0])
+    labels = torch.tensor([1, 1, 1, 0, 1, 0, 0, 0, 0, 1])  # last two: confidently wrong
+    mask = torch.tensor([True] * 8 + [False, False])
+    assert fit_temperature(logits, labels, mask) == pytest.approx(2.0, rel=1e-5)
+    assert fit_temperature(logits, labels) > 2.0  # the wrong voxels, kept, soften it further
+
+
+def test_fit_temperature_bad_inputs():
+    with pytest.raises(ValueError, match="both"):
+        fit_temperature(np.array([1.0, 2.0]), np.array([1, 1]))
+    with pytest.raises(ValueError, match="shape"):
+        fit_temperature(np.zeros(3), np.zeros(2))
+    with pytest.raises(ValueError, match="no voxels"):
+        fit_temperature(np.zeros(2), np.array([0, 1]), np.zeros(2, bool))
+    with pytest.raises(ValueError, match="temperature"):
+        apply_temperature(np.zeros(2), 0.0)
+    # Perfectly separable with huge logits: the optimum is the smallest T, with a warning.
+    with pytest.warns(RuntimeWarning, match="bound"):
+        fit_temperature(np.array([5.0, -5.0]), np.array([1, 0]))
