@@ -246,7 +246,7 @@ def fuse_prepared(
         guidance=cfg,
         generator=generator,
         lesion_mask=lesion_t,
-        lesion_source="oracle" if lesion == "oracle" else "user",
+        lesion_source="oracle" if lesion == "oracle" else "user",  # type: ignore[arg-type]
         spacing=prepared.spacing,
         progress=progress,
     )

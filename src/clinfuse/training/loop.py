@@ -22,6 +22,10 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
 from clinfuse.errors import ClinfuseInputError
+from clinfuse.losses.roi import mean_ssim_term
+from clinfuse.metrics.roi import roi_psnr
+from clinfuse.metrics.segmentation import dice
+from clinfuse.preprocess.windowing import MODEL_RANGE
 from clinfuse.training.checkpoint import (
     build_model,
     load_weights,
@@ -74,6 +78,7 @@ JITTER_COLUMNS = (
 )
 
 
+DATA_RANGE = MODEL_RANGE[1] - MODEL_RANGE[0]  # 4.0: ROI-PSNR in the model range
 MAX_SKIPPED_IN_A_ROW = 5  # consecutive non-finite-gradient steps before the run stops
 
 
@@ -173,17 +178,6 @@ def _seed_for(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> 1)
 
 
-def _roi_term(x: torch.Tensor, ref: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """1 − masked SSIM, averaged over the items whose mask is non-empty (0 if none is)."""
-    from clinfuse.losses.ssim import masked_ssim
-
-    per_item = masked_ssim(x, ref, mask, reduction="none")
-    keep = torch.isfinite(per_item)
-    if not bool(keep.any()):
-        return x.sum() * 0.0
-    return (1.0 - per_item[keep]).mean()
-
-
 def _lesion_term(logits: torch.Tensor, batch: Batch, cfg: TrainConfig) -> torch.Tensor:
     """gamma's term: Dice + NSD + HD95 surrogates (+ BCE) on cases that have a lesion mask."""
     from clinfuse.losses.lesion import (
@@ -245,9 +239,9 @@ def compute_losses(
         # L_ROI on the predicted clean image, in fp32 (SSIM's variances are cancellation-prone).
         x0f = x0_hat.float()
         if cfg.roi.alpha:
-            loss_brain = _roi_term(x0f, batch.cond[:, 0:1], batch.brain)
+            loss_brain = mean_ssim_term(x0f, batch.cond[:, 0:1], batch.brain)
         if cfg.roi.beta:
-            loss_bone = _roi_term(x0f, batch.cond[:, 2:3], batch.bone)
+            loss_bone = mean_ssim_term(x0f, batch.cond[:, 2:3], batch.bone)
         if use_lesion and logits is not None:
             loss_lesion = _lesion_term(logits, batch, cfg)
     loss_roi = cfg.roi.alpha * loss_brain + cfg.roi.beta * loss_bone + cfg.roi.gamma * loss_lesion
@@ -262,34 +256,17 @@ def compute_losses(
     }
 
 
-def _psnr(x: torch.Tensor, ref: torch.Tensor, mask: torch.Tensor, data_range: float) -> float:
-    """ROI-PSNR in dB over the masked voxels (METRICS.md); NaN for an empty ROI."""
+def _np_mask(x: torch.Tensor) -> np.ndarray:
+    return x.squeeze().cpu().numpy() > 0.5
+
+
+def _roi_psnr(x: torch.Tensor, ref: torch.Tensor, mask: torch.Tensor) -> float:
+    """`metrics.roi.roi_psnr` in the model range (METRICS.md); NaN for an empty ROI."""
     if not bool((mask > 0.5).any()):
         return math.nan
-    try:
-        from clinfuse.metrics.roi import roi_psnr
-    except ImportError:  # metrics package not there yet: same definition, inline
-        m = mask > 0.5
-        mse = float(((x - ref)[m] ** 2).mean()) if bool(m.any()) else float("nan")
-        return 10.0 * math.log10(data_range**2 / max(mse, 1e-12))
     return float(
-        roi_psnr(
-            x.squeeze().cpu().numpy(),
-            ref.squeeze().cpu().numpy(),
-            mask.squeeze().cpu().numpy() > 0.5,
-            data_range=data_range,
-        )
+        roi_psnr(x.squeeze().cpu().numpy(), ref.squeeze().cpu().numpy(), _np_mask(mask), DATA_RANGE)
     )
-
-
-def _dice(pred: torch.Tensor, gt: torch.Tensor) -> float:
-    try:
-        from clinfuse.metrics.segmentation import dice
-    except ImportError:
-        p, g = pred > 0.5, gt > 0.5
-        denom = int(p.sum()) + int(g.sum())
-        return 1.0 if denom == 0 else 2.0 * int((p & g).sum()) / denom
-    return float(dice(pred.squeeze().cpu().numpy() > 0.5, gt.squeeze().cpu().numpy() > 0.5))
 
 
 @torch.no_grad()
@@ -341,10 +318,12 @@ def validate(
         rows["val_ssim_brain"].append(sb)
         rows["val_ssim_bone"].append(so)
         rows["val_roi_ssim"].append(float(np.nanmean([sb, so])))
-        rows["val_psnr_bone"].append(_psnr(fused, ct_bone, b.bone, 4.0))
+        rows["val_psnr_bone"].append(_roi_psnr(fused, ct_bone, b.bone))
         if bool(b.has_lesion[0]) and bool(b.lesion.any()):
             prob = torch.sigmoid(model.lesion_head(fused_p, cond)[crop].float())
-            rows["val_dice_lesion"].append(_dice(prob, b.lesion))
+            rows["val_dice_lesion"].append(
+                dice(_np_mask(prob), _np_mask(b.lesion))  # metrics.segmentation, as evaluation
+            )
     out = {}
     for k, vals in rows.items():
         finite = [v for v in vals if math.isfinite(v)]
