@@ -141,3 +141,28 @@ def test_failed_save_leaves_no_file(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError):
         save_montage(tmp_path / "m.png", {"MRI": np.zeros((8, 8), np.float32)})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_every_method_montage_labels_are_readable_in_the_report(tmp_path):
+    # Nine columns (MRI, CT and seven methods) as in the demo: wrapped into blocks so that the
+    # PNG is shown unscaled in the report and its labels are at least 12 px high on screen.
+    from clinfuse.report.montage import LABEL_PT, REPORT_WIDTH_PX
+
+    shape = (24, 24, 12)
+    names = ["MRI", "CT (bone)", "clinfuse", "average", "weighted", "max", "laplacian"]
+    names += ["wavelet", "composite"]
+    imgs = {k: np.zeros(shape, np.float32) for k in names}
+    les = np.zeros(shape, bool)
+    les[10:14, 10:14, 5:7] = True
+    dpi = 110
+    out = comparison_montage(tmp_path / "cmp.png", imgs, overlay={"reference": les}, dpi=dpi)
+    with Image.open(out) as im:
+        width = im.size[0]
+    scale = min(1.0, REPORT_WIDTH_PX / width)
+    assert LABEL_PT * dpi / 72 * scale >= 12
+    fig = build_montage_figure(imgs, overlay={"reference": les}, overlay_every=True)
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert titles == names  # every method labelled once, in order
+    sizes = [ax.title.get_fontsize() for ax in fig.axes if ax.get_title()]
+    assert min(sizes) >= LABEL_PT
+    assert _count_colour(out, (0, 213, 255)) > 20  # reference outlined on the panels

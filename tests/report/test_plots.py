@@ -45,3 +45,22 @@ def test_metric_plot_png_and_grouping(tmp_path):
     out = save_metric_plot(tmp_path / "box.png", {"brain": brain, "bone": bone}, title="t")
     with Image.open(out) as im:
         assert im.format == "PNG" and im.width > im.height
+
+
+def test_reliability_panels_one_row_per_region(tmp_path):
+    from clinfuse.report.plots import save_reliability_panels
+
+    panels = {
+        "brain": {"clinfuse": _curve(lambda c: c), "average": _curve(lambda c: c**2)},
+        "lesion neighbourhood": {"clinfuse": _curve(lambda c: c**0.5)},
+        "class-balanced (brain)": {"average": _curve(lambda c: 1 - c)},
+    }
+    dpi = 100
+    out = save_reliability_panels(tmp_path / "rel3.png", panels, dpi=dpi)
+    with Image.open(out) as im:
+        arr = np.asarray(im.convert("L"))
+        w, h = im.size
+    assert arr.std() > 10 and h > w  # one row per region, narrow enough to sit beside a table
+    assert w <= 700
+    with pytest.raises(ValueError):
+        save_reliability_panels(tmp_path / "x.png", {"brain": {}})

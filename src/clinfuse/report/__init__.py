@@ -2,7 +2,11 @@
 
 from clinfuse.report.html import Table, format_stat, write_report
 from clinfuse.report.montage import comparison_montage, save_montage
-from clinfuse.report.plots import save_metric_plot, save_reliability_diagram
+from clinfuse.report.plots import (
+    save_metric_plot,
+    save_reliability_diagram,
+    save_reliability_panels,
+)
 
 __all__ = [
     "Table",
@@ -11,5 +15,6 @@ __all__ = [
     "save_metric_plot",
     "save_montage",
     "save_reliability_diagram",
+    "save_reliability_panels",
     "write_report",
 ]

@@ -21,6 +21,12 @@ from typing import Any
 from clinfuse.errors import ClinfuseInputError
 from clinfuse.io.atomic import write_text_atomic
 
+# Printed on every report, whatever made it (issue 12: a report must never read as a diagnosis).
+DISCLAIMER = (
+    "Research software, not for clinical use: clinfuse outputs are not validated for diagnosis "
+    "or treatment decisions."
+)
+
 # Above this size the per-case CSV is only linked (relative path), not embedded, to keep the
 # report small enough for a mail attachment.
 MAX_EMBEDDED_CSV_BYTES = 2_000_000
@@ -38,6 +44,10 @@ th { background: #eef2f7; }
 td:first-child, th:first-child { text-align: left; font-weight: 600; }
 tr.highlight td { background: #fff6d5; }
 caption { caption-side: bottom; text-align: left; font-size: .85em; color: #555; padding: .3em 0; }
+.disclaimer { background: #fde2e1; border-left: 4px solid #c0392b; padding: .5em .8em;
+              margin: .8em 0; font-weight: 600; }
+.side { display: flex; flex-wrap: wrap; gap: 1.5em; align-items: flex-start; }
+.side figure { margin: .6em 0; max-width: 640px; }
 .note { background: #fff3cd; border-left: 4px solid #e0a800; padding: .5em .8em; margin: .8em 0; }
 figure { margin: 1em 0; }
 figure img { max-width: 100%; border: 1px solid #ddd; }
@@ -52,8 +62,10 @@ dt { font-weight: 600; }
 class Table:
     """A table for the report: `header` names the columns, each row starts with its label.
 
-    Cells are shown as given (strings) or formatted (floats: 3 decimals, NaN as "—"). Rows whose
-    label is in `highlight` are shaded (e.g. our method).
+    Cells are shown as given (strings) or formatted (floats: 3 decimals, NaN as "—"); a newline
+    in a cell starts a smaller second line (e.g. "2 of 3 cases: no prediction"). Rows whose
+    label is in `highlight` are shaded (e.g. our method). `figure` (caption, PNG path) is drawn
+    beside the table, e.g. the reliability diagram next to the calibration numbers.
     """
 
     title: str
@@ -61,6 +73,7 @@ class Table:
     rows: Sequence[Sequence[Any]]
     caption: str = ""
     highlight: Sequence[str] = field(default_factory=tuple)
+    figure: tuple[str, str | Path] | None = None  # (caption, PNG) shown beside the table
 
 
 def format_cell(value: Any) -> str:
@@ -109,11 +122,24 @@ def data_uri(path: str | Path, mime: str) -> str:
 
 def _cell_html(text: str) -> str:
     """A cell's HTML: a trailing `[lo, hi]` CI goes on its own smaller line, so wide method ×
-    metric tables stay readable without horizontal scrolling."""
-    main, sep, ci = text.partition(" [")
+    metric tables stay readable without horizontal scrolling; so does each further line of a
+    multi-line cell (a note such as "1 of 3 cases: no prediction")."""
+    first, *more = text.split("\n")
+    main, sep, ci = first.partition(" [")
     if sep and ci.endswith("]"):
-        return f'{html.escape(main)}<br><span class="ci">[{html.escape(ci)}</span>'
-    return html.escape(text)
+        out = f'{html.escape(main)}<br><span class="ci">[{html.escape(ci)}</span>'
+    else:
+        out = html.escape(first)
+    return out + "".join(f'<br><span class="ci">{html.escape(m)}</span>' for m in more)
+
+
+def _figure_html(caption: str, path: str | Path) -> str:
+    esc = html.escape
+    uri = data_uri(path, "image/png")
+    return (
+        f'<figure><img src="{uri}" alt="{esc(caption)}">'
+        f"<figcaption>{esc(caption)}</figcaption></figure>"
+    )
 
 
 def _table_html(table: Table) -> str:
@@ -125,10 +151,10 @@ def _table_html(table: Table) -> str:
         cells = "".join(f"<td>{_cell_html(format_cell(v))}</td>" for v in row)
         body.append(f"<tr{cls}>{cells}</tr>")
     cap = f"<caption>{esc(table.caption)}</caption>" if table.caption else ""
-    return (
-        f"<h2>{esc(table.title)}</h2>\n<table>{cap}<thead><tr>{head}</tr></thead>"
-        f"<tbody>{''.join(body)}</tbody></table>"
-    )
+    grid = f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    if table.figure is not None:
+        grid = f'<div class="side"><div>{grid}</div>{_figure_html(*table.figure)}</div>'
+    return f"<h2>{esc(table.title)}</h2>\n{grid}"
 
 
 def render_report(
@@ -151,6 +177,7 @@ def render_report(
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{esc(title)}</title><style>{_CSS}</style></head><body>",
         f"<h1>{esc(title)}</h1>",
+        f'<p class="disclaimer">{esc(DISCLAIMER)}</p>',
     ]
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     parts.append(f"<p>Generated {esc(stamp)} by clinfuse.</p>")
@@ -168,12 +195,7 @@ def render_report(
         parts.append(f"<h2>Per-case results</h2><p>{links}</p>")
     if images:
         parts.append("<h2>Figures</h2>")
-        for caption, path in images:
-            uri = data_uri(path, "image/png")
-            parts.append(
-                f'<figure><img src="{uri}" alt="{esc(caption)}">'
-                f"<figcaption>{esc(caption)}</figcaption></figure>"
-            )
+        parts += [_figure_html(caption, path) for caption, path in images]
     if commands:
         parts.append("<h2>How this was made</h2>")
         parts.append("<pre>" + esc("\n".join(commands)) + "</pre>")
@@ -184,7 +206,8 @@ def render_report(
         if isinstance(value, Mapping):
             value = ", ".join(f"{k} {v}" for k, v in value.items())
         parts.append(f"<dt>{esc(str(key))}</dt><dd>{esc(str(value))}</dd>")
-    parts.append("</dl></body></html>")
+    parts.append("</dl>")
+    parts.append(f'<p class="disclaimer">{esc(DISCLAIMER)}</p></body></html>')
     return "\n".join(parts) + "\n"
 
 

@@ -22,6 +22,13 @@ from clinfuse.io.atomic import atomic_write
 Plane = Literal["axial", "coronal", "sagittal", "2d"]
 PLANES_3D: tuple[Plane, ...] = ("axial", "coronal", "sagittal")
 MODEL_RANGE = (-2.0, 2.0)  # every model-range image lives in [-2, 2] (ARCHITECTURE.md)
+# The report shows figures at most this wide (html.py: 1400 px page, 1 em padding each side);
+# montages wrap into blocks of `MAX_COLUMNS` panels so that they are not scaled down below it
+# and their 11 pt labels stay about 17 px high on screen (the every-method montage with all
+# nine columns in one row was scaled to ~7 px labels).
+REPORT_WIDTH_PX = 1350
+MAX_COLUMNS = 5
+LABEL_PT = 11.0
 # Contour colours: red/orange for the prediction, cyan for the reference, then more; chosen to
 # stay distinguishable for red-green colour-blind readers and against a grey background.
 OVERLAY_COLOURS = ("#ff4b1f", "#00d5ff", "#ffd500", "#b266ff")
@@ -143,7 +150,9 @@ def overlay_colours(labels: Sequence[str]) -> dict[str, str]:
 def _legend(fig: Figure, labels: Sequence[str]) -> None:
     colours = overlay_colours(labels)
     handles = [Line2D([0], [0], color=colours[lab], lw=2, label=lab) for lab in labels]
-    fig.legend(handles=handles, loc="lower right", fontsize=7, frameon=False, ncol=len(handles))
+    fig.legend(
+        handles=handles, loc="lower right", fontsize=LABEL_PT - 1, frameon=False, ncol=len(handles)
+    )
 
 
 def _draw_contours(ax: Axes, view_of: dict[str, SliceView]) -> None:
@@ -169,18 +178,22 @@ def build_montage_figure(
     overlay: Mapping[str, np.ndarray] | None = None,
     overlay_on: str | None = None,
     overlay_title: str = "lesion overlay",
+    overlay_every: bool = False,
     spacing: Sequence[float] | None = None,
     point: Sequence[int] | None = None,
     planes: Sequence[Plane] | None = None,
     ranges: Mapping[str, tuple[float, float]] | None = None,
     title: str | None = None,
     cell_inches: float = 2.2,
+    max_columns: int | None = MAX_COLUMNS,
 ) -> Figure:
     """The montage as a matplotlib `Figure` (rows = planes, columns = panels [+ overlay]).
 
     `columns` maps a column title to a 2D/3D array; all arrays share one shape. `overlay` maps a
     label to a boolean mask drawn as a contour (first colour red/orange, second cyan) on the
-    panel named `overlay_on` (default: "fused" if present, else the first panel).
+    panel named `overlay_on` (default: "fused" if present, else the first panel) in an extra
+    column, or on every panel when `overlay_every`. More than `max_columns` columns wrap into
+    further blocks of rows, so the figure never has to be shrunk until its labels are unreadable.
     """
     if not columns:
         raise ValueError("no panels to draw")
@@ -198,13 +211,15 @@ def build_montage_figure(
         raise ValueError(f"point {pt} must have {len(shape)} coordinates")
     wanted: Sequence[Plane] = ("2d",) if len(shape) == 2 else (planes or PLANES_3D)
 
-    if masks:
+    extra_column = bool(masks) and not overlay_every
+    if extra_column:
         if overlay_on is None:
             overlay_on = "fused" if "fused" in arrays else next(iter(arrays))
         if overlay_on not in arrays:
             raise ValueError(f"overlay_on={overlay_on!r} is not a panel: {list(arrays)}")
-    ncols = len(arrays) + (1 if masks else 0)
-    nrows = len(wanted)
+    titles = list(arrays) + ([overlay_title] if extra_column else [])
+    per_block = len(titles) if not max_columns else max(1, min(len(titles), int(max_columns)))
+    n_blocks = -(-len(titles) // per_block)
     views = {name: {v.plane: v for v in slice_views(a, pt, sp)} for name, a in arrays.items()}
     # Row heights follow each plane's height/width in mm, so cells are not padded with blank
     # space (a flat 2D slice or a thick-sliced coronal view gets a row of its own shape).
@@ -213,20 +228,26 @@ def build_montage_figure(
         float(np.clip(abs(v.extent[3] - v.extent[2]) / (v.extent[1] - v.extent[0]), 0.25, 4.0))
         for v in (first[p] for p in wanted)
     ]
-    extra = (0.45 if title else 0.15) + (0.3 if masks else 0.0) + 0.3
-    fig = Figure(figsize=(cell_inches * ncols, cell_inches * sum(ratios) + extra))
+    extra = (0.5 if title else 0.15) + (0.35 if masks else 0.0) + 0.45 * n_blocks
+    fig = Figure(figsize=(cell_inches * per_block, cell_inches * sum(ratios) * n_blocks + extra))
     FigureCanvasAgg(fig)
-    axes = fig.subplots(nrows, ncols, squeeze=False, gridspec_kw={"height_ratios": ratios})
+    axes = fig.subplots(
+        len(wanted) * n_blocks,
+        per_block,
+        squeeze=False,
+        gridspec_kw={"height_ratios": ratios * n_blocks},
+    )
 
     mask_views = {name: {v.plane: v for v in slice_views(m, pt, sp)} for name, m in masks.items()}
     styles = {name: _display(name, a, ranges) for name, a in arrays.items()}
-    titles = list(arrays) + ([overlay_title] if masks else [])
-    for r, plane in enumerate(wanted):
-        for c, col in enumerate(titles):
-            ax = axes[r][c]
-            src = overlay_on if (masks and c == len(arrays)) else col
+    for c_all, col in enumerate(titles):
+        block, c = divmod(c_all, per_block)
+        is_overlay = extra_column and c_all == len(arrays)
+        src = overlay_on if is_overlay else col
+        cmap, (lo, hi) = styles[src]
+        for r, plane in enumerate(wanted):
+            ax = axes[block * len(wanted) + r][c]
             view = views[src][plane]
-            cmap, (lo, hi) = styles[src]
             ax.imshow(
                 view.image,
                 cmap=cmap,
@@ -237,20 +258,24 @@ def build_montage_figure(
                 interpolation="nearest",
                 aspect="equal",
             )
-            if masks and c == len(arrays):
+            if masks and (is_overlay or overlay_every):
                 _draw_contours(ax, {k: mv[plane] for k, mv in mask_views.items()})
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:
-                is_map = cmap != "gray" and not (masks and c == len(arrays))
-                ax.set_title(f"{col}\n[{lo:.2g}, {hi:.2g}]" if is_map else col, fontsize=9)
+                is_map = cmap != "gray" and not is_overlay
+                ax.set_title(f"{col}\n[{lo:.2g}, {hi:.2g}]" if is_map else col, fontsize=LABEL_PT)
             if c == 0:
                 label = plane if plane == "2d" else f"{plane} {view.index}"
-                ax.set_ylabel(label, fontsize=8)
+                ax.set_ylabel(label, fontsize=LABEL_PT - 1)
+    for c_all in range(len(titles), n_blocks * per_block):  # the last block's empty cells
+        block, c = divmod(c_all, per_block)
+        for r in range(len(wanted)):
+            axes[block * len(wanted) + r][c].set_axis_off()
     if masks:
         _legend(fig, list(masks))
     if title:
-        fig.suptitle(title, fontsize=10)
+        fig.suptitle(title, fontsize=LABEL_PT + 1)
     fig.tight_layout(rect=(0, 0.03 if masks else 0, 1, 1))
     return fig
 
@@ -304,33 +329,26 @@ def comparison_montage(
     planes: Sequence[Plane] | None = None,
     title: str | None = None,
     dpi: int = 110,
+    max_columns: int | None = MAX_COLUMNS,
 ) -> Path:
     """Write a PNG with the same slices of several methods side by side (one column each).
 
     `images` maps a column title (e.g. "MRI", "CT", "average", ..., "clinfuse") to arrays of one
     shape, all drawn in the model window [-2, 2]. `overlay` masks (e.g. the reference lesion)
-    are outlined on every column, so the lesion boundary can be compared across methods.
+    are outlined on every column, so the lesion boundary can be compared across methods. More
+    than `max_columns` images wrap into further blocks of rows (readable labels in the report).
     """
     if not images:
         raise ValueError("no images to compare")
-    shape = np.asarray(next(iter(images.values()))).shape
-    masks = {k: np.asarray(v, dtype=bool) for k, v in (overlay or {}).items() if v is not None}
-    pt = tuple(point) if point is not None else choose_point(shape, _point_masks(masks))
     fig = build_montage_figure(
         images,
+        overlay=overlay,
+        overlay_every=True,
         spacing=spacing,
-        point=pt,
+        point=point,
         planes=planes,
         ranges={name: MODEL_RANGE for name in images},
         title=title,
+        max_columns=max_columns,
     )
-    if masks:
-        wanted = ("2d",) if len(shape) == 2 else (planes or PLANES_3D)
-        sp = _check_spacing(len(shape), spacing)
-        mviews = {name: {v.plane: v for v in slice_views(m, pt, sp)} for name, m in masks.items()}
-        axes = np.asarray(fig.axes).reshape(len(wanted), len(images))
-        for r, plane in enumerate(wanted):
-            for ax in axes[r]:
-                _draw_contours(ax, {k: mv[plane] for k, mv in mviews.items()})
-        _legend(fig, list(masks))
     return _save(fig, path, dpi)

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 from clinfuse.io.atomic import atomic_write
 
@@ -92,6 +93,61 @@ def save_reliability_diagram(
     bottom.set_xlabel("predicted lesion probability")
     bottom.set_ylabel("voxels")
     fig.tight_layout()
+    return _save(fig, path, dpi)
+
+
+def save_reliability_panels(
+    path: str | Path,
+    panels: Mapping[str, Mapping[str, CurveLike]],
+    *,
+    title: str = "Lesion probability calibration",
+    dpi: int = 110,
+) -> Path:
+    """Reliability diagrams of several voxel selections, one row each (e.g. brain voxels, the
+    lesion neighbourhood, class-balanced): left the observed lesion frequency against the mean
+    predicted probability per bin (diagonal = perfect calibration), right the voxels per bin
+    (log scale). `panels` maps a row title to label -> curve; a label keeps its colour in every
+    row and is named once in a legend below. Narrow enough (~660 px) to sit beside a table.
+    """
+    if not panels or not any(panels.values()):
+        raise ValueError("no reliability curves to plot")
+    labels: list[str] = []
+    for curves in panels.values():
+        labels += [k for k in curves if k not in labels]
+    colour = {lab: PALETTE[i % len(PALETTE)] for i, lab in enumerate(labels)}
+    n = len(panels)
+    fig = Figure(figsize=(6.0, 2.7 * n + 0.4 + 0.22 * (len(labels) + 1) // 2))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(n, 2, squeeze=False, gridspec_kw={"width_ratios": [3, 2]})
+    for (region, curves), (left, right) in zip(panels.items(), axes, strict=True):
+        left.plot([0, 1], [0, 1], ls="--", color="0.6", lw=1)
+        width = 1.0 / 15 / (len(curves) + 1)
+        for i, (label, curve) in enumerate(curves.items()):
+            counts = np.asarray(curve.counts, dtype=float)
+            keep = counts > 0
+            conf = np.asarray(curve.confidence, dtype=float)[keep]
+            acc = np.asarray(curve.accuracy, dtype=float)[keep]
+            centres = np.asarray(curve.bin_centres, dtype=float)
+            if centres.size > 1:
+                width = (centres[1] - centres[0]) / (len(curves) + 1)
+            left.plot(conf, acc, marker="o", ms=3, lw=1.4, color=colour[label])
+            offset = (i - (len(curves) - 1) / 2) * width
+            right.bar(centres + offset, counts, width=width, color=colour[label])
+        left.set_xlim(0, 1)
+        left.set_ylim(0, 1)
+        left.set_title(region, fontsize=10)
+        left.set_ylabel("observed lesion frequency", fontsize=8)
+        left.set_xlabel("predicted lesion probability", fontsize=8)
+        right.set_yscale("log")
+        right.set_xlim(0, 1)
+        right.set_title("voxels per bin", fontsize=9)
+        right.set_xlabel("predicted lesion probability", fontsize=8)
+    handles = [Line2D([0], [0], color=colour[lab], lw=2, label=lab) for lab in labels]
+    handles.append(Line2D([0], [0], color="0.6", ls="--", lw=1, label="perfect calibration"))
+    fig.legend(handles=handles, loc="lower center", ncol=2, fontsize=9, frameon=False)
+    fig.suptitle(title, fontsize=11)
+    bottom = (0.22 * ((len(handles) + 1) // 2) + 0.1) / fig.get_figheight()
+    fig.tight_layout(rect=(0, bottom, 1, 1))
     return _save(fig, path, dpi)
 
 
