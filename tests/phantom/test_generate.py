@@ -170,7 +170,7 @@ def test_2d_mode():
     [
         {"shape": (8, 8, 8, 8), "spacing": (1.0,) * 4},
         {"shape": (32, 32, 32), "spacing": (1.0, 1.0)},
-        {"mri_contrast": "FLAIR"},
+        {"mri_contrast": "SWI"},
         {"lesion": "tumour"},
         {"spacing": (0.0, 1.0, 1.0)},
         {"misregistration": (-1.0, 0.0)},

@@ -7,9 +7,12 @@ from typing import Any, Literal
 
 from clinfuse.errors import ClinfuseInputError
 
-MriContrast = Literal["T1", "T2", "ADC"]
+MriContrast = Literal["T1", "T2", "ADC", "FLAIR", "DWI"]
 LesionKind = Literal["ischaemic", "haemorrhagic", "none"]
-MRI_CONTRASTS: tuple[str, ...] = ("T1", "T2", "ADC")
+MRI_CONTRASTS: tuple[str, ...] = ("T1", "T2", "ADC", "FLAIR", "DWI")
+# What `--contrast mixed` cycles through (kept at three so existing seeded datasets, the demo
+# and the benchmark phantoms keep their contrasts); `--contrast all` cycles all five.
+MIXED_CONTRASTS: tuple[str, ...] = ("T1", "T2", "ADC")
 LESION_KINDS: tuple[str, ...] = ("ischaemic", "haemorrhagic", "none")
 
 

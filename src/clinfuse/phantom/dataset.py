@@ -16,7 +16,7 @@ import nibabel as nib
 import numpy as np
 
 from clinfuse.errors import ClinfuseInputError
-from clinfuse.phantom.config import LESION_KINDS, MRI_CONTRASTS, PhantomConfig
+from clinfuse.phantom.config import LESION_KINDS, MIXED_CONTRASTS, MRI_CONTRASTS, PhantomConfig
 from clinfuse.phantom.generate import Phantom, generate_phantom
 
 MANIFEST_COLUMNS = ("case_id", "mri", "ct", "brain", "bone", "lesion")
@@ -83,7 +83,12 @@ def case_config(base: PhantomConfig, index: int, contrast: str, lesion: str) -> 
     """The config of case `index`: "mixed" contrast/lesion cycle through the choices so every
     kind appears in a small dataset (deterministic, independent of the seed). The lesion cycle
     is shifted every 3 cases so that, when both are mixed, 9 cases cover all 9 pairs."""
-    c = MRI_CONTRASTS[index % 3] if contrast == "mixed" else contrast
+    if contrast == "mixed":
+        c = MIXED_CONTRASTS[index % len(MIXED_CONTRASTS)]
+    elif contrast == "all":
+        c = MRI_CONTRASTS[index % len(MRI_CONTRASTS)]
+    else:
+        c = contrast
     les = LESION_KINDS[(index + index // 3) % 3] if lesion == "mixed" else lesion
     return replace(base, mri_contrast=c, lesion=les)
 
@@ -114,7 +119,8 @@ def write_phantom_dataset(
 
     Case i uses `numpy.random.default_rng(seed + i)`, so any single case can be regenerated on
     its own. `contrast`/`lesion` override the config's; "mixed" cycles T1/T2/ADC and
-    ischaemic/haemorrhagic/none over the cases. Refuses a non-empty `out` unless `overwrite`.
+    ischaemic/haemorrhagic/none over the cases ("all" cycles the five contrasts). Refuses a
+    non-empty `out` unless `overwrite`.
     `progress(i, case_id)` is called after each case. With a misregistration, each case also
     gets `ct_reference.nii.gz` (the unmoved CT) and the manifest a `ct_reference` column.
     """
@@ -122,8 +128,10 @@ def write_phantom_dataset(
         raise ClinfuseInputError(f"--n must be >= 1, got {n}")
     contrast = contrast or config.mri_contrast
     lesion = lesion or config.lesion
-    if contrast not in (*MRI_CONTRASTS, "mixed"):
-        raise ClinfuseInputError(f"contrast must be one of {MRI_CONTRASTS} or 'mixed': {contrast}")
+    if contrast not in (*MRI_CONTRASTS, "mixed", "all"):
+        raise ClinfuseInputError(
+            f"contrast must be one of {MRI_CONTRASTS}, 'mixed' or 'all': {contrast}"
+        )
     if lesion not in (*LESION_KINDS, "mixed"):
         raise ClinfuseInputError(f"lesion must be one of {LESION_KINDS} or 'mixed': {lesion}")
     out = check_out_dir(out, overwrite)

@@ -17,7 +17,8 @@ from clinfuse.phantom.config import PhantomConfig
 # 2: brain and bone masks disjoint (bone wins ties); the unmoved CT (`ct_reference`) of a
 # misregistered case; the rigid motion drawn after the noise, so the same seed gives the same MRI
 # and CT noise with and without misregistration.
-GENERATOR_VERSION = "2"
+# 3: ischaemic CT offset -15..-5 HU (was -8..-4); FLAIR and DWI contrasts.
+GENERATOR_VERSION = "3"
 
 
 @dataclass

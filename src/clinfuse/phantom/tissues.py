@@ -39,7 +39,7 @@ CT_HU: dict[str, tuple[float, float]] = {
     "csf": (2.0, 12.0),
     "grey_matter": (36.0, 44.0),
     "white_matter": (22.0, 29.0),
-    "infarct_offset": (-8.0, -4.0),
+    "infarct_offset": (-15.0, -5.0),  # early ischaemic hypodensity (issue 10: -5 to -15 HU)
     "blood": (60.0, 85.0),  # acute haematoma
     "fracture_gap": (35.0, 60.0),  # soft tissue / clot filling the fracture line
 }
@@ -48,6 +48,8 @@ CT_HU: dict[str, tuple[float, float]] = {
 # T1-like: bright fat and fatty marrow (diploe), dark CSF and cortical bone, WM > GM.
 # T2-like: bright CSF, GM > WM, dark cortical bone, infarct bright, acute blood dark.
 # ADC-like (x1e-6 mm^2/s): CSF ~3000, GM ~850, WM ~720, acute infarct ~50 % of parenchyma.
+# FLAIR-like: T2 weighting with the CSF signal nulled: dark CSF, GM > WM, infarct bright.
+# DWI-like (b = 1000): dark CSF, GM slightly above WM, acute infarct very bright.
 MRI_UNITS: dict[str, dict[str, tuple[float, float]]] = {
     "T1": {
         "air": (0.0, 0.0),
@@ -87,6 +89,32 @@ MRI_UNITS: dict[str, dict[str, tuple[float, float]]] = {
         "infarct_factor": (0.45, 0.60),
         "blood": (450.0, 600.0),  # acute haematoma: restricted diffusion
         "fracture_gap": (900.0, 1100.0),
+    },
+    "FLAIR": {
+        "air": (0.0, 0.0),
+        "skin": (300.0, 400.0),
+        "fat": (450.0, 600.0),
+        "cortical_bone": (20.0, 60.0),
+        "diploe": (300.0, 420.0),
+        "csf": (60.0, 120.0),
+        "grey_matter": (520.0, 600.0),
+        "white_matter": (400.0, 460.0),
+        "infarct_factor": (1.40, 1.80),
+        "blood": (380.0, 520.0),  # hyperacute haematoma: iso to mildly bright
+        "fracture_gap": (400.0, 500.0),
+    },
+    "DWI": {
+        "air": (0.0, 0.0),
+        "skin": (150.0, 250.0),
+        "fat": (40.0, 100.0),
+        "cortical_bone": (10.0, 40.0),
+        "diploe": (40.0, 100.0),
+        "csf": (60.0, 110.0),
+        "grey_matter": (430.0, 480.0),
+        "white_matter": (380.0, 420.0),
+        "infarct_factor": (1.80, 2.60),
+        "blood": (200.0, 300.0),  # susceptibility: dark
+        "fracture_gap": (200.0, 300.0),
     },
 }
 

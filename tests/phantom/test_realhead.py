@@ -1,0 +1,135 @@
+"""Real-anatomy pairs (`clinfuse.phantom.realhead`) on real training volumes from ../shared/data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from clinfuse.errors import ClinfuseInputError
+from clinfuse.io.dataset import load_dataset
+from clinfuse.phantom.realhead import (
+    RealHeadConfig,
+    RealMri,
+    RealSource,
+    generate_real_pair,
+    load_real_mri,
+    write_real_dataset,
+)
+
+VOLUMES = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "volumes"
+CHRIS = VOLUMES / "chris_t1_wholehead" / "t1.nii.gz"
+CSTAR_T2 = VOLUMES / "cstar_chronic_stroke_brainextracted" / "t2.nii.gz"
+
+pytestmark = pytest.mark.skipif(not CHRIS.is_file(), reason="../shared/data not present")
+
+
+@pytest.fixture(scope="module")
+def chris() -> RealMri:
+    return load_real_mri(CHRIS)
+
+
+def _ring(mask: np.ndarray, brain: np.ndarray) -> np.ndarray:
+    return ndimage.binary_dilation(mask, iterations=2) & ~mask & brain
+
+
+def test_pair_has_plausible_hu_and_consistent_masks(chris):
+    cfg = RealHeadConfig(contrast="T1", spacing=4.0, lesion="ischaemic", augment=False)
+    ph = generate_real_pair(chris, cfg, seed=0)
+    c = ph.case
+    assert c.mri.shape == c.ct.shape == c.brain.shape
+    assert not (c.brain & c.bone).any(), "brain and bone must be disjoint"
+    assert not (c.lesion & ~c.brain).any(), "the lesion lies in the brain"
+    assert np.median(c.ct[c.brain]) == pytest.approx(30, abs=15)  # parenchyma + CSF, HU
+    assert np.mean(c.ct[c.bone]) > 300  # cortical + diploe (blurred at 4 mm)
+    head = ndimage.binary_dilation(c.brain | c.bone, iterations=3)
+    far = ~ndimage.binary_dilation(head, iterations=8)
+    assert np.median(c.ct[far]) < -900  # air outside the head
+    # Intracranial volume of an adult head (1.2-1.9 L).
+    vol_l = c.brain.sum() * 4.0**3 / 1e6
+    assert 1.0 < vol_l < 2.0
+    # The inserted ischaemic lesion is dark on T1 and hypodense on CT.
+    assert c.lesion.sum() > 0
+    ring = _ring(c.lesion, c.brain)
+    assert c.mri[c.lesion].mean() < c.mri[ring].mean()
+    les = ph.truth["lesions"][0]
+    assert -15 <= les["ct_offset_hu"] <= -5
+
+
+def test_same_seed_same_pair_and_augmentation_runs(chris):
+    cfg = RealHeadConfig(contrast="T1", spacing=4.0, augment=True)
+    a = generate_real_pair(chris, cfg, seed=3)
+    b = generate_real_pair(chris, cfg, seed=3)
+    np.testing.assert_array_equal(a.case.mri, b.case.mri)
+    np.testing.assert_array_equal(a.case.ct, b.case.ct)
+    np.testing.assert_array_equal(a.case.lesion, b.case.lesion)
+    c = generate_real_pair(chris, cfg, seed=4)
+    assert not np.array_equal(a.case.ct, c.case.ct)
+    assert a.truth["augmentation"]["affine_and_elastic_seed"] >= 0
+
+
+@pytest.mark.parametrize(
+    ("contrast", "kind", "brighter"),
+    [
+        ("T2", "ischaemic", True),
+        ("FLAIR", "ischaemic", True),
+        ("DWI", "ischaemic", True),
+        ("ADC", "ischaemic", False),
+        ("T2", "haemorrhagic", False),
+    ],
+)
+def test_lesion_contrast_per_sequence(chris, contrast, kind, brighter):
+    cfg = RealHeadConfig(
+        contrast="T1", output_contrast=contrast, spacing=4.0, lesion=kind, augment=False
+    )
+    ph = generate_real_pair(chris, cfg, seed=1)
+    c = ph.case
+    ring = _ring(c.lesion, c.brain)
+    inside, around = c.mri[c.lesion].mean(), c.mri[ring].mean()
+    assert (inside > around) == brighter
+    ct_in, ct_ring = c.ct[c.lesion].mean(), c.ct[ring].mean()
+    assert (ct_in > ct_ring) == (kind == "haemorrhagic")
+
+
+def test_given_lesion_is_kept_and_hypodense_on_ct(chris):
+    lesion = np.zeros(chris.mri.shape, dtype=bool)
+    x, y, z = (s // 2 for s in chris.mri.shape)
+    lesion[x + 10 : x + 30, y - 10 : y + 10, z + 5 : z + 25] = True
+    real = RealMri(chris.mri, chris.affine, lesion=lesion, source=str(CHRIS))
+    cfg = RealHeadConfig(contrast="T1", spacing=4.0, lesion="none", augment=False)
+    ph = generate_real_pair(real, cfg, seed=0)
+    c = ph.case
+    assert c.lesion.sum() > 0.5 * lesion.sum() * (0.88 / 4.0) ** 3
+    assert ph.truth["lesions"][0]["kind"] == "given"
+    assert c.ct[c.lesion].mean() < c.ct[_ring(c.lesion, c.brain)].mean()
+
+
+def test_brain_extracted_input_gets_a_synthetic_skull():
+    real = load_real_mri(CSTAR_T2)
+    cfg = RealHeadConfig(
+        contrast="T2", skull="synthetic", spacing=4.0, lesion_side="right", augment=False
+    )
+    ph = generate_real_pair(real, cfg, seed=0)
+    c = ph.case
+    assert c.bone.sum() > 0.1 * c.brain.sum()
+    assert np.mean(c.ct[c.bone]) > 300
+    # Lesions stay in the allowed (right, RAS +x) hemisphere.
+    mid = np.argwhere(c.brain)[:, 0].mean()
+    assert np.argwhere(c.lesion)[:, 0].min() > mid - 1
+
+
+def test_dataset_layout_loads_and_refuses_test_cases(tmp_path):
+    src = RealSource("chris", "chris_t1_wholehead/t1.nii.gz", "T1", patient="chris")
+    out = write_real_dataset(
+        tmp_path / "ds", VOLUMES, n_per_source=2, seed=0, sources=[src], spacing=6.0
+    )
+    refs = load_dataset(out)
+    assert [r.case_id for r in refs] == ["chris_000", "chris_001"]
+    assert {r.patient_id for r in refs} == {"chris"}
+    case = refs[0].load()
+    assert case.bone is not None and case.bone.any()
+    bad = RealSource("x", "seg3d_t1_skullmask/t1.nii.gz", "T1")
+    with pytest.raises(ClinfuseInputError, match="test case"):
+        write_real_dataset(tmp_path / "bad", VOLUMES, 1, 0, sources=[bad])
