@@ -61,7 +61,7 @@ def test_user_error_exits_2_without_traceback(tmp_path: Path):
 
 
 def test_dicom_case_keeps_no_patient_identifiers(tmp_path: Path):
-    write_series(tmp_path / "case" / "ct", n=4)
+    write_series(tmp_path / "case" / "ct", n=4, intercept=0.0)  # 300-387 HU in slice 4: bone
     write_series(tmp_path / "case" / "mri", n=4, intercept=0.0)
     shape = (6, 5, 4)
     from clinfuse.io.dicom import load_dicom_series

@@ -98,7 +98,8 @@ def test_ct_on_another_grid_is_resampled_with_air_outside():
     case = ball_case()
     ct_aff = np.diag([1.0, 1.0, 1.0, 1.0])
     ct_aff[:3, 3] = [-10, -10, -10]  # a smaller field of view than the MRI's
-    case.ct = np.full((21, 21, 21), 40.0, np.float32)
+    r = np.sqrt(((np.indices((21, 21, 21)) - 10.0) ** 2).sum(0))
+    case.ct = np.where((r >= 8) & (r < 10), 1500.0, 40.0).astype(np.float32)  # a 2 mL skull
     case.grids = {"ct": ct_aff}
     p = preprocess_case(case)
     assert p.ct.shape == case.mri.shape and p.record["ct_resampled"]

@@ -16,6 +16,7 @@ from clinfuse.errors import ClinfuseInputError
 from clinfuse.io.atomic import write_text_atomic
 from clinfuse.io.case import MASK_ROLES, Case
 from clinfuse.io.nifti import canonicalise, load_nifti, save_nifti
+from clinfuse.preprocess.checks import check_ct_has_bone, check_mri_has_skull
 from clinfuse.preprocess.normalize import denormalise_mri, normalise_mri
 from clinfuse.preprocess.prepared import PreparedCase
 from clinfuse.preprocess.resample import grid_with_spacing, resample_to_grid
@@ -173,6 +174,11 @@ def preprocess_case(
         ct = resample_to_grid(ct, ct_aff, shape, grid_aff, default=fill, transform=transform)
     record["ct_resampled"] = bool(ct_moved)
 
+    # Bad input (refused, never fused): a CT without bone in its field of view.
+    sp = tuple(float(s) for s in np.linalg.norm(grid_aff[:3, :nd], axis=0))
+    if case.ct_kind == "hu":  # a display-windowed CT's window is unknown: not checked
+        check_ct_has_bone(ct, sp, src.get("ct"))
+
     # 4. Masks: given ones onto the grid (nearest), missing ones automatic.
     masks: dict[str, np.ndarray] = {}
     mask_source: dict[str, str] = {}
@@ -188,7 +194,6 @@ def preprocess_case(
                 f"no {' and '.join(sorted(need))} mask given and automatic masks are off",
                 src.get("mri"),
             )
-        sp = tuple(float(s) for s in np.linalg.norm(grid_aff[:3, :nd], axis=0))
         for r, m in _auto_masks(mri, ct, sp, case.ct_kind, need, masks.get("bone")).items():
             masks[r] = m
             mask_source[r] = "auto"
@@ -197,6 +202,8 @@ def preprocess_case(
             where = src.get(r) if mask_source[r] == "given" else src.get("ct")
             raise ClinfuseInputError(f"{r} mask is empty on the preprocessing grid", where)
     record["masks"] = dict(mask_source)
+    if case.ct_kind == "hu":  # an MRI without skull or scalp (brain-extracted): refused
+        check_mri_has_skull(mri, masks["bone"], sp, src.get("mri"))
 
     # 5. Intensities into the model range.
     try:
