@@ -7,7 +7,7 @@ import pytest
 from skimage.metrics import structural_similarity
 
 from clinfuse.errors import ClinfuseInputError
-from clinfuse.metrics.roi import roi_psnr, roi_ssim
+from clinfuse.metrics.roi import roi_psnr, roi_ssim, structural_roi_ssim
 
 
 @pytest.mark.parametrize("shape", [(32, 28), (16, 18, 14)])
@@ -61,3 +61,32 @@ def test_bad_input_raises():
     bad[0, 0] = np.nan
     with pytest.raises(ClinfuseInputError):
         roi_ssim(bad, a, m)
+
+
+def test_structural_roi_ssim_is_scale_free_and_matches_skimage():
+    rng = np.random.default_rng(3)
+    ref = rng.normal(size=(24, 20, 18))
+    mask = np.zeros(ref.shape, bool)
+    mask[5:18, 4:15, 3:14] = True
+    other = ref + rng.normal(scale=0.5, size=ref.shape)
+    for variant in ("masked", "whole"):
+        # Scale and offset inside the ROI do not matter; identical structure scores 1.
+        assert structural_roi_ssim(3.0 * ref + 1.0, ref, mask, variant) == pytest.approx(1.0)
+
+    # Hand-made reference: z-score inside the ROI, zero outside, skimage's Gaussian SSIM map.
+    def z(x):
+        return (x - x[mask].mean()) / x[mask].std()
+
+    for variant in ("masked", "whole"):
+        zf, zr = z(other), z(ref)
+        if variant == "masked":
+            zf, zr = zf * mask, zr * mask
+        span = float(z(ref)[mask].max() - z(ref)[mask].min())
+        _, smap = structural_similarity(
+            zf, zr, data_range=span, gaussian_weights=True, sigma=1.5,
+            use_sample_covariance=False, full=True,
+        )  # fmt: skip
+        expected = float(smap[mask].mean())
+        assert structural_roi_ssim(other, ref, mask, variant) == pytest.approx(expected, abs=1e-5)
+    with pytest.raises(ValueError):
+        structural_roi_ssim(other, ref, mask, "full")  # type: ignore[arg-type]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from typing import Literal
 
 import numpy as np
 import torch
@@ -71,3 +72,44 @@ def roi_psnr(
     if mse == 0.0:
         return math.inf
     return 10.0 * math.log10(data_range**2 / mse)
+
+
+def _zscore_in(x: np.ndarray, m: np.ndarray) -> np.ndarray:
+    mu, sd = float(x[m].mean()), float(x[m].std())
+    return (x - mu) / (sd if sd > 0 else 1.0)
+
+
+def structural_roi_ssim(
+    fused: np.ndarray,
+    ref: np.ndarray,
+    mask: np.ndarray,
+    variant: Literal["masked", "whole"] = "masked",
+) -> float:
+    """Structure-only ROI-SSIM (issue 13), insensitive to each image's scale and offset in the ROI.
+
+    Both images are z-scored with their own mean and standard deviation inside `mask`. Variant
+    "masked" (Algorithm 1's SSIM(x·M, ref·M)): everything outside the ROI is set to 0; "whole":
+    the z-scored neighbours outside are kept, so the windows at the ROI border see them. The SSIM
+    map (Gaussian window sigma 1.5, 11 taps, C1/C2 from L = the range of the z-scored reference
+    inside the ROI) is averaged over the ROI. An empty ROI gives NaN with a RuntimeWarning.
+    """
+    f, r, m = _check(fused, ref, mask)
+    if variant not in ("masked", "whole"):
+        raise ValueError(f"variant must be 'masked' or 'whole', got {variant!r}")
+    if not m.any():
+        warnings.warn(
+            "structural_roi_ssim: empty ROI mask; returning NaN", RuntimeWarning, stacklevel=2
+        )
+        return float("nan")
+    fz, rz = _zscore_in(f, m), _zscore_in(r, m)
+    span = float(rz[m].max() - rz[m].min())
+    with torch.no_grad():
+        value = masked_ssim(
+            torch.from_numpy(fz.astype(np.float32))[None, None],
+            torch.from_numpy(rz.astype(np.float32))[None, None],
+            torch.from_numpy(m),
+            data_range=span if span > 0 else 1.0,
+            low=None,
+            mask_inputs=variant == "masked",
+        )
+    return float(value)
