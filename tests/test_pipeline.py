@@ -143,7 +143,7 @@ def test_fuse_case_and_write_outputs(checkpoint, case_files, tmp_path):
         samples=2,
         progress=lambda i, n, info: steps.append((i, n)),
     )
-    assert steps == [(1, 2), (2, 2)]
+    assert steps == [(0, 2), (1, 2), (2, 2)]  # 0: sampling starts, every input checked
     assert res.lesion_source == "user"
     out = write_outputs(res, tmp_path / "out", inputs=tuple(case_files.values()))
     names = sorted(p.name for p in out.iterdir())
@@ -167,7 +167,7 @@ def test_fuse_case_and_write_outputs(checkpoint, case_files, tmp_path):
 
 
 def test_interrupted_write_leaves_no_output(checkpoint, case_files, tmp_path, monkeypatch):
-    import clinfuse.pipeline as pl
+    import clinfuse.pipeline.outputs as pl
 
     prep = _prepared(case_files, lesion=False)
     res = fuse_prepared(
@@ -200,7 +200,10 @@ def test_bad_input_is_caught_before_sampling(checkpoint, case_files, tmp_path):
 
 
 def test_evaluation_hook_registers_clinfuse(checkpoint, case_files):
-    from clinfuse.evaluation.methods import resolve_method, unpack_output
+    from clinfuse.evaluation.methods import register_method, resolve_method, unpack_output
+    from clinfuse.pipeline import clinfuse_method_factory
+
+    register_method("clinfuse", clinfuse_method_factory, replace=True)  # as the CLI does
 
     name, method = resolve_method("clinfuse", checkpoint=checkpoint, steps=1, eta=0.0)
     fused, lesion = unpack_output(method(_prepared(case_files)))

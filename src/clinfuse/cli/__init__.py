@@ -35,6 +35,19 @@ for _module in (demo, synth, preprocess, train, train_lesion, fuse, evaluate, be
     _module.register(app)
 
 
+def register_methods() -> None:
+    """Make our model the evaluation method "clinfuse" (`evaluate --method clinfuse`,
+    `benchmark --methods clinfuse`). Done here, explicitly: the evaluation harness and the
+    pipeline never import each other."""
+    from clinfuse.evaluation.methods import register_method
+    from clinfuse.pipeline import clinfuse_method_factory
+
+    register_method("clinfuse", clinfuse_method_factory, replace=True)
+
+
+register_methods()
+
+
 def main() -> None:
     """Console-script entry point."""
     try:

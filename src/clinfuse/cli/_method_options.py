@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,3 +29,18 @@ def method_options(
         # YAML typing so `levels=3` is an int and `mri_weight=0.6` a float.
         opts[key.strip()] = yaml.safe_load(value) if value else ""
     return opts
+
+
+def lesion_scorer(
+    lesion_head: str | Path | None,
+) -> tuple[Callable[[Any, Any], Any] | None, str | None]:
+    """`--lesion-head` value -> (`pipeline.lesion_head_predictor`, the name recorded), or
+    (None, None); "default" is the shipped checkpoint."""
+    if lesion_head is None:
+        return None, None
+    from clinfuse.pipeline import lesion_head_predictor
+
+    path = None if str(lesion_head) == "default" else Path(lesion_head)
+    if path is not None and not path.is_file():
+        raise ClinfuseInputError("--lesion-head: checkpoint file not found", path)
+    return lesion_head_predictor(path), str(lesion_head)

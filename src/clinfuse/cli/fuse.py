@@ -30,110 +30,104 @@ class Device(str, Enum):
     cuda = "cuda"
 
 
+def fuse(
+    mri: Path = typer.Option(..., "--mri", help="MRI: NIfTI, DICOM folder or PNG (2D)."),
+    ct: Path = typer.Option(..., "--ct", help="CT on the MRI's grid or overlapping it."),
+    out: Path = typer.Option(..., "--out", help="Output folder (created)."),
+    brain: Path | None = typer.Option(None, "--brain", help="Brain mask (else automatic)."),
+    bone: Path | None = typer.Option(None, "--bone", help="Skull mask (else automatic)."),
+    lesion: Path | None = typer.Option(
+        None, "--lesion", help="Lesion mask that guides (else the lesion head predicts it)."
+    ),
+    preset: str = typer.Option(
+        "stroke", "--preset", help="Disease preset: stroke, hemorrhage, trauma, tumour."
+    ),
+    mode: Mode | None = typer.Option(None, "--mode", help="Guidance on x0 or on x_t."),
+    eta: float | None = typer.Option(None, "--eta", help="Guidance strength (0 = off)."),
+    alpha: float | None = typer.Option(None, "--alpha", help="Brain term weight."),
+    beta: float | None = typer.Option(None, "--beta", help="Bone term weight."),
+    gamma: float | None = typer.Option(None, "--gamma", help="Lesion term weight."),
+    n_inner: int | None = typer.Option(
+        None, "--n-inner", help="Gradient steps on x0 per DDIM step (mode x0)."
+    ),
+    uncertainty_blend: float | None = typer.Option(
+        None,
+        "--uncertainty-blend",
+        help="With --samples > 1: blend toward the ROI composite where samples disagree.",
+    ),
+    steps: int = typer.Option(20, "--steps", min=1, help="DDIM steps."),
+    samples: int = typer.Option(
+        1, "--samples", min=1, help="Samples (batched); > 1 writes an uncertainty map."
+    ),
+    seed: int = typer.Option(0, "--seed", help="Seed of the sampling noise."),
+    checkpoint: Path | None = typer.Option(
+        None, "--checkpoint", help="Model checkpoint (default: the shipped one)."
+    ),
+    window: Window = typer.Option(
+        Window.sliding,
+        "--window",
+        help="sliding: training-size patches blended (default); whole: one call, ~3x faster.",
+    ),
+    device: Device = typer.Option(Device.auto, "--device", help="auto, cpu or cuda."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
+) -> None:
+    """Fuse one MRI/CT pair with ROI-guided diffusion; writes fused image, lesion
+    probability, uncertainty (--samples > 1), montage.png and run.json."""
+    from rich.console import Console
+
+    from clinfuse.cli._progress import StepLines
+    from clinfuse.diffusion.guidance import load_preset
+    from clinfuse.io.atomic import check_output_dir
+    from clinfuse.pipeline import fuse_case, write_outputs
+
+    console = Console(stderr=True)
+    overrides = {
+        "mode": None if mode is None else mode.value,
+        "eta": eta,
+        "alpha": alpha,
+        "beta": beta,
+        "gamma": gamma,
+        "n_inner": n_inner,
+        "uncertainty_blend": uncertainty_blend,
+    }
+    # The preset is read once (errors name the file), each option is checked on its own (errors
+    # name the option), and the resolved config goes down to the sampler.
+    guidance = load_preset(preset)
+    for key, value in overrides.items():
+        if value is not None:
+            option = "--" + key.replace("_", "-")
+            guidance = load_preset(guidance, {key: value}, overrides_source=option)
+    paths = {"mri": mri, "ct": ct, "brain": brain, "bone": bone, "lesion": lesion}
+    inputs = tuple(p for p in paths.values() if p is not None)
+    out_existed = out.exists()
+    out_dir = check_output_dir(out, overwrite=overwrite, inputs=inputs)
+    try:
+        result = fuse_case(
+            paths,
+            checkpoint=checkpoint,
+            preset=preset,
+            guidance=guidance,
+            steps=steps,
+            samples=samples,
+            seed=seed,
+            device=device.value,
+            window=window.value,
+            progress=StepLines(console),  # first line only once every input is checked
+        )
+        write_outputs(result, out_dir, overwrite=overwrite, inputs=inputs)
+    except BaseException:
+        # leave nothing behind that this run created (the folder itself included)
+        if not out_existed and out_dir.is_dir() and not any(out_dir.iterdir()):
+            out_dir.rmdir()
+        raise
+    t = result.timings
+    console.print(
+        f"fused {result.case_id} ({'x'.join(map(str, result.prepared.shape))}, "
+        f"preset {preset}, lesion guide: {result.lesion_source}) in "
+        f"{t.get('total_s', 0):.1f} s -> {out_dir}"
+    )
+
+
 def register(app: typer.Typer) -> None:
     """Add the `fuse` command to the app."""
-
-    @app.command("fuse")
-    def fuse(
-        mri: Path = typer.Option(..., "--mri", help="MRI: NIfTI, DICOM folder or PNG (2D)."),
-        ct: Path = typer.Option(..., "--ct", help="CT on the MRI's grid or overlapping it."),
-        out: Path = typer.Option(..., "--out", help="Output folder (created)."),
-        brain: Path | None = typer.Option(None, "--brain", help="Brain mask (else automatic)."),
-        bone: Path | None = typer.Option(None, "--bone", help="Skull mask (else automatic)."),
-        lesion: Path | None = typer.Option(
-            None, "--lesion", help="Lesion mask that guides (else the lesion head predicts it)."
-        ),
-        preset: str = typer.Option(
-            "stroke", "--preset", help="Disease preset: stroke, hemorrhage, trauma, tumour."
-        ),
-        mode: Mode | None = typer.Option(None, "--mode", help="Guidance on x0 or on x_t."),
-        eta: float | None = typer.Option(None, "--eta", help="Guidance strength (0 = off)."),
-        alpha: float | None = typer.Option(None, "--alpha", help="Brain term weight."),
-        beta: float | None = typer.Option(None, "--beta", help="Bone term weight."),
-        gamma: float | None = typer.Option(None, "--gamma", help="Lesion term weight."),
-        n_inner: int | None = typer.Option(
-            None, "--n-inner", help="Gradient steps on x0 per DDIM step (mode x0)."
-        ),
-        uncertainty_blend: float | None = typer.Option(
-            None,
-            "--uncertainty-blend",
-            help="With --samples > 1: blend toward the ROI composite where samples disagree.",
-        ),
-        steps: int = typer.Option(20, "--steps", min=1, help="DDIM steps."),
-        samples: int = typer.Option(
-            1, "--samples", min=1, help="Samples (batched); > 1 writes an uncertainty map."
-        ),
-        seed: int = typer.Option(0, "--seed", help="Seed of the sampling noise."),
-        checkpoint: Path | None = typer.Option(
-            None, "--checkpoint", help="Model checkpoint (default: the shipped one)."
-        ),
-        window: Window = typer.Option(
-            Window.sliding,
-            "--window",
-            help="sliding: training-size patches blended (default); whole: one call, ~3x faster.",
-        ),
-        device: Device = typer.Option(Device.auto, "--device", help="auto, cpu or cuda."),
-        overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
-    ) -> None:
-        """Fuse one MRI/CT pair with ROI-guided diffusion; writes fused image, lesion
-        probability, uncertainty (--samples > 1), montage.png and run.json."""
-        from rich.console import Console
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-        from clinfuse.diffusion.guidance import load_preset
-        from clinfuse.io.atomic import check_output_dir
-        from clinfuse.pipeline import fuse_case, write_outputs
-
-        console = Console(stderr=True)
-        overrides = {
-            "mode": None if mode is None else mode.value,
-            "eta": eta,
-            "alpha": alpha,
-            "beta": beta,
-            "gamma": gamma,
-            "n_inner": n_inner,
-            "uncertainty_blend": uncertainty_blend,
-        }
-        load_preset(preset, overrides)  # unknown preset / bad value: before reading anything
-        paths = {"mri": mri, "ct": ct, "brain": brain, "bone": bone, "lesion": lesion}
-        inputs = tuple(p for p in paths.values() if p is not None)
-        out_existed = out.exists()
-        out_dir = check_output_dir(out, overwrite=overwrite, inputs=inputs)
-        try:
-            with Progress(
-                TextColumn("[bold]DDIM[/]"),
-                BarColumn(),
-                TextColumn("{task.completed}/{task.total} t={task.fields[t]}"),
-                TimeElapsedColumn(),
-                console=console,
-                transient=False,
-            ) as bar:
-                task = bar.add_task("fuse", total=steps, t="-")
-
-                def on_step(i: int, n: int, info: dict) -> None:
-                    bar.update(task, completed=i, t=int(info.get("t", -1)))
-
-                result = fuse_case(
-                    paths,
-                    checkpoint=checkpoint,
-                    preset=preset,
-                    overrides=overrides,
-                    steps=steps,
-                    samples=samples,
-                    seed=seed,
-                    device=device.value,
-                    window=window.value,
-                    progress=on_step,
-                )
-            write_outputs(result, out_dir, overwrite=overwrite, inputs=inputs)
-        except BaseException:
-            # leave nothing behind that this run created (the folder itself included)
-            if not out_existed and out_dir.is_dir() and not any(out_dir.iterdir()):
-                out_dir.rmdir()
-            raise
-        t = result.timings
-        console.print(
-            f"fused {result.case_id} ({'x'.join(map(str, result.prepared.shape))}, "
-            f"preset {preset}, lesion guide: {result.lesion_source}) in "
-            f"{t.get('total_s', 0):.1f} s -> {out_dir}"
-        )
+    app.command("fuse")(fuse)

@@ -35,77 +35,76 @@ def _parse_offset(text: str) -> float | str:
         raise ClinfuseInputError(f"--ct-offset {text!r}: give 'auto' or a number") from None
 
 
+def preprocess(
+    inp: Path = typer.Argument(
+        ...,
+        metavar="IN",
+        help="Dataset: case folder, folder of cases, manifest, APIS or Harvard.",
+    ),
+    out: Path = typer.Argument(..., metavar="OUT", help="New output folder (one per case)."),
+    spacing: str | None = typer.Option(
+        None, help="Resample to this voxel size in mm: '2' or '1,1,2' (default: MRI grid)."
+    ),
+    register_ct: bool = typer.Option(
+        False, "--register", help="Rigid CT->MRI registration (Mattes MI) before resampling."
+    ),
+    auto_masks: bool = typer.Option(
+        True, "--auto-masks/--no-auto-masks", help="Make missing brain/bone masks."
+    ),
+    ct_offset: str = typer.Option(
+        "auto",
+        help="Subtract this from CT values to get HU ('auto': 1024 if stored as HU+1024).",
+    ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace files in an existing OUT."),
+) -> None:
+    """Canonical orientation, one grid, CT windows, MRI normalisation, masks; JSON sidecars."""
+    from clinfuse.io.atomic import check_output_dir, write_text_atomic
+    from clinfuse.io.dataset import load_dataset
+    from clinfuse.preprocess.pipeline import (
+        PREPARED_COLUMNS,
+        PREPARED_MANIFEST,
+        prepared_manifest_row,
+        preprocess_case,
+        save_prepared,
+    )
+
+    target = _parse_spacing(spacing)
+    offset = _parse_offset(ct_offset)
+    refs = load_dataset(inp)
+    inputs = [inp, *(p for r in refs for p in r.paths.values())]
+    out_dir = check_output_dir(out, overwrite, inputs=inputs)
+    console = Console(stderr=True)
+    rows = []
+    columns = (
+        TextColumn("[bold]preprocess"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.description}"),
+    )
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task("", total=len(refs))
+        for ref in refs:
+            progress.update(task, description=ref.case_id)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                case = ref.load(ct_offset=offset)
+                prepared = preprocess_case(
+                    case, spacing=target, register=register_ct, auto_masks=auto_masks
+                )
+            for w in caught:
+                progress.console.print(f"[yellow]warning:[/] {w.message}", highlight=False)
+            save_prepared(prepared, out_dir / ref.case_id)
+            rows.append(prepared_manifest_row(prepared, ref.case_id))
+            progress.advance(task)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=PREPARED_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(out_dir / PREPARED_MANIFEST, buf.getvalue())
+    console.print(f"wrote {len(rows)} prepared case(s) to {out_dir}", highlight=False)
+
+
 def register(app: typer.Typer) -> None:
     """Add the `preprocess` command to the app."""
-
-    @app.command("preprocess")
-    def preprocess(
-        inp: Path = typer.Argument(
-            ...,
-            metavar="IN",
-            help="Dataset: case folder, folder of cases, manifest, APIS or Harvard.",
-        ),
-        out: Path = typer.Argument(..., metavar="OUT", help="New output folder (one per case)."),
-        spacing: str | None = typer.Option(
-            None, help="Resample to this voxel size in mm: '2' or '1,1,2' (default: MRI grid)."
-        ),
-        register_ct: bool = typer.Option(
-            False, "--register", help="Rigid CT->MRI registration (Mattes MI) before resampling."
-        ),
-        auto_masks: bool = typer.Option(
-            True, "--auto-masks/--no-auto-masks", help="Make missing brain/bone masks."
-        ),
-        ct_offset: str = typer.Option(
-            "auto",
-            help="Subtract this from CT values to get HU ('auto': 1024 if stored as HU+1024).",
-        ),
-        overwrite: bool = typer.Option(
-            False, "--overwrite", help="Replace files in an existing OUT."
-        ),
-    ) -> None:
-        """Canonical orientation, one grid, CT windows, MRI normalisation, masks; JSON sidecars."""
-        from clinfuse.io.atomic import check_output_dir, write_text_atomic
-        from clinfuse.io.dataset import load_dataset
-        from clinfuse.preprocess.pipeline import (
-            PREPARED_COLUMNS,
-            PREPARED_MANIFEST,
-            prepared_manifest_row,
-            preprocess_case,
-            save_prepared,
-        )
-
-        target = _parse_spacing(spacing)
-        offset = _parse_offset(ct_offset)
-        refs = load_dataset(inp)
-        inputs = [inp, *(p for r in refs for p in r.paths.values())]
-        out_dir = check_output_dir(out, overwrite, inputs=inputs)
-        console = Console(stderr=True)
-        rows = []
-        columns = (
-            TextColumn("[bold]preprocess"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TextColumn("{task.description}"),
-        )
-        with Progress(*columns, console=console, transient=False) as progress:
-            task = progress.add_task("", total=len(refs))
-            for ref in refs:
-                progress.update(task, description=ref.case_id)
-                with warnings.catch_warnings(record=True) as caught:
-                    warnings.simplefilter("always")
-                    case = ref.load(ct_offset=offset)
-                    prepared = preprocess_case(
-                        case, spacing=target, register=register_ct, auto_masks=auto_masks
-                    )
-                for w in caught:
-                    progress.console.print(f"[yellow]warning:[/] {w.message}", highlight=False)
-                save_prepared(prepared, out_dir / ref.case_id)
-                rows.append(prepared_manifest_row(prepared, ref.case_id))
-                progress.advance(task)
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=PREPARED_COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-        write_text_atomic(out_dir / PREPARED_MANIFEST, buf.getvalue())
-        console.print(f"wrote {len(rows)} prepared case(s) to {out_dir}", highlight=False)
+    app.command("preprocess")(preprocess)

@@ -11,9 +11,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from clinfuse.errors import ClinfuseInputError
 from clinfuse.evaluation.dataset import evaluate_dataset, prepare_cases
 from clinfuse.evaluation.tables import benchmark_csv_rows, benchmark_tables, filter_rows
+from clinfuse.preprocess.prepared import PreparedCase
 
 DEFAULT_METHODS = ("average", "weighted", "max", "laplacian", "wavelet", "composite")
 
@@ -24,20 +27,6 @@ class BenchmarkResult:
     rows_by_method: dict[str, list[dict[str, Any]]]
     markdown: str
     subsets: dict[str, list[str]] = field(default_factory=dict)
-
-
-def lesion_scorer(
-    lesion_head: str | Path | None,
-) -> tuple[Callable[[Any, Any], Any] | None, str | None]:
-    """`--lesion-head` value -> (`lesion_head_predictor`, the name recorded), or (None, None)."""
-    if lesion_head is None:
-        return None, None
-    from clinfuse.pipeline import lesion_head_predictor
-
-    path = None if str(lesion_head) == "default" else Path(lesion_head)
-    if path is not None and not path.is_file():
-        raise ClinfuseInputError("lesion-head checkpoint not found", path)
-    return lesion_head_predictor(path), str(lesion_head)
 
 
 def run_benchmark(
@@ -52,7 +41,8 @@ def run_benchmark(
     subsets: dict[str, list[str]] | None = None,
     command: str | None = None,
     on_case: Callable[[str, str, dict[str, Any]], None] | None = None,
-    lesion_head: str | Path | None = None,
+    lesion_head: Callable[[np.ndarray, PreparedCase], np.ndarray] | None = None,
+    lesion_head_name: str | None = None,
 ) -> BenchmarkResult:
     """Evaluate each method into `OUT/<method>/` and write `OUT/benchmark.md` + `benchmark.csv`.
 
@@ -61,8 +51,9 @@ def run_benchmark(
     table computed from the same per-case rows. `options` go to every method that is not a
     baseline (e.g. `checkpoint` for `clinfuse`). `command` is recorded in the markdown.
     `cases` (case-id globs) restricts the run to matching cases, before `limit`.
-    `lesion_head` (a checkpoint path, or "default" for the shipped one) scores every method's
-    fused image with that checkpoint's lesion head (`pipeline.lesion_head_predictor`).
+    `lesion_head(fused, prepared) -> probability` (e.g. `pipeline.lesion_head_predictor`, as
+    `--lesion-head` builds it) scores every method's fused image with one segmenter, the way
+    `evaluate_dataset` takes it; `lesion_head_name` records which one.
     """
     from clinfuse.baselines import BASELINES
     from clinfuse.io.atomic import check_output_dir, write_text_atomic
@@ -73,7 +64,6 @@ def run_benchmark(
         raise ClinfuseInputError(f"a method is listed twice: {list(methods)}")
     out_dir = check_output_dir(out, overwrite, inputs=[data])
     items = list(prepare_cases(data, limit=limit, cases=cases))
-    head_fn, head_name = lesion_scorer(lesion_head)
     rows_by_method: dict[str, list[dict[str, Any]]] = {}
     for m in methods:
         opts = {} if m in BASELINES else dict(options or {})
@@ -90,8 +80,8 @@ def run_benchmark(
             overwrite=True,
             items=items,
             on_case=progress,
-            lesion_head=head_fn,
-            lesion_head_name=head_name,
+            lesion_head=lesion_head,
+            lesion_head_name=lesion_head_name,
         )
         rows_by_method[m] = res.rows
     command = command or " ".join(shlex.quote(a) for a in ["clinfuse", *sys.argv[1:]])

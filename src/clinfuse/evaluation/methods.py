@@ -1,17 +1,16 @@
-"""The method registry of the evaluation harness: baselines by name, plus a hook for plugins.
+"""The method registry of the evaluation harness: baselines by name, plus `register_method`.
 
 A *method* is a callable `(PreparedCase) -> fused` where `fused` is a model-range array of the
 case's shape, or a `MethodOutput` (any object with `.fused` and optionally `.lesion_pred` /
 `.lesion_prob`). A *factory* builds a method from options (`--checkpoint`, `--preset`,
-`--option key=value`). Our diffusion model registers itself from `clinfuse.pipeline` with
-`register_method("clinfuse", factory)`; that module is imported lazily the first time an unknown
-name is asked for, so the harness never imports torch for a baseline run.
+`--option key=value`). The harness knows only the baselines; the CLI registers our diffusion
+model explicitly (`register_method("clinfuse", pipeline.clinfuse_method_factory)`), so the
+evaluation package never imports the pipeline.
 """
 
 from __future__ import annotations
 
 import functools
-import importlib
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,9 +34,6 @@ MethodFn = Callable[[PreparedCase], Any]
 MethodFactory = Callable[..., MethodFn]
 
 _REGISTRY: dict[str, MethodFactory] = {}
-
-PLUGIN_MODULES: tuple[str, ...] = ("clinfuse.pipeline",)
-"""Modules imported (lazily, once) to let them call `register_method` for names we lack."""
 
 
 def register_method(name: str, factory: MethodFactory, *, replace: bool = False) -> None:
@@ -71,23 +67,10 @@ def _register_baselines() -> None:
             _REGISTRY[name] = _baseline_factory(fn)
 
 
-def available_methods(*, plugins: bool = True) -> list[str]:
-    """Registered method names (baselines first, then plugins that have registered).
-
-    `plugins=True` first imports `PLUGIN_MODULES` (which may import torch) so they can register.
-    """
+def available_methods() -> list[str]:
+    """Registered method names (baselines first, then those added with `register_method`)."""
     _register_baselines()
-    if plugins:
-        _load_plugins()
     return list(_REGISTRY)
-
-
-def _load_plugins() -> None:
-    for module in PLUGIN_MODULES:
-        try:
-            importlib.import_module(module)
-        except ImportError:
-            continue  # the plugin is not written/installed yet: the name stays unknown
 
 
 def resolve_method(method: str | MethodFn, **options: Any) -> tuple[str, MethodFn]:
@@ -101,8 +84,6 @@ def resolve_method(method: str | MethodFn, **options: Any) -> tuple[str, MethodF
         name = getattr(method, "__name__", None) or type(method).__name__
         return str(name), method
     _register_baselines()
-    if method not in _REGISTRY:
-        _load_plugins()
     if method not in _REGISTRY:
         raise ClinfuseInputError(
             f"unknown method {method!r}; available: {', '.join(available_methods())}"

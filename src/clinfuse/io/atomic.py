@@ -51,7 +51,10 @@ def check_output_dir(
     input file), when an input lies inside `out` (``--overwrite`` could then replace it), or when
     `out` already holds files and `overwrite` is false.
     """
-    out_r = Path(out).expanduser().resolve()
+    try:
+        out_r = Path(out).expanduser().resolve()
+    except (OSError, RuntimeError) as err:
+        raise ClinfuseInputError(f"cannot use this output path: {err}", out) from None
     for inp in inputs:
         inp_r = Path(inp).expanduser().resolve()
         folder = inp_r if inp_r.is_dir() else inp_r.parent
@@ -72,5 +75,14 @@ def check_output_dir(
             "output folder already exists and is not empty; pass --overwrite to replace its files",
             out,
         )
-    out_r.mkdir(parents=True, exist_ok=True)
+    try:
+        out_r.mkdir(parents=True, exist_ok=True)
+        probe = out_r / f".write-test-{uuid.uuid4().hex[:8]}"
+        probe.touch()
+        probe.unlink()
+    except OSError as err:
+        # unwritable place (/proc/x), a parent that is a file, no permission, read-only disk
+        raise ClinfuseInputError(
+            f"cannot create or write the output folder ({err.strerror or err})", out
+        ) from None
     return out_r

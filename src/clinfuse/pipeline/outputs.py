@@ -1,0 +1,133 @@
+"""The output folder of `clinfuse fuse`: fused image, lesion probability, uncertainty, montage
+and run.json, written atomically (`write_outputs`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from clinfuse.pipeline.fuse import FusionResult
+
+
+def _versions() -> dict[str, str]:
+    import monai
+    import torch
+
+    import clinfuse
+
+    return {
+        "clinfuse": clinfuse.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "monai": monai.__version__,
+        "numpy": np.__version__,
+    }
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON-serialisable: {type(o).__name__}")
+
+
+def _write_all(result: FusionResult, folder: Path) -> list[str]:
+    """Write every output file into `folder` (a fresh temp folder); return the names."""
+    from clinfuse.io.nifti import save_nifti
+    from clinfuse.io.png import save_png
+    from clinfuse.preprocess.pipeline import native_grid
+    from clinfuse.preprocess.windowing import model_to_display
+    from clinfuse.report.montage import save_montage
+
+    p = result.prepared
+    names = []
+    if p.ndim == 2:
+        native = result.fused_native
+        if native is None or p.ct_kind != "display":
+            native = model_to_display(result.fused)  # display range of the model-range image
+        save_png(folder / "fused.png", np.clip(np.round(native), 0, 255).astype(np.uint8))
+        names.append("fused.png")
+    else:
+        if result.fused_native is not None:
+            save_nifti(folder / "fused.nii.gz", result.fused_native, native_grid(p)[1])
+        else:
+            save_nifti(folder / "fused.nii.gz", result.fused, p.affine)
+        names.append("fused.nii.gz")
+    save_nifti(folder / "lesion_prob.nii.gz", result.lesion_prob, p.affine)
+    names.append("lesion_prob.nii.gz")
+    if result.uncertainty is not None:
+        save_nifti(folder / "uncertainty.nii.gz", result.uncertainty, p.affine)
+        names.append("uncertainty.nii.gz")
+    panels = {"MRI": p.mri, "CT (bone window)": p.ct_bone, "fused": result.fused}
+    if result.uncertainty is not None:
+        panels["uncertainty (std)"] = result.uncertainty
+    overlay = {"predicted lesion": result.lesion_prob > 0.5}
+    if p.lesion is not None and result.lesion_source in ("user", "oracle"):
+        overlay[f"{result.lesion_source} lesion"] = p.lesion
+    save_montage(
+        folder / "montage.png",
+        panels,
+        overlay=overlay,
+        spacing=p.spacing,
+        title=f"{result.case_id}: {result.record.get('preset', '')}",
+    )
+    names.append("montage.png")
+    run = {
+        **result.record,
+        "case_id": result.case_id,
+        "timings": result.timings,
+        "versions": _versions(),
+        "outputs": names + ["run.json"],
+    }
+    (folder / "run.json").write_text(json.dumps(run, indent=2, default=_json_default) + "\n")
+    names.append("run.json")
+    return names
+
+
+def write_outputs(
+    result: FusionResult,
+    out_dir: str | Path,
+    *,
+    overwrite: bool = False,
+    inputs: tuple[str | Path, ...] = (),
+) -> Path:
+    """Write fused image, lesion probability, uncertainty, montage and run.json into `out_dir`.
+
+    Everything is first written into a hidden temp folder next to `out_dir`; a new (or empty)
+    `out_dir` then appears in one rename, and with `overwrite` each file replaces its old
+    version with `os.replace` (run.json last, so it marks a complete run). An interrupted call
+    leaves `out_dir` as it was. Refuses to write inside an input folder.
+    """
+    from clinfuse.io.atomic import check_output_dir
+
+    out = Path(out_dir).expanduser().resolve()
+    existed = out.exists()
+    check_output_dir(out, overwrite=overwrite, inputs=inputs)  # creates `out` if missing
+    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        names = _write_all(result, tmp)
+        if not any(out.iterdir()):
+            out.rmdir()
+            os.replace(tmp, out)
+        else:
+            for name in [n for n in names if n != "run.json"] + ["run.json"]:
+                os.replace(tmp / name, out / name)
+    except BaseException:
+        if not existed and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
