@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from clinfuse.errors import ClinfuseInputError
-from clinfuse.evaluation.dataset import read_per_case
+from clinfuse.evaluation.percase import read_per_case
 from clinfuse.evaluation.reference import REFERENCE_ROLE, SCORED_AGAINST_COLUMN
 from clinfuse.evaluation.stats import summarise_metric
 from clinfuse.evaluation.tables import cell, method_name

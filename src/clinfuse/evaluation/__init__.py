@@ -10,7 +10,6 @@ from clinfuse.evaluation.dataset import (
     PreparedItem,
     evaluate_dataset,
     prepare_cases,
-    read_per_case,
 )
 from clinfuse.evaluation.methods import (
     MethodOutput,
@@ -18,6 +17,7 @@ from clinfuse.evaluation.methods import (
     register_method,
     resolve_method,
 )
+from clinfuse.evaluation.percase import read_per_case
 from clinfuse.evaluation.reference import CtReference, load_ct_reference
 from clinfuse.evaluation.stats import bootstrap_ci, paired_wilcoxon, summarise
 from clinfuse.evaluation.tables import Comparison, compare

@@ -15,7 +15,8 @@ import numpy as np
 
 from clinfuse.errors import ClinfuseInputError
 from clinfuse.evaluation.dataset import evaluate_dataset, prepare_cases
-from clinfuse.evaluation.tables import benchmark_csv_rows, benchmark_tables, filter_rows
+from clinfuse.evaluation.percase import filter_rows
+from clinfuse.evaluation.tables import benchmark_csv_rows, benchmark_tables
 from clinfuse.preprocess.prepared import PreparedCase
 
 DEFAULT_METHODS = ("average", "weighted", "max", "laplacian", "wavelet", "composite")

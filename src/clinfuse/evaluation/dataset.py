@@ -11,11 +11,9 @@ Layout of an output folder `OUT`:
 
 from __future__ import annotations
 
-import csv
 import datetime as _dt
 import json
 import math
-import os
 import shutil
 import time
 import warnings
@@ -29,6 +27,18 @@ import numpy as np
 from clinfuse.errors import ClinfuseInputError
 from clinfuse.evaluation.case import evaluate_case, fused_to_uint8, metric_columns
 from clinfuse.evaluation.methods import MethodFn, resolve_method, unpack_output
+from clinfuse.evaluation.percase import (
+    EXTRA_COLUMNS,
+    PER_CASE,
+    SUMMARY_JSON,
+    SUMMARY_MD,
+    RowWriter,
+    _atomic_text,
+    case_matches,
+    json_safe,
+    summarise_rows,
+    summary_markdown,
+)
 from clinfuse.evaluation.reference import (
     REFERENCE_ROLE,
     SCORED_AGAINST_COLUMN,
@@ -37,14 +47,9 @@ from clinfuse.evaluation.reference import (
     reference_paths,
     scored_against_note,
 )
-from clinfuse.evaluation.stats import BOOT_SEED, CI_LEVEL, N_BOOT, MetricSummary, summarise
+from clinfuse.evaluation.stats import BOOT_SEED, CI_LEVEL, N_BOOT, MetricSummary
 from clinfuse.preprocess.prepared import PreparedCase
 
-PER_CASE = "per_case.csv"
-SUMMARY_JSON = "summary.json"
-SUMMARY_MD = "summary.md"
-EXTRA_COLUMNS = ("fuse_seconds",)  # wall time of the method on the case (not a quality metric)
-TEXT_COLUMNS = ("case_id", "patient_id", SCORED_AGAINST_COLUMN, "error")  # not metrics
 PROGRAMMING_ERRORS = (NameError, AttributeError, ImportError, SyntaxError)
 """Errors that mean broken code rather than a bad case: the run stops after writing the row."""
 
@@ -92,7 +97,6 @@ def prepare_cases(
     that fails to load or preprocess yields an item with `error` set instead of raising, so one
     bad case does not stop a run.
     """
-    from clinfuse.evaluation.tables import case_matches
     from clinfuse.io.dataset import load_dataset
     from clinfuse.preprocess.pipeline import preprocess_case
 
@@ -132,12 +136,6 @@ def prepare_cases(
             yield PreparedItem(ref.case_id, None, None, pid, f"{type(err).__name__}: {err}")
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    from clinfuse.io.atomic import write_text_atomic
-
-    write_text_atomic(path, text)
-
-
 def _save_fused(folder: Path, item: PreparedItem, fused: np.ndarray, u8: np.ndarray | None) -> Path:
     prepared = item.prepared
     assert prepared is not None  # only called for prepared items
@@ -148,103 +146,6 @@ def _save_fused(folder: Path, item: PreparedItem, fused: np.ndarray, u8: np.ndar
     from clinfuse.io.nifti import save_nifti
 
     return save_nifti(folder / f"{item.case_id}.nii.gz", fused.astype(np.float32), prepared.affine)
-
-
-def _fmt_value(v: Any) -> str:
-    if isinstance(v, float):
-        return "nan" if math.isnan(v) else repr(v)
-    return "" if v is None else str(v)
-
-
-class _RowWriter:
-    """Appends CSV rows and flushes each to disk, so a crash keeps every finished case."""
-
-    def __init__(self, path: Path, columns: list[str]) -> None:
-        self.path = path
-        self.columns = columns
-        _atomic_text(path, ",".join(columns) + "\n")
-
-    def write(self, row: dict[str, Any]) -> None:
-        with self.path.open("a", newline="", encoding="utf-8") as fh:
-            csv.writer(fh).writerow([_fmt_value(row.get(c)) for c in self.columns])
-            fh.flush()
-            os.fsync(fh.fileno())
-
-
-def read_per_case(out: str | Path) -> list[dict[str, Any]]:
-    """Rows of `OUT/per_case.csv` with metric values as floats (empty or 'nan' -> NaN)."""
-    path = Path(out) / PER_CASE
-    if not path.is_file():
-        raise ClinfuseInputError(f"no {PER_CASE} here (not an evaluate output folder?)", out)
-    rows = []
-    with path.open(newline="", encoding="utf-8") as fh:
-        for raw in csv.DictReader(fh):
-            row: dict[str, Any] = {}
-            for k, v in raw.items():
-                if k in TEXT_COLUMNS:
-                    row[k] = v or None
-                else:
-                    try:
-                        row[k] = float(v) if v not in ("", None) else math.nan
-                    except ValueError:
-                        row[k] = math.nan
-            rows.append(row)
-    return rows
-
-
-def metric_names(rows: list[dict[str, Any]]) -> list[str]:
-    """Numeric columns of per-case rows with at least one non-NaN value, in order."""
-    if not rows:
-        return []
-    names = [k for k in rows[0] if k not in TEXT_COLUMNS]
-    return [k for k in names if any(not math.isnan(r.get(k, math.nan)) for r in rows)]
-
-
-def summarise_rows(
-    rows: list[dict[str, Any]], *, seed: int = BOOT_SEED
-) -> dict[str, MetricSummary]:
-    """Summary of each metric column (all-NaN ones, e.g. a baseline's lesion metrics, omitted)."""
-    cols = {
-        k: np.array([r.get(k, math.nan) for r in rows], dtype=float) for k in metric_names(rows)
-    }
-    return summarise(cols, seed=seed)
-
-
-def summary_markdown(
-    title: str,
-    summary: dict[str, MetricSummary],
-    n_cases: int,
-    n_failed: int,
-    note: str | None = None,
-) -> str:
-    """`summary.md`: one row per metric with n, mean ± sd and the 95 % CI."""
-    from clinfuse.evaluation.tables import fmt
-
-    lines = [
-        f"# {title}",
-        "",
-        f"{n_cases} cases, {n_failed} failed. 95 % CI: percentile bootstrap of the mean "
-        f"({N_BOOT} resamples, seed {BOOT_SEED}).",
-        "",
-        *([note, ""] if note else []),
-        "| metric | n | mean ± sd | 95 % CI |",
-        "|---|---|---|---|",
-    ]
-    for name, s in summary.items():
-        ci = f"[{fmt(s.ci_low)}, {fmt(s.ci_high)}]"
-        lines.append(f"| {name} | {s.n} | {fmt(s.mean)} ± {fmt(s.sd)} | {ci} |")
-    return "\n".join(lines) + "\n"
-
-
-def _json_safe(obj: Any) -> Any:
-    """Strict JSON: NaN -> null, +/-inf -> "inf"/"-inf" (other readers reject bare NaN)."""
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
-    return obj
 
 
 def _prepare_out(out: Path, data: Path | None, overwrite: bool) -> Path:
@@ -316,7 +217,7 @@ def evaluate_dataset(
         items = iter([first, *items])
     columns = ["case_id", "patient_id", *metric_columns(ndim), *EXTRA_COLUMNS]
     columns += [SCORED_AGAINST_COLUMN, "error"]
-    writer = _RowWriter(out_dir / PER_CASE, columns)
+    writer = RowWriter(out_dir / PER_CASE, columns)
     result = DatasetResult(out_dir, name)
     for item in items:
         row: dict[str, Any] = {"case_id": item.case_id, "patient_id": item.patient_id}
@@ -377,7 +278,7 @@ def evaluate_dataset(
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "metrics": {k: v.to_dict() for k, v in result.summary.items()},
     }
-    _atomic_text(out_dir / SUMMARY_JSON, json.dumps(_json_safe(meta), indent=2) + "\n")
+    _atomic_text(out_dir / SUMMARY_JSON, json.dumps(json_safe(meta), indent=2) + "\n")
     title = f"{name} on {meta['data'] or 'prepared cases'}"
     _atomic_text(
         out_dir / SUMMARY_MD,

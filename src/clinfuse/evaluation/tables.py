@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import math
 from collections.abc import Sequence
@@ -13,6 +12,12 @@ from typing import Any
 import numpy as np
 
 from clinfuse.evaluation.case import FUSION_COLUMNS, LESION_COLUMNS, ROI_COLUMNS
+from clinfuse.evaluation.percase import (
+    fmt,
+    metric_names,
+    read_per_case,
+    summarise_rows,
+)
 from clinfuse.evaluation.stats import MetricSummary, PairedTest, paired_wilcoxon
 
 METRIC_GROUPS: dict[str, tuple[str, ...]] = {
@@ -20,16 +25,6 @@ METRIC_GROUPS: dict[str, tuple[str, ...]] = {
     "ROI and lesion metrics": ROI_COLUMNS + LESION_COLUMNS,
     "time": ("fuse_seconds",),
 }
-
-
-def fmt(v: float) -> str:
-    """Compact number: 3 decimals below 10, 2 below 1000, else 1; NaN as an em dash, inf as ∞."""
-    if v is None or math.isnan(v):
-        return "—"
-    if math.isinf(v):
-        return "∞" if v > 0 else "−∞"
-    a = abs(v)
-    return f"{v:.3f}" if a < 10 else f"{v:.2f}" if a < 1000 else f"{v:.1f}"
 
 
 def fmt_p(p: float) -> str:
@@ -46,17 +41,6 @@ def cell(s: MetricSummary, *, ci: bool = True) -> str:
         return fmt(s.mean)
     text = f"{fmt(s.mean)} ± {fmt(s.sd)}"
     return f"{text} [{fmt(s.ci_low)}, {fmt(s.ci_high)}]" if ci else text
-
-
-def case_matches(case_id: str, patterns: Sequence[str]) -> bool:
-    """True when `case_id` matches any of the glob `patterns` (fnmatch, case-sensitive, e.g.
-    `16_*` or `16_00[7-9]`): the one case selector of `--subset` and `--cases`."""
-    return any(fnmatch.fnmatchcase(str(case_id), p) for p in patterns)
-
-
-def filter_rows(rows: list[dict[str, Any]], patterns: Sequence[str]) -> list[dict[str, Any]]:
-    """Rows whose case_id matches any of the glob `patterns` (e.g. `16_*`)."""
-    return [r for r in rows if case_matches(r["case_id"], patterns)]
 
 
 def method_name(out: str | Path) -> str:
@@ -109,8 +93,6 @@ def compare(outs: Sequence[str | Path], *, names: Sequence[str] | None = None) -
     Pairs are matched by `case_id`; a case missing from either method or NaN in either is left
     out of that test (the `n` of each test says how many remain).
     """
-    from clinfuse.evaluation.dataset import metric_names, read_per_case, summarise_rows
-
     if len(outs) < 2:
         raise ValueError("compare needs at least two output folders")
     names = list(names) if names is not None else [method_name(o) for o in outs]
@@ -140,8 +122,6 @@ def benchmark_tables(
     groups: dict[str, tuple[str, ...]] | None = None,
 ) -> str:
     """Markdown tables (one per metric group present): methods × metrics, `mean ± sd [CI]`."""
-    from clinfuse.evaluation.dataset import metric_names, summarise_rows
-
     groups = METRIC_GROUPS if groups is None else groups
     summaries = {m: summarise_rows(r) for m, r in rows_by_method.items()}
     present: set[str] = set()
@@ -169,8 +149,6 @@ def benchmark_tables(
 
 def benchmark_csv_rows(rows_by_method: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
     """Long-format rows `method, metric, n, n_nan, mean, sd, ci_low, ci_high`."""
-    from clinfuse.evaluation.dataset import summarise_rows
-
     out = []
     for m, rows in rows_by_method.items():
         for k, s in summarise_rows(rows).items():

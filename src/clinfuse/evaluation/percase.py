@@ -1,0 +1,147 @@
+"""Per-case result files of the evaluation harness: `per_case.csv` (written row by row, read
+back), `summary.json` / `summary.md`, case selection by glob, and number formatting. Used by
+`dataset` (writing a run) and `tables` (comparing runs); imports neither."""
+
+from __future__ import annotations
+
+import csv
+import fnmatch
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from clinfuse.errors import ClinfuseInputError
+from clinfuse.evaluation.reference import SCORED_AGAINST_COLUMN
+from clinfuse.evaluation.stats import BOOT_SEED, N_BOOT, MetricSummary, summarise
+
+PER_CASE = "per_case.csv"
+SUMMARY_JSON = "summary.json"
+SUMMARY_MD = "summary.md"
+EXTRA_COLUMNS = ("fuse_seconds",)  # wall time of the method on the case (not a quality metric)
+TEXT_COLUMNS = ("case_id", "patient_id", SCORED_AGAINST_COLUMN, "error")  # not metrics
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    from clinfuse.io.atomic import write_text_atomic
+
+    write_text_atomic(path, text)
+
+
+def fmt(v: float) -> str:
+    """Compact number: 3 decimals below 10, 2 below 1000, else 1; NaN as an em dash, inf as ∞."""
+    if v is None or math.isnan(v):
+        return "—"
+    if math.isinf(v):
+        return "∞" if v > 0 else "−∞"
+    a = abs(v)
+    return f"{v:.3f}" if a < 10 else f"{v:.2f}" if a < 1000 else f"{v:.1f}"
+
+
+def case_matches(case_id: str, patterns: Sequence[str]) -> bool:
+    """True when `case_id` matches any of the glob `patterns` (fnmatch, case-sensitive, e.g.
+    `16_*` or `16_00[7-9]`): the one case selector of `--subset` and `--cases`."""
+    return any(fnmatch.fnmatchcase(str(case_id), p) for p in patterns)
+
+
+def filter_rows(rows: list[dict[str, Any]], patterns: Sequence[str]) -> list[dict[str, Any]]:
+    """Rows whose case_id matches any of the glob `patterns` (e.g. `16_*`)."""
+    return [r for r in rows if case_matches(r["case_id"], patterns)]
+
+
+def _fmt_value(v: Any) -> str:
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else repr(v)
+    return "" if v is None else str(v)
+
+
+class RowWriter:
+    """Appends CSV rows and flushes each to disk, so a crash keeps every finished case."""
+
+    def __init__(self, path: Path, columns: list[str]) -> None:
+        self.path = path
+        self.columns = columns
+        _atomic_text(path, ",".join(columns) + "\n")
+
+    def write(self, row: dict[str, Any]) -> None:
+        with self.path.open("a", newline="", encoding="utf-8") as fh:
+            csv.writer(fh).writerow([_fmt_value(row.get(c)) for c in self.columns])
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
+def read_per_case(out: str | Path) -> list[dict[str, Any]]:
+    """Rows of `OUT/per_case.csv` with metric values as floats (empty or 'nan' -> NaN)."""
+    path = Path(out) / PER_CASE
+    if not path.is_file():
+        raise ClinfuseInputError(f"no {PER_CASE} here (not an evaluate output folder?)", out)
+    rows = []
+    with path.open(newline="", encoding="utf-8") as fh:
+        for raw in csv.DictReader(fh):
+            row: dict[str, Any] = {}
+            for k, v in raw.items():
+                if k in TEXT_COLUMNS:
+                    row[k] = v or None
+                else:
+                    try:
+                        row[k] = float(v) if v not in ("", None) else math.nan
+                    except ValueError:
+                        row[k] = math.nan
+            rows.append(row)
+    return rows
+
+
+def metric_names(rows: list[dict[str, Any]]) -> list[str]:
+    """Numeric columns of per-case rows with at least one non-NaN value, in order."""
+    if not rows:
+        return []
+    names = [k for k in rows[0] if k not in TEXT_COLUMNS]
+    return [k for k in names if any(not math.isnan(r.get(k, math.nan)) for r in rows)]
+
+
+def summarise_rows(
+    rows: list[dict[str, Any]], *, seed: int = BOOT_SEED
+) -> dict[str, MetricSummary]:
+    """Summary of each metric column (all-NaN ones, e.g. a baseline's lesion metrics, omitted)."""
+    cols = {
+        k: np.array([r.get(k, math.nan) for r in rows], dtype=float) for k in metric_names(rows)
+    }
+    return summarise(cols, seed=seed)
+
+
+def summary_markdown(
+    title: str,
+    summary: dict[str, MetricSummary],
+    n_cases: int,
+    n_failed: int,
+    note: str | None = None,
+) -> str:
+    """`summary.md`: one row per metric with n, mean ± sd and the 95 % CI."""
+    lines = [
+        f"# {title}",
+        "",
+        f"{n_cases} cases, {n_failed} failed. 95 % CI: percentile bootstrap of the mean "
+        f"({N_BOOT} resamples, seed {BOOT_SEED}).",
+        "",
+        *([note, ""] if note else []),
+        "| metric | n | mean ± sd | 95 % CI |",
+        "|---|---|---|---|",
+    ]
+    for name, s in summary.items():
+        ci = f"[{fmt(s.ci_low)}, {fmt(s.ci_high)}]"
+        lines.append(f"| {name} | {s.n} | {fmt(s.mean)} ± {fmt(s.sd)} | {ci} |")
+    return "\n".join(lines) + "\n"
+
+
+def json_safe(obj: Any) -> Any:
+    """Strict JSON: NaN -> null, +/-inf -> "inf"/"-inf" (other readers reject bare NaN)."""
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
+    return obj
