@@ -1,5 +1,5 @@
-"""`clinfuse train-lesion` / `train_lesion_head`, the fused-only lesion head, and the
-`--lesion-head` scorer that applies one head to every method's fused image."""
+"""`clinfuse train-lesion` / `train_lesion_head`: the lesion head that reads [fused, MRI, CT,
+CT bone], its calibration (temperature, minimum lesion size) and the `--lesion-head` scorer."""
 
 from __future__ import annotations
 
@@ -18,15 +18,17 @@ from clinfuse.errors import ClinfuseInputError
 def phantoms(tmp_path_factory):
     from clinfuse.phantom import PhantomConfig, write_phantom_dataset
 
-    out = tmp_path_factory.mktemp("data") / "phantoms"
+    root = tmp_path_factory.mktemp("data")
     cfg = PhantomConfig(shape=(24, 24, 16), spacing=(3.0, 3.0, 3.0), supersample=1)
-    return write_phantom_dataset(out, 3, cfg, seed=0)
+    train = write_phantom_dataset(root / "train", 3, cfg, seed=0, contrast="T2")
+    val = write_phantom_dataset(root / "val", 2, cfg, seed=50, contrast="T2")
+    return train, val
 
 
 @pytest.fixture(scope="module")
 def base_ckpt(phantoms, tmp_path_factory):
     run = tmp_path_factory.mktemp("run")
-    args = ["train", "--config", "ci-tiny", "--data", str(phantoms), "--out", str(run)]
+    args = ["train", "--config", "ci-tiny", "--data", str(phantoms[0]), "--out", str(run)]
     args += ["--device", "cpu", "--max-steps", "1", "--no-progress", "--threads", "1"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
@@ -36,78 +38,124 @@ def base_ckpt(phantoms, tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained(base_ckpt, phantoms, tmp_path_factory):
     out = tmp_path_factory.mktemp("lesion")
-    args = ["train-lesion", "--checkpoint", str(base_ckpt), "--data", str(phantoms)]
-    args += ["--out", str(out), "--steps", "40", "--val-every", "10", "--batch-size", "2"]
-    args += ["--device", "cpu", "--threads", "1", "--export", str(out / "slim.pt")]
+    args = ["train-lesion", "--checkpoint", str(base_ckpt), "--data", str(phantoms[0])]
+    args += ["--val-data", str(phantoms[1]), "--out", str(out), "--steps", "30"]
+    args += ["--val-every", "10", "--patch", "16", "--device", "cpu", "--threads", "1"]
+    args += ["--export", str(out / "slim.pt")]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
+    assert "temperature" in result.output
     return out
 
 
-def test_head_reads_only_the_fused_image():
+def test_head_reads_fused_and_sources_and_applies_its_temperature():
     from clinfuse.nn.lesion_head import LesionHead
 
     torch.manual_seed(0)  # test-only: random weights
-    head = LesionHead(3, (4, 8), 1, inputs="fused").eval()
+    head = LesionHead(3, (4, 8), 1, inputs="fused+sources").eval()
     x = torch.randn(1, 1, 8, 8, 8)
-    a = head(x, torch.zeros(1, 3, 8, 8, 8))
-    b = head(x, torch.randn(1, 3, 8, 8, 8))
-    assert torch.equal(a, b) and torch.equal(a, head(x))
-    assert head.unet.model[0].conv.unit0.conv.in_channels == 1
-    old = LesionHead(3, (4, 8), 1, inputs="fused+sources")
+    cond = torch.randn(1, 3, 8, 8, 8)
+    assert head.unet.model[0].conv.unit0.conv.in_channels == 4
+    raw = head.raw_logits(x, cond)
+    # the sources matter
+    assert not torch.allclose(raw, head.raw_logits(x, torch.zeros_like(cond)))
+    head.temperature.fill_(2.0)
+    torch.testing.assert_close(head(x, cond), raw / 2.0)
     with pytest.raises(ValueError, match="cond"):
-        old(x)
-    with pytest.raises(ValueError, match="inputs"):
-        LesionHead(3, (4, 8), 1, inputs="sources")
+        head(x)
+    # a state dict from before the calibration buffers existed loads with T = 1
+    state = {
+        k: v for k, v in head.state_dict().items() if k not in ("temperature", "min_lesion_ml")
+    }
+    fresh = LesionHead(3, (4, 8), 1, inputs="fused+sources")
+    fresh.load_state_dict(state)
+    assert float(fresh.temperature) == 1.0 and float(fresh.min_lesion_ml) == 0.0
 
 
-def test_model_config_rejects_unknown_lesion_inputs():
-    from clinfuse.nn.model import ModelConfig
+def test_clean_mask_drops_small_components():
+    from clinfuse.nn.lesion_head import clean_mask
 
-    with pytest.raises(ClinfuseInputError, match="lesion_inputs"):
-        ModelConfig(lesion_inputs="mri")
+    prob = np.zeros((20, 20, 20), np.float32)
+    prob[1:3, 1:3, 1:3] = 0.9  # 8 voxels of 8 mm^3 = 0.064 mL
+    prob[10:16, 10:16, 10:16] = 0.8  # 216 voxels = 1.7 mL
+    assert clean_mask(prob, (2.0, 2.0, 2.0)).sum() == 224
+    kept = clean_mask(prob, (2.0, 2.0, 2.0), min_ml=0.1)
+    assert kept.sum() == 216 and not kept[1:3, 1:3, 1:3].any()
 
 
-def test_train_lesion_replaces_only_the_head(trained, base_ckpt):
+def test_train_lesion_replaces_only_the_head_and_calibrates(trained, base_ckpt):
     from clinfuse.training.checkpoint import ema_weights, load_checkpoint, read_checkpoint
 
     new = load_checkpoint(trained / "lesion_head.ckpt")
-    assert new.model.config.lesion_inputs == "fused"
-    assert new.model.lesion_head.inputs == "fused"
+    assert new.model.config.lesion_inputs == "fused+sources"
     assert new.model.config.lesion_norm == "batch"
-    assert not new.model.lesion_head.training  # batch norm uses its running statistics
     old_w = ema_weights(read_checkpoint(base_ckpt))
     new_w = ema_weights(new.state)
-    # the frozen denoiser and encoders are bit-identical; the head is new
     for k, v in old_w.items():
         if not k.startswith("lesion_head."):
             assert torch.equal(v, new_w[k]), k
-    assert any(k.startswith("lesion_head.") for k in new_w)
     record = new.state["extra"]["lesion_head"]
-    assert record["source_step"] == 1 and record["best_step"] in (10, 20, 30, 40)
+    assert record["best_step"] in (10, 20, 30)
+    temp = record["calibration"]["temperature"]
+    assert 0.05 <= temp <= 20.0
+    assert float(new.model.lesion_head.temperature) == pytest.approx(temp)
+    assert record["min_lesion_ml"] in (0.0, 0.1, 0.25, 0.5, 1.0)
+    assert set(record["calibration"]["validation_calibration"]) == {"before", "after"}
     assert new.state["optimizer"] is None
     slim = load_checkpoint(trained / "slim.pt")
-    assert slim.model.config.lesion_inputs == "fused"
+    assert float(slim.model.lesion_head.temperature) == pytest.approx(temp, rel=1e-3)
 
 
 def test_train_lesion_learns(trained):
     with open(trained / "lesion_metrics.csv") as fh:
         rows = list(csv.DictReader(fh))
-    assert [int(r["step"]) for r in rows] == [10, 20, 30, 40]
+    assert [int(r["step"]) for r in rows] == [10, 20, 30]
     losses = [float(r["loss"]) for r in rows]
     assert losses[-1] < losses[0]  # Dice + BCE goes down from the random head
-    assert all(0.0 <= float(r["val_dice_composite"]) <= 1.0 for r in rows)
+    assert all(0.0 <= float(r["val_dice"]) <= 1.0 for r in rows)
 
 
-def test_train_lesion_user_errors(base_ckpt, phantoms, trained):
+def test_ignore_mask_removes_unknown_labels(tmp_path):
+    import shutil
+
+    from clinfuse.phantom import PhantomConfig, write_phantom_dataset
+    from clinfuse.phantom.dataset import nifti_bytes
+    from clinfuse.training.lesion import load_items
+
+    cfg = PhantomConfig(shape=(24, 24, 16), spacing=(3.0, 3.0, 3.0), supersample=1)
+    ds = write_phantom_dataset(tmp_path / "ds", 1, cfg, seed=0)
+    case = ds / "phantom_000"
+    import nibabel as nib
+
+    brain = nib.load(case / "brain.nii.gz")
+    ign = np.zeros(brain.shape, np.uint8)
+    ign[:12] = 1
+    (case / "ignore.nii.gz").write_bytes(nifti_bytes(ign, brain.affine))
+    text = (ds / "manifest.csv").read_text().splitlines()
+    text[0] += ",ignore"
+    text[1] += ",phantom_000/ignore.nii.gz"
+    (ds / "manifest.csv").write_text("\n".join(text) + "\n")
+    item = load_items(ds, ())[0]
+    assert item.valid[:12][item.label[:12] < 0.5].max() == 0.0
+    assert item.valid[12:].min() == 1.0
+    shutil.rmtree(ds)
+
+
+def test_train_lesion_user_errors(base_ckpt, phantoms, trained, tmp_path):
     from clinfuse.training.lesion import LesionTrainConfig, train_lesion_head
 
     with pytest.raises(ClinfuseInputError, match="overwrite"):
-        train_lesion_head(base_ckpt, phantoms, trained, LesionTrainConfig(steps=1), log=None)
+        train_lesion_head(
+            base_ckpt, phantoms[0], phantoms[1], trained, LesionTrainConfig(steps=1), log=None
+        )
     with pytest.raises(ClinfuseInputError, match="unknown fused input"):
         LesionTrainConfig(fused_inputs=("median",)).validate()
-    with pytest.raises(ClinfuseInputError, match="p_x0"):
-        LesionTrainConfig(p_x0=1.5).validate()
+    with pytest.raises(ClinfuseInputError, match="pos_fraction"):
+        LesionTrainConfig(pos_fraction=1.5).validate()
+    not_ckpt = tmp_path / "x.ckpt"
+    not_ckpt.write_text("hello")
+    with pytest.raises(ClinfuseInputError):
+        train_lesion_head(not_ckpt, phantoms[0], phantoms[1], tmp_path / "o", log=None)
 
 
 def test_lesion_head_scores_any_fused_image(trained, phantoms, tmp_path):
@@ -116,14 +164,14 @@ def test_lesion_head_scores_any_fused_image(trained, phantoms, tmp_path):
     from clinfuse.pipeline import lesion_head_predictor
 
     predict = lesion_head_predictor(trained / "lesion_head.ckpt")
-    item = next(iter(prepare_cases(phantoms, limit=1)))
+    item = next(iter(prepare_cases(phantoms[0], limit=1)))
     prep = item.prepared
     prob = predict(prep.mri, prep)
     assert prob.shape == prep.shape
     assert np.all(prob[~prep.brain] == 0.0) and prob.max() <= 1.0
     res = evaluate_dataset(
         "max",
-        phantoms,
+        phantoms[0],
         tmp_path / "ev",
         limit=2,
         lesion_head=predict,
@@ -132,17 +180,3 @@ def test_lesion_head_scores_any_fused_image(trained, phantoms, tmp_path):
     with_lesion = [r for r in res.rows if not np.isnan(r["dice"])]
     assert with_lesion, "a baseline scored with the head gets lesion metrics"
     assert all(0.0 <= r["dice"] <= 1.0 for r in with_lesion)
-
-
-def test_train_lesion_on_whole_volumes(base_ckpt, phantoms, tmp_path):
-    from clinfuse.training.checkpoint import load_checkpoint
-    from clinfuse.training.lesion import LesionTrainConfig, train_lesion_head
-
-    cfg = LesionTrainConfig(
-        steps=2, val_every=1, batch_size=2, patch_size=None, x0_per_case=1, norm="instance"
-    )
-    res = train_lesion_head(base_ckpt, phantoms, tmp_path, cfg, log=None)
-    assert res.best_step in (1, 2)
-    record = load_checkpoint(res.checkpoint).state["extra"]["lesion_head"]
-    assert record["config"]["patch_size"] is None
-    assert load_checkpoint(res.checkpoint).model.config.lesion_norm == "instance"

@@ -18,8 +18,10 @@ trained on x̂0 of the frozen denoiser at t <= T/2 and on clean fused images
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from monai.networks.nets import UNet
 from torch import nn
@@ -63,10 +65,57 @@ class LesionHead(nn.Module):
             norm=norm,
         )
 
-    def forward(self, x0_hat: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits (apply ``torch.sigmoid`` for the lesion probability)."""
+        # Calibration and post-processing travel with the weights (state dict buffers):
+        # `temperature` divides the logits (temperature scaling fitted on a validation split,
+        # 1 = uncalibrated), `min_lesion_ml` is the smallest connected component `clean_mask`
+        # keeps. Checkpoints from before they existed load with 1 and 0.
+        self.register_buffer("temperature", torch.ones(()))
+        self.register_buffer("min_lesion_ml", torch.zeros(()))
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict,
+        prefix: str,
+        local_metadata: dict,
+        strict: bool,
+        missing_keys: list,
+        unexpected_keys: list,
+        error_msgs: list,
+    ) -> None:
+        for name, default in (("temperature", 1.0), ("min_lesion_ml", 0.0)):
+            state_dict.setdefault(prefix + name, torch.tensor(default))
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+
+    def raw_logits(self, x0_hat: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """The network's logits before temperature scaling (what training optimises)."""
         if self.inputs == "fused":
             return self.unet(x0_hat)
         if cond is None:
             raise ValueError("this lesion head reads the sources too: pass cond")
         return self.unet(torch.cat([x0_hat, cond], dim=1))
+
+    def forward(self, x0_hat: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """Calibrated logits (apply ``torch.sigmoid`` for the lesion probability)."""
+        return self.raw_logits(x0_hat, cond) / self.temperature.to(x0_hat.dtype)
+
+
+def clean_mask(
+    prob: np.ndarray, spacing: Sequence[float], threshold: float = 0.5, min_ml: float = 0.0
+) -> np.ndarray:
+    """Threshold a lesion probability map and drop connected components (26-connected in 3D)
+    smaller than `min_ml` millilitres (MONAI `RemoveSmallObjects`, size in voxels from the
+    spacing): a lesion mask a reader would draw, without isolated false-positive specks."""
+    from monai.transforms import RemoveSmallObjects
+
+    mask = np.asarray(prob) >= threshold
+    if min_ml <= 0 or not mask.any():
+        return mask
+    vox_ml = float(np.prod(np.asarray(spacing, dtype=np.float64))) / 1000.0
+    min_vox = max(1, int(np.ceil(min_ml / vox_ml)))
+    with warnings.catch_warnings():
+        # scikit-image (under MONAI) renames min_size; the semantics we use are unchanged.
+        warnings.simplefilter("ignore", FutureWarning)
+        out = RemoveSmallObjects(min_size=min_vox, connectivity=mask.ndim)(mask[None])
+    return np.asarray(out)[0].astype(bool)

@@ -1,41 +1,38 @@
-"""Train the lesion head on its own, on top of a frozen fusion model (`clinfuse train-lesion`).
+"""Train the lesion head on its own (`clinfuse train-lesion`), then calibrate it.
 
-Our own code: the field has no ready-made recipe for CLIN-FuseDiff++'s lesion head. Joint
-training (`clinfuse train`, gamma > 0) gave the head too few updates on a CPU budget (session 1:
-Dice ~0.02 after 250 steps), so it is trained here separately, with the denoiser and encoders
-frozen:
+The head of Algorithm 1 line 7 segments the lesion from everything the sampler has: the fused
+estimate x̂0 and the sources [MRI, CT clinical window, CT bone window]
+(`ModelConfig.lesion_inputs = "fused+sources"`). The recipe is MONAI's standard 3D
+segmentation recipe; only the choice of the fused channel is ours:
 
-- **What it reads** (`ModelConfig.lesion_inputs = "fused"`): one fused image. Per sample, with
-  probability `p_x0` the frozen denoiser's x̂0 from the ROI-composite target noised to a random
-  t <= T/2 (exactly what guidance shows the head from Algorithm 1 line 7 on), otherwise a clean
-  fused image of the same case: the ROI composite or one of the classical baselines (so the head
-  can score every method's fused image in the benchmark, not only ours).
-- **Patches, batch norm**: lesion-centred 32³ patches (`lesion_fraction` 0.7) give the small
-  lesions a usable share of the voxels; batch norm's running statistics make the head trained
-  on patches apply unchanged to the whole volumes it guides and scores (instance norm would
-  normalise a mostly-air whole volume differently from a patch in the head). Measured: with
-  instance norm and whole volumes, or patches, validation Dice stayed 0 for 300-400 steps;
-  with batch norm on patches it was learning by step 150. The denoiser is frozen, so each
-  case's x̂0 inputs are computed once on the whole volume, `x0_per_case` of them at seeded
-  random t, and patches are cut from them; training then costs only the small head.
-- **Loss**: MONAI `DiceCELoss` (sigmoid; Dice over the whole batch, so patches without lesion
-  do not blow it up) = soft Dice + BCE.
-- **Augmentation**: random flips, gain/offset and Gaussian noise on the input.
-- **Validation**: Dice at 0.5 on the whole held-out phantoms of the run's split, for three
-  inputs (composite, average fusion, x̂0 at t = T/2); the best mean is kept.
+- **Network**: MONAI `UNet` (16-32-64-128, 2 residual units, batch norm: running statistics do
+  not depend on the window, so patches in training and sliding windows on whole volumes see the
+  same normalisation).
+- **Samples**: `RandCropByPosNegLabeld` patches (half centred on lesion voxels, half on
+  background), left-right flips and a small `RandAffined` (rotation, scale), channel-wise
+  intensity scale/shift and Gaussian noise.
+- **The fused channel**: the diffusion model is not needed to train the head. Per sample it is
+  the ROI-composite target (what x0-prediction learns), a degraded composite (Gaussian blur and
+  noise: how x̂0 looks at t <= T/2) or a classical baseline's fused image, so the same head reads
+  x̂0 while guiding and any method's fused image when evaluating.
+- **Loss**: MONAI `DiceCELoss` (sigmoid, batch Dice). Voxels whose label is unknown (a training
+  volume with a real, unlabelled lesion: the `ignore` manifest column) are removed from the loss.
+- **Validation**: whole held-out volumes with `sliding_window_inference`, Dice at 0.5 after
+  `clean_mask` post-processing; the best step is kept.
+- **Calibration**: temperature scaling (`metrics.calibration.fit_temperature`) fitted on the
+  validation split's brain voxels, and the smallest kept component (`min_lesion_ml`) chosen on
+  the same split; both are stored in the head (buffers), so every user of the head applies them.
 
-The output checkpoint is the input one with the new head (EMA weights and model weights), the
-model config's `lesion_*` fields updated, and the training record under `extra.lesion_head`.
-It has no optimizer state: it is for inference (`load_checkpoint`, `export_checkpoint`).
+Never trained on the project's test heads (`clinfuse.phantom.realhead.TEST_CASE_NAMES`).
+The output is the given fusion checkpoint with this head in place of its old one.
 """
 
 from __future__ import annotations
 
 import csv
-import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,32 +42,29 @@ import torch
 from clinfuse.errors import ClinfuseInputError
 from clinfuse.io.atomic import atomic_write
 
-DEFAULT_BASELINES = ("composite", "average", "weighted", "max", "laplacian", "wavelet")
-VAL_INPUTS = ("composite", "average", "x0_T/2")
+DEFAULT_BASELINES = ("average", "weighted", "max", "laplacian", "wavelet")
+MIN_ML_CHOICES = (0.0, 0.1, 0.25, 0.5, 1.0)
 
 
 @dataclass
 class LesionTrainConfig:
     """Options of `train_lesion_head` (recorded in the output checkpoint)."""
 
-    steps: int = 4000
-    batch_size: int = 4
+    steps: int = 1500
+    cases_per_step: int = 2  # each gives `samples_per_case` patches
+    samples_per_case: int = 2
+    patch_size: tuple[int, ...] = (48, 48, 48)
     lr: float = 2e-3
     weight_decay: float = 1e-4
-    # 4 levels (receptive field ~40 voxels), 2 residual units: on 60 phantoms this reached a
-    # held-out Dice of 0.23 after 1000 steps where 8-16-32-64 x 1 had 0.05 (composite inputs)
     channels: tuple[int, ...] = (16, 32, 64, 128)
     res_units: int = 2
-    norm: str = "batch"  # size-independent statistics: train on patches, apply to whole volumes
-    p_x0: float = 0.5  # share of samples whose input is the frozen denoiser's x̂0
-    t_max_fraction: float = 0.5  # x̂0 from t in [1, t_max_fraction * T] (Alg.1: from T/2 on)
-    x0_per_case: int = 8  # precomputed x̂0 volumes per training case
-    patch_size: tuple[int, ...] | None = (32, 32, 32)  # None: whole volumes
-    # with patch_size: share of patches centred on a lesion voxel. 0.7 over-predicted on whole
-    # volumes (3k-16k voxels called lesion for lesions of 50-1800), so most patches are not
-    lesion_fraction: float = 0.3
-    fused_inputs: tuple[str, ...] = DEFAULT_BASELINES
+    norm: str = "batch"
+    pos_fraction: float = 0.5  # RandCropByPosNegLabeld pos / (pos + neg)
+    p_composite: float = 0.3  # fused channel = the clean ROI composite
+    p_degraded: float = 0.4  # ... = the composite blurred and noised (x̂0 look-alike)
+    fused_inputs: tuple[str, ...] = DEFAULT_BASELINES  # the rest: one of these baselines
     val_every: int = 100
+    threshold: float = 0.5
     seed: int = 0
 
     def validate(self) -> None:
@@ -80,56 +74,271 @@ class LesionTrainConfig:
         bad = [n for n in self.fused_inputs if n not in BASELINES]
         if bad:
             raise ClinfuseInputError(f"unknown fused input(s) {bad}; known: {sorted(BASELINES)}")
-        if self.steps < 1 or self.batch_size < 1 or self.val_every < 1:
-            raise ClinfuseInputError("steps, batch_size and val_every must be >= 1")
-        if not 0.0 <= self.p_x0 <= 1.0 or not 0.0 < self.t_max_fraction <= 1.0:
-            raise ClinfuseInputError("p_x0 must be in [0, 1] and t_max_fraction in (0, 1]")
-        if self.x0_per_case < 1:
-            raise ClinfuseInputError("x0_per_case must be >= 1")
-        if self.p_x0 < 1.0 and not self.fused_inputs:
-            raise ClinfuseInputError("fused_inputs is empty but p_x0 < 1")
+        if min(self.steps, self.cases_per_step, self.samples_per_case, self.val_every) < 1:
+            raise ClinfuseInputError(
+                "steps, cases_per_step, samples_per_case and val_every must be >= 1"
+            )
+        if not 0 < self.pos_fraction < 1:
+            raise ClinfuseInputError("pos_fraction must be in (0, 1)")
+        if self.p_composite + self.p_degraded > 1 or min(self.p_composite, self.p_degraded) < 0:
+            raise ClinfuseInputError("p_composite + p_degraded must be in [0, 1]")
+        if self.p_composite + self.p_degraded < 1 and not self.fused_inputs:
+            raise ClinfuseInputError("fused_inputs is empty but some samples need a baseline")
 
 
 @dataclass
 class LesionTrainResult:
-    """Where the outputs went and the best validation Dice."""
+    """Where the outputs went and what validation said."""
 
     checkpoint: Path
     metrics_csv: Path
     best_step: int
     best_dice: float
-    val: dict[str, float] = field(default_factory=dict)
+    temperature: float
+    min_lesion_ml: float
+    val: dict[str, Any] = field(default_factory=dict)
 
 
-def _crop(centre: np.ndarray, patch: Sequence[int], shape: Sequence[int]) -> tuple[slice, ...]:
-    start = [
-        int(np.clip(c - p // 2, 0, n - p)) for c, p, n in zip(centre, patch, shape, strict=True)
-    ]
-    return tuple(slice(s, s + p) for s, p in zip(start, patch, strict=True))
+@dataclass
+class _Item:
+    """One prepared case in memory: channels (C, *S) float32 and masks."""
+
+    case_id: str
+    sources: np.ndarray  # (3, *S) mri, ct, ct_bone
+    composite: np.ndarray  # (*S)
+    baselines: dict[str, np.ndarray]
+    label: np.ndarray  # (*S) float32 0/1
+    valid: np.ndarray  # (*S) float32: 0 where the label is unknown
+    brain: np.ndarray  # (*S) bool
+    spacing: tuple[float, ...]
 
 
-def _augment(x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, ...]:
-    """Flips (same for image and label), gain/offset and noise (image only); x, y (1, 1, *P)."""
-    for axis in range(2, x.ndim):
-        if torch.rand((), generator=g) < 0.5:
-            x, y = x.flip(axis), y.flip(axis)
-    gain = 0.9 + 0.2 * torch.rand((), generator=g)
-    offset = 0.2 * torch.rand((), generator=g) - 0.1
-    sigma = 0.05 * torch.rand((), generator=g)
-    x = x * gain + offset + sigma * torch.randn(x.shape, generator=g)
-    return x, y
+def _ignore_paths(data: Path) -> dict[str, Path]:
+    """case_id -> ignore mask path from the manifest's optional `ignore` column."""
+    manifest = data / "manifest.csv" if data.is_dir() else data
+    if not manifest.is_file():
+        return {}
+    with open(manifest, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    return {
+        r["case_id"]: (manifest.parent / r["ignore"]).resolve()
+        for r in rows
+        if r.get("ignore") and r.get("case_id")
+    }
 
 
-def _dice_at_half(prob: torch.Tensor, gt: torch.Tensor) -> float:
-    """The evaluation Dice (`metrics.segmentation.dice`) of the head thresholded at 0.5."""
+def load_items(
+    data: str | Path,
+    fused_inputs: Sequence[str],
+    feather_sigma: float = 1.0,
+    log: Callable[[str], None] | None = None,
+) -> list[_Item]:
+    """Every case of a dataset (any `load_dataset` layout), prepared in model range, with its
+    baselines' fused images precomputed. Cases without a lesion mask count as lesion-free."""
+    from clinfuse.baselines import BASELINES
+    from clinfuse.io.dataset import load_dataset
+    from clinfuse.io.nifti import load_nifti
+    from clinfuse.phantom.realhead import _is_test_case
+    from clinfuse.preprocess.pipeline import preprocess_case
+    from clinfuse.training.data import training_target
+
+    data = Path(data)
+    ignores = _ignore_paths(data)
+    items = []
+    for ref in load_dataset(data):
+        paths = [str(p) for p in ref.paths.values()]
+        if any(_is_test_case(p) for p in paths):
+            raise ClinfuseInputError(
+                f"case {ref.case_id!r} is one of the project's test heads: never trained on", data
+            )
+        prep = preprocess_case(ref.load())
+        label = (
+            np.zeros(prep.shape, np.float32)
+            if prep.lesion is None
+            else prep.lesion.astype(np.float32)
+        )
+        valid = np.ones(prep.shape, np.float32)
+        if ref.case_id in ignores:
+            ign, _ = load_nifti(ignores[ref.case_id])
+            if ign.shape != prep.shape:
+                raise ClinfuseInputError(
+                    "ignore mask is not on the case's grid", ignores[ref.case_id]
+                )
+            valid[(ign > 0.5) & (label < 0.5)] = 0.0
+        items.append(
+            _Item(
+                ref.case_id,
+                prep.stack().astype(np.float32),
+                training_target(prep, feather_sigma).astype(np.float32),
+                {n: np.asarray(BASELINES[n](prep), np.float32) for n in fused_inputs},
+                label,
+                valid,
+                prep.brain.astype(bool),
+                tuple(float(s) for s in prep.spacing),
+            )
+        )
+        if log is not None:
+            log(f"loaded {ref.case_id} {prep.shape} lesion {int(label.sum())} voxels")
+    if not items:
+        raise ClinfuseInputError("no cases found", data)
+    return items
+
+
+def _fused_channel(item: _Item, cfg: LesionTrainConfig, rng: np.random.Generator) -> np.ndarray:
+    from scipy import ndimage
+
+    u = rng.random()
+    if u < cfg.p_composite or not item.baselines:
+        return item.composite
+    if u < cfg.p_composite + cfg.p_degraded:
+        sigma = float(rng.uniform(0.3, 1.2))
+        noisy = ndimage.gaussian_filter(item.composite, sigma)
+        noise = float(rng.uniform(0.0, 0.1)) * rng.standard_normal(noisy.shape)
+        return np.clip(noisy + noise, -2.0, 2.0).astype(np.float32)
+    names = list(item.baselines)
+    return item.baselines[names[int(rng.integers(len(names)))]]
+
+
+def _transforms(cfg: LesionTrainConfig) -> Any:
+    from monai.transforms import (
+        Compose,
+        RandAffined,
+        RandCropByPosNegLabeld,
+        RandFlipd,
+        RandGaussianNoised,
+        RandScaleIntensityd,
+        RandShiftIntensityd,
+        SpatialPadd,
+    )
+
+    keys = ["img", "label", "valid"]
+    pos = cfg.pos_fraction
+    return Compose(
+        [
+            SpatialPadd(keys=keys, spatial_size=cfg.patch_size, value=0.0),
+            RandCropByPosNegLabeld(
+                keys=keys,
+                label_key="label",
+                spatial_size=cfg.patch_size,
+                pos=pos,
+                neg=1.0 - pos,
+                num_samples=cfg.samples_per_case,
+                allow_smaller=True,
+            ),
+            RandFlipd(keys=keys, prob=0.5, spatial_axis=0),
+            RandAffined(
+                keys=keys,
+                prob=0.5,
+                rotate_range=(0.17, 0.17, 0.17),
+                scale_range=(0.1, 0.1, 0.1),
+                mode=("bilinear", "nearest", "nearest"),
+                padding_mode="border",
+            ),
+            RandScaleIntensityd(keys="img", factors=0.1, prob=0.5, channel_wise=True),
+            RandShiftIntensityd(keys="img", offsets=0.1, prob=0.5, channel_wise=True),
+            RandGaussianNoised(keys="img", prob=0.5, std=0.05),
+        ]
+    )
+
+
+def predict_logits(
+    head: torch.nn.Module,
+    fused: np.ndarray,
+    sources: np.ndarray,
+    roi_size: Sequence[int],
+    raw: bool = False,
+) -> np.ndarray:
+    """Logits of the head on a whole volume with MONAI `sliding_window_inference`
+    (`raw`: before temperature scaling)."""
+    from monai.inferers import sliding_window_inference
+
+    x = torch.from_numpy(np.concatenate([fused[None], sources]).astype(np.float32))[None]
+
+    def net(win: torch.Tensor) -> torch.Tensor:
+        fn = head.raw_logits if raw else head
+        return fn(win[:, :1], win[:, 1:])
+
+    with torch.no_grad():
+        out = sliding_window_inference(
+            x, tuple(roi_size), sw_batch_size=2, predictor=net, overlap=0.25, mode="gaussian"
+        )
+    return np.asarray(out)[0, 0]
+
+
+def _validate(
+    head: torch.nn.Module, items: Sequence[_Item], cfg: LesionTrainConfig, min_ml: float
+) -> dict[str, Any]:
     from clinfuse.metrics.segmentation import dice
+    from clinfuse.nn.lesion_head import clean_mask
 
-    return float(dice(prob[0, 0].numpy() > 0.5, gt[0, 0].numpy() > 0.5))  # (1, 1, *S)
+    head.eval()
+    dices, fp = [], []
+    for it in items:
+        logits = predict_logits(head, it.composite, it.sources, cfg.patch_size)
+        prob = 1.0 / (1.0 + np.exp(-logits)) * it.brain
+        pred = clean_mask(prob, it.spacing, cfg.threshold, min_ml)
+        if it.label.any():
+            dices.append(float(dice(pred, it.label > 0.5)))
+        else:
+            fp.append(int(pred.sum()))
+    head.train()
+    return {
+        "dice": float(np.mean(dices)) if dices else float("nan"),
+        "fp_voxels_lesion_free": float(np.mean(fp)) if fp else float("nan"),
+    }
+
+
+def _calibrate(
+    head: torch.nn.Module, items: Sequence[_Item], cfg: LesionTrainConfig
+) -> tuple[float, float, dict[str, Any]]:
+    """Temperature on the validation brains, then the minimum component size by Dice."""
+    from clinfuse.metrics.calibration import (
+        calibration_scores,
+        fit_temperature,
+        lesion_neighbourhood,
+    )
+    from clinfuse.metrics.segmentation import dice
+    from clinfuse.nn.lesion_head import clean_mask
+
+    head.eval()
+    logits = [
+        predict_logits(head, it.composite, it.sources, cfg.patch_size, raw=True) for it in items
+    ]
+    z = np.concatenate([lg[it.brain] for lg, it in zip(logits, items, strict=True)])
+    y = np.concatenate([it.label[it.brain] > 0.5 for it in items])
+    near = np.concatenate(
+        [
+            lesion_neighbourhood(it.label > 0.5, it.spacing, within=it.brain)[it.brain]
+            for it in items
+        ]
+    )
+    temp = float(fit_temperature(z, y))
+    scores = {}
+    for name, t in (("before", 1.0), ("after", temp)):
+        cal = calibration_scores(1 / (1 + np.exp(-z / t)), y, np.ones_like(y), near)
+        scores[name] = {region: {"ece": c.ece, "brier": c.brier} for region, c in cal.items()}
+    probs = [1 / (1 + np.exp(-lg / temp)) * it.brain for lg, it in zip(logits, items, strict=True)]
+    by_ml = {}
+    for ml in MIN_ML_CHOICES:
+        ds = [
+            float(dice(clean_mask(p, it.spacing, cfg.threshold, ml), it.label > 0.5))
+            for p, it in zip(probs, items, strict=True)
+            if it.label.any()
+        ]
+        by_ml[ml] = float(np.mean(ds)) if ds else float("nan")
+    best_ml = max(by_ml, key=lambda k: (by_ml[k], -k))
+    record = {
+        "temperature": temp,
+        "validation_calibration": scores,
+        "dice_by_min_ml": {str(k): v for k, v in by_ml.items()},
+    }
+    return temp, best_ml, record
 
 
 def train_lesion_head(
     checkpoint: str | Path,
     data: str | Path,
+    val_data: str | Path,
     out: str | Path,
     cfg: LesionTrainConfig | None = None,
     *,
@@ -137,26 +346,18 @@ def train_lesion_head(
     overwrite: bool = False,
     log: Callable[[str], None] | None = print,
 ) -> LesionTrainResult:
-    """Train a new lesion head (reading the fused image only) on a frozen fusion model.
+    """Train a lesion head reading [fused, mri, ct, ct_bone] and place it into `checkpoint`.
 
-    checkpoint: a `clinfuse train` checkpoint (full or exported) whose denoiser stays frozen.
-    data: the training dataset; split exactly as the checkpoint's run split it (its config),
-      so its validation phantoms stay held out. Writes `OUT/lesion_head.ckpt` and
-      `OUT/lesion_metrics.csv`.
+    data / val_data: datasets with lesion masks (`clinfuse synth`, `realhead` pairs); the
+    validation split selects the step, fits the temperature and the minimum lesion size.
+    Writes `OUT/lesion_head.ckpt` (the input checkpoint with the new head) and
+    `OUT/lesion_metrics.csv`.
     """
     from monai.losses import DiceCELoss
 
-    from clinfuse.baselines import BASELINES
-    from clinfuse.diffusion.schedule import NoiseSchedule
     from clinfuse.nn.lesion_head import LesionHead
-    from clinfuse.nn.model import pad_to_multiple
-    from clinfuse.training.checkpoint import (
-        FORMAT,
-        load_checkpoint,
-        read_checkpoint,
-    )
+    from clinfuse.training.checkpoint import FORMAT, load_checkpoint, read_checkpoint
     from clinfuse.training.config import config_from_dict, dump_config, to_dict
-    from clinfuse.training.data import load_train_data, training_target
 
     cfg = cfg or LesionTrainConfig()
     cfg.validate()
@@ -166,184 +367,156 @@ def train_lesion_head(
         raise ClinfuseInputError("output exists; pass --overwrite to replace it", target_ckpt)
     if Path(checkpoint).resolve() == target_ckpt.resolve():
         raise ClinfuseInputError("the output would overwrite the input checkpoint", checkpoint)
+    state = read_checkpoint(checkpoint)  # fails early and clearly on a bad checkpoint
+    spatial_dims = int(state["config"]["model"].get("spatial_dims", 3))
+    if spatial_dims != len(cfg.patch_size):
+        raise ClinfuseInputError(
+            f"patch size {cfg.patch_size} does not fit a {spatial_dims}D model", checkpoint
+        )
+    say = log or (lambda _msg: None)
+    train_items = load_items(data, cfg.fused_inputs, log=None)
+    val_items = load_items(val_data, (), log=None)
+    say(
+        f"{len(train_items)} training cases ({sum(bool(i.label.any()) for i in train_items)} "
+        f"with a lesion), {len(val_items)} validation cases"
+    )
     out.mkdir(parents=True, exist_ok=True)
     dev = torch.device(device)
-    say = log or (lambda _msg: None)
-
-    loaded = load_checkpoint(checkpoint, map_location=dev)
-    model = loaded.model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    mcfg = model.config
-    schedule = NoiseSchedule(mcfg.num_train_steps, mcfg.schedule).to(dev)
-    train_cfg = loaded.config
-    # whole held-out cases (all of them: the head is cheap to validate); the split is the run's
-    patch = None if cfg.patch_size is None else tuple(int(p) for p in cfg.patch_size)
-    data_cfg = replace(
-        train_cfg.data,
-        val_patch_size=None,
-        max_val_cases=10_000,
-        lesion_fraction=cfg.lesion_fraction,
-        patch_size=patch if patch is not None else train_cfg.data.patch_size,
-    )
-    say(f"loading {data} (split as the checkpoint's run)")
-    td = load_train_data(data, data_cfg)
-    if td.ndim != mcfg.spatial_dims:
-        raise ClinfuseInputError(f"{td.ndim}D data for a {mcfg.spatial_dims}D model", data)
+    torch.manual_seed(cfg.seed)
     head = LesionHead(
-        mcfg.spatial_dims, cfg.channels, cfg.res_units, inputs="fused", norm=cfg.norm
+        spatial_dims, cfg.channels, cfg.res_units, inputs="fused+sources", norm=cfg.norm
     ).to(dev)
-    mult = math.lcm(model.size_multiple, head.size_multiple)
-    lo, hi = -2.0, 2.0
-    gen = torch.Generator().manual_seed(cfg.seed)
-    t_max = max(1, int(cfg.t_max_fraction * mcfg.num_train_steps))
-
-    def padded(a: np.ndarray) -> torch.Tensor:
-        x = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
-        x = x.reshape(1, -1, *a.shape[-td.ndim :])
-        return pad_to_multiple(x, mult)[0]
-
-    def x0_of(cond: torch.Tensor, target: torch.Tensor, t_value: int) -> torch.Tensor:
-        t = torch.full((1,), t_value, dtype=torch.long)
-        noise = torch.randn(target.shape, generator=gen)
-        with torch.no_grad():
-            x_t = schedule.q_sample(target.to(dev), t.to(dev), noise.to(dev))
-            out = model(x_t, t.to(dev), cond.to(dev))
-            x0 = schedule.split_prediction(out, x_t, t.to(dev), mcfg.prediction)[0]
-        return x0.clamp(lo, hi).cpu()
-
-    # Every training input, computed once: clean fused images and x̂0 of the frozen denoiser.
-    bank: list[dict[str, list[torch.Tensor]]] = []
-    labels: list[torch.Tensor] = []
-    train_idx = [j for j, c in enumerate(td.train) if c.lesion is not None]
-    train_cases = [td.train[j] for j in train_idx]
-    if not train_cases:
-        raise ClinfuseInputError("no training case has a lesion mask", data)
-    t_start = time.perf_counter()
-    for case in train_cases:
-        cond, target = padded(case.stack()), padded(training_target(case, data_cfg.feather_sigma))
-        clean = [padded(np.asarray(BASELINES[n](case))) for n in cfg.fused_inputs]
-        t_draws = torch.randint(1, t_max + 1, (cfg.x0_per_case,), generator=gen).tolist()
-        bank.append({"clean": clean, "x0": [x0_of(cond, target, int(t)) for t in t_draws]})
-        labels.append(padded(case.lesion.astype(np.float32)))  # type: ignore[union-attr]
-    say(
-        f"{len(train_cases)} training cases ({sum(bool(y.any()) for y in labels)} with a lesion),"
-        f" inputs precomputed in {time.perf_counter() - t_start:.0f} s"
-    )
-
-    # validation inputs, fixed: composite, average fusion, x̂0 from the target noised to T/2
-    val = [c for c in td.val if c.lesion is not None and c.lesion.any()]
-    val_inputs: list[dict[str, Any]] = []
-    for case in val:
-        cond, target = padded(case.stack()), padded(training_target(case, data_cfg.feather_sigma))
-        val_inputs.append(
-            {
-                "composite": target,
-                "average": padded(np.asarray(BASELINES["average"](case))),
-                "x0_T/2": x0_of(cond, target, mcfg.num_train_steps // 2),
-                "gt": padded(case.lesion.astype(np.float32)),  # type: ignore[union-attr]
-            }
-        )
-    say(f"{len(val)} validation cases with a lesion: {[c.case_id for c in val]}")
-
-    def validate() -> dict[str, float]:
-        head.eval()
-        scores: dict[str, list[float]] = {k: [] for k in VAL_INPUTS}
-        with torch.no_grad():
-            for item in val_inputs:
-                for k in VAL_INPUTS:
-                    prob = torch.sigmoid(head(item[k].to(dev))).cpu()
-                    scores[k].append(_dice_at_half(prob, item["gt"]))
-        head.train()
-        return {k: float(np.mean(v)) if v else float("nan") for k, v in scores.items()}
-
-    opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.steps, eta_min=cfg.lr / 20)
-    loss_fn = DiceCELoss(sigmoid=True, batch=True)
+    tf = _transforms(cfg)
+    tf.set_random_state(seed=cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    columns = ["step", "loss", "lr", "seconds", *(f"val_dice_{k}" for k in VAL_INPUTS)]
+    opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.05
+    )
+    loss_fn = DiceCELoss(sigmoid=True, batch=True)
+    columns = ["step", "loss", "lr", "seconds", "val_dice", "val_fp_voxels_lesion_free"]
     rows: list[dict[str, Any]] = []
-    best: tuple[float, int, dict[str, torch.Tensor], dict[str, float]] = (-1.0, 0, {}, {})
-    head.train()
+    best: tuple[float, int, dict[str, torch.Tensor]] = (-1.0, 0, {})
     start = time.perf_counter()
     running = 0.0
+    head.train()
     for step in range(1, cfg.steps + 1):
-        xs, ys = [], []
-        for _ in range(cfg.batch_size):
-            i = int(rng.integers(len(train_cases)))
-            kind = "x0" if (rng.random() < cfg.p_x0 or not cfg.fused_inputs) else "clean"
-            choices = bank[i][kind]
-            x, y = choices[int(rng.integers(len(choices)))], labels[i]
-            if patch is not None:
-                centre = td._centre(rng, train_idx[i])
-                sl = (slice(None), slice(None), *_crop(centre, patch, x.shape[2:]))
-                x, y = x[sl], y[sl]
-            x, y = _augment(x, y, gen)
-            xs.append(x)
-            ys.append(y)
-        loss = loss_fn(head(torch.cat(xs).to(dev)), torch.cat(ys).to(dev))
+        imgs, labels, valids = [], [], []
+        for _ in range(cfg.cases_per_step):
+            it = train_items[int(rng.integers(len(train_items)))]
+            img = np.concatenate([_fused_channel(it, cfg, rng)[None], it.sources])
+            for s in tf({"img": img, "label": it.label[None], "valid": it.valid[None]}):
+                imgs.append(torch.as_tensor(np.asarray(s["img"])))
+                labels.append(torch.as_tensor(np.asarray(s["label"])))
+                valids.append(torch.as_tensor(np.asarray(s["valid"])))
+        x = torch.stack(imgs).float().to(dev)
+        y = (torch.stack(labels) > 0.5).float().to(dev)
+        v = torch.stack(valids).to(dev) > 0.5
+        logits = head.raw_logits(x[:, :1], x[:, 1:])
+        # Unknown-label voxels: logit -20, label 0 -> no Dice and ~0 cross-entropy contribution.
+        logits = torch.where(v, logits, torch.full_like(logits, -20.0))
+        y = y * v
+        loss = loss_fn(logits, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(head.parameters(), 1.0)
         opt.step()
         sched.step()
-        running += loss.item()
+        running += float(loss.item())
         if step % cfg.val_every == 0 or step == cfg.steps:
             n = step % cfg.val_every or cfg.val_every
-            scores = validate()
+            scores = _validate(head, val_items, cfg, 0.0)
             row = {
                 "step": step,
                 "loss": running / n,
                 "lr": sched.get_last_lr()[0],
                 "seconds": time.perf_counter() - start,
-                **{f"val_dice_{k}": v for k, v in scores.items()},
+                "val_dice": scores["dice"],
+                "val_fp_voxels_lesion_free": scores["fp_voxels_lesion_free"],
             }
             running = 0.0
             rows.append(row)
-            mean = float(np.nanmean(list(scores.values()))) if val_inputs else -float(row["loss"])
             say(
-                f"step {step}: loss {row['loss']:.4f}, val Dice "
-                + ", ".join(f"{k} {v:.3f}" for k, v in scores.items())
+                f"step {step}: loss {row['loss']:.4f}, val Dice {scores['dice']:.3f}, "
+                f"FP voxels on lesion-free cases {scores['fp_voxels_lesion_free']:.0f}, "
+                f"{row['seconds']:.0f} s"
             )
-            if mean > best[0]:
-                state = {k: v.detach().clone() for k, v in head.state_dict().items()}
-                best = (mean, step, state, scores)
+            if scores["dice"] > best[0]:
+                best = (
+                    scores["dice"],
+                    step,
+                    {k: t.detach().cpu().clone() for k, t in head.state_dict().items()},
+                )
             with atomic_write(out / "lesion_metrics.csv") as tmp:
                 with open(tmp, "w", newline="") as fh:
                     w = csv.DictWriter(fh, fieldnames=columns)
                     w.writeheader()
                     w.writerows(rows)
+            with atomic_write(out / "lesion_head_best.pt") as tmp:
+                torch.save({"step": best[1], "dice": best[0], "state": best[2]}, tmp)
 
-    # the input checkpoint with the new head in place of the old one
-    state = read_checkpoint(checkpoint)
+    head.load_state_dict(best[2])
+    temp, min_ml, calib = _calibrate(head, val_items, cfg)
+    head.temperature.fill_(temp)
+    head.min_lesion_ml.fill_(min_ml)
+    final = _validate(head, val_items, cfg, min_ml)
+    say(
+        f"best step {best[1]} (val Dice {best[0]:.3f}); temperature {temp:.3f}, "
+        f"min lesion {min_ml} mL -> val Dice {final['dice']:.3f}"
+    )
+    head_weights = {k: t.cpu() for k, t in head.state_dict().items()}
+    return _write_checkpoint(
+        state,
+        checkpoint,
+        target_ckpt,
+        head_weights,
+        cfg,
+        {
+            "source_checkpoint": str(checkpoint),
+            "data": str(data),
+            "val_data": str(val_data),
+            "config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()},
+            "best_step": best[1],
+            "val_dice_at_best": best[0],
+            "calibration": calib,
+            "min_lesion_ml": min_ml,
+            "val_final": final,
+            "val_cases": [i.case_id for i in val_items],
+            "seconds": time.perf_counter() - start,
+        },
+        out / "lesion_metrics.csv",
+        (FORMAT, load_checkpoint, config_from_dict, dump_config, to_dict),
+    )
+
+
+def _write_checkpoint(
+    state: dict[str, Any],
+    checkpoint: str | Path,
+    target: Path,
+    head_weights: dict[str, torch.Tensor],
+    cfg: LesionTrainConfig,
+    record: dict[str, Any],
+    metrics_csv: Path,
+    api: tuple[Any, ...],
+) -> LesionTrainResult:
+    """The input checkpoint with the new head in place of the old one (EMA and raw weights)."""
+    fmt, load_checkpoint, config_from_dict, dump_config, to_dict = api
     new_model_cfg = {
         **state["config"]["model"],
         "lesion_channels": list(cfg.channels),
         "lesion_res_units": int(cfg.res_units),
-        "lesion_inputs": "fused",
+        "lesion_inputs": "fused+sources",
         "lesion_norm": cfg.norm,
     }
-    tree = {**state["config"], "model": new_model_cfg}
-    new_config = config_from_dict(tree, str(checkpoint))
-    head_weights = {k: v.cpu() for k, v in best[2].items()}
+    new_config = config_from_dict({**state["config"], "model": new_model_cfg}, str(checkpoint))
     ema = {k: v for k, v in state["ema"].items() if not k.startswith("module.lesion_head.")}
     ema.update({f"module.lesion_head.{k}": v for k, v in head_weights.items()})
     raw = {k: v for k, v in state.get("model", {}).items() if not k.startswith("lesion_head.")}
     if raw:
         raw.update({f"lesion_head.{k}": v for k, v in head_weights.items()})
-    record = {
-        "source_checkpoint": str(checkpoint),
-        "source_step": int(state["step"]),
-        "data": str(data),
-        "config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()},
-        "best_step": best[1],
-        "val_dice": best[3],
-        "val_cases": [c.case_id for c in val],
-        "seconds": time.perf_counter() - start,
-    }
     new_state = {
         **state,
-        "format": FORMAT,
+        "format": fmt,
         "config": to_dict(new_config),
         "config_yaml": dump_config(new_config),
         "model": raw,
@@ -353,7 +526,15 @@ def train_lesion_head(
         "scaler": None,
         "extra": {**state.get("extra", {}), "lesion_head": record},
     }
-    with atomic_write(target_ckpt) as tmp:
+    with atomic_write(target) as tmp:
         torch.save(new_state, tmp)
-    load_checkpoint(target_ckpt)  # the result must load (architecture check)
-    return LesionTrainResult(target_ckpt, out / "lesion_metrics.csv", best[1], best[0], best[3])
+    load_checkpoint(target)  # the result must load (architecture check)
+    return LesionTrainResult(
+        target,
+        metrics_csv,
+        int(record["best_step"]),
+        float(record["val_dice_at_best"]),
+        float(record["calibration"]["temperature"]),
+        float(record["min_lesion_ml"]),
+        dict(record["val_final"]),
+    )
