@@ -1,6 +1,6 @@
 """CPU forward / training-step measurements used to size the model presets (docs/MODEL.md).
 
-Run: ``python -m clinfuse.nn.timing [--threads 1] [--repeats 3]``. The machine is shared, so
+Run: ``python benchmarks/timing.py [--threads 1] [--repeats 3]``. The machine is shared, so
 besides wall time it reports process CPU time, which contention inflates far less.
 """
 
