@@ -14,8 +14,8 @@ from typing import Literal
 
 import numpy as np
 
+from clinfuse.model_range import MODEL_RANGE
 from clinfuse.preprocess.prepared import PreparedCase
-from clinfuse.preprocess.windowing import MODEL_RANGE
 
 CtChannel = Literal["bone", "clinical"]
 

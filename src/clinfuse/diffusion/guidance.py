@@ -41,7 +41,7 @@ from clinfuse.diffusion.samplers import ProgressFn, SamplerState, ddim_timesteps
 from clinfuse.errors import ClinfuseInputError
 from clinfuse.losses.lesion import prepare_target
 from clinfuse.losses.roi import RoiLoss, only_inside, roi_loss
-from clinfuse.preprocess.windowing import MODEL_RANGE
+from clinfuse.model_range import MODEL_RANGE
 
 
 class GuidanceMode(Choice):

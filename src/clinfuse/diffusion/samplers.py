@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from clinfuse.diffusion.schedule import NoiseSchedule
-from clinfuse.preprocess.windowing import MODEL_RANGE
+from clinfuse.model_range import MODEL_RANGE
 
 if TYPE_CHECKING:  # the model module imports nothing from here; avoid a runtime cycle anyway
     from clinfuse.nn.model import FusionModel

@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from clinfuse.errors import ClinfuseInputError
+from clinfuse.model_range import DATA_RANGE
 from clinfuse.preprocess.prepared import PreparedCase
-from clinfuse.preprocess.windowing import MODEL_RANGE, model_to_display
+from clinfuse.preprocess.windowing import model_to_display
 
 if TYPE_CHECKING:
     from clinfuse.evaluation.reference import CtReference
@@ -18,7 +19,6 @@ if TYPE_CHECKING:
 ROI_COLUMNS = ("brain_ssim", "bone_ssim", "brain_psnr", "bone_psnr")
 LESION_COLUMNS = ("dice", "nsd", "hd95")
 FUSION_COLUMNS = ("EN", "SD", "SF", "MI", "SCD", "VIF", "Qabf", "SSIM")  # METRICS.md names
-DATA_RANGE = MODEL_RANGE[1] - MODEL_RANGE[0]  # 4.0: ROI-SSIM/PSNR in model range
 NSD_TAU_MM = 2.0
 
 

@@ -9,6 +9,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from clinfuse.model_range import DATA_RANGE, MODEL_RANGE
+
 # Wang et al. 2004 constants, as in scikit-image.
 K1 = 0.01
 K2 = 0.03
@@ -74,7 +76,7 @@ def ssim_map(
     x: Tensor,
     y: Tensor,
     *,
-    data_range: float = 4.0,
+    data_range: float = DATA_RANGE,
     sigma: float = 1.5,
     win_size: int = 11,
 ) -> Tensor:
@@ -152,11 +154,11 @@ def masked_ssim(
     y: Tensor,
     mask: Tensor,
     *,
-    data_range: float = 4.0,
+    data_range: float = DATA_RANGE,
     sigma: float = 1.5,
     win_size: int = 11,
     reduction: Literal["mean", "none"] = "mean",
-    low: float | None = -2.0,
+    low: float | None = MODEL_RANGE[0],
     mask_inputs: bool = True,
 ) -> Tensor:
     """Mean of the SSIM map of `x·M` against `y·M` inside `mask` (ROI-SSIM), differentiable.

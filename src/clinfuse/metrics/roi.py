@@ -12,6 +12,7 @@ import torch
 
 from clinfuse.errors import ClinfuseInputError
 from clinfuse.losses.ssim import masked_ssim
+from clinfuse.model_range import DATA_RANGE
 
 
 def _check(
@@ -32,7 +33,7 @@ def _check(
 
 
 def roi_ssim(
-    fused: np.ndarray, ref: np.ndarray, mask: np.ndarray, data_range: float = 4.0
+    fused: np.ndarray, ref: np.ndarray, mask: np.ndarray, data_range: float = DATA_RANGE
 ) -> float:
     """Mean SSIM map of `fused` against `ref` inside `mask` (same 2D/3D shape, numpy).
 
@@ -58,7 +59,7 @@ def roi_ssim(
 
 
 def roi_psnr(
-    fused: np.ndarray, ref: np.ndarray, mask: np.ndarray, data_range: float = 4.0
+    fused: np.ndarray, ref: np.ndarray, mask: np.ndarray, data_range: float = DATA_RANGE
 ) -> float:
     """PSNR = 10 log10(data_range^2 / MSE) with the MSE over the ROI voxels only (dB).
 

@@ -113,7 +113,7 @@ def fuse_prepared(
     from clinfuse.diffusion.guidance import guided_sample, load_preset, uncertainty_blend
     from clinfuse.diffusion.schedule import NoiseSchedule
     from clinfuse.diffusion.sliding import SlidingWindowModel, pad_to, padded_shape
-    from clinfuse.preprocess.windowing import MODEL_RANGE
+    from clinfuse.model_range import MODEL_RANGE
 
     cfg = load_preset(guidance if guidance is not None else preset, overrides)
     lesion = LesionMode.parse(lesion, "lesion")

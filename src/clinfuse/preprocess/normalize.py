@@ -8,7 +8,7 @@ import numpy as np
 from skimage.filters import threshold_otsu
 
 from clinfuse.errors import ClinfuseInputError
-from clinfuse.preprocess.windowing import MODEL_RANGE
+from clinfuse.model_range import MODEL_RANGE
 
 MRI_PERCENTILE = 99.5
 """Robust maximum: the 99.5th percentile ignores the few hot voxels (vessels, fat, artefacts)

@@ -13,8 +13,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-MODEL_RANGE = (-2.0, 2.0)
-"""Every image the model sees or produces lives in [-2, 2] (air = -2 in MRI and in CT)."""
+from clinfuse.model_range import MODEL_RANGE
+
+__all__ = [
+    "BONE_WINDOW",
+    "CLINICAL_WINDOW",
+    "MODEL_RANGE",
+    "Window",
+    "apply_window",
+    "display_to_model",
+    "invert_window",
+    "model_to_display",
+]
 
 
 @dataclass(frozen=True)

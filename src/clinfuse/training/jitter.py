@@ -12,9 +12,10 @@ import numpy as np
 from scipy.ndimage import affine_transform
 from scipy.spatial.transform import Rotation
 
+from clinfuse.model_range import MODEL_RANGE
 from clinfuse.training.config import JitterConfig
 
-AIR = -2.0  # model-range value of air: what enters the field of view from outside
+AIR = MODEL_RANGE[0]  # model-range value of air: what enters the field of view from outside
 
 
 @dataclass(frozen=True)

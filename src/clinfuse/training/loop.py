@@ -25,7 +25,7 @@ from clinfuse.errors import ClinfuseInputError
 from clinfuse.losses.roi import mean_ssim_term
 from clinfuse.metrics.roi import roi_psnr
 from clinfuse.metrics.segmentation import dice
-from clinfuse.preprocess.windowing import MODEL_RANGE
+from clinfuse.model_range import DATA_RANGE
 from clinfuse.training.checkpoint import (
     build_model,
     load_weights,
@@ -78,7 +78,6 @@ JITTER_COLUMNS = (
 )
 
 
-DATA_RANGE = MODEL_RANGE[1] - MODEL_RANGE[0]  # 4.0: ROI-PSNR in the model range
 MAX_SKIPPED_IN_A_ROW = 5  # consecutive non-finite-gradient steps before the run stops
 
 
