@@ -8,7 +8,6 @@ harness, and writes fused NIfTIs, montages, `per_case.csv`, `summary.md` and `re
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import math
 import time
@@ -73,13 +72,9 @@ class DemoResult:
 
 def default_checkpoint(ndim: int = 3) -> Path:
     """Path of the shipped checkpoint for 2D or 3D data (it may not exist yet)."""
-    try:
-        from clinfuse.pipeline import CHECKPOINT_DIR, SHIPPED_CHECKPOINTS
+    from clinfuse.pipeline import shipped_checkpoint_path
 
-        return Path(CHECKPOINT_DIR) / SHIPPED_CHECKPOINTS[ndim]
-    except ImportError:
-        name = "phantom3d.pt" if ndim == 3 else "harvard2d.pt"
-        return Path(__file__).resolve().parent / "checkpoints" / name
+    return shipped_checkpoint_path(ndim)
 
 
 def make_demo_cases(
@@ -117,18 +112,10 @@ def make_demo_cases(
     return cases
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _load_model(checkpoint: Path | None, ndim: int, device: str) -> tuple[Any, ModelStatus]:
-    """Our model (`pipeline.LoadedModel`) and its status; a missing shipped checkpoint or a
-    missing pipeline module is a status shown in the report, not a crash. A checkpoint the user
-    named that does not exist or does not fit is an error."""
+    """Our model (`pipeline.LoadedModel`) and its status; a missing shipped checkpoint is a
+    status shown in the report, not a crash. A checkpoint the user named that does not exist or
+    does not fit is an error."""
     path = checkpoint if checkpoint is not None else default_checkpoint(ndim)
     if not path.is_file():
         if checkpoint is not None:
@@ -139,10 +126,8 @@ def _load_model(checkpoint: Path | None, ndim: int, device: str) -> tuple[Any, M
             "the clinfuse row is left out rather than filled with made-up numbers",
             str(path),
         )
-    try:
-        from clinfuse.pipeline import load_model
-    except ImportError as err:
-        return None, ModelStatus(False, f"model code not available: {err}", str(path))
+    from clinfuse.pipeline import load_model
+
     loaded = load_model(path, ndim, device)
     return loaded, ModelStatus(True, "ok", loaded.path, loaded.sha256)
 
@@ -208,12 +193,6 @@ class _Recorder:
         # What guided our lesion term ("predicted" in the demo); None for the baselines.
         self.lesion_source[prepared.case_id] = getattr(raw, "lesion_source", None)
         return MethodOutput(fused, kept.get("lesion_prob"))
-
-
-def _summary_rows(rows_by_method: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
-    from clinfuse.evaluation.dataset import summarise_rows
-
-    return {m: summarise_rows(rows) for m, rows in rows_by_method.items()}
 
 
 def _calibration(
@@ -288,8 +267,8 @@ def run_demo(
 ) -> DemoResult:
     """Run the whole demo into the folder `out` and return what was written.
 
-    Our model runs when a checkpoint is found (`checkpoint`, default the shipped one) and
-    `clinfuse.pipeline` is importable; otherwise the report says so and shows the baselines
+    Our model runs when a checkpoint is found (`checkpoint`, default the shipped one);
+    otherwise the report says so and shows the baselines
     only. Ours runs `samples` samples per case (their sd is the uncertainty map) with DDIM
     `steps` and guidance `preset`. `methods` limits the baselines (default: all).
     """
@@ -306,12 +285,9 @@ def run_demo(
     unknown = [m for m in baseline_names if m not in BASELINES]
     if unknown:
         raise ClinfuseInputError(f"unknown baseline(s) {unknown}; available: {list(BASELINES)}")
-    try:
-        from clinfuse.diffusion.guidance import load_preset
-    except ImportError:
-        pass  # no guidance module: the model cannot run either; _load_model reports it
-    else:
-        load_preset(preset)
+    from clinfuse.diffusion.guidance import load_preset
+
+    load_preset(preset)
     out_dir = check_output_dir(out, overwrite)
     timings: dict[str, float] = {}
 

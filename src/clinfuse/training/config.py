@@ -98,6 +98,9 @@ class TrainConfig:
     val_every: int = 200
     ckpt_every: int = 100
     log_every: int = 1
+    # Fine-tuning: start from this checkpoint's EMA weights (path; the lesion head too when its
+    # architecture matches) instead of a random init. Ignored when resuming a run.
+    init: str | None = None
     # `clinfuse.nn.model.ModelConfig` fields; `preset: <name>` starts from `MODEL_PRESETS[name]`.
     model: dict[str, Any] = field(default_factory=dict)
     data: DataConfig = field(default_factory=DataConfig)

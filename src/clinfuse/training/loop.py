@@ -28,6 +28,7 @@ from clinfuse.metrics.segmentation import dice
 from clinfuse.model_range import DATA_RANGE
 from clinfuse.training.checkpoint import (
     build_model,
+    ema_weights,
     load_weights,
     read_checkpoint,
     save_checkpoint,
@@ -388,6 +389,23 @@ def _check_resume_config(config: TrainConfig, saved: TrainConfig, path: Path) ->
         )
 
 
+def init_weights(model: nn.Module, path: Path) -> None:
+    """Fine-tuning start: the EMA weights of checkpoint `path` (float32). Every denoiser and
+    encoder weight must match; the lesion head is taken only when its shapes match."""
+    state = read_checkpoint(path, map_location="cpu")
+    weights = {k: v.float() for k, v in ema_weights(state).items()}
+    own = model.state_dict()
+    head = [k for k in own if k.startswith("lesion_head.")]
+    head_fits = all(k in weights and weights[k].shape == own[k].shape for k in head)
+    if not head_fits:
+        weights = {k: v for k, v in weights.items() if not k.startswith("lesion_head.")}
+        weights.update({k: own[k] for k in head})
+    for k in ("lesion_head.temperature", "lesion_head.min_lesion_ml"):
+        if k in own:
+            weights.setdefault(k, own[k])
+    load_weights(model, weights, path)
+
+
 def _prepare_out(out: Path, resume: Path | None, overwrite: bool, data_path: str | None) -> Path:
     from clinfuse.io.atomic import check_output_dir
 
@@ -469,6 +487,8 @@ def _train(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         model = build_model(config.model)
+    if config.init and resume_state is None:
+        init_weights(model, Path(config.init))
     mult = model.size_multiple
     if any(p % mult for p in config.data.patch_size):
         raise ClinfuseInputError(
