@@ -195,31 +195,6 @@ class _Recorder:
         return MethodOutput(fused, kept.get("lesion_prob"))
 
 
-def _calibration(
-    recorders: dict[str, _Recorder], cases: list[DemoCase]
-) -> tuple[dict[str, Any], dict[str, dict[str, float]]]:
-    """Pooled reliability curves, ECE and Brier of the head's lesion probability per method,
-    over brain voxels of all cases (METRICS.md: ECE inside the brain, 15 bins)."""
-    from clinfuse.metrics.calibration import brier, ece, reliability_curve
-
-    curves, scores = {}, {}
-    for name, rec in recorders.items():
-        probs, gts, masks = [], [], []
-        for c in cases:
-            out = rec.outputs.get(c.case_id, {})
-            if "lesion_prob" not in out or c.prepared.lesion is None:
-                continue
-            probs.append(out["lesion_prob"].ravel())
-            gts.append(c.prepared.lesion.ravel())
-            masks.append(c.prepared.brain.ravel())
-        if not probs:
-            continue
-        p, g, m = np.concatenate(probs), np.concatenate(gts), np.concatenate(masks)
-        curves[name] = reliability_curve(p, g, mask=m)
-        scores[name] = {"ECE": float(ece(p, g, mask=m)), "Brier": float(brier(p, g, mask=m))}
-    return curves, scores
-
-
 def _write_inputs(case: DemoCase, folder: Path) -> None:
     """The phantom as NIfTI files a user can open next to the fused outputs (ITK-SNAP)."""
     from clinfuse.io.nifti import save_nifti
@@ -343,7 +318,6 @@ def run_demo(
         rows_by_method=rows_by_method,
         status=status,
         per_case_csv=per_case,
-        calibration=_calibration(recorders, cases) if model is not None else ({}, {}),
         settings={
             "n_cases": n_cases,
             "seed": seed,

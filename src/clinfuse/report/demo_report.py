@@ -422,17 +422,14 @@ def write_demo_report(
     settings: Mapping[str, Any],
     command: str | None,
     timings: Mapping[str, float],
-    calibration: Any = None,
 ) -> tuple[Path, Path]:
     """Write `figures/*.png`, `summary.md` and `report.html` into `out_dir`; return the last two.
 
     `recorders` map method -> object with `.outputs[case_id]` = {"fused", "lesion_prob"?,
     "uncertainty"?}; `rows_by_method` are the evaluation harness rows; `status` says whether our
     model ran (`.available`, `.reason`, `.checkpoint`, `.sha256`). Calibration is computed here
-    from the recorded lesion probabilities (`demo_calibration`); the `calibration` argument is
-    accepted for older callers and ignored.
+    from the recorded lesion probabilities (`demo_calibration`, three voxel selections).
     """
-    del calibration  # computed below from the recorders (three voxel selections)
     fig_dir = out_dir / "figures"
     ours_ok = bool(status.available) and OUR_METHOD in rows_by_method
     images: list[tuple[str, Path]] = []
