@@ -1,7 +1,15 @@
 """Dice of the automatic bone/brain masks against the phantoms' exact masks (target >= 0.95),
-and an optional montage of the automatic masks on real data.
+against the masks of real-anatomy pairs (`--real`), and an optional montage on real data.
 
     python benchmarks/masks_dice.py [--n 10] [--seed 1000] [--montage masks.png]
+    python benchmarks/masks_dice.py --n 0 --real [--test-cases]
+
+`--real`: real MRIs of `../shared/data/volumes` turned into MRI + pseudo-CT pairs by the shared
+generator (`clinfuse.phantom.realhead`, no augmentation, seed 0) on a 2 mm grid; the automatic
+masks (`preprocess_case` without masks) against the pair's exact masks, and what they cost the
+ROI composite (scored inside the exact masks: project ROI-SSIM and structure-only masked).
+Development volumes only; `--test-cases` adds the two test cases (seg3d: its given skull and
+intracranial masks; stroke T2: the generator's MRI-derived masks), reported, never tuned on.
 """
 
 from __future__ import annotations
@@ -86,6 +94,79 @@ def run_phantoms(n: int, seed: int, scale: float) -> dict:
         v = np.array([r[key] for r in rows])
         summary[key] = {"mean": float(v.mean()), "min": float(v.min())}
     return {"rows": rows, "summary": summary}
+
+
+# name -> (MRI file, contrast, skull mode, given brain/bone mask files, test case?)
+REAL_DEV = {
+    "chris_t1": ("chris_t1_wholehead/t1.nii.gz", "T1", "auto", None, None),
+    "rire_t1": ("rire_training_001/mr_t1.nii.gz", "T1", "auto", None, None),
+    "visible_male_t1": ("visible_male_head/mri_t1.nii.gz", "T1", "auto", None, None),
+    "cstar_t2_synthetic_skull": (
+        "cstar_chronic_stroke_brainextracted/t2.nii.gz", "T2", "synthetic", None, None
+    ),
+}  # fmt: skip
+REAL_TEST = {
+    "TEST seg3d_t1": (
+        "seg3d_t1_skullmask/t1.nii.gz", "T1", "auto",
+        "seg3d_t1_skullmask/intracranial_mask.nii.gz", "seg3d_t1_skullmask/skull_mask.nii.gz",
+    ),
+    "TEST stroke_t2": ("clinical_stroke_t2_lesion/t2.nii.gz", "T2", "auto", None, None),
+}  # fmt: skip
+
+
+def run_real(names: dict, seed: int = 0, grid_mm: float = 2.0) -> list[dict]:
+    """Automatic vs exact masks on real-anatomy pairs, and the ROI composite's cost."""
+    import dataclasses
+
+    from clinfuse.baselines import roi_composite
+    from clinfuse.metrics.roi import roi_ssim, structural_roi_ssim
+    from clinfuse.phantom.realhead import RealHeadConfig, generate_real_pair, load_real_mri
+    from clinfuse.preprocess.pipeline import preprocess_case
+
+    vol = DATA / "volumes"
+    rows = []
+    for name, (mri, contrast, skull, brain, bone) in names.items():
+        t0 = time.perf_counter()
+        real = load_real_mri(
+            vol / mri,
+            brain=None if brain is None else vol / brain,
+            bone=None if bone is None else vol / bone,
+        )
+        cfg = RealHeadConfig(
+            contrast=contrast, spacing=grid_mm, lesion="none", augment=False, skull=skull
+        )
+        case = generate_real_pair(real, cfg, seed, case_id=name).case
+        exact = preprocess_case(case)
+        auto = preprocess_case(dataclasses.replace(case, brain=None, bone=None))
+        row: dict = {
+            "case": name,
+            "shape": list(exact.shape),
+            "dice_brain": dice(auto.brain, exact.brain),
+            "dice_bone": dice(auto.bone, exact.bone),
+            "brain_missed": float((exact.brain & ~auto.brain).sum() / exact.brain.sum()),
+            "brain_extra": float((auto.brain & ~exact.brain).sum() / exact.brain.sum()),
+        }
+        for roi, ref, m in (("brain", exact.mri, exact.brain), ("bone", exact.ct_bone, exact.bone)):
+            comp = {
+                k: roi_composite(p.mri, p.ct_bone, p.brain, p.bone)
+                for k, p in (("exact", exact), ("auto", auto))
+            }
+            row[f"cost_{roi}_ssim"] = roi_ssim(comp["exact"], ref, m) - roi_ssim(
+                comp["auto"], ref, m
+            )
+            row[f"cost_{roi}_s_masked"] = structural_roi_ssim(
+                comp["exact"], ref, m
+            ) - structural_roi_ssim(comp["auto"], ref, m)
+        row["seconds"] = time.perf_counter() - t0
+        rows.append(row)
+        print(
+            f"{name:26s} Dice brain {row['dice_brain']:.4f} bone {row['dice_bone']:.4f}"
+            f"  missed {row['brain_missed']:.3f} extra {row['brain_extra']:.3f}"
+            f"  composite cost brain {row['cost_brain_ssim']:+.4f}/"
+            f"{row['cost_brain_s_masked']:+.4f} bone {row['cost_bone_ssim']:+.4f}/"
+            f"{row['cost_bone_s_masked']:+.4f}"
+        )
+    return rows
 
 
 def _overlay(ax, img, masks, title) -> None:  # noqa: ANN001
@@ -229,10 +310,18 @@ def main() -> None:
     ap.add_argument("--scale", type=float, default=1.0, help="grid scale (0.5 = quick run)")
     ap.add_argument("--montage", type=Path, default=None, help="PNG of masks on real data")
     ap.add_argument("--json", type=Path, default=None, help="write all numbers as JSON")
+    ap.add_argument("--real", action="store_true", help="real-anatomy pairs (development)")
+    ap.add_argument("--test-cases", action="store_true", help="with --real: the two test cases")
     args = ap.parse_args()
-    result = run_phantoms(args.n, args.seed, args.scale)
-    for key, s in result["summary"].items():
-        print(f"{key:22s} mean {s['mean']:.4f}  min {s['min']:.4f}")
+    result: dict = {}
+    if args.n > 0:
+        result = run_phantoms(args.n, args.seed, args.scale)
+        for key, s in result["summary"].items():
+            print(f"{key:22s} mean {s['mean']:.4f}  min {s['min']:.4f}")
+    if args.real:
+        result["real_pairs"] = run_real(REAL_DEV)
+        if args.test_cases:
+            result["real_test_cases"] = run_real(REAL_TEST)
     if args.montage is not None:
         result["real_data"] = montage(args.montage)
         print(json.dumps(result["real_data"], indent=1))
