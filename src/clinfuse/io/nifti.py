@@ -78,7 +78,7 @@ def _check_header_size(img: nib.Nifti1Image | nib.Nifti2Image, path: Path) -> No
     stored = n_vox * itemsize
     as_float32 = n_vox * 4
     desc = f"the header says shape {shape} ({n_vox:,} voxels, {_fmt_bytes(stored)} of data)"
-    if not str(path).lower().endswith(".gz"):
+    if isinstance(img, nib.Nifti1Image) and not str(path).lower().endswith(".gz"):
         offset = int(hdr.get("vox_offset", 0) or 0)
         available = path.stat().st_size - offset
         if stored > available:
@@ -106,14 +106,19 @@ def _check_geometry(img: nib.Nifti1Image | nib.Nifti2Image, path: Path) -> None:
     mean a damaged header, so say so instead.
     """
     hdr = img.header
-    try:  # nibabel "fixes" a zero pixdim to 1 while loading: read the header as written
-        with nib.openers.ImageOpener(path) as fh:
-            hdr = type(img.header).from_fileobj(fh, check=False)
-    except Exception:  # the header nibabel loaded is the fallback
-        hdr = img.header
+    nifti = isinstance(img, nib.Nifti1Image)  # Nifti2Image included; other formats: affine only
+    if nifti:
+        try:  # nibabel "fixes" a zero pixdim to 1 while loading: read the header as written
+            with nib.openers.ImageOpener(path) as fh:
+                hdr = type(img.header).from_fileobj(fh, check=False)
+        except Exception:  # the header nibabel loaded is the fallback
+            hdr = img.header
     shape = tuple(int(s) for s in img.shape[:3])
     axes = [i for i, n in enumerate(shape) if n > 1]  # a singleton slice axis has no spacing
-    if int(hdr.get("sform_code", 0)) > 0:
+    if not nifti:
+        source = "image"
+        affine = np.asarray(img.affine, dtype=np.float64)
+    elif int(hdr.get("sform_code", 0)) > 0:
         source = "sform (srow_x/y/z)"
         affine = np.asarray(hdr.get_sform(), dtype=np.float64)
     else:
