@@ -16,6 +16,7 @@ from clinfuse.errors import ClinfuseInputError
 from clinfuse.io.atomic import write_text_atomic
 from clinfuse.io.case import MASK_ROLES, Case
 from clinfuse.io.nifti import canonicalise, load_nifti, save_nifti
+from clinfuse.model_range import MODEL_RANGE
 from clinfuse.preprocess.checks import check_ct_has_bone, check_mri_has_skull
 from clinfuse.preprocess.normalize import denormalise_mri, normalise_mri
 from clinfuse.preprocess.prepared import PreparedCase
@@ -61,14 +62,9 @@ def _auto_masks(
     mri: np.ndarray, ct: np.ndarray, spacing: tuple[float, ...], ct_kind: str, need: set[str],
     bone: np.ndarray | None,
 ) -> dict[str, np.ndarray]:  # fmt: skip
-    """Call the automatic mask makers of `preprocess.masks` (imported lazily: optional there)."""
-    try:
-        from clinfuse.preprocess import masks
-    except ImportError as err:
-        raise ClinfuseInputError(
-            f"no {' and '.join(sorted(need))} mask given and automatic masks are unavailable "
-            f"({err}); give the masks as files"
-        ) from err
+    """Call the automatic mask makers of `preprocess.masks`."""
+    from clinfuse.preprocess import masks
+
     out: dict[str, np.ndarray] = {}
     if "bone" in need:
         bone = np.asarray(masks.auto_bone_mask(ct, spacing, ct_kind=ct_kind), dtype=bool)
@@ -268,7 +264,7 @@ def save_prepared(prepared: PreparedCase, out_dir: str | Path) -> Path:
         "affine": np.asarray(prepared.affine, float).tolist(),
         "files": files,
         "mask_source": dict(prepared.mask_source),
-        "model_range": [-2.0, 2.0],
+        "model_range": list(MODEL_RANGE),
         "record": prepared.record,
     }
     write_text_atomic(out / SIDECAR, json.dumps(sidecar, indent=2) + "\n")
