@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from enum import Enum
 from pathlib import Path
 
@@ -102,18 +103,23 @@ def fuse(
     out_existed = out.exists()
     out_dir = check_output_dir(out, overwrite=overwrite, inputs=inputs)
     try:
-        result = fuse_case(
-            paths,
-            checkpoint=checkpoint,
-            preset=preset,
-            guidance=guidance,
-            steps=steps,
-            samples=samples,
-            seed=seed,
-            device=device.value,
-            window=window.value,
-            progress=StepLines(console),  # first line only once every input is checked
-        )
+        with warnings.catch_warnings():
+            # preprocessing notes (e.g. a CT resampled onto the MRI grid) as plain lines
+            warnings.showwarning = lambda message, *_a, **_k: console.print(
+                f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True
+            )
+            result = fuse_case(
+                paths,
+                checkpoint=checkpoint,
+                preset=preset,
+                guidance=guidance,
+                steps=steps,
+                samples=samples,
+                seed=seed,
+                device=device.value,
+                window=window.value,
+                progress=StepLines(console),  # first line only once every input is checked
+            )
         write_outputs(result, out_dir, overwrite=overwrite, inputs=inputs)
     except BaseException:
         # leave nothing behind that this run created (the folder itself included)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import shutil
 import warnings
 from pathlib import Path
 
@@ -35,6 +36,52 @@ def _parse_offset(text: str) -> float | str:
         raise ClinfuseInputError(f"--ct-offset {text!r}: give 'auto' or a number") from None
 
 
+def _prepare_all(
+    refs: list,
+    out_dir: Path,
+    target: float | tuple[float, ...] | None,
+    offset: float | str,
+    register_ct: bool,
+    auto_masks: bool,
+    console: Console,
+    created: list[Path],
+) -> list[dict[str, str]]:
+    """Load, preprocess and save every case (progress bar, warnings printed); manifest rows."""
+    from clinfuse.preprocess.pipeline import (
+        prepared_manifest_row,
+        preprocess_case,
+        save_prepared,
+    )
+
+    rows = []
+    columns = (
+        TextColumn("[bold]preprocess"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.description}"),
+    )
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task("", total=len(refs))
+        for ref in refs:
+            progress.update(task, description=ref.case_id)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                case = ref.load(ct_offset=offset)
+                prepared = preprocess_case(
+                    case, spacing=target, register=register_ct, auto_masks=auto_masks
+                )
+            for w in caught:
+                progress.console.print(f"[yellow]warning:[/] {w.message}", highlight=False)
+            folder = out_dir / ref.case_id
+            if not folder.exists():
+                created.append(folder)
+            save_prepared(prepared, folder)
+            rows.append(prepared_manifest_row(prepared, ref.case_id))
+            progress.advance(task)
+    return rows
+
+
 def preprocess(
     inp: Path = typer.Argument(
         ...,
@@ -60,48 +107,32 @@ def preprocess(
     """Canonical orientation, one grid, CT windows, MRI normalisation, masks; JSON sidecars."""
     from clinfuse.io.atomic import check_output_dir, write_text_atomic
     from clinfuse.io.dataset import load_dataset
-    from clinfuse.preprocess.pipeline import (
-        PREPARED_COLUMNS,
-        PREPARED_MANIFEST,
-        prepared_manifest_row,
-        preprocess_case,
-        save_prepared,
-    )
+    from clinfuse.preprocess.pipeline import PREPARED_COLUMNS, PREPARED_MANIFEST
 
     target = _parse_spacing(spacing)
     offset = _parse_offset(ct_offset)
     refs = load_dataset(inp)
     inputs = [inp, *(p for r in refs for p in r.paths.values())]
+    out_existed = Path(out).expanduser().exists()
     out_dir = check_output_dir(out, overwrite, inputs=inputs)
     console = Console(stderr=True)
-    rows = []
-    columns = (
-        TextColumn("[bold]preprocess"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("{task.description}"),
-    )
-    with Progress(*columns, console=console, transient=False) as progress:
-        task = progress.add_task("", total=len(refs))
-        for ref in refs:
-            progress.update(task, description=ref.case_id)
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                case = ref.load(ct_offset=offset)
-                prepared = preprocess_case(
-                    case, spacing=target, register=register_ct, auto_masks=auto_masks
-                )
-            for w in caught:
-                progress.console.print(f"[yellow]warning:[/] {w.message}", highlight=False)
-            save_prepared(prepared, out_dir / ref.case_id)
-            rows.append(prepared_manifest_row(prepared, ref.case_id))
-            progress.advance(task)
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=PREPARED_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text_atomic(out_dir / PREPARED_MANIFEST, buf.getvalue())
+    created: list[Path] = []  # case folders this run made: removed again if any case fails
+    try:
+        rows = _prepare_all(
+            refs, out_dir, target, offset, register_ct, auto_masks, console, created
+        )
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=PREPARED_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        write_text_atomic(out_dir / PREPARED_MANIFEST, buf.getvalue())
+    except BaseException:
+        # nothing half-written remains: no folder this run created, no case without a manifest
+        for folder in created:
+            shutil.rmtree(folder, ignore_errors=True)
+        if not out_existed and out_dir.is_dir() and not any(out_dir.iterdir()):
+            out_dir.rmdir()
+        raise
     console.print(f"wrote {len(rows)} prepared case(s) to {out_dir}", highlight=False)
 
 

@@ -314,6 +314,13 @@ def fuse_case(
             },
             "checkpoint": {"path": loaded.path, "sha256": loaded.sha256, "step": loaded.step},
             "device": device,
+            # what preprocessing did to the inputs (CT resampled onto the MRI grid, ...)
+            "preprocessing": {
+                "ct_resampled": bool(prepared.record.get("ct_resampled", False)),
+                "reoriented": bool(prepared.record.get("reoriented", False)),
+                "registration": prepared.record.get("registration"),
+                "notes": list(prepared.record.get("notes", [])),
+            },
         }
     )
     return result

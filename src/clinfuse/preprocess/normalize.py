@@ -49,6 +49,13 @@ def normalise_mri(
         raise ClinfuseInputError(
             "MRI has no positive foreground intensities: cannot normalise (is it empty?)"
         )
+    if float(x.max()) == float(x.min()):
+        # a constant image has no soft-tissue contrast to keep: fusing it would silently
+        # return CT-like bone on a flat field
+        raise ClinfuseInputError(
+            f"MRI is constant (every voxel {float(x.max()):g}): no contrast to fuse; "
+            "wrong file or a failed export?"
+        )
     lo, hi = MODEL_RANGE
     y = np.clip(x / scale * (hi - lo) + lo, lo, hi).astype(np.float32)
     params = {

@@ -5,6 +5,7 @@ and `to_native` to map fused intensities back."""
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -169,6 +170,14 @@ def preprocess_case(
     if ct_moved:
         ct = resample_to_grid(ct, ct_aff, shape, grid_aff, default=fill, transform=transform)
     record["ct_resampled"] = bool(ct_moved)
+    if "ct" in case.grids:
+        # said out loud (and recorded): a CT on another grid is interpolated onto the MRI's
+        note = (
+            f"CT grid {tuple(case.ct.shape)} differs from the MRI grid {tuple(mri_native.shape)}"
+            " (shape or affine): the CT was resampled onto the MRI grid (linear)"
+        )
+        record.setdefault("notes", []).append(note)
+        warnings.warn(note, UserWarning, stacklevel=2)
 
     # Bad input (refused, never fused): a CT without bone in its field of view.
     sp = tuple(float(s) for s in np.linalg.norm(grid_aff[:3, :nd], axis=0))

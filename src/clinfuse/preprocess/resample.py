@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
+from clinfuse.errors import ClinfuseInputError
 from clinfuse.io.sitk import from_sitk, to_sitk
 
 __all__ = ["from_sitk", "grid_with_spacing", "resample_to_grid", "to_sitk"]
@@ -21,9 +22,15 @@ def grid_with_spacing(
     nd = len(shape)
     aff = np.asarray(affine, dtype=np.float64)
     old = np.linalg.norm(aff[:3, :nd], axis=0)
-    new = np.broadcast_to(np.asarray(spacing, dtype=np.float64), (nd,)).copy()
-    if np.any(new <= 0):
-        raise ValueError(f"spacing must be positive, got {spacing}")
+    given = np.atleast_1d(np.asarray(spacing, dtype=np.float64))
+    if given.size not in (1, nd):
+        raise ClinfuseInputError(
+            f"spacing {tuple(float(v) for v in given)} has {given.size} values for a {nd}D "
+            f"image; give one value or {nd}"
+        )
+    new = np.broadcast_to(given, (nd,)).copy()
+    if not np.all(new > 0):
+        raise ClinfuseInputError(f"spacing must be positive mm, got {spacing}")
     extent = np.asarray(shape, dtype=np.float64) * old
     n_vox = np.maximum(1, np.round(extent / new)).astype(int)
     new_shape = tuple(int(n) for n in n_vox)
