@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -77,6 +78,208 @@ def _auto_masks(
     return out
 
 
+@dataclass
+class _Work:
+    """The case on its way to the model range: what each step of `preprocess_case` reads and
+    updates (arrays, their affines, the target grid) plus the transform record."""
+
+    case: Case
+    record: dict[str, Any]
+    mri: np.ndarray
+    affine: np.ndarray  # the MRI's (canonical) affine
+    ct: np.ndarray
+    ct_aff: np.ndarray
+    masks_in: dict[str, tuple[np.ndarray, np.ndarray]]
+    mri_native: np.ndarray | None = None  # the canonical MRI before any resampling
+    shape: tuple[int, ...] = ()
+    grid_aff: np.ndarray | None = None
+    masks: dict[str, np.ndarray] = field(default_factory=dict)
+    mask_source: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def grid_spacing(self) -> tuple[float, ...]:
+        assert self.grid_aff is not None
+        nd = self.case.ndim
+        return tuple(float(s) for s in np.linalg.norm(self.grid_aff[:3, :nd], axis=0))
+
+
+def _start(case: Case) -> _Work:
+    case.validate()
+    affine = np.asarray(case.affine, np.float64)
+    record: dict[str, Any] = {
+        "version": RECORD_VERSION,
+        "clinfuse_version": getattr(clinfuse, "__version__", "unknown"),
+        "case_id": case.case_id,
+        "ndim": case.ndim,
+        "sources": dict(case.sources),
+        "source_grid": {
+            "shape": list(case.mri.shape),
+            "affine": np.asarray(case.affine, float).tolist(),
+            "spacing": list(case.spacing),
+        },
+    }
+    return _Work(
+        case=case,
+        record=record,
+        mri=np.asarray(case.mri, np.float32),
+        affine=affine,
+        ct=np.asarray(case.ct, np.float32),
+        ct_aff=case.grids.get("ct", affine),
+        masks_in={r: (m, case.grids.get(r, affine)) for r, m in case.masks().items()},
+    )
+
+
+def _canonical_orientation(w: _Work) -> None:
+    """Step 1: RAS+ voxel order (loaders already give it; hand-made cases may not)."""
+    case = w.case
+    reoriented = case.ndim == 3 and not _is_ras(w.affine)
+    if reoriented:
+        on_grid = [r for r in ("ct", *w.masks_in) if r not in case.grids]
+        mri, new_aff = canonicalise(w.mri, w.affine)
+        if "ct" in on_grid:
+            w.ct, w.ct_aff = canonicalise(w.ct, w.affine)[0], new_aff
+        for r in on_grid:
+            if r != "ct":
+                m = canonicalise(w.masks_in[r][0], w.affine)[0].astype(bool)
+                w.masks_in[r] = (m, new_aff)
+        w.affine = new_aff
+        w.mri = np.asarray(mri, np.float32)
+    w.record["reoriented"] = bool(reoriented)
+    w.mri_native = w.mri
+
+
+def _target_grid(w: _Work, spacing: float | tuple[float, ...] | None) -> None:
+    """Step 2: the MRI's grid, optionally resampled to `spacing` mm."""
+    nd = w.case.ndim
+    w.shape = tuple(int(s) for s in w.mri.shape)
+    if spacing is not None:
+        w.shape, w.grid_aff = grid_with_spacing(w.shape, w.affine, spacing)
+        w.mri = resample_to_grid(w.mri, w.affine, w.shape, w.grid_aff)
+    else:
+        w.grid_aff = w.affine
+    w.record["grid"] = {
+        "shape": list(w.shape),
+        "affine": w.grid_aff.tolist(),
+        "spacing": list(w.grid_spacing),
+        "target_spacing": None if spacing is None else np.broadcast_to(spacing, (nd,)).tolist(),
+        "resampled": spacing is not None,
+        "interpolation": {"images": "linear", "masks": "nearest"},
+    }
+
+
+def _ct_onto_grid(w: _Work, register: bool, resampled: bool) -> None:
+    """Step 3: the CT onto the grid, through a rigid CT->MRI registration if asked; refuses a
+    CT that does not overlap, or that has no bone in its field of view."""
+    case, src, record = w.case, w.case.sources, w.record
+    if "ct" in case.meta.get("no_overlap", ()) and not register:
+        raise ClinfuseInputError(
+            "CT does not overlap the MRI in space (affine mismatch): the images cannot be put "
+            "on one grid as they are; if they show the same head, use --register "
+            "(register=True) to align them",
+            src.get("ct"),
+        )
+    transform = None
+    record["registration"] = None
+    if register:
+        if case.ct_kind != "hu":
+            raise ClinfuseInputError(
+                "--register needs CT in HU; display-windowed CT is assumed co-registered",
+                src.get("ct"),
+            )
+        from clinfuse.preprocess.register import register_rigid
+
+        # Register at the native MRI resolution: resampling first would blur the fixed image.
+        reg = register_rigid(w.mri_native, w.affine, w.ct, w.ct_aff)
+        transform = reg.to_sitk()
+        record["registration"] = reg.to_dict()
+    fill = CT_AIR_HU if case.ct_kind == "hu" else 0.0
+    ct_moved = transform is not None or resampled or "ct" in case.grids
+    if ct_moved:
+        w.ct = resample_to_grid(
+            w.ct, w.ct_aff, w.shape, w.grid_aff, default=fill, transform=transform
+        )
+    record["ct_resampled"] = bool(ct_moved)
+    if "ct" in case.grids:
+        # said out loud (and recorded): a CT on another grid is interpolated onto the MRI's
+        assert w.mri_native is not None
+        note = (
+            f"CT grid {tuple(case.ct.shape)} differs from the MRI grid "
+            f"{tuple(w.mri_native.shape)} (shape or affine): the CT was resampled onto the "
+            "MRI grid (linear)"
+        )
+        record.setdefault("notes", []).append(note)
+        warnings.warn(note, UserWarning, stacklevel=3)
+    # Bad input (refused, never fused): a CT without bone in its field of view.
+    if case.ct_kind == "hu":  # a display-windowed CT's window is unknown: not checked
+        check_ct_has_bone(w.ct, w.grid_spacing, src.get("ct"))
+
+
+def _masks_onto_grid(w: _Work, resampled: bool, auto_masks: bool) -> None:
+    """Step 4: given masks onto the grid (nearest), missing brain/bone masks automatic."""
+    case, src = w.case, w.case.sources
+    for r, (m, m_aff) in w.masks_in.items():
+        if resampled or r in case.grids:
+            m = resample_to_grid(m, m_aff, w.shape, w.grid_aff, nearest=True)
+        w.masks[r] = np.asarray(m, dtype=bool)
+        w.mask_source[r] = "given"
+    need = {r for r in ("brain", "bone") if r not in w.masks}
+    if need:
+        if not auto_masks:
+            raise ClinfuseInputError(
+                f"no {' and '.join(sorted(need))} mask given and automatic masks are off",
+                src.get("mri"),
+            )
+        auto = _auto_masks(w.mri, w.ct, w.grid_spacing, case.ct_kind, need, w.masks.get("bone"))
+        for r, m in auto.items():
+            w.masks[r] = m
+            w.mask_source[r] = "auto"
+    for r in ("brain", "bone"):
+        if not w.masks[r].any():
+            where = src.get(r) if w.mask_source[r] == "given" else src.get("ct")
+            raise ClinfuseInputError(f"{r} mask is empty on the preprocessing grid", where)
+    w.record["masks"] = dict(w.mask_source)
+    if case.ct_kind == "hu":  # an MRI without skull or scalp (brain-extracted): refused
+        check_mri_has_skull(w.mri, w.masks["bone"], w.grid_spacing, src.get("mri"))
+
+
+def _into_model_range(w: _Work) -> PreparedCase:
+    """Step 5: MRI robust normalisation; CT clinical + bone windows (or display mapping)."""
+    case, record = w.case, w.record
+    try:
+        mri_n, mri_params = normalise_mri(w.mri)
+    except ClinfuseInputError as err:
+        raise ClinfuseInputError(str(err), case.sources.get("mri")) from err
+    record["mri_normalisation"] = mri_params
+    if case.ct_kind == "hu":
+        ct_clin, ct_bone = apply_window(w.ct, CLINICAL_WINDOW), apply_window(w.ct, BONE_WINDOW)
+        record["ct"] = {
+            "kind": "hu",
+            "offset_subtracted": float(case.meta.get("ct_offset", 0.0)),
+            "clinical_window": _window_dict(CLINICAL_WINDOW),
+            "bone_window": _window_dict(BONE_WINDOW),
+            "outside_fov_hu": CT_AIR_HU,
+        }
+    else:
+        ct_clin = display_to_model(w.ct)
+        ct_bone = ct_clin.copy()  # HU cannot be recovered: one image serves both channels
+        record["ct"] = {"kind": "display", "mapping": "0..255 -> [-2, 2] linear, both channels"}
+    record["patient_id"] = str(case.meta.get("patient_id", case.case_id))
+    assert w.grid_aff is not None
+    return PreparedCase(
+        case_id=case.case_id,
+        mri=mri_n,
+        ct=ct_clin,
+        ct_bone=ct_bone,
+        affine=w.grid_aff,
+        brain=w.masks["brain"],
+        bone=w.masks["bone"],
+        lesion=w.masks.get("lesion"),
+        ct_kind=case.ct_kind,
+        mask_source=w.mask_source,
+        record=record,
+    )
+
+
 def preprocess_case(
     case: Case,
     *,
@@ -88,161 +291,16 @@ def preprocess_case(
 
     Steps (each recorded in `PreparedCase.record`): canonical RAS+ orientation; the MRI grid,
     optionally resampled to `spacing` mm; the CT (and masks on other grids) resampled onto it,
-    through a rigid CT->MRI registration when `register`; MRI robust normalisation
-    (`normalise_mri`); CT clinical + bone windows, or `display_to_model` for display CT; masks
-    as given (nearest-neighbour) or automatic (`preprocess.masks`) when `auto_masks`.
+    through a rigid CT->MRI registration when `register`; masks as given (nearest-neighbour) or
+    automatic (`preprocess.masks`) when `auto_masks`; MRI robust normalisation
+    (`normalise_mri`); CT clinical + bone windows, or `display_to_model` for display CT.
     """
-    case.validate()
-    src = case.sources
-    nd = case.ndim
-    record: dict[str, Any] = {
-        "version": RECORD_VERSION,
-        "clinfuse_version": getattr(clinfuse, "__version__", "unknown"),
-        "case_id": case.case_id,
-        "ndim": nd,
-        "sources": dict(src),
-        "source_grid": {
-            "shape": list(case.mri.shape),
-            "affine": np.asarray(case.affine, float).tolist(),
-            "spacing": list(case.spacing),
-        },
-    }
-    mri, affine = np.asarray(case.mri, np.float32), np.asarray(case.affine, np.float64)
-    ct, ct_aff = np.asarray(case.ct, np.float32), case.grids.get("ct", affine)
-    masks_in = {r: (m, case.grids.get(r, affine)) for r, m in case.masks().items()}
-
-    # 1. Canonical orientation (loaders already give RAS+; hand-made cases may not).
-    reoriented = nd == 3 and not _is_ras(affine)
-    if reoriented:
-        on_grid = [r for r in ("ct", *masks_in) if r not in case.grids]
-        mri, new_aff = canonicalise(mri, affine)
-        if "ct" in on_grid:
-            ct, ct_aff = canonicalise(ct, affine)[0], new_aff
-        for r in on_grid:
-            if r != "ct":
-                masks_in[r] = (canonicalise(masks_in[r][0], affine)[0].astype(bool), new_aff)
-        affine = new_aff
-        mri = np.asarray(mri, np.float32)
-    record["reoriented"] = bool(reoriented)
-    mri_native = mri
-
-    # 2. Target grid: the MRI's, optionally at a new spacing.
-    shape = tuple(int(s) for s in mri.shape)
-    if spacing is not None:
-        shape, grid_aff = grid_with_spacing(shape, affine, spacing)
-        mri = resample_to_grid(mri, affine, shape, grid_aff)
-    else:
-        grid_aff = affine
-    record["grid"] = {
-        "shape": list(shape),
-        "affine": grid_aff.tolist(),
-        "spacing": [float(s) for s in np.linalg.norm(grid_aff[:3, :nd], axis=0)],
-        "target_spacing": None if spacing is None else np.broadcast_to(spacing, (nd,)).tolist(),
-        "resampled": spacing is not None,
-        "interpolation": {"images": "linear", "masks": "nearest"},
-    }
-
-    # 3. CT onto the grid, through a rigid registration if asked.
-    if "ct" in case.meta.get("no_overlap", ()) and not register:
-        raise ClinfuseInputError(
-            "CT does not overlap the MRI in space (affine mismatch): the images cannot be put "
-            "on one grid as they are; if they show the same head, use --register "
-            "(register=True) to align them",
-            src.get("ct"),
-        )
-    transform = None
-    if register:
-        if case.ct_kind != "hu":
-            raise ClinfuseInputError(
-                "--register needs CT in HU; display-windowed CT is assumed co-registered",
-                src.get("ct"),
-            )
-        from clinfuse.preprocess.register import register_rigid
-
-        # Register at the native MRI resolution: resampling first would blur the fixed image.
-        reg = register_rigid(mri_native, affine, ct, ct_aff)
-        transform = reg.to_sitk()
-        record["registration"] = reg.to_dict()
-    else:
-        record["registration"] = None
-    fill = CT_AIR_HU if case.ct_kind == "hu" else 0.0
-    ct_moved = transform is not None or spacing is not None or "ct" in case.grids
-    if ct_moved:
-        ct = resample_to_grid(ct, ct_aff, shape, grid_aff, default=fill, transform=transform)
-    record["ct_resampled"] = bool(ct_moved)
-    if "ct" in case.grids:
-        # said out loud (and recorded): a CT on another grid is interpolated onto the MRI's
-        note = (
-            f"CT grid {tuple(case.ct.shape)} differs from the MRI grid {tuple(mri_native.shape)}"
-            " (shape or affine): the CT was resampled onto the MRI grid (linear)"
-        )
-        record.setdefault("notes", []).append(note)
-        warnings.warn(note, UserWarning, stacklevel=2)
-
-    # Bad input (refused, never fused): a CT without bone in its field of view.
-    sp = tuple(float(s) for s in np.linalg.norm(grid_aff[:3, :nd], axis=0))
-    if case.ct_kind == "hu":  # a display-windowed CT's window is unknown: not checked
-        check_ct_has_bone(ct, sp, src.get("ct"))
-
-    # 4. Masks: given ones onto the grid (nearest), missing ones automatic.
-    masks: dict[str, np.ndarray] = {}
-    mask_source: dict[str, str] = {}
-    for r, (m, m_aff) in masks_in.items():
-        if spacing is not None or r in case.grids:
-            m = resample_to_grid(m, m_aff, shape, grid_aff, nearest=True)
-        masks[r] = np.asarray(m, dtype=bool)
-        mask_source[r] = "given"
-    need = {r for r in ("brain", "bone") if r not in masks}
-    if need:
-        if not auto_masks:
-            raise ClinfuseInputError(
-                f"no {' and '.join(sorted(need))} mask given and automatic masks are off",
-                src.get("mri"),
-            )
-        for r, m in _auto_masks(mri, ct, sp, case.ct_kind, need, masks.get("bone")).items():
-            masks[r] = m
-            mask_source[r] = "auto"
-    for r in ("brain", "bone"):
-        if not masks[r].any():
-            where = src.get(r) if mask_source[r] == "given" else src.get("ct")
-            raise ClinfuseInputError(f"{r} mask is empty on the preprocessing grid", where)
-    record["masks"] = dict(mask_source)
-    if case.ct_kind == "hu":  # an MRI without skull or scalp (brain-extracted): refused
-        check_mri_has_skull(mri, masks["bone"], sp, src.get("mri"))
-
-    # 5. Intensities into the model range.
-    try:
-        mri_n, mri_params = normalise_mri(mri)
-    except ClinfuseInputError as err:
-        raise ClinfuseInputError(str(err), src.get("mri")) from err
-    record["mri_normalisation"] = mri_params
-    if case.ct_kind == "hu":
-        ct_clin, ct_bone = apply_window(ct, CLINICAL_WINDOW), apply_window(ct, BONE_WINDOW)
-        record["ct"] = {
-            "kind": "hu",
-            "offset_subtracted": float(case.meta.get("ct_offset", 0.0)),
-            "clinical_window": _window_dict(CLINICAL_WINDOW),
-            "bone_window": _window_dict(BONE_WINDOW),
-            "outside_fov_hu": CT_AIR_HU,
-        }
-    else:
-        ct_clin = display_to_model(ct)
-        ct_bone = ct_clin.copy()  # HU cannot be recovered: one image serves both channels
-        record["ct"] = {"kind": "display", "mapping": "0..255 -> [-2, 2] linear, both channels"}
-    record["patient_id"] = str(case.meta.get("patient_id", case.case_id))
-    return PreparedCase(
-        case_id=case.case_id,
-        mri=mri_n,
-        ct=ct_clin,
-        ct_bone=ct_bone,
-        affine=grid_aff,
-        brain=masks["brain"],
-        bone=masks["bone"],
-        lesion=masks.get("lesion"),
-        ct_kind=case.ct_kind,
-        mask_source=mask_source,
-        record=record,
-    )
+    w = _start(case)
+    _canonical_orientation(w)  # 1
+    _target_grid(w, spacing)  # 2
+    _ct_onto_grid(w, register, resampled=spacing is not None)  # 3
+    _masks_onto_grid(w, resampled=spacing is not None, auto_masks=auto_masks)  # 4
+    return _into_model_range(w)  # 5
 
 
 # ----------------------------------------------------------------------------- save / load
