@@ -67,3 +67,30 @@ def test_clinfuse_format_without_weights_is_damaged(tmp_path):
     torch.save({"format": FORMAT, "step": 3}, path)
     with pytest.raises(ClinfuseInputError, match="damaged clinfuse checkpoint.*'config', 'ema'"):
         read_checkpoint(path)
+
+
+class _WithDefault(torch.nn.Module):
+    """A layer plus a buffer that older weights lack; its load hook supplies the default."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(2, 2)
+        self.register_buffer("temperature", torch.full((), 3.0))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args):
+        state_dict.setdefault(prefix + "temperature", torch.tensor(1.0))
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
+
+def test_load_weights_accepts_buffers_with_a_load_default():
+    from clinfuse.training.checkpoint import load_weights
+
+    old = {k: v for k, v in _WithDefault().state_dict().items() if k != "temperature"}
+    model = _WithDefault()
+    load_weights(model, old, "old.pt")
+    assert float(model.temperature) == 1.0
+    with pytest.raises(ClinfuseInputError, match="1 missing.*lin.bias") as e:
+        load_weights(_WithDefault(), {"lin.weight": old["lin.weight"]}, "bad.pt")
+    assert "bad.pt" in str(e.value)
+    with pytest.raises(ClinfuseInputError, match="unexpected"):
+        load_weights(_WithDefault(), {**old, "extra": torch.zeros(1)}, "bad.pt")

@@ -174,15 +174,24 @@ def ema_weights(state: dict[str, Any]) -> dict[str, torch.Tensor]:
 
 
 def load_weights(model: nn.Module, weights: dict[str, torch.Tensor], source: str | Path) -> None:
-    """`model.load_state_dict` with an error that names the architecture mismatch."""
+    """`model.load_state_dict` with an error that names the architecture mismatch.
+
+    Missing keys are judged after the modules' own load hooks ran, so a buffer added later with
+    a documented default (e.g. the lesion head's `temperature`, 1 for older checkpoints) does not
+    make an older checkpoint "another architecture".
+    """
     own = model.state_dict()
-    missing = sorted(set(own) - set(weights))
-    unexpected = sorted(set(weights) - set(own))
     shapes = [
         f"{k}: checkpoint {tuple(weights[k].shape)} vs model {tuple(own[k].shape)}"
         for k in own
         if k in weights and tuple(weights[k].shape) != tuple(own[k].shape)
     ]
+    missing: list[str] = []
+    unexpected = sorted(set(weights) - set(own))
+    if not shapes and not unexpected:
+        result = model.load_state_dict(weights, strict=False)
+        missing = sorted(result.missing_keys)
+        unexpected = sorted(result.unexpected_keys)
     if missing or unexpected or shapes:
         parts = []
         if missing:
@@ -194,7 +203,6 @@ def load_weights(model: nn.Module, weights: dict[str, torch.Tensor], source: str
         raise ClinfuseInputError(
             "checkpoint is from another model architecture: " + "; ".join(parts), source
         )
-    model.load_state_dict(weights)
 
 
 def build_model(model_config: dict[str, Any]) -> nn.Module:
