@@ -171,6 +171,7 @@ def run(
     *,
     native: bool,
     checkpoint: str | None,
+    cases: list[str] | None = None,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     if log is None:
@@ -186,6 +187,8 @@ def run(
     rows: list[dict[str, Any]] = []
     info: dict[str, Any] = {"cases": {}}
     for tc in build_cases():
+        if cases and tc.name not in cases:
+            continue
         t0 = time.perf_counter()
         exact = preprocess_case(tc.case, spacing=GRID_MM)
         nat = preprocess_case(tc.case) if native else None
@@ -384,6 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--curve", default="0,1,2,3", help="misregistration steps (mm = deg); '' = none"
     )
+    ap.add_argument("--cases", default="", help="seg3d_t1,stroke_t2 (default: both)")
     ap.add_argument("--quick", action="store_true", help="no native-spacing scores, no curve")
     ap.add_argument("--checkpoint", default=None, help="ours: checkpoint (default: shipped)")
     ap.add_argument("--ours-label", default="ours (shipped checkpoint, stroke preset)")
@@ -398,7 +402,13 @@ def main(argv: list[str] | None = None) -> int:
     scenarios = [s for s in args.scenarios.split(",") if s]
     command = "python benchmarks/real3d.py " + " ".join(sys.argv[1:] if argv is None else argv)
     result = run(
-        methods, scenarios, curve, args.work, native=not args.quick, checkpoint=args.checkpoint
+        methods,
+        scenarios,
+        curve,
+        args.work,
+        native=not args.quick,
+        checkpoint=args.checkpoint,
+        cases=[c for c in args.cases.split(",") if c] or None,
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(tables(result, command.strip(), args.ours_label), encoding="utf-8")
