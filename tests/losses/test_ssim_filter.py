@@ -32,3 +32,29 @@ def test_long_axis_uses_convolution(monkeypatch: pytest.MonkeyPatch) -> None:
     x = torch.randn(1, 1, 20, 7, 9, dtype=torch.float64)
     for axis in (2, 3, 4):
         assert torch.allclose(_filter_axis(x, k, axis), _filter_axis_conv(x, k, axis), atol=1e-12)
+
+
+@pytest.mark.parametrize("spatial", [(14, 17, 12), (20, 23)])
+def test_prepared_masked_ssim_equals_masked_ssim(spatial: tuple[int, ...]) -> None:
+    from clinfuse.losses.ssim import MaskedSSIM, masked_ssim
+
+    g = torch.Generator().manual_seed(1)
+    y = torch.rand(1, 1, *spatial, generator=g, dtype=torch.float64) * 4 - 2
+    mask = torch.zeros(1, 1, *spatial, dtype=torch.bool)
+    mask[(0, 0, *(slice(2, s - 3) for s in spatial))] = True
+    x = (torch.rand(2, 1, *spatial, generator=g, dtype=torch.float64) * 4 - 2).requires_grad_()
+    want = masked_ssim(x, y.expand_as(x), mask, reduction="none")
+    got = MaskedSSIM(y, mask)(x)
+    assert torch.allclose(got, want, atol=1e-12)
+    (gw,) = torch.autograd.grad(want.sum(), x)
+    (gg,) = torch.autograd.grad(got.sum(), x)
+    assert torch.allclose(gg, gw, atol=1e-12)
+    assert float(gg[~mask.expand_as(gg)].abs().max()) == 0.0  # only ROI voxels move
+
+
+def test_prepared_masked_ssim_empty_mask_is_nan() -> None:
+    from clinfuse.losses.ssim import MaskedSSIM
+
+    y = torch.zeros(1, 1, 12, 12, 12)
+    out = MaskedSSIM(y, torch.zeros_like(y, dtype=torch.bool))(torch.zeros(2, 1, 12, 12, 12))
+    assert out.shape == (2,) and bool(torch.isnan(out).all())
