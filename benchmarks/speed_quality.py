@@ -1,0 +1,151 @@
+"""What the speed options cost in quality (issue 11, item 3): ROI-SSIM of each variant against the
+reference (float32, DDIM-20, 10 inner guidance steps) on VALIDATION phantoms only.
+
+    python benchmarks/speed_quality.py [--checkpoint CKPT] [--variants ref,bf16,...]
+        [--cases 3] [--threads 1] [--out runs/speed_quality.json]
+
+Cases: `clinfuse.phantom` seeds 5000, 5001, 5002 (T1, T2, ADC; one ischaemic lesion; 64x64x48
+voxels at 3 mm) — the validation phantoms of docs/GUIDANCE.md, disjoint from training (0-23,
+3000-3059), the benchmark (1000-1009) and the demo (9000+); the real test heads are never used.
+Every variant fuses with the stroke preset, lesion guide predicted, whole-volume window, seed 0,
+and is scored by `metrics.roi.roi_ssim` (brain vs MRI, bone vs bone-window CT, exact masks).
+The acceptance rule: |delta ROI-SSIM| <= 0.002 against `ref`, per ROI, mean over the cases (the
+per-case maximum is printed as well). Results are cached per (variant, case) in `--out`, so an
+interrupted run resumes; timing here is informative only (benchmarks/speed.py measures speed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SEEDS = (5000, 5001, 5002)
+CONTRASTS = ("T1", "T2", "ADC")
+SHAPE = (64, 64, 48)
+SPACING = (3.0, 3.0, 3.0)
+
+# name -> (steps, guidance overrides, precision, channels_last)
+VARIANTS: dict[str, dict[str, Any]] = {
+    "ref": {"steps": 20, "overrides": {"n_inner": 10}, "precision": "fp32"},
+    "inner5": {"steps": 20, "overrides": {"n_inner": 5}, "precision": "fp32"},
+    "inner3": {"steps": 20, "overrides": {"n_inner": 3}, "precision": "fp32"},
+    "inner1": {"steps": 20, "overrides": {"n_inner": 1}, "precision": "fp32"},
+    "bf16": {"steps": 20, "overrides": {"n_inner": 10}, "precision": "bf16"},
+    "ddim10": {"steps": 10, "overrides": {"n_inner": 10}, "precision": "fp32"},
+    "ddim10_inner20": {"steps": 10, "overrides": {"n_inner": 20}, "precision": "fp32"},
+    "channels_last": {
+        "steps": 20,
+        "overrides": {"n_inner": 10},
+        "precision": "fp32",
+        "channels_last": True,
+    },
+}
+
+
+def make_cases(n: int) -> list[Any]:
+    from clinfuse.phantom import PhantomConfig, generate_phantom
+    from clinfuse.preprocess.pipeline import preprocess_case
+
+    out = []
+    for seed, contrast in list(zip(SEEDS, CONTRASTS, strict=True))[:n]:
+        cfg = PhantomConfig(
+            shape=SHAPE, spacing=SPACING, mri_contrast=contrast, lesion="ischaemic", n_lesions=1
+        )
+        case = generate_phantom(cfg, seed).case
+        case.case_id = f"val{seed}_{contrast}"
+        out.append(preprocess_case(case))
+    return out
+
+
+def model_for(base: Any, variant: dict[str, Any]) -> Any:
+    import torch
+
+    from clinfuse.nn.precision import AutocastModel
+
+    model = base
+    if variant.get("channels_last"):
+        model = copy.deepcopy(base).to(memory_format=torch.channels_last_3d)
+    return AutocastModel(model, variant["precision"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--checkpoint", type=Path, default=None)
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--cases", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", type=Path, default=Path("runs/speed_quality.json"))
+    args = ap.parse_args(argv)
+
+    import torch
+
+    from clinfuse.metrics.roi import roi_ssim
+    from clinfuse.pipeline import fuse_prepared, load_model
+
+    torch.set_num_threads(args.threads)
+    names = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [v for v in names if v not in VARIANTS]
+    if unknown:
+        ap.error(f"unknown variants {unknown}; known: {list(VARIANTS)}")
+    if "ref" not in names:
+        names.insert(0, "ref")
+    results: dict[str, Any] = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    loaded = load_model(args.checkpoint, 3, "cpu")
+    results.setdefault("_checkpoint", loaded.sha256)
+    if results["_checkpoint"] != loaded.sha256:
+        print("cache is from another checkpoint; starting over", file=sys.stderr)
+        results = {"_checkpoint": loaded.sha256}
+    cases = make_cases(args.cases)
+    for name in names:
+        variant = VARIANTS[name]
+        model = model_for(loaded.model, variant)
+        for prep in cases:
+            key = f"{name}/{prep.case_id}"
+            if key in results:
+                continue
+            t0 = time.perf_counter()
+            res = fuse_prepared(
+                prep,
+                model,
+                preset="stroke",
+                overrides=variant["overrides"],
+                steps=variant["steps"],
+                seed=0,
+                window="whole",
+            )
+            results[key] = {
+                "brain": roi_ssim(res.fused, prep.mri, prep.brain),
+                "bone": roi_ssim(res.fused, prep.ct_bone, prep.bone),
+                "lesion_source": res.lesion_source,
+                "seconds": time.perf_counter() - t0,
+            }
+            print(key, json.dumps(results[key]), flush=True)
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(results, indent=1))
+    print()
+    print("| variant | brain ROI-SSIM | bone ROI-SSIM | Δ brain (max) | Δ bone (max) | s/case |")
+    print("|---|---|---|---|---|---|")
+    ids = [p.case_id for p in cases]
+    for name in names:
+        rows = [results[f"{name}/{c}"] for c in ids]
+        ref = [results[f"ref/{c}"] for c in ids]
+        cells = []
+        for roi in ("brain", "bone"):
+            cells.append(f"{np.mean([r[roi] for r in rows]):.4f}")
+        for roi in ("brain", "bone"):
+            d = [r[roi] - q[roi] for r, q in zip(rows, ref, strict=True)]
+            cells.append(f"{np.mean(d):+.4f} ({np.max(np.abs(d)):.4f})")
+        cells.append(f"{np.mean([r['seconds'] for r in rows]):.0f}")
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
