@@ -133,3 +133,22 @@ def test_dataset_layout_loads_and_refuses_test_cases(tmp_path):
     bad = RealSource("x", "seg3d_t1_skullmask/t1.nii.gz", "T1")
     with pytest.raises(ClinfuseInputError, match="test case"):
         write_real_dataset(tmp_path / "bad", VOLUMES, 1, 0, sources=[bad])
+
+
+def test_synth_real_command(tmp_path):
+    from typer.testing import CliRunner
+
+    from clinfuse.cli import app
+
+    args = ["synth-real", "--mri", str(CHRIS), "--out", str(tmp_path / "o"), "--n", "2"]
+    args += ["--spacing", "6", "--output-contrasts", "keep,FLAIR", "--seed", "3"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    refs = load_dataset(tmp_path / "o")
+    assert len(refs) == 2
+    import json
+
+    truth = json.loads((tmp_path / "o" / refs[1].case_id / "truth.json").read_text())
+    assert truth["mri_contrast"] == "FLAIR" and truth["seed"] == 4
+    bad = CliRunner().invoke(app, [*args[:6], "--output-contrasts", "PD"])
+    assert bad.exit_code != 0

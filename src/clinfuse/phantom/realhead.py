@@ -674,6 +674,10 @@ class RealSource:
     unlabelled_side: str | None = None
     output_contrasts: tuple[str | None, ...] = (None,)
     patient: str = ""  # one person's volumes share it, so splits keep them together
+    # Optional masks on the MRI's grid (paths relative to the root like `mri`).
+    brain: str | None = None
+    bone: str | None = None
+    lesion: str | None = None
 
 
 # The training anatomy of issue 13: every real volume except the two test cases.
@@ -778,7 +782,12 @@ def write_real_dataset(
             raise ClinfuseInputError(
                 "is a test case of this project: never a source of training pairs", src.mri
             )
-        real = load_real_mri(root / src.mri)
+        if any(_is_test_case(p) for p in (src.brain, src.bone, src.lesion) if p):
+            raise ClinfuseInputError("a mask of a test case: never a training source", src.mri)
+        real = load_real_mri(
+            root / src.mri,
+            *(None if p is None else root / p for p in (src.brain, src.bone, src.lesion)),
+        )
         if src.unlabelled_side is not None:
             real.extra["lesion_complete"] = False
         for k in range(n_per_source):
