@@ -149,6 +149,8 @@ def test_fuse_case_and_write_outputs(checkpoint, case_files, tmp_path):
     names = sorted(p.name for p in out.iterdir())
     assert names == sorted(
         ["fused.nii.gz", "lesion_prob.nii.gz", "uncertainty.nii.gz", "montage.png", "run.json"]
+        # the masks actually used, beside the fused image (issue 12 item 1)
+        + ["brain.nii.gz", "bone.nii.gz", "lesion_guide.nii.gz"]
     )
     img = nib.load(str(out / "fused.nii.gz"))
     np.testing.assert_allclose(img.affine, np.diag([*SPACING, 1.0]))
@@ -281,3 +283,42 @@ def test_png_pair_2d(tmp_path):
     }
     with pytest.raises(ClinfuseInputError, match="is a 2D model but the input is 3D"):
         load_model(ckpt, 3)
+
+
+def _rot_z(a):
+    c, s = np.cos(a), np.sin(a)
+    return np.array([[c, -s, 0], [s, c, 0], [0, 0, 1.0]])
+
+
+@pytest.mark.parametrize(
+    "orientation",
+    [
+        ("LAS", np.diag([-2.0, 2.0, 2.5])),
+        ("LPI", np.diag([-2.0, -2.0, -2.5])),
+        ("oblique", _rot_z(0.25) @ np.diag([2.0, -2.0, 2.5])),
+    ],
+    ids=lambda o: o[0],
+)
+def test_every_output_is_on_the_input_mri_grid(checkpoint, tmp_path, orientation):
+    """Issue 12 item 2: shape, affine and voxel order of every NIfTI output = the MRI file's."""
+    _, rot = orientation
+    affine = np.eye(4)
+    affine[:3, :3] = rot
+    affine[:3, 3] = [12.0, -30.0, 8.0]
+    mri, ct, brain, bone, _ = _head()
+    paths = {}
+    for name, arr in (("mri", mri), ("ct", ct), ("brain", brain), ("bone", bone)):
+        paths[name] = tmp_path / f"{name}.nii.gz"
+        nib.save(nib.Nifti1Image(arr.astype(np.float32), affine), paths[name])
+    res = fuse_case(paths, checkpoint=checkpoint, steps=1, overrides=FAST, window="whole")
+    out = write_outputs(res, tmp_path / "out")
+    niftis = sorted(out.glob("*.nii.gz"))
+    assert {"fused.nii.gz", "lesion_prob.nii.gz", "brain.nii.gz", "bone.nii.gz"} <= {
+        p.name for p in niftis
+    }
+    for p in niftis:
+        img = nib.load(p)
+        assert img.shape == mri.shape, p.name
+        np.testing.assert_allclose(img.affine, affine, atol=1e-5, err_msg=p.name)
+    # the masks come back voxel for voxel in the file's own order
+    np.testing.assert_array_equal(np.asarray(nib.load(out / "bone.nii.gz").dataobj) > 0, bone)

@@ -61,6 +61,7 @@ class FusionResult:
     fused_native: np.ndarray | None = None  # native intensities on the MRI's input grid
     timings: dict[str, float] = field(default_factory=dict)
     record: dict[str, Any] = field(default_factory=dict)  # everything run.json needs
+    lesion_guide: np.ndarray | None = None  # the mask that guided the lesion term (bool)
 
 
 # --------------------------------------------------------------------------- fusion
@@ -165,6 +166,9 @@ def fuse_prepared(
     t_sample = time.perf_counter() - t0
     crop = (slice(None), 0, *(slice(0, s) for s in shape))
     fused_s = res.fused[crop].double()  # (samples, *shape)
+    guide = None
+    if res.lesion_target is not None:
+        guide = res.lesion_target.expand(samples, 1, *grid)[crop].any(0).cpu().numpy()
     prob_s = res.lesion_prob[crop].double()
     fused = fused_s.mean(0)
     std = fused_s.std(0, unbiased=False) if samples > 1 else None
@@ -205,6 +209,7 @@ def fuse_prepared(
         prepared=prepared,
         timings={"sampling_s": t_sample, "per_step_s": t_sample / steps},
         record=record,
+        lesion_guide=guide,
     )
 
 

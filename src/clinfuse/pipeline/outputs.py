@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from clinfuse.pipeline.fuse import FusionResult
+from clinfuse.preprocess.prepared import PreparedCase
 
 
 def _versions() -> dict[str, str]:
@@ -41,6 +42,54 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"not JSON-serialisable: {type(o).__name__}")
 
 
+def _file_grid(arr: np.ndarray, prepared: PreparedCase, *, nearest: bool = False) -> tuple:
+    """`arr` (on the prepared grid) on the input MRI's exact grid: its shape, affine and voxel
+    order, for any orientation (LAS, LPI, oblique). Returns (array, affine) for `save_nifti`.
+
+    Back onto the canonical native grid first (resampled when preprocessing changed the
+    spacing: linear, or nearest for masks), then from RAS+ voxel order back to the file's order
+    (axis permutations and flips only, exact; the inverse of `nibabel.as_closest_canonical`).
+    A non-NIfTI MRI (DICOM) keeps the canonical grid.
+    """
+    import nibabel as nib
+    from nibabel.orientations import inv_ornt_aff, io_orientation, ornt_transform
+
+    from clinfuse.preprocess.pipeline import native_grid
+    from clinfuse.preprocess.resample import resample_to_grid
+
+    shape, affine = native_grid(prepared)
+    out = np.asarray(arr)
+    if out.shape != tuple(shape) or not np.allclose(affine, prepared.affine):
+        src = out.astype(np.float32)
+        out = resample_to_grid(src, prepared.affine, shape, affine, nearest=nearest)
+        out = out > 0.5 if nearest else out
+    path = str(prepared.record.get("sources", {}).get("mri", ""))
+    if prepared.ndim != 3 or not path.lower().endswith((".nii", ".nii.gz")):
+        return out, affine
+    try:
+        header = nib.load(path)  # header only: the file's own affine and voxel order
+    except Exception:  # the input moved since: keep the canonical grid  # noqa: BLE001
+        return out, affine
+    file_aff = np.asarray(header.affine, np.float64)
+    t = ornt_transform(io_orientation(affine), io_orientation(file_aff))
+    back = nib.orientations.apply_orientation(out, t)
+    back_aff = affine @ inv_ornt_aff(t, out.shape)
+    if back.shape != tuple(header.shape[:3]) or not np.allclose(back_aff, file_aff, atol=1e-4):
+        return out, affine  # not the grid this case came from (e.g. a resampled input)
+    return np.ascontiguousarray(back), file_aff
+
+
+def _on_native(prepared: PreparedCase) -> PreparedCase:
+    """A stand-in whose grid is the native one: `fused_native` is already resampled there."""
+    from dataclasses import replace
+
+    from clinfuse.preprocess.pipeline import native_grid
+
+    shape, affine = native_grid(prepared)
+    dummy = np.zeros(shape, np.float32)
+    return replace(prepared, mri=dummy, affine=affine)
+
+
 def _write_all(result: FusionResult, folder: Path) -> list[str]:
     """Write every output file into `folder` (a fresh temp folder); return the names."""
     from clinfuse.io.nifti import save_nifti
@@ -58,16 +107,22 @@ def _write_all(result: FusionResult, folder: Path) -> list[str]:
         save_png(folder / "fused.png", np.clip(np.round(native), 0, 255).astype(np.uint8))
         names.append("fused.png")
     else:
+        # every NIfTI output lies on the input MRI's exact grid (shape, affine, voxel order)
         if result.fused_native is not None:
-            save_nifti(folder / "fused.nii.gz", result.fused_native, native_grid(p)[1])
+            canonical = (result.fused_native, native_grid(p)[1])
+            arr, aff = _file_grid(canonical[0], _on_native(p))
         else:
-            save_nifti(folder / "fused.nii.gz", result.fused, p.affine)
+            arr, aff = _file_grid(result.fused, p)
+        save_nifti(folder / "fused.nii.gz", arr, aff)
         names.append("fused.nii.gz")
-    save_nifti(folder / "lesion_prob.nii.gz", result.lesion_prob, p.affine)
-    names.append("lesion_prob.nii.gz")
-    if result.uncertainty is not None:
-        save_nifti(folder / "uncertainty.nii.gz", result.uncertainty, p.affine)
-        names.append("uncertainty.nii.gz")
+    maps = {"lesion_prob": result.lesion_prob, "uncertainty": result.uncertainty}
+    masks = {"brain": p.brain, "bone": p.bone, "lesion_guide": result.lesion_guide}
+    for name, value in [*maps.items(), *masks.items()]:
+        if value is None or p.ndim != 3 and name not in maps:
+            continue
+        arr, aff = _file_grid(value, p, nearest=name in masks) if p.ndim == 3 else (value, p.affine)
+        save_nifti(folder / f"{name}.nii.gz", arr.astype(np.uint8) if name in masks else arr, aff)
+        names.append(f"{name}.nii.gz")
     panels = {"MRI": p.mri, "CT (bone window)": p.ct_bone, "fused": result.fused}
     if result.uncertainty is not None:
         panels["uncertainty (std)"] = result.uncertainty
