@@ -92,6 +92,7 @@ def fuse_prepared(
     window: WindowMode | str = WindowMode.sliding,
     overlap: float = 0.5,
     progress: ProgressFn | None = None,
+    precision: str = "auto",
 ) -> FusionResult:
     """Fuse a prepared case with a loaded `FusionModel` (the evaluation harness's entry point).
 
@@ -107,6 +108,11 @@ def fuse_prepared(
 
     Guidance: `guidance` (a resolved `GuidanceConfig`, as the CLI passes it; `preset` then only
     names it in run.json), else the preset `preset` with `overrides`.
+
+    `precision`: "auto" runs the networks under bf16 autocast where the device has native bf16
+    (CPU: AMX-BF16 / AVX512-BF16, detected at run time; `nn.precision`), float32 elsewhere;
+    "fp32" or "bf16" force one. The sampler's arithmetic and the guidance losses stay float32
+    (docs/SPEED.md: what bf16 changes in ROI-SSIM, measured).
     """
     import torch
 
@@ -115,6 +121,7 @@ def fuse_prepared(
     from clinfuse.diffusion.schedule import NoiseSchedule
     from clinfuse.diffusion.sliding import SlidingWindowModel, pad_to, padded_shape
     from clinfuse.model_range import MODEL_RANGE
+    from clinfuse.nn.precision import AutocastModel
 
     cfg = load_preset(guidance if guidance is not None else preset, overrides)
     lesion = LesionMode.parse(lesion, "lesion")
@@ -135,6 +142,7 @@ def fuse_prepared(
     )
     grid = padded_shape(shape, multiple, patch_size if sliding else None)
     net: Any = SlidingWindowModel(model, patch_size, overlap=overlap) if sliding else model
+    net = AutocastModel(net, precision)
 
     def tensor(a: np.ndarray, mode: str) -> torch.Tensor:
         t = torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float32, device=device)
@@ -191,6 +199,7 @@ def fuse_prepared(
         "air_voxels": n_air,
         "guidance": cfg.to_dict(),
         "steps": int(steps),
+        "precision": net.precision,
         "samples": int(samples),
         "seed": int(seed),
         "lesion_source": str(res.lesion_source),
@@ -266,6 +275,7 @@ def fuse_case(
     device: str = "cpu",
     window: WindowMode | str = WindowMode.sliding,
     progress: ProgressFn | None = None,
+    precision: str = "auto",
 ) -> FusionResult:
     """Fuse one case: load, preprocess (missing masks automatic), guided sampling, map back.
 
@@ -274,9 +284,11 @@ def fuse_case(
     can be wrong with the inputs is checked before sampling starts: missing or mismatched files,
     an unknown preset, a checkpoint of the wrong dimension, a lesion mask outside the brain. A
     lesion mask given with the case guides the lesion term ("user"); without one the lesion
-    head's own prediction does. `guidance` / `preset` / `overrides`: as `fuse_prepared`.
+    head's own prediction does. `guidance` / `preset` / `overrides` / `precision`: as
+    `fuse_prepared`.
     """
     from clinfuse.diffusion.guidance import load_preset
+    from clinfuse.nn.precision import resolve_precision
     from clinfuse.preprocess.pipeline import preprocess_case, to_native
 
     timings: dict[str, float] = {}
@@ -284,6 +296,7 @@ def fuse_case(
     # unknown preset / bad override: fail before any work; resolved once from here on
     guidance = load_preset(guidance if guidance is not None else preset, overrides)
     device = resolve_device(device)
+    resolve_precision(precision, device)  # a bad value fails before any work
     case = _case_from(case_or_paths)
     prepared = preprocess_case(case)
     timings["preprocess_s"] = time.perf_counter() - t0
@@ -305,6 +318,7 @@ def fuse_case(
         patch_size=loaded.patch_size,
         window=window,
         progress=progress,
+        precision=precision,
     )
     t2 = time.perf_counter()
     result.fused_native = to_native(result.fused, prepared)
@@ -343,6 +357,7 @@ def clinfuse_method_factory(
     lesion: str = "predicted",
     device: str = "cpu",
     window: str = "sliding",
+    precision: str = "auto",
     **overrides: Any,
 ) -> Callable[[PreparedCase], FusionResult]:
     """`clinfuse evaluate --method clinfuse --checkpoint CKPT --preset stroke [--option k=v]`.
@@ -361,6 +376,9 @@ def clinfuse_method_factory(
         raise ClinfuseInputError("--option lesion must be 'predicted' or 'oracle', got 'user'")
     win = WindowMode.parse(window, "--option window")
     device = resolve_device(device)
+    from clinfuse.nn.precision import resolve_precision
+
+    resolve_precision(str(precision), device)  # --option precision=...: checked up front
     cache: dict[int, LoadedModel] = {}
 
     def method(prepared: PreparedCase) -> FusionResult:
@@ -378,6 +396,7 @@ def clinfuse_method_factory(
             lesion=mode,
             patch_size=lm.patch_size,
             window=win,
+            precision=str(precision),
         )
 
     return method
