@@ -180,3 +180,14 @@ def test_pad_to_multiple_and_crop() -> None:
     with torch.no_grad():
         out = model(torch.zeros(1, 1, *cond.shape[2:]), torch.tensor([3]), cond)
     assert out[crop3].shape == (1, 1, 7, 9, 13)
+
+
+def test_prediction_is_an_enum_parsed_where_the_config_is_built() -> None:
+    from clinfuse.nn.model import Prediction
+
+    cfg = ModelConfig(prediction="eps", **TINY)  # type: ignore[arg-type]
+    assert cfg.prediction is Prediction.eps and cfg.prediction == "eps"
+    d = cfg.to_dict()
+    assert type(d["prediction"]) is str and d["prediction"] == "eps"
+    with pytest.raises(ClinfuseInputError, match="prediction must be one of 'x0', 'eps', 'v'"):
+        ModelConfig(prediction="score", **TINY)  # type: ignore[arg-type]

@@ -94,3 +94,27 @@ def test_load_weights_accepts_buffers_with_a_load_default():
     assert "bad.pt" in str(e.value)
     with pytest.raises(ClinfuseInputError, match="unexpected"):
         load_weights(_WithDefault(), {**old, "extra": torch.zeros(1)}, "bad.pt")
+
+
+def test_prediction_enum_round_trips_weights_only_and_yaml(tmp_path):
+    """The prediction type is an enum in the model, the plain string in YAML and checkpoints."""
+    import yaml
+    from torch.optim.swa_utils import AveragedModel
+
+    from clinfuse.nn.model import Prediction
+    from clinfuse.training.checkpoint import build_model, save_checkpoint
+    from clinfuse.training.config import config_from_dict, dump_config, resolve_config
+
+    cfg = resolve_config("ci-tiny", ["model.prediction=v"])
+    assert cfg.model["prediction"] == "v" and type(cfg.model["prediction"]) is str
+    text = dump_config(cfg)  # yaml.safe_dump: no Python objects
+    assert yaml.safe_load(text)["model"]["prediction"] == "v"
+    assert config_from_dict(yaml.safe_load(text)).model == cfg.model
+    model = build_model(cfg.model)
+    assert model.config.prediction is Prediction.v
+    path = tmp_path / "v.ckpt"
+    save_checkpoint(path, model=model, ema=AveragedModel(model), config=cfg, step=0)
+    state = torch.load(path, weights_only=True)
+    assert type(state["config"]["model"]["prediction"]) is str
+    loaded = load_checkpoint(path)
+    assert loaded.model.config.prediction is Prediction.v

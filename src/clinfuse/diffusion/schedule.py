@@ -25,9 +25,10 @@ import numpy as np
 import torch
 from torch import nn
 
-Prediction = Literal["x0", "eps", "v"]
+from clinfuse.nn.model import Prediction
+
 ScheduleKind = Literal["linear", "cosine"]
-PREDICTIONS: tuple[str, ...] = ("x0", "eps", "v")
+PREDICTIONS: tuple[str, ...] = tuple(p.value for p in Prediction)
 SCHEDULE_KINDS: tuple[str, ...] = ("linear", "cosine")
 
 
@@ -121,14 +122,18 @@ class NoiseSchedule(nn.Module):
         return _gather(self.sqrt_ab, t, x0) * noise - _gather(self.sqrt_1m_ab, t, x0) * x0
 
     def model_target(
-        self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor | int, prediction: Prediction
+        self,
+        x0: torch.Tensor,
+        noise: torch.Tensor,
+        t: torch.Tensor | int,
+        prediction: Prediction | str,
     ) -> torch.Tensor:
         """What the network should output for ``prediction`` (the L_diffusion regression target)."""
-        if prediction == "x0":
+        if prediction == Prediction.x0:
             return x0
-        if prediction == "eps":
+        if prediction == Prediction.eps:
             return noise
-        if prediction == "v":
+        if prediction == Prediction.v:
             return self.v_target(x0, noise, t)
         raise ValueError(f"unknown prediction {prediction!r}; choose one of {PREDICTIONS}")
 
@@ -149,17 +154,17 @@ class NoiseSchedule(nn.Module):
         out: torch.Tensor,
         x_t: torch.Tensor,
         t: torch.Tensor | int,
-        prediction: Prediction,
+        prediction: Prediction | str,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Network output → ``(x0_hat, eps_hat)`` whatever the parameterisation.
 
         For v: x̂0 = √ᾱ_t·x_t − √(1−ᾱ_t)·v̂ and ε̂ = √ᾱ_t·v̂ + √(1−ᾱ_t)·x_t.
         """
-        if prediction == "x0":
+        if prediction == Prediction.x0:
             return out, self.eps_from_x0(x_t, out, t)
-        if prediction == "eps":
+        if prediction == Prediction.eps:
             return self.x0_from_eps(x_t, out, t), out
-        if prediction == "v":
+        if prediction == Prediction.v:
             a, s = _gather(self.sqrt_ab, t, x_t), _gather(self.sqrt_1m_ab, t, x_t)
             return a * x_t - s * out, a * out + s * x_t
         raise ValueError(f"unknown prediction {prediction!r}; choose one of {PREDICTIONS}")

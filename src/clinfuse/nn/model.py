@@ -14,13 +14,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from clinfuse.choices import Choice
 from clinfuse.errors import ClinfuseInputError
 from clinfuse.nn.cpu_conv import use_onednn_conv3d
 from clinfuse.nn.denoiser import Denoiser
 from clinfuse.nn.encoders import ConditionEncoder
 from clinfuse.nn.lesion_head import LESION_INPUTS, LesionHead
 
-Prediction = Literal["x0", "eps", "v"]
+
+class Prediction(Choice):
+    """What the denoiser outputs: the clean image (`x0`), the noise (`eps`) or v (Salimans & Ho).
+    Configs and checkpoints store the string value; `ModelConfig` parses it into the enum."""
+
+    x0 = "x0"
+    eps = "eps"
+    v = "v"
+
+
 ScheduleKind = Literal["linear", "cosine"]
 
 
@@ -59,7 +69,7 @@ class ModelConfig:
     token_grid: int = 2
     concat_conditioning: bool = True
     flash_attention: bool = True
-    prediction: Prediction = "x0"
+    prediction: Prediction = Prediction.x0
     schedule: ScheduleKind = "linear"
     num_train_steps: int = 1000
     lesion_channels: tuple[int, ...] = (8, 16, 32)
@@ -91,8 +101,10 @@ class ModelConfig:
             raise ClinfuseInputError("invalid model config: " + "; ".join(problems))
         if self.spatial_dims not in (2, 3):
             problems.append(f"spatial_dims must be 2 or 3, got {self.spatial_dims}")
-        if self.prediction not in ("x0", "eps", "v"):
-            problems.append(f"prediction must be 'x0', 'eps' or 'v', got {self.prediction!r}")
+        try:  # closed choice: a string from YAML or a checkpoint becomes the enum here
+            self.prediction = Prediction.parse(self.prediction, "prediction")
+        except ClinfuseInputError as err:
+            problems.append(str(err))
         if self.lesion_inputs not in LESION_INPUTS:
             problems.append(
                 f"lesion_inputs must be one of {LESION_INPUTS}, got {self.lesion_inputs!r}"
@@ -119,8 +131,10 @@ class ModelConfig:
             raise ClinfuseInputError("invalid model config: " + "; ".join(problems))
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain dict of builtins (lists, not tuples) for JSON / checkpoints."""
+        """Plain dict of builtins (lists, not tuples, enum values as strings) for JSON / YAML /
+        checkpoints loaded with `weights_only=True`."""
         d = asdict(self)
+        d["prediction"] = self.prediction.value
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
     @classmethod

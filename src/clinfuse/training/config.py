@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 import yaml
 
+from clinfuse.choices import Choice
 from clinfuse.errors import ClinfuseInputError
 
 PRESET_DIR = Path(__file__).resolve().parents[1] / "configs" / "train"
@@ -150,6 +151,8 @@ def _convert(value: Any, tp: Any, key: str, source: str | None) -> Any:
         if value not in args:
             raise bad("one of " + ", ".join(repr(a) for a in args))
         return value
+    if isinstance(tp, type) and issubclass(tp, Choice):
+        return tp.parse(value, f"config key '{key}'", source)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise bad("a mapping")
@@ -228,7 +231,7 @@ def to_dict(cfg: Any) -> dict[str, Any]:
             return {str(k): plain(x) for k, x in v.items()}
         if isinstance(v, (list, tuple)):
             return [plain(x) for x in v]
-        return v
+        return v.value if isinstance(v, Choice) else v
 
     return plain(dataclasses.asdict(cfg))
 
