@@ -17,7 +17,6 @@ interrupted run resumes; timing here is informative only (benchmarks/speed.py me
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import sys
 import time
@@ -31,19 +30,25 @@ CONTRASTS = ("T1", "T2", "ADC")
 SHAPE = (64, 64, 48)
 SPACING = (3.0, 3.0, 3.0)
 
-# name -> (steps, guidance overrides, precision, channels_last)
+# name -> fuse_prepared arguments: steps, guidance overrides, precision, channels_last
 VARIANTS: dict[str, dict[str, Any]] = {
     "ref": {"steps": 20, "overrides": {"n_inner": 10}, "precision": "fp32"},
     "inner5": {"steps": 20, "overrides": {"n_inner": 5}, "precision": "fp32"},
     "inner3": {"steps": 20, "overrides": {"n_inner": 3}, "precision": "fp32"},
     "inner1": {"steps": 20, "overrides": {"n_inner": 1}, "precision": "fp32"},
     "bf16": {"steps": 20, "overrides": {"n_inner": 10}, "precision": "bf16"},
-    "ddim10": {"steps": 10, "overrides": {"n_inner": 10}, "precision": "fp32"},
-    "ddim10_inner20": {"steps": 10, "overrides": {"n_inner": 20}, "precision": "fp32"},
-    "channels_last": {
+    "bf16_cl": {
         "steps": 20,
         "overrides": {"n_inner": 10},
-        "precision": "fp32",
+        "precision": "bf16",
+        "channels_last": True,
+    },
+    "ddim10": {"steps": 10, "overrides": {"n_inner": 10}, "precision": "fp32"},
+    "ddim10_inner20": {"steps": 10, "overrides": {"n_inner": 20}, "precision": "fp32"},
+    "ddim10_bf16_cl": {
+        "steps": 10,
+        "overrides": {"n_inner": 10},
+        "precision": "bf16",
         "channels_last": True,
     },
 }
@@ -62,17 +67,6 @@ def make_cases(n: int) -> list[Any]:
         case.case_id = f"val{seed}_{contrast}"
         out.append(preprocess_case(case))
     return out
-
-
-def model_for(base: Any, variant: dict[str, Any]) -> Any:
-    import torch
-
-    from clinfuse.nn.precision import AutocastModel
-
-    model = base
-    if variant.get("channels_last"):
-        model = copy.deepcopy(base).to(memory_format=torch.channels_last_3d)
-    return AutocastModel(model, variant["precision"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,7 +99,6 @@ def main(argv: list[str] | None = None) -> int:
     cases = make_cases(args.cases)
     for name in names:
         variant = VARIANTS[name]
-        model = model_for(loaded.model, variant)
         for prep in cases:
             key = f"{name}/{prep.case_id}"
             if key in results:
@@ -113,12 +106,14 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             res = fuse_prepared(
                 prep,
-                model,
+                loaded.model,
                 preset="stroke",
                 overrides=variant["overrides"],
                 steps=variant["steps"],
                 seed=0,
                 window="whole",
+                precision=variant["precision"],
+                channels_last=variant.get("channels_last", False),
             )
             results[key] = {
                 "brain": roi_ssim(res.fused, prep.mri, prep.brain),

@@ -37,6 +37,13 @@ def test_bf16_and_fp32_fusions_are_close_and_recorded(model: FusionModel) -> Non
     assert 0 < diff.max() < 0.1, diff.max()  # bf16 really ran, and stays close
     auto = fuse_prepared(prep, model, precision="auto", **kw)
     assert auto.record["precision"] == resolve_precision("auto", "cpu")
+    # channels_last_3d: on by default exactly with bf16; same result to bf16 rounding
+    assert b.record["channels_last"] is True and a.record["channels_last"] is False
+    c = fuse_prepared(prep, model, precision="bf16", channels_last=False, **kw)
+    assert c.record["channels_last"] is False
+    assert np.abs(c.fused - b.fused).max() < 0.1
+    w = next(model.parameters())
+    assert w.is_contiguous()  # the caller's model is never converted in place
 
 
 def test_bad_precision_is_a_user_error(model: FusionModel) -> None:

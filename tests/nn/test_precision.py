@@ -74,3 +74,16 @@ def test_set_threads() -> None:
             set_threads(0)
     finally:
         torch.set_num_threads(before)
+
+
+def test_channels_last_copy_only_for_bf16() -> None:
+    from clinfuse.nn.precision import for_sampling, use_channels_last
+
+    model = _tiny_model()
+    assert use_channels_last(model, "bf16") and not use_channels_last(model, "fp32")
+    assert for_sampling(model, "fp32") is model
+    copy = for_sampling(model, "bf16")
+    assert copy is not model
+    conv = next(p for p in copy.parameters() if p.ndim == 5)
+    assert conv.is_contiguous(memory_format=torch.channels_last_3d)
+    assert all(p.is_contiguous() for p in model.parameters())  # original untouched

@@ -93,6 +93,7 @@ def fuse_prepared(
     overlap: float = 0.5,
     progress: ProgressFn | None = None,
     precision: str = "auto",
+    channels_last: bool | None = None,
 ) -> FusionResult:
     """Fuse a prepared case with a loaded `FusionModel` (the evaluation harness's entry point).
 
@@ -112,7 +113,9 @@ def fuse_prepared(
     `precision`: "auto" runs the networks under bf16 autocast where the device has native bf16
     (CPU: AMX-BF16 / AVX512-BF16, detected at run time; `nn.precision`), float32 elsewhere;
     "fp32" or "bf16" force one. The sampler's arithmetic and the guidance losses stay float32
-    (docs/SPEED.md: what bf16 changes in ROI-SSIM, measured).
+    (docs/SPEED.md: what bf16 changes in ROI-SSIM, measured). `channels_last`: sample with a
+    channels_last_3d copy of the model (None: exactly when bf16 runs on a CPU 3D model, where it
+    is faster; float32 is slower with it).
     """
     import torch
 
@@ -121,7 +124,7 @@ def fuse_prepared(
     from clinfuse.diffusion.schedule import NoiseSchedule
     from clinfuse.diffusion.sliding import SlidingWindowModel, pad_to, padded_shape
     from clinfuse.model_range import MODEL_RANGE
-    from clinfuse.nn.precision import AutocastModel
+    from clinfuse.nn.precision import AutocastModel, for_sampling
 
     cfg = load_preset(guidance if guidance is not None else preset, overrides)
     lesion = LesionMode.parse(lesion, "lesion")
@@ -141,8 +144,9 @@ def fuse_prepared(
         and any(s > p for s, p in zip(shape, patch_size, strict=True))
     )
     grid = padded_shape(shape, multiple, patch_size if sliding else None)
-    net: Any = SlidingWindowModel(model, patch_size, overlap=overlap) if sliding else model
-    net = AutocastModel(net, precision)
+    run_model = for_sampling(model, precision, channels_last)
+    net: Any = SlidingWindowModel(run_model, patch_size, overlap=overlap) if sliding else run_model
+    net = AutocastModel(net, precision, channels_last=run_model is not model)
 
     def tensor(a: np.ndarray, mode: str) -> torch.Tensor:
         t = torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float32, device=device)
@@ -200,6 +204,7 @@ def fuse_prepared(
         "guidance": cfg.to_dict(),
         "steps": int(steps),
         "precision": net.precision,
+        "channels_last": net.channels_last,
         "samples": int(samples),
         "seed": int(seed),
         "lesion_source": str(res.lesion_source),
