@@ -16,6 +16,7 @@ from clinfuse.diffusion.guidance import (
 from clinfuse.diffusion.schedule import NoiseSchedule
 from clinfuse.errors import ClinfuseInputError
 from clinfuse.losses.ssim import masked_ssim
+from clinfuse.nn.lesion_head import LesionHead
 
 S = 8
 
@@ -220,3 +221,60 @@ def test_uncertainty_blend():
     assert out[0, 0, 1, 1].item() == pytest.approx(0.5)  # 0.5 * 0.1 / 0.1 (median)
     assert out[0, 0, 3, 3].item() == 0.0  # outside the ROI: untouched
     assert torch.equal(uncertainty_blend(mean, std, comp, roi, 0.0), mean)
+
+
+class _ToyHead(LesionHead):
+    """A `LesionHead` (so it carries `min_lesion_ml`) whose logits are AverageModel's 6·(x - 1)."""
+
+    def __init__(self, min_ml: float) -> None:
+        super().__init__(3, (8, 8))
+        self.min_lesion_ml.fill_(min_ml)
+
+    def forward(self, x, cond=None):
+        return 6.0 * (x - 1.0)
+
+
+class HeadModel(nn.Module):
+    """AverageModel with its head as a `_ToyHead` module, as a `FusionModel` holds it."""
+
+    config = AverageModel.config
+    encode = AverageModel.encode
+    forward = AverageModel.forward
+
+    def __init__(self, min_ml: float) -> None:
+        super().__init__()
+        self.lesion_head = _ToyHead(min_ml)
+
+
+def test_predicted_mask_is_cleaned_with_the_heads_min_lesion_ml():
+    from clinfuse.diffusion.guidance import head_min_lesion_ml, predicted_mask
+    from clinfuse.diffusion.sliding import SlidingWindowModel
+
+    model = HeadModel(2.0)
+    assert head_min_lesion_ml(model) == 2.0
+    assert head_min_lesion_ml(SlidingWindowModel(model, (S, S, S))) == 2.0  # through wrappers
+    assert head_min_lesion_ml(AverageModel()) == 0.0  # no LesionHead: nothing removed
+    prob = torch.zeros(2, 1, S, S, S)
+    prob[:, :, 1:4, 1:4, 1:4] = 0.9  # 27 voxels: 2.7 mL at the spacing below
+    prob[:, :, 6, 6, 6] = 0.9  # a 1-voxel speck, 0.1 mL
+    brain = torch.ones(1, 1, S, S, S, dtype=torch.bool)
+    spacing = (1.0, 10.0, 10.0)  # 0.1 mL per voxel
+    mask = predicted_mask(prob, brain, spacing, 0.5, model)
+    assert mask.shape == prob.shape and mask.dtype == torch.bool
+    assert int(mask[0].sum()) == 27 and not bool(mask[:, :, 6, 6, 6].any())
+    assert torch.equal(mask[0], mask[1])
+    keep_all = predicted_mask(prob, brain, spacing, 0.5, AverageModel())
+    assert int(keep_all[0].sum()) == 28
+    brain_half = brain.clone()
+    brain_half[..., 2:, :, :] = False  # the prediction is kept inside the brain first
+    assert int(predicted_mask(prob, brain_half, spacing, 0.5, AverageModel())[0].sum()) == 9
+
+
+def test_line7_uses_the_cleaned_mask():
+    res = _run(HeadModel(0.0), GuidanceConfig(eta=0.02, gamma=3.0, max_predicted_fraction=1.0))
+    assert res.lesion_source == "predicted" and bool(res.lesion_target.any())
+    # every component is below 1e6 mL: the guiding mask is empty (before the plausibility gate)
+    res = _run(HeadModel(1e6), GuidanceConfig(eta=0.02, gamma=3.0, max_predicted_fraction=1.0))
+    frac = [h["predicted_fraction"] for h in res.history if "predicted_fraction" in h]
+    assert frac == [0.0]
+    assert res.lesion_target is None or not bool(res.lesion_target.any())

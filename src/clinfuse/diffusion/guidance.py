@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import yaml
 
@@ -42,6 +43,7 @@ from clinfuse.errors import ClinfuseInputError
 from clinfuse.losses.lesion import prepare_target
 from clinfuse.losses.roi import RoiLoss, only_inside, roi_loss
 from clinfuse.model_range import MODEL_RANGE
+from clinfuse.nn.lesion_head import LesionHead, clean_mask
 
 
 class GuidanceMode(Choice):
@@ -265,6 +267,37 @@ def _zone(target: torch.Tensor, spacing: Sequence[float], cfg: GuidanceConfig) -
     return torch.from_numpy(zone).to(target.device)
 
 
+def head_min_lesion_ml(model: Any) -> float:
+    """The lesion head's `min_lesion_ml` buffer (0 without one) of a `FusionModel` or of a
+    wrapper around it (`SlidingWindowModel`, `AutocastModel`: the wrapped one is `.model`)."""
+    for _ in range(8):  # wrappers nest a few deep at most
+        head = getattr(model, "lesion_head", None)
+        if isinstance(head, LesionHead):
+            return float(head.min_lesion_ml)
+        model = getattr(model, "model", None)
+        if model is None:
+            break
+    return 0.0
+
+
+def predicted_mask(
+    prob: torch.Tensor,
+    brain: torch.Tensor,
+    spacing: Sequence[float],
+    threshold: float,
+    model: Any,
+) -> torch.Tensor:
+    """The head's probability `(B, 1, *S)` as a lesion mask: kept inside `brain` (`(1|B, 1,
+    *S)`), thresholded and cleaned of components below the head's `min_lesion_ml`
+    (`nn.lesion_head.clean_mask`), per item. Bool, on `prob`'s device."""
+    inside = (prob * brain.to(prob.dtype)).detach().float().cpu().numpy()
+    min_ml = head_min_lesion_ml(model)
+    mask = np.zeros(inside.shape, dtype=bool)
+    for b in range(inside.shape[0]):
+        mask[b, 0] = clean_mask(inside[b, 0], spacing, threshold, min_ml)
+    return torch.from_numpy(mask).to(prob.device) & brain.bool()
+
+
 class RoiGuide:
     """Algorithm 1's guidance as a `samplers.Guide`: line 7 (S_lesion at t = T/2), lines 10-12
     (`losses.roi.roi_loss`) and line 15, on x̂0 (mode "x0") or on x_{t-1} (mode "xt").
@@ -307,8 +340,9 @@ class RoiGuide:
         # Honesty rule: without a user mask, the guiding mask is the head's own prediction from
         # the fused estimate (a function of the inputs only), never the ground truth. Lesions
         # are intracranial: the predicted mask is kept inside the brain mask (an input), as a
-        # user mask must be (pipeline.fuse.check_lesion_in_brain).
-        target = (s_lesion > cfg.lesion_threshold) & brain
+        # user mask must be (pipeline.fuse.check_lesion_in_brain); then, as every mask made
+        # from the head, components below the head's `min_lesion_ml` go (`predicted_mask`).
+        target = predicted_mask(s_lesion, brain, self.spacing, cfg.lesion_threshold, self.model)
         self.needs_line7 = False
         frac = float(target.sum()) / max(1.0, float(brain.expand_as(target).sum()))
         if frac > cfg.max_predicted_fraction:  # implausible: guide nothing rather than FPs
