@@ -58,3 +58,28 @@ def test_prepared_masked_ssim_empty_mask_is_nan() -> None:
     y = torch.zeros(1, 1, 12, 12, 12)
     out = MaskedSSIM(y, torch.zeros_like(y, dtype=torch.bool))(torch.zeros(2, 1, 12, 12, 12))
     assert out.shape == (2,) and bool(torch.isnan(out).all())
+
+
+def test_roi_loss_with_prepared_terms_equals_plain() -> None:
+    from types import SimpleNamespace
+
+    from clinfuse.losses.roi import prepare_ssim_terms, roi_loss
+
+    g = torch.Generator().manual_seed(2)
+    shape = (2, 1, 14, 16, 12)
+    mri = (torch.rand(1, 1, *shape[2:], generator=g, dtype=torch.float64) * 4 - 2).expand(shape)
+    ct = (torch.rand(1, 1, *shape[2:], generator=g, dtype=torch.float64) * 4 - 2).expand(shape)
+    brain = torch.zeros(1, 1, *shape[2:], dtype=torch.bool)
+    brain[..., 4:10, 4:12, 3:9] = True
+    bone = torch.zeros_like(brain)
+    bone[..., 2:12, 2:14, 1:3] = True
+    cfg = SimpleNamespace(alpha=1.0, beta=1.2, gamma=0.0, voxel_scaled=True, tau_mm=2.0)
+    x = (torch.rand(shape, generator=g, dtype=torch.float64) * 4 - 2).requires_grad_()
+    args = (x, mri, ct, brain, bone, None, None, (2.0, 2.0, 2.0), cfg)
+    plain = roi_loss(*args)
+    fast = roi_loss(*args, ssim=prepare_ssim_terms(mri, ct, brain, bone))
+    assert torch.allclose(plain.total, fast.total, atol=1e-9)
+    assert abs(plain.brain - fast.brain) < 1e-12 and abs(plain.bone - fast.bone) < 1e-12
+    (ga,) = torch.autograd.grad(plain.total, x)
+    (gb,) = torch.autograd.grad(fast.total, x)
+    assert torch.allclose(ga, gb, atol=1e-9)

@@ -41,7 +41,7 @@ from clinfuse.choices import Choice
 from clinfuse.diffusion.samplers import ProgressFn, SamplerState, ddim_timesteps, sample
 from clinfuse.errors import ClinfuseInputError
 from clinfuse.losses.lesion import prepare_target
-from clinfuse.losses.roi import RoiLoss, only_inside, roi_loss
+from clinfuse.losses.roi import RoiLoss, only_inside, prepare_ssim_terms, roi_loss
 from clinfuse.model_range import MODEL_RANGE
 from clinfuse.nn.lesion_head import LesionHead, clean_mask
 
@@ -331,6 +331,7 @@ class RoiGuide:
         self.movable = self.brain  # voxels the lesion term may move (narrowed once known)
         self.history: list[dict[str, float]] = []
         self._weights: tuple[float, float, float] = (0.0, 0.0, 0.0)
+        self._ssim: Any = None  # brain/bone SSIM terms prepared on first use (fixed references)
 
     def _line7(self, x0_hat: torch.Tensor) -> dict[str, float]:
         """Alg.1 line 7: S_lesion from the fused estimate -> the guiding mask (or a rejection)."""
@@ -359,9 +360,11 @@ class RoiGuide:
             # a differentiable path image -> S_lesion: the head applied to z; the lesion lies in
             # the brain, so its gradient moves (nearby) brain voxels only
             prob = torch.sigmoid(self.model.lesion_head(only_inside(z, self.movable), self.cond))
+        if self._ssim is None:  # once per run: n_inner evaluations per step reuse it
+            self._ssim = prepare_ssim_terms(self.mri, self.ct_bone, self.brain, self.bone)
         return roi_loss(
             z, self.mri, self.ct_bone, self.brain, self.bone, prob, self.prepared,
-            self.spacing, self.cfg, weights=w,
+            self.spacing, self.cfg, weights=w, ssim=self._ssim,
         )  # fmt: skip
 
     def guide_x0(self, state: SamplerState) -> torch.Tensor:

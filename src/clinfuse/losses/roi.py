@@ -10,7 +10,7 @@ from typing import Any, Protocol
 import torch
 
 from clinfuse.losses.lesion import LesionTarget, lesion_loss, prepare_target
-from clinfuse.losses.ssim import masked_ssim
+from clinfuse.losses.ssim import MaskedSSIM, masked_ssim
 
 
 class RoiWeights(Protocol):
@@ -63,6 +63,15 @@ def mean_ssim_term(x: torch.Tensor, ref: torch.Tensor, mask: torch.Tensor) -> to
     return per_item[keep].mean()
 
 
+def prepare_ssim_terms(
+    mri: torch.Tensor, ct_bone: torch.Tensor, brain: torch.Tensor, bone: torch.Tensor
+) -> dict[str, MaskedSSIM]:
+    """The brain and bone SSIM terms of `roi_loss` prepared once for fixed references and
+    masks (`losses.ssim.MaskedSSIM`): what guidance evaluates n_inner times per step. Pass the
+    result as `roi_loss(..., ssim=...)`; values and gradients are those of `ssim_term`."""
+    return {"brain": MaskedSSIM(mri, brain), "bone": MaskedSSIM(ct_bone, bone)}
+
+
 def roi_loss(
     x: torch.Tensor,
     mri: torch.Tensor,
@@ -75,6 +84,7 @@ def roi_loss(
     cfg: RoiWeights,
     *,
     weights: tuple[float, float, float] | None = None,
+    ssim: dict[str, MaskedSSIM] | None = None,
 ) -> RoiLoss:
     """Algorithm 1 lines 10-12 on `x` (B, 1, *S); references and masks broadcast on B.
 
@@ -83,7 +93,9 @@ def roi_loss(
     `lesion_prob` (B, 1, *S) in [0, 1] or None (term skipped). `weights` defaults to
     (cfg.alpha, cfg.beta, cfg.gamma). With `cfg.voxel_scaled` each term is multiplied by its
     ROI voxel count (the summed form) so the per-voxel gradient does not depend on volume size.
-    The batch items are summed, so each sample receives its own gradient.
+    The batch items are summed, so each sample receives its own gradient. `ssim`: the brain and
+    bone terms prepared by `prepare_ssim_terms` for these references and masks (same values,
+    about 2x cheaper per call).
     """
     a, b, g = weights if weights is not None else (cfg.alpha, cfg.beta, cfg.gamma)
     total = x.new_zeros(())
@@ -96,7 +108,8 @@ def roi_loss(
     for name, w, ref, mask in (("brain", a, mri, brain), ("bone", b, ct_bone, bone)):
         if w <= 0 or not bool(mask.any()):
             continue
-        term = ssim_term(x, ref, mask)  # Alg.1 lines 10-11, (B,)
+        # Alg.1 lines 10-11, (B,); the prepared form masks x itself (gradient inside M only)
+        term = 1.0 - ssim[name](x) if ssim is not None else ssim_term(x, ref, mask)
         total = total + w * scale(mask) * term.sum()
         out[name] = float(term.detach().mean())
     if g > 0 and lesion_prob is not None and lesion_target is not None:
