@@ -78,3 +78,29 @@ def test_2d_adds_the_standard_metrics(case_factory):
     want = fusion_metrics(a, b, f8)
     for k in FUSION_COLUMNS:
         assert row[k] == pytest.approx(want[k], rel=1e-6), k
+
+
+def test_probability_is_cleaned_with_the_heads_min_lesion_ml(case_factory):
+    """A probability is scored as `clean_mask` with the head's minimum lesion size: a 1-voxel
+    false-positive speck far from the lesion is gone with min_lesion_ml, kept without."""
+    p = case_factory()
+    prob = p.lesion.astype(np.float32) * 0.9
+    prob[2, 8, 8] = 0.9  # one voxel (1 µL at 1 mm) inside the brain, away from the lesion
+    kept = evaluate_case(p.mri, p, lesion_pred=prob)
+    assert kept["dice"] < 1.0 and kept["nsd"] < 1.0 and kept["no_predicted_lesion"] == 0.0
+    clean = evaluate_case(p.mri, p, lesion_pred=prob, min_lesion_ml=0.002)  # 2 voxels
+    assert clean["dice"] == 1.0 and clean["hd95"] == 0.0 and clean["nsd"] == 1.0
+    # a bool prediction is the mask as given: never cleaned
+    as_given = evaluate_case(p.mri, p, lesion_pred=prob >= 0.5, min_lesion_ml=0.002)
+    assert as_given["dice"] == kept["dice"]
+
+
+def test_empty_prediction_is_flagged(case_factory):
+    p = case_factory()
+    row = evaluate_case(p.mri, p, lesion_pred=np.zeros(p.shape, np.float32))
+    assert row["no_predicted_lesion"] == 1.0 and row["dice"] == 0.0
+    assert row["hd95"] > 20  # the image diagonal stand-in of metrics.segmentation.hd95
+    # everything predicted is smaller than min_lesion_ml: empty after cleaning, flagged too
+    row = evaluate_case(p.mri, p, lesion_pred=p.lesion * 0.9, min_lesion_ml=1.0)
+    assert row["no_predicted_lesion"] == 1.0
+    assert math.isnan(evaluate_case(p.mri, p)["no_predicted_lesion"])  # nothing scored

@@ -146,3 +146,74 @@ def test_2d_saved_png_is_exactly_the_scored_array(tmp_path, case_factory):
     want = fusion_metrics(a, b, saved)
     for k in ("EN", "SD", "SF", "MI", "SCD", "VIF", "Qabf", "SSIM"):
         assert res.rows[0][k] == pytest.approx(want[k], rel=1e-9), k
+
+
+def _lesion_method(empty_ids, min_ml=0.0):
+    """Our-method stand-in: probability 0.9 on the lesion, nothing on `empty_ids`."""
+
+    def method(p):
+        prob = np.zeros(p.shape, np.float32) if p.case_id in empty_ids else p.lesion * 0.9
+        return MethodOutput(p.mri, prob.astype(np.float32), min_lesion_ml=min_ml)
+
+    return method
+
+
+def test_empty_predictions_are_counted_apart_not_averaged(tmp_path, case_factory):
+    """HD95 of an empty prediction (the image diagonal) never enters a mean or a paired test;
+    per_case.csv says which cases had no predicted lesion; summaries count them apart."""
+    from clinfuse.evaluation.tables import benchmark_tables, cell
+
+    items = _items(case_factory, 4)
+    res = evaluate_dataset(_lesion_method({"c1"}), None, tmp_path / "a", items=items)
+    rows = read_per_case(res.out)
+    assert [r["no_predicted_lesion"] for r in rows] == [0.0, 1.0, 0.0, 0.0]
+    assert rows[1]["hd95"] > 20  # the per-case value is kept, flagged
+    s = res.summary["hd95"]
+    assert (s.n, s.n_nan, s.n_no_prediction) == (3, 0, 1) and s.mean == 0.0
+    assert "no_predicted_lesion" not in res.summary  # a flag, not a metric
+    assert res.summary["dice"].n == 4  # Dice 0 of the empty prediction is a real value
+    summary = json.loads((res.out / "summary.json").read_text())
+    assert summary["metrics"]["hd95"]["n_no_prediction"] == 1
+    assert summary["metrics"]["hd95"]["mean"] == 0.0
+    md = (res.out / "summary.md").read_text()
+    assert "1 of 4: no prediction" in md and "no_predicted_lesion" in md
+    assert "1 of 4: no prediction" in cell(s)
+    table = benchmark_tables({"ours": res.rows})
+    assert "0.000 ± 0.000 [0.000, 0.000]; 1 of 4: no prediction" in table
+    # every case empty: nothing to average, only the count
+    every = evaluate_dataset(
+        _lesion_method({"c0", "c1", "c2", "c3"}), None, tmp_path / "b", items=items
+    )
+    assert cell(every.summary["hd95"]) == "4 of 4: no prediction"
+    # paired tests leave out the pairs where either side predicted nothing (c1 and c2)
+    evaluate_dataset(_lesion_method({"c2"}), None, tmp_path / "c", items=items)
+    cmp = compare([tmp_path / "a", tmp_path / "c"], names=["a", "c"])
+    assert cmp.tests["c"]["hd95"].n == 2 and cmp.tests["c"]["dice"].n == 4
+    assert compare([tmp_path / "a", tmp_path / "b"], names=["a", "b"]).tests["b"]["hd95"].n == 0
+
+
+def test_min_lesion_ml_comes_from_the_output_or_the_lesion_head(tmp_path, case_factory):
+    items = _items(case_factory, 1)
+
+    def speckled(p):
+        prob = p.lesion * 0.9
+        prob[2, 8, 8] = 0.9  # a 1-voxel false positive
+        return prob.astype(np.float32)
+
+    def method(min_ml):
+        return lambda p: MethodOutput(p.mri, speckled(p), min_lesion_ml=min_ml)
+
+    raw = evaluate_dataset(method(0.0), None, tmp_path / "a", items=items).rows[0]
+    clean = evaluate_dataset(method(0.002), None, tmp_path / "b", items=items).rows[0]
+    assert raw["dice"] < 1.0 and clean["dice"] == 1.0
+
+    class Head:
+        min_lesion_ml = 0.002  # as `pipeline.lesion_head_predictor` carries its head's value
+
+        def __call__(self, fused, prepared):
+            return speckled(prepared)
+
+    row = evaluate_dataset(
+        "average", None, tmp_path / "c", items=items, lesion_head=Head(), lesion_head_name="h"
+    ).rows[0]
+    assert row["dice"] == 1.0 and row["no_predicted_lesion"] == 0.0

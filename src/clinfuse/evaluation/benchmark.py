@@ -93,7 +93,8 @@ def run_benchmark(
         f"Data: `{Path(data).resolve()}` ({n_cases} cases). Command: `{command}`",
         "",
         "Cells: mean ± sd [95 % percentile-bootstrap CI of the mean, 2000 resamples, seed 0]; "
-        "n = cases with a finite value.",
+        "n = cases with a finite value. HD95 is undefined where the predicted lesion mask is "
+        "empty: those cases are counted apart ('k of n: no prediction'), never averaged.",
         "",
         benchmark_tables(rows_by_method),
     ]
@@ -106,6 +107,7 @@ def run_benchmark(
     write_text_atomic(out_dir / "benchmark.md", markdown)
     buf = io.StringIO()
     fields = ["subset", "method", "metric", "n", "n_nan", "mean", "sd", "ci_low", "ci_high"]
+    fields.append("n_no_prediction")  # HD95 of empty predictions, counted apart
     w = csv.DictWriter(buf, fieldnames=fields)
     w.writeheader()
     for r in benchmark_csv_rows(rows_by_method):

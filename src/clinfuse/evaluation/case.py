@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from clinfuse.errors import ClinfuseInputError
+from clinfuse.evaluation.percase import NO_PREDICTION_COLUMN
 from clinfuse.model_range import DATA_RANGE
 from clinfuse.preprocess.prepared import PreparedCase
 from clinfuse.preprocess.windowing import model_to_display
@@ -20,13 +21,16 @@ ROI_COLUMNS = ("brain_ssim", "bone_ssim", "brain_psnr", "bone_psnr")
 LESION_COLUMNS = ("dice", "nsd", "hd95")
 FUSION_COLUMNS = ("EN", "SD", "SF", "MI", "SCD", "VIF", "Qabf", "SSIM")  # METRICS.md names
 NSD_TAU_MM = 2.0
+LESION_THRESHOLD = 0.5  # probability -> mask (then `clean_mask`'s minimum size)
 
 
 def metric_columns(ndim: int) -> tuple[str, ...]:
-    """The metric columns of `per_case.csv` for 2D or 3D data, in order."""
+    """The metric columns of `per_case.csv` for 2D or 3D data, in order (the lesion metrics
+    followed by the `no_predicted_lesion` flag)."""
+    lesion = (*LESION_COLUMNS, NO_PREDICTION_COLUMN)
     if ndim == 2:
-        return FUSION_COLUMNS + ROI_COLUMNS + LESION_COLUMNS
-    return ROI_COLUMNS + LESION_COLUMNS
+        return FUSION_COLUMNS + ROI_COLUMNS + lesion
+    return ROI_COLUMNS + lesion
 
 
 def fused_to_uint8(fused: np.ndarray) -> np.ndarray:
@@ -54,16 +58,30 @@ def _roi_metric(fn_name: str, fused: np.ndarray, ref: np.ndarray, mask: np.ndarr
     return float(getattr(roi, fn_name)(fused, ref, mask, data_range=DATA_RANGE))
 
 
+def lesion_mask(
+    lesion_pred: np.ndarray, spacing: tuple[float, ...], min_lesion_ml: float = 0.0
+) -> np.ndarray:
+    """A lesion prediction as the mask that is scored: a bool mask as given; a probability
+    thresholded at `LESION_THRESHOLD` and cleaned of components below `min_lesion_ml` (the
+    lesion head's own `min_lesion_ml`), with `nn.lesion_head.clean_mask` as fuse and guidance."""
+    from clinfuse.nn.lesion_head import clean_mask
+
+    if lesion_pred.dtype == np.bool_:
+        return lesion_pred
+    return clean_mask(lesion_pred, spacing, LESION_THRESHOLD, min_lesion_ml)
+
+
 def _lesion_metrics(
-    lesion_pred: np.ndarray, lesion: np.ndarray, spacing: tuple[float, ...]
+    pred: np.ndarray, lesion: np.ndarray, spacing: tuple[float, ...]
 ) -> dict[str, float]:
     from clinfuse.metrics.segmentation import dice, hd95, nsd
 
-    pred = lesion_pred if lesion_pred.dtype == np.bool_ else lesion_pred >= 0.5
     return {
         "dice": float(dice(pred, lesion)),
         "nsd": float(nsd(pred, lesion, spacing, tau=NSD_TAU_MM)),
+        # the image diagonal when `pred` is empty: flagged, then counted apart in summaries
         "hd95": float(hd95(pred, lesion, spacing)),
+        NO_PREDICTION_COLUMN: float(not pred.any()),
     }
 
 
@@ -74,14 +92,17 @@ def evaluate_case(
     lesion_pred: np.ndarray | None = None,
     sources_uint8: tuple[np.ndarray, np.ndarray] | None = None,
     ct_reference: CtReference | None = None,
+    min_lesion_ml: float = 0.0,
 ) -> dict[str, float]:
     """Score one fused image against its prepared case; returns `{column: value}`.
 
     - `brain_ssim`/`brain_psnr`: fused vs MRI inside the brain mask; `bone_ssim`/`bone_psnr`:
       fused vs the bone-window CT inside the bone mask (model range, data range 4).
     - `dice`, `nsd` (tau = 2 mm), `hd95` (mm): only when the case has a lesion mask *and* a
-      lesion prediction is given (bool, or probabilities thresholded at 0.5); NaN otherwise.
-      Never pass the ground-truth mask as the prediction.
+      lesion prediction is given (bool, or probabilities: thresholded at 0.5 and cleaned of
+      components below `min_lesion_ml`, the head's own value; `lesion_mask`); NaN otherwise.
+      `no_predicted_lesion` is 1 when that mask is empty (HD95 is then the image diagonal,
+      which summaries count apart). Never pass the ground-truth mask as the prediction.
     - 2D only: `EN, SD, SF, MI, SCD, VIF, Qabf, SSIM` (METRICS.md) on `sources_uint8` = the
       (MRI, CT) source images as uint8 (e.g. the PNGs) and the fused image min-max scaled to
       uint8 (`fused_to_uint8`, exactly as saved). Without `sources_uint8` the prepared
@@ -129,10 +150,11 @@ def evaluate_case(
     row["bone_ssim"] = _roi_metric("roi_ssim", fused64, ct_bone, bone)
     row["brain_psnr"] = _roi_metric("roi_psnr", fused64, prepared.mri, brain)
     row["bone_psnr"] = _roi_metric("roi_psnr", fused64, ct_bone, bone)
-    row.update(dict.fromkeys(LESION_COLUMNS, math.nan))
+    row.update(dict.fromkeys((*LESION_COLUMNS, NO_PREDICTION_COLUMN), math.nan))
     if lesion_pred is not None:
         lesion_pred = np.asarray(lesion_pred)
         _check_image("lesion prediction", lesion_pred, shape)
         if prepared.lesion is not None:
-            row.update(_lesion_metrics(lesion_pred, prepared.lesion.astype(bool), prepared.spacing))
+            pred = lesion_mask(lesion_pred, prepared.spacing, min_lesion_ml)
+            row.update(_lesion_metrics(pred, prepared.lesion.astype(bool), prepared.spacing))
     return row

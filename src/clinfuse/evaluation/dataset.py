@@ -26,7 +26,12 @@ import numpy as np
 
 from clinfuse.errors import ClinfuseInputError
 from clinfuse.evaluation.case import evaluate_case, fused_to_uint8, metric_columns
-from clinfuse.evaluation.methods import MethodFn, resolve_method, unpack_output
+from clinfuse.evaluation.methods import (
+    MethodFn,
+    min_lesion_ml_of,
+    resolve_method,
+    unpack_output,
+)
 from clinfuse.evaluation.percase import (
     EXTRA_COLUMNS,
     PER_CASE,
@@ -189,7 +194,10 @@ def evaluate_dataset(
     is called after each row (progress display). `lesion_head(fused, prepared) -> probability`
     (e.g. `clinfuse.pipeline.lesion_head_predictor`) replaces every method's own lesion output,
     so all methods' lesion Dice/NSD/HD95 come from one segmenter applied to their fused images;
-    `lesion_head_name` records which one in summary.json.
+    `lesion_head_name` records which one in summary.json. A probability is scored as
+    `clean_mask(prob, spacing, 0.5, min_lesion_ml)` with the head's `min_lesion_ml` (carried by
+    the method's output or the `lesion_head` callable: `methods.min_lesion_ml_of`); a case whose
+    mask is empty is flagged in `no_predicted_lesion` and its HD95 counted apart.
     """
     name, fn = resolve_method(method, **(options or {}))
     if items is None:
@@ -229,16 +237,20 @@ def evaluate_dataset(
             if item.prepared.ndim != ndim:
                 raise ClinfuseInputError(f"{item.prepared.ndim}D case in a {ndim}D dataset")
             t0 = time.perf_counter()
-            fused, lesion_pred = unpack_output(fn(item.prepared))
+            raw = fn(item.prepared)
+            fused, lesion_pred = unpack_output(raw)
             seconds = time.perf_counter() - t0
+            min_ml = min_lesion_ml_of(raw)
             if lesion_head is not None:
                 lesion_pred = lesion_head(np.asarray(fused), item.prepared)
+                min_ml = min_lesion_ml_of(lesion_head)
             scores = evaluate_case(
                 fused,
                 item.prepared,
                 lesion_pred=lesion_pred,
                 sources_uint8=item.sources_uint8,
                 ct_reference=item.ct_reference,
+                min_lesion_ml=min_ml,
             )
             u8 = fused_to_uint8(fused) if ndim == 2 else None
             _save_fused(out_dir / "fused", item, fused, u8)

@@ -2,10 +2,10 @@
 
 A *method* is a callable `(PreparedCase) -> fused` where `fused` is a model-range array of the
 case's shape, or a `MethodOutput` (any object with `.fused` and optionally `.lesion_pred` /
-`.lesion_prob`). A *factory* builds a method from options (`--checkpoint`, `--preset`,
-`--option key=value`). The harness knows only the baselines; the CLI registers our diffusion
-model explicitly (`register_method("clinfuse", pipeline.clinfuse_method_factory)`), so the
-evaluation package never imports the pipeline.
+`.lesion_prob` and `.min_lesion_ml`, see `min_lesion_ml_of`). A *factory* builds a method from
+options (`--checkpoint`, `--preset`, `--option key=value`). The harness knows only the
+baselines; the CLI registers our diffusion model explicitly (`register_method("clinfuse",
+pipeline.clinfuse_method_factory)`), so the evaluation package never imports the pipeline.
 """
 
 from __future__ import annotations
@@ -28,6 +28,9 @@ class MethodOutput:
 
     fused: np.ndarray  # model range [-2, 2], shape of the prepared case
     lesion_pred: np.ndarray | None = None  # bool mask, or probabilities (thresholded at 0.5)
+    # the producing lesion head's `min_lesion_ml`: components below it are removed from a
+    # probability's mask before scoring (`evaluation.case.lesion_mask`)
+    min_lesion_ml: float = 0.0
 
 
 MethodFn = Callable[[PreparedCase], Any]
@@ -114,3 +117,11 @@ def unpack_output(out: Any) -> tuple[np.ndarray, np.ndarray | None]:
     if lesion is None:
         lesion = getattr(out, "lesion_prob", None)
     return np.asarray(fused), None if lesion is None else np.asarray(lesion)
+
+
+def min_lesion_ml_of(source: Any) -> float:
+    """The `min_lesion_ml` a method's output or a `lesion_head` callable carries (the lesion
+    head's own buffer, e.g. `pipeline.FusionResult.min_lesion_ml`); 0 (keep every component)
+    when it carries none. Read after the call: a head loaded on first use sets it then."""
+    value = getattr(source, "min_lesion_ml", None)
+    return 0.0 if value is None else float(value)

@@ -9,6 +9,7 @@ import fnmatch
 import math
 import os
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,14 @@ SUMMARY_JSON = "summary.json"
 SUMMARY_MD = "summary.md"
 EXTRA_COLUMNS = ("fuse_seconds",)  # wall time of the method on the case (not a quality metric)
 TEXT_COLUMNS = ("case_id", "patient_id", SCORED_AGAINST_COLUMN, "error")  # not metrics
+# 1: the predicted lesion mask (after `clean_mask`) was empty; 0: it was not; blank: the case's
+# lesion was not scored. A flag, not a metric: never summarised.
+NO_PREDICTION_COLUMN = "no_predicted_lesion"
+FLAG_COLUMNS = (NO_PREDICTION_COLUMN,)
+# Metrics without a value when nothing is predicted: `metrics.segmentation.hd95` returns the
+# image diagonal as a stand-in. Such cases are counted apart ("k of n: no prediction"), never
+# averaged and never paired (as the demo report does).
+UNDEFINED_WITHOUT_PREDICTION = ("hd95",)
 
 
 def _atomic_text(path: Path, text: str) -> None:
@@ -98,18 +107,52 @@ def metric_names(rows: list[dict[str, Any]]) -> list[str]:
     """Numeric columns of per-case rows with at least one non-NaN value, in order."""
     if not rows:
         return []
-    names = [k for k in rows[0] if k not in TEXT_COLUMNS]
+    names = [k for k in rows[0] if k not in TEXT_COLUMNS and k not in FLAG_COLUMNS]
     return [k for k in names if any(not math.isnan(r.get(k, math.nan)) for r in rows)]
+
+
+def no_prediction(row: dict[str, Any]) -> bool:
+    """True when the case's predicted lesion mask was empty (`NO_PREDICTION_COLUMN`)."""
+    v = row.get(NO_PREDICTION_COLUMN)
+    return v is not None and not (isinstance(v, float) and math.isnan(v)) and bool(v)
+
+
+def metric_values(rows: list[dict[str, Any]], key: str) -> np.ndarray:
+    """The per-case values of `key` as they are summarised and paired: NaN where undefined,
+    including HD95 of a case with no predicted lesion (`UNDEFINED_WITHOUT_PREDICTION`)."""
+    undefined = key in UNDEFINED_WITHOUT_PREDICTION
+    return np.array(
+        [math.nan if undefined and no_prediction(r) else r.get(key, math.nan) for r in rows],
+        dtype=float,
+    )
+
+
+def n_no_prediction(rows: list[dict[str, Any]], key: str) -> int:
+    """Cases whose `key` value is left out because nothing was predicted (see `metric_values`)."""
+    if key not in UNDEFINED_WITHOUT_PREDICTION:
+        return 0
+    return sum(1 for r in rows if no_prediction(r) and not math.isnan(r.get(key, math.nan)))
+
+
+def no_prediction_note(s: MetricSummary) -> str:
+    """`k of n: no prediction` for a summary with cases counted apart, else the empty string."""
+    k = s.n_no_prediction
+    return f"{k} of {s.n + k}: no prediction" if k else ""
 
 
 def summarise_rows(
     rows: list[dict[str, Any]], *, seed: int = BOOT_SEED
 ) -> dict[str, MetricSummary]:
-    """Summary of each metric column (all-NaN ones, e.g. a baseline's lesion metrics, omitted)."""
-    cols = {
-        k: np.array([r.get(k, math.nan) for r in rows], dtype=float) for k in metric_names(rows)
-    }
-    return summarise(cols, seed=seed)
+    """Summary of each metric column (all-NaN ones, e.g. a baseline's lesion metrics, omitted).
+    HD95 of cases without a predicted lesion is left out and counted in `n_no_prediction`."""
+    names = metric_names(rows)
+    out = summarise({k: metric_values(rows, k) for k in names}, seed=seed)
+    for k in names:
+        apart = n_no_prediction(rows, k)
+        if apart:
+            s = out[k]
+            out[k] = replace(s, n_nan=s.n_nan - apart, n_no_prediction=apart)
+    return out
 
 
 def summary_markdown(
@@ -132,7 +175,15 @@ def summary_markdown(
     ]
     for name, s in summary.items():
         ci = f"[{fmt(s.ci_low)}, {fmt(s.ci_high)}]"
-        lines.append(f"| {name} | {s.n} | {fmt(s.mean)} ± {fmt(s.sd)} | {ci} |")
+        n = f"{s.n} ({no_prediction_note(s)})" if s.n_no_prediction else str(s.n)
+        lines.append(f"| {name} | {n} | {fmt(s.mean)} ± {fmt(s.sd)} | {ci} |")
+    if any(s.n_no_prediction for s in summary.values()):
+        lines += [
+            "",
+            "No prediction: the predicted lesion mask was empty (per_case.csv "
+            f"`{NO_PREDICTION_COLUMN}` = 1), so HD95 is undefined for that case; it is counted "
+            "apart, not averaged as the image diagonal.",
+        ]
     return "\n".join(lines) + "\n"
 
 

@@ -24,6 +24,9 @@ class MetricSummary:
     sd: float  # sample standard deviation (ddof = 1); NaN for n < 2
     ci_low: float  # percentile bootstrap of the mean; NaN for n < 2
     ci_high: float
+    # cases left out because the metric is undefined without a predicted lesion (HD95 of an
+    # empty prediction; `percase.metric_values`), counted apart from `n` and `n_nan`
+    n_no_prediction: int = 0
 
     def to_dict(self) -> dict[str, float | int]:
         return asdict(self)

@@ -15,6 +15,8 @@ from clinfuse.evaluation.case import FUSION_COLUMNS, LESION_COLUMNS, ROI_COLUMNS
 from clinfuse.evaluation.percase import (
     fmt,
     metric_names,
+    metric_values,
+    no_prediction_note,
     read_per_case,
     summarise_rows,
 )
@@ -34,13 +36,17 @@ def fmt_p(p: float) -> str:
 
 
 def cell(s: MetricSummary, *, ci: bool = True) -> str:
-    """`mean ± sd [lo, hi]` (the benchmark's cell format)."""
+    """`mean ± sd [lo, hi]` (the benchmark's cell format), then `k of n: no prediction` when
+    cases without a predicted lesion were left out (HD95)."""
+    note = no_prediction_note(s)
     if s.n == 0:
-        return "—"
+        return note or "—"
     if math.isinf(s.mean):
-        return fmt(s.mean)
-    text = f"{fmt(s.mean)} ± {fmt(s.sd)}"
-    return f"{text} [{fmt(s.ci_low)}, {fmt(s.ci_high)}]" if ci else text
+        text = fmt(s.mean)
+    else:
+        text = f"{fmt(s.mean)} ± {fmt(s.sd)}"
+        text = f"{text} [{fmt(s.ci_low)}, {fmt(s.ci_high)}]" if ci else text
+    return f"{text}; {note}" if note else text
 
 
 def method_name(out: str | Path) -> str:
@@ -81,10 +87,17 @@ class Comparison:
         lines += [
             "",
             f"Δ = method − {ref} on the cases both have (NaN dropped; +inf, e.g. the PSNR of an "
-            "exact copy, ranks highest); two-sided Wilcoxon "
+            "exact copy, ranks highest; HD95 of a case without a predicted lesion on either "
+            "side left out); two-sided Wilcoxon "
             "signed-rank test (scipy), no correction for multiple comparisons.",
         ]
         return "\n".join(lines) + "\n"
+
+
+def _by_case(rows: list[dict[str, Any]], key: str) -> dict[str, float]:
+    """case_id -> the value of `key` as summarised and paired (`percase.metric_values`)."""
+    values = metric_values(rows, key)
+    return {r["case_id"]: float(v) for r, v in zip(rows, values, strict=True)}
 
 
 def compare(outs: Sequence[str | Path], *, names: Sequence[str] | None = None) -> Comparison:
@@ -104,14 +117,16 @@ def compare(outs: Sequence[str | Path], *, names: Sequence[str] | None = None) -
         metrics += [k for k in metric_names(rows[n]) if k not in metrics]
     summaries = {n: summarise_rows(rows[n]) for n in names}
     ref = names[0]
-    ref_by_case = {r["case_id"]: r for r in rows[ref]}
+    ref_ids = {r["case_id"] for r in rows[ref]}
     tests: dict[str, dict[str, PairedTest]] = {}
     for n in names[1:]:
-        common = [r for r in rows[n] if r["case_id"] in ref_by_case]
+        common = [r["case_id"] for r in rows[n] if r["case_id"] in ref_ids]
         tests[n] = {}
         for k in metrics:
-            a = np.array([ref_by_case[r["case_id"]].get(k, math.nan) for r in common], float)
-            b = np.array([r.get(k, math.nan) for r in common], float)
+            # `metric_values`: HD95 without a predicted lesion on either side is left out
+            ref_k, own_k = _by_case(rows[ref], k), _by_case(rows[n], k)
+            a = np.array([ref_k[c] for c in common], float)
+            b = np.array([own_k[c] for c in common], float)
             tests[n][k] = paired_wilcoxon(k, a, b)
     return Comparison(names, metrics, summaries, tests)
 
