@@ -69,3 +69,28 @@ def make_training_case(
         bone=bone,
         lesion=les,
     )
+
+
+def tiny_fusion_checkpoint(path):  # noqa: ANN001, ANN201 (a Path in, the Path out)
+    """A random `ci-tiny` 3D checkpoint at `path` whose output depends on x_t (MONAI
+    zero-initialises the output conv, so every weight is nudged); seeded, test-only."""
+    import torch
+    from torch.optim.swa_utils import AveragedModel
+
+    from clinfuse.training.checkpoint import build_model, save_checkpoint
+    from clinfuse.training.config import resolve_config
+
+    torch.manual_seed(0)  # test-only: the random initial weights of the tiny model
+    cfg = resolve_config("ci-tiny")
+    model = build_model(cfg.model)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=gen))
+    save_checkpoint(path, model=model, ema=AveragedModel(model), config=cfg, step=0)
+    state = torch.load(path, weights_only=False)
+    if any(type(v) is not str for v in state.get("versions", {}).values()):
+        # torch.__version__ is a TorchVersion object, which torch.load(weights_only=True) rejects
+        state["versions"] = {k: str(v) for k, v in state["versions"].items()}
+        torch.save(state, path)
+    return path

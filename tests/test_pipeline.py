@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from _helpers import tiny_fusion_checkpoint
 from clinfuse.errors import ClinfuseInputError
 from clinfuse.pipeline import (
     check_lesion_in_brain,
@@ -38,27 +39,7 @@ def _head(shape=SHAPE):
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    from torch.optim.swa_utils import AveragedModel
-
-    from clinfuse.training.checkpoint import build_model, save_checkpoint
-    from clinfuse.training.config import resolve_config
-
-    torch.manual_seed(0)  # test-only: the random initial weights of the tiny model
-    cfg = resolve_config("ci-tiny")
-    model = build_model(cfg.model)
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():  # MONAI zero-initialises the output conv; make the output depend on x_t
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=gen))
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    save_checkpoint(path, model=model, ema=AveragedModel(model), config=cfg, step=0)
-    state = torch.load(path, weights_only=False)
-    if any(type(v) is not str for v in state.get("versions", {}).values()):
-        # save_checkpoint stored torch.__version__ (a TorchVersion object), which
-        # torch.load(weights_only=True) rejects; reported to the training owner. Plain strings:
-        state["versions"] = {k: str(v) for k, v in state["versions"].items()}
-        torch.save(state, path)
-    return path
+    return tiny_fusion_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt")
 
 
 @pytest.fixture(scope="module")
@@ -150,12 +131,20 @@ def test_fuse_case_and_write_outputs(checkpoint, case_files, tmp_path):
     assert names == sorted(
         ["fused.nii.gz", "lesion_prob.nii.gz", "uncertainty.nii.gz", "montage.png", "run.json"]
         # the masks actually used, beside the fused image (issue 12 item 1)
-        + ["brain.nii.gz", "bone.nii.gz", "lesion_guide.nii.gz"]
+        + ["brain.nii.gz", "bone.nii.gz", "lesion_guide.nii.gz", "fused_display.png"]
     )
     img = nib.load(str(out / "fused.nii.gz"))
     np.testing.assert_allclose(img.affine, np.diag([*SPACING, 1.0]))
     assert img.shape == SHAPE
+    # --output-units model (default): the model range shown as [0, 1], said in the header
+    data = np.asarray(img.dataobj)
+    assert data.min() >= 0.0 and data.max() <= 1.0 and data.max() > 0.5
+    assert (float(img.header["cal_min"]), float(img.header["cal_max"])) == (0.0, 1.0)
+    assert b"[0,1]" in img.header["descrip"].tobytes()
+    np.testing.assert_allclose(data, (res.fused + 2) / 4, atol=1e-6)  # same grid: no resampling
     run = json.loads((out / "run.json").read_text())
+    assert run["output"]["units"] == "model" and run["output"]["range"] == [0.0, 1.0]
+    assert run["estimate"]["expected_s"] > 0 and run["estimate"]["calls"]["denoiser"] == 2
     assert run["inputs"]["mri"]["sha256"] == sha256_of(case_files["mri"])
     assert run["checkpoint"]["sha256"] == sha256_of(checkpoint)
     assert run["seed"] == 0 and run["preset"] == "stroke" and run["lesion_source"] == "user"

@@ -54,6 +54,13 @@ class StepLines:
         )
         expected = info.get("expected_s")
         if expected is not None:
-            text += f"; expected time about {_fmt_s(expected)} on this machine"
+            calls = info.get("calls", {})
+            text += (
+                f"; expected time about {_fmt_s(expected)} on this machine (an estimate: one "
+                f"timed call of each network on this grid x {calls.get('denoiser', total)} "
+                "denoiser steps and the guidance calls)"
+            )
+        if info.get("slow"):
+            text += "; for a faster run use a coarser working grid (--spacing 2) or fewer --steps"
         level = "[yellow]warning:[/]" if info.get("slow") else "note:"
         self.console.print(f"{level} {text}", highlight=False, soft_wrap=True)

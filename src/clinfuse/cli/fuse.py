@@ -8,6 +8,8 @@ from pathlib import Path
 
 import typer
 
+from clinfuse.diffusion import DEFAULT_STEPS
+
 
 class Mode(str, Enum):
     """Where the ROI gradient acts: `x0` (the predicted clean image) or `xt` (Algorithm 1)."""
@@ -23,6 +25,13 @@ class Window(str, Enum):
     whole = "whole"
 
 
+class Units(str, Enum):
+    """Units of fused.nii.gz (`pipeline.native.OutputUnits`)."""
+
+    model = "model"
+    source = "source"
+
+
 class Device(str, Enum):
     """Compute device; `auto` picks CUDA when present."""
 
@@ -32,9 +41,14 @@ class Device(str, Enum):
 
 
 def fuse(
-    mri: Path = typer.Option(..., "--mri", help="MRI: NIfTI, DICOM folder or PNG (2D)."),
-    ct: Path = typer.Option(..., "--ct", help="CT on the MRI's grid or overlapping it."),
+    mri: Path | None = typer.Option(None, "--mri", help="MRI: NIfTI, DICOM folder or PNG (2D)."),
+    ct: Path | None = typer.Option(None, "--ct", help="CT on the MRI's grid or overlapping it."),
     out: Path = typer.Option(..., "--out", help="Output folder (created)."),
+    prepared: Path | None = typer.Option(
+        None,
+        "--prepared",
+        help="Instead of --mri/--ct: a case folder written by `clinfuse preprocess`.",
+    ),
     brain: Path | None = typer.Option(None, "--brain", help="Brain mask (else automatic)."),
     bone: Path | None = typer.Option(None, "--bone", help="Skull mask (else automatic)."),
     lesion: Path | None = typer.Option(
@@ -56,7 +70,9 @@ def fuse(
         "--uncertainty-blend",
         help="With --samples > 1: blend toward the ROI composite where samples disagree.",
     ),
-    steps: int = typer.Option(20, "--steps", min=1, help="DDIM steps."),
+    steps: int = typer.Option(
+        DEFAULT_STEPS, "--steps", min=1, help="DDIM steps (10: docs/SPEED.md)."
+    ),
     samples: int = typer.Option(
         1, "--samples", min=1, help="Samples (batched); > 1 writes an uncertainty map."
     ),
@@ -70,10 +86,35 @@ def fuse(
         help="sliding: training-size patches blended (default); whole: one call, ~3x faster.",
     ),
     device: Device = typer.Option(Device.auto, "--device", help="auto, cpu or cuda."),
+    output_units: Units = typer.Option(
+        Units.model,
+        "--output-units",
+        help="model: the model's range shown as [0, 1] (one window shows brain and skull); "
+        "source: HU in the skull mask, MRI units elsewhere.",
+    ),
+    spacing: float | None = typer.Option(
+        None,
+        "--spacing",
+        min=0.01,
+        help="Working resolution in mm (e.g. 2 for a 1 mm head: ~8x fewer voxels); the output "
+        "stays on the MRI's grid. Default: the MRI's own grid.",
+    ),
+    detail: bool = typer.Option(
+        True,
+        "--detail/--no-detail",
+        help="With --spacing: restore native-resolution detail from each ROI's source.",
+    ),
+    register: bool = typer.Option(
+        False, "--register", help="Rigid CT->MRI registration first (transform in run.json)."
+    ),
+    threads: int | None = typer.Option(
+        None, "--threads", min=1, help="CPU threads (default: all cores)."
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
 ) -> None:
-    """Fuse one MRI/CT pair with ROI-guided diffusion; writes fused image, lesion
-    probability, uncertainty (--samples > 1), montage.png and run.json."""
+    """Fuse one MRI/CT pair with ROI-guided diffusion; writes fused image (on the MRI's grid),
+    fused_display.png, the masks used, lesion probability, uncertainty (--samples > 1),
+    montage.png and run.json."""
     from rich.console import Console
 
     from clinfuse.cli._progress import StepLines
@@ -98,8 +139,22 @@ def fuse(
         if value is not None:
             option = "--" + key.replace("_", "-")
             guidance = load_preset(guidance, {key: value}, overrides_source=option)
+    from clinfuse.errors import ClinfuseInputError
+    from clinfuse.nn.precision import set_threads
+
     paths = {"mri": mri, "ct": ct, "brain": brain, "bone": bone, "lesion": lesion}
-    inputs = tuple(p for p in paths.values() if p is not None)
+    if prepared is not None:
+        given = [f"--{k}" for k, v in paths.items() if v is not None]
+        if given:
+            raise ClinfuseInputError(
+                f"--prepared replaces {', '.join(given)}: give one or the other"
+            )
+    elif mri is None or ct is None:
+        raise ClinfuseInputError(
+            "give --mri and --ct (or --prepared DIR from `clinfuse preprocess`)"
+        )
+    n_threads = set_threads(threads)
+    inputs = tuple(p for p in (*paths.values(), prepared) if p is not None)
     out_existed = out.exists()
     out_dir = check_output_dir(out, overwrite=overwrite, inputs=inputs)
     try:
@@ -109,7 +164,7 @@ def fuse(
                 f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True
             )
             result = fuse_case(
-                paths,
+                prepared if prepared is not None else paths,
                 checkpoint=checkpoint,
                 preset=preset,
                 guidance=guidance,
@@ -119,7 +174,12 @@ def fuse(
                 device=device.value,
                 window=window.value,
                 progress=StepLines(console),  # first line only once every input is checked
+                spacing=spacing,
+                register=register,
+                detail=detail,
+                output_units=output_units.value,
             )
+        result.record["threads"] = n_threads
         write_outputs(result, out_dir, overwrite=overwrite, inputs=inputs)
     except BaseException:
         # leave nothing behind that this run created (the folder itself included)

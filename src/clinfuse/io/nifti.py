@@ -207,9 +207,17 @@ def load_nifti(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(data, dtype=np.float32), affine
 
 
-def save_nifti(path: str | Path, array: np.ndarray, affine: np.ndarray) -> Path:
+def save_nifti(
+    path: str | Path,
+    array: np.ndarray,
+    affine: np.ndarray,
+    *,
+    cal_range: tuple[float, float] | None = None,
+    descrip: str | None = None,
+) -> Path:
     """Write `array` with `affine` atomically. Bool arrays (masks) are stored as uint8, others
-    as float32; a 2D array gets a singleton third axis (`load_nifti` restores 2D)."""
+    as float32; a 2D array gets a singleton third axis (`load_nifti` restores 2D).
+    `cal_range` sets the header's display window (cal_min, cal_max), `descrip` its text."""
     path = Path(path)
     if not is_nifti(path):
         raise ValueError(f"save_nifti needs a .nii or .nii.gz path, got {path}")
@@ -224,6 +232,10 @@ def save_nifti(path: str | Path, array: np.ndarray, affine: np.ndarray) -> Path:
     # Scanner-anatomical codes in both forms so ITK-SNAP/Slicer and nibabel agree on geometry.
     img.set_sform(img.affine, code=1)
     img.set_qform(img.affine, code=1)
+    if cal_range is not None:
+        img.header["cal_min"], img.header["cal_max"] = (float(v) for v in cal_range)
+    if descrip is not None:
+        img.header["descrip"] = descrip.encode("ascii", "replace")[:79]
     with atomic_write(path) as tmp:
         nib.save(img, str(tmp))
     return path

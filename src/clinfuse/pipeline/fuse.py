@@ -13,9 +13,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from clinfuse.choices import Choice
+from clinfuse.diffusion import DEFAULT_STEPS
 from clinfuse.errors import ClinfuseInputError
 from clinfuse.io.case import Case
 from clinfuse.pipeline.model import LoadedModel, load_model, resolve_device, sha256_of
+from clinfuse.pipeline.native import OutputUnits
 from clinfuse.preprocess.prepared import PreparedCase
 
 if TYPE_CHECKING:  # torch-importing modules stay lazy at runtime
@@ -84,7 +86,7 @@ def fuse_prepared(
     preset: str = "stroke",
     overrides: Mapping[str, Any] | None = None,
     guidance: GuidanceConfig | None = None,
-    steps: int = 20,
+    steps: int = DEFAULT_STEPS,
     samples: int = 1,
     seed: int = 0,
     lesion: LesionMode | str = LesionMode.predicted,
@@ -160,8 +162,20 @@ def fuse_prepared(
     lesion_t = None if lesion_mask is None else tensor(lesion_mask, "constant") > 0.5
     schedule = NoiseSchedule(model.config.num_train_steps, model.config.schedule).to(device)
     generator = torch.Generator(device=device).manual_seed(int(seed))
-    if progress is not None:
-        progress(0, steps, {"grid": list(grid), "voxels": int(np.prod(grid)) * samples})
+    estimate = None
+    if progress is not None:  # the note before sampling: grid, voxels and expected time
+        from clinfuse.pipeline.estimate import estimate_sampling
+
+        estimate = estimate_sampling(
+            net,
+            cond,
+            masks,
+            steps=steps,
+            num_train_steps=model.config.num_train_steps,
+            guidance=cfg,
+        )
+        info = {"grid": list(grid), "voxels": int(np.prod(grid)) * samples, **estimate}
+        progress(0, steps, info)
     res = guided_sample(
         net,
         cond,
@@ -213,6 +227,7 @@ def fuse_prepared(
         "padded_grid": list(grid),
         "mask_source": dict(prepared.mask_source),
         "guidance_history": res.history,
+        "estimate": estimate,
     }
     return FusionResult(
         case_id=prepared.case_id,
@@ -227,10 +242,52 @@ def fuse_prepared(
     )
 
 
-def _case_from(case_or_paths: Case | Mapping[str, Any] | str | Path) -> Case:
+def _prepared_folder(path: Path) -> PreparedCase | None:
+    """A folder written by `clinfuse preprocess` (one case folder, or its output root with a
+    single case) as a `PreparedCase`; None when `path` is not such a folder."""
+    from clinfuse.preprocess.pipeline import (
+        PREPARED_MANIFEST,
+        SIDECAR,
+        load_prepared,
+        load_prepared_dataset,
+    )
+
+    if (path / SIDECAR).is_file():
+        return load_prepared(path)
+    if (path / PREPARED_MANIFEST).is_file() and any(path.glob(f"*/{SIDECAR}")):
+        cases = load_prepared_dataset(path)
+        if len(cases) != 1:
+            names = ", ".join(str(path / c.case_id) for c in cases[:3])
+            raise ClinfuseInputError(
+                f"holds {len(cases)} preprocessed cases; fuse one case folder at a time "
+                f"(e.g. {names})",
+                path,
+            )
+        return cases[0]
+    return None
+
+
+def _refuse_prepared_files(paths: Mapping[str, Any]) -> None:
+    """An image from a `clinfuse preprocess` folder is in the model range, not in MRI units or
+    HU (its CT would show "no skull"): say what to pass instead."""
+    from clinfuse.preprocess.pipeline import SIDECAR
+
+    for role in ("mri", "ct"):
+        p = Path(paths[role])
+        folder = p if p.is_dir() else p.parent
+        if (folder / SIDECAR).is_file():
+            raise ClinfuseInputError(
+                f"--{role} is an image written by `clinfuse preprocess` (model range, not the "
+                f"original intensities); pass that case folder as --prepared {folder}, or the "
+                "original MRI and CT files as --mri/--ct",
+                p,
+            )
+
+
+def _case_from(case_or_paths: Case | Mapping[str, Any] | str | Path) -> Case | PreparedCase:
     from clinfuse.io.dataset import load_case
 
-    if isinstance(case_or_paths, Case):
+    if isinstance(case_or_paths, Case | PreparedCase):
         return case_or_paths
     if isinstance(case_or_paths, Mapping):
         paths = {k: v for k, v in case_or_paths.items() if v is not None}
@@ -240,11 +297,18 @@ def _case_from(case_or_paths: Case | Mapping[str, Any] | str | Path) -> Case:
         for role, p in paths.items():
             if role in ("mri", "ct", "brain", "bone", "lesion") and not Path(p).exists():
                 raise ClinfuseInputError(f"{role} input not found", p)
+        _refuse_prepared_files(paths)
         is_png = str(paths["mri"]).lower().endswith(".png")
         kind = paths.pop("ct_kind", "display" if is_png else "hu")
         return load_case(**paths, ct_kind=kind)
     from clinfuse.io.dataset import load_dataset
 
+    folder = Path(case_or_paths)
+    if not folder.exists():
+        raise ClinfuseInputError("case folder not found", folder)
+    prepared = _prepared_folder(folder) if folder.is_dir() else None
+    if prepared is not None:
+        return prepared
     refs = load_dataset(case_or_paths)
     if len(refs) != 1:
         raise ClinfuseInputError(
@@ -268,44 +332,78 @@ def check_lesion_in_brain(prepared: PreparedCase, source: str | None = None) -> 
 
 
 def fuse_case(
-    case_or_paths: Case | Mapping[str, Any] | str | Path,
+    case_or_paths: Case | PreparedCase | Mapping[str, Any] | str | Path,
     *,
     checkpoint: str | Path | None = None,
     preset: str = "stroke",
     overrides: Mapping[str, Any] | None = None,
     guidance: GuidanceConfig | None = None,
-    steps: int = 20,
+    steps: int = DEFAULT_STEPS,
     samples: int = 1,
     seed: int = 0,
     device: str = "cpu",
     window: WindowMode | str = WindowMode.sliding,
     progress: ProgressFn | None = None,
     precision: str = "auto",
+    spacing: float | tuple[float, ...] | None = None,
+    register: bool = False,
+    detail: bool = True,
+    output_units: OutputUnits | str = OutputUnits.model,
 ) -> FusionResult:
     """Fuse one case: load, preprocess (missing masks automatic), guided sampling, map back.
 
     `case_or_paths`: a `Case`, a mapping `{"mri": path, "ct": path, "brain"/"bone"/"lesion":
-    path or None}` (PNG pairs are read as display-windowed CT), or a case folder. Everything that
+    path or None}` (PNG pairs are read as display-windowed CT), a case folder, or a folder
+    written by `clinfuse preprocess` (or a `PreparedCase`: used as prepared). Everything that
     can be wrong with the inputs is checked before sampling starts: missing or mismatched files,
     an unknown preset, a checkpoint of the wrong dimension, a lesion mask outside the brain. A
     lesion mask given with the case guides the lesion term ("user"); without one the lesion
     head's own prediction does. `guidance` / `preset` / `overrides` / `precision`: as
     `fuse_prepared`.
+
+    `spacing` (mm): the working resolution the model fuses at; the output is still on the MRI's
+    grid. Then, with `detail` (default), each ROI's fine structure at the MRI's resolution is
+    taken back from its source (`preprocess.detail.restore_detail`: MRI in the brain,
+    bone-window CT in the skull). `register`: rigid CT->MRI registration first (SimpleITK;
+    the transform is in run.json). `output_units`: "model" (default; the model range shown as
+    [0, 1], `native.DISPLAY_RANGE`) or "source" (HU in the bone mask, MRI units elsewhere).
+    `result.fused_native` holds the output on the MRI's grid in those units.
     """
     from clinfuse.diffusion.guidance import load_preset
     from clinfuse.nn.precision import resolve_precision
+    from clinfuse.pipeline.native import (
+        DISPLAY_RANGE,
+        fused_on_mri_grid,
+        model_to_output,
+        native_prepared,
+        resampled_by_spacing,
+    )
     from clinfuse.preprocess.pipeline import preprocess_case, to_native
 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     # unknown preset / bad override: fail before any work; resolved once from here on
     guidance = load_preset(guidance if guidance is not None else preset, overrides)
+    units = OutputUnits.parse(output_units, "--output-units")
     device = resolve_device(device)
     resolve_precision(precision, device)  # a bad value fails before any work
-    case = _case_from(case_or_paths)
-    prepared = preprocess_case(case)
+    loaded_case = _case_from(case_or_paths)
+    case: Case | None = None
+    if isinstance(loaded_case, PreparedCase):
+        if spacing is not None or register:
+            raise ClinfuseInputError(
+                "the case is already preprocessed: --spacing and --register apply to the "
+                "original MRI and CT (pass those as --mri/--ct)",
+                loaded_case.record.get("sources", {}).get("mri"),
+            )
+        prepared = loaded_case
+        sources = {k: str(v) for k, v in prepared.record.get("sources", {}).items()}
+    else:
+        case = loaded_case
+        prepared = preprocess_case(case, spacing=spacing, register=register)
+        sources = dict(case.sources)
     timings["preprocess_s"] = time.perf_counter() - t0
-    check_lesion_in_brain(prepared, case.sources.get("lesion"))
+    check_lesion_in_brain(prepared, sources.get("lesion"))
     t1 = time.perf_counter()
     loaded = load_model(checkpoint, prepared.ndim, device)
     timings["load_model_s"] = time.perf_counter() - t1
@@ -326,20 +424,43 @@ def fuse_case(
         precision=precision,
     )
     t2 = time.perf_counter()
-    result.fused_native = to_native(result.fused, prepared)
+    native = None
+    if detail and case is not None and resampled_by_spacing(prepared) and prepared.ndim == 3:
+        native = native_prepared(case, prepared)  # the sources on the MRI's own grid
+    on_grid, grid_info = fused_on_mri_grid(result.fused, prepared, native)
+    if not detail:
+        grid_info["detail"] = "off (--no-detail)"
+    elif case is None and resampled_by_spacing(prepared):
+        grid_info["detail"] = "not available (a preprocessed folder has no native sources)"
+    if units == OutputUnits.model:
+        result.fused_native = model_to_output(on_grid)
+        output = {"units": "model", "range": list(DISPLAY_RANGE)}
+        output["mapping"] = "model range [-2, 2] -> [0, 1] linear (0 = air)"
+    else:
+        if native is not None:
+            result.fused_native = to_native(on_grid, native)
+        else:
+            result.fused_native = to_native(result.fused, prepared)
+        output = {"units": "source", "mapping": "HU in the bone mask, MRI units elsewhere"}
     timings["to_native_s"] = time.perf_counter() - t2
     result.timings = {**timings, **result.timings, "total_s": time.perf_counter() - t0}
+    grid_rec = prepared.record.get("grid", {})
     result.record.update(
         {
-            "case_id": case.case_id,
+            "case_id": prepared.case_id,
             "inputs": {
                 role: {"path": str(Path(p).resolve()), "sha256": sha256_of(p)}
-                for role, p in case.sources.items()
+                for role, p in sources.items()
+                if Path(p).exists()
             },
             "checkpoint": {"path": loaded.path, "sha256": loaded.sha256, "step": loaded.step},
             "device": device,
+            "output": {**output, **grid_info},
+            "working_spacing": grid_rec.get("spacing", list(prepared.spacing)),
             # what preprocessing did to the inputs (CT resampled onto the MRI grid, ...)
             "preprocessing": {
+                "from_prepared_folder": case is None,
+                "spacing": None if spacing is None else np.atleast_1d(spacing).tolist(),
                 "ct_resampled": bool(prepared.record.get("ct_resampled", False)),
                 "reoriented": bool(prepared.record.get("reoriented", False)),
                 "registration": prepared.record.get("registration"),
@@ -356,7 +477,7 @@ def fuse_case(
 def clinfuse_method_factory(
     checkpoint: str | Path | None = None,
     preset: str = "stroke",
-    steps: int = 20,
+    steps: int = DEFAULT_STEPS,
     samples: int = 1,
     seed: int = 0,
     lesion: str = "predicted",

@@ -94,27 +94,47 @@ def _write_all(result: FusionResult, folder: Path) -> list[str]:
     """Write every output file into `folder` (a fresh temp folder); return the names."""
     from clinfuse.io.nifti import save_nifti
     from clinfuse.io.png import save_png
-    from clinfuse.preprocess.pipeline import native_grid
+    from clinfuse.pipeline.display import save_display
+    from clinfuse.pipeline.native import DISPLAY_DESCRIP, DISPLAY_RANGE, model_to_output
     from clinfuse.preprocess.windowing import model_to_display
     from clinfuse.report.montage import save_montage
 
     p = result.prepared
     names = []
+    output = result.record.get("output", {})
     if p.ndim == 2:
-        native = result.fused_native
-        if native is None or p.ct_kind != "display":
-            native = model_to_display(result.fused)  # display range of the model-range image
-        save_png(folder / "fused.png", np.clip(np.round(native), 0, 255).astype(np.uint8))
+        # a PNG is 0..255 whatever the units: the display range of the model-range image
+        display = model_to_display(result.fused)
+        save_png(folder / "fused.png", np.clip(np.round(display), 0, 255).astype(np.uint8))
         names.append("fused.png")
     else:
         # every NIfTI output lies on the input MRI's exact grid (shape, affine, voxel order)
         if result.fused_native is not None:
-            canonical = (result.fused_native, native_grid(p)[1])
-            arr, aff = _file_grid(canonical[0], _on_native(p))
-        else:
-            arr, aff = _file_grid(result.fused, p)
-        save_nifti(folder / "fused.nii.gz", arr, aff)
+            arr, aff = _file_grid(result.fused_native, _on_native(p))
+        else:  # a bare `fuse_prepared` result: model units
+            arr, aff = _file_grid(model_to_output(result.fused), p)
+        model_units = output.get("units", "model") == "model"
+        save_nifti(
+            folder / "fused.nii.gz",
+            arr,
+            aff,
+            cal_range=tuple(DISPLAY_RANGE) if model_units else None,
+            descrip=DISPLAY_DESCRIP if model_units else "clinfuse fused, source units",
+        )
         names.append("fused.nii.gz")
+        if model_units:
+            vrange = DISPLAY_RANGE
+        else:  # HU and MRI units mixed: a robust window of the whole volume
+            lo, hi = np.percentile(arr, [1, 99])
+            vrange = (float(lo), float(hi) if hi > lo else float(lo) + 1.0)
+        save_display(
+            folder / "fused_display.png",
+            arr,
+            aff,
+            vrange=vrange,
+            title=f"{result.case_id}: fused ({output.get('units', 'model range')} units)",
+        )
+        names.append("fused_display.png")
     maps = {"lesion_prob": result.lesion_prob, "uncertainty": result.uncertainty}
     masks = {"brain": p.brain, "bone": p.bone, "lesion_guide": result.lesion_guide}
     for name, value in [*maps.items(), *masks.items()]:
