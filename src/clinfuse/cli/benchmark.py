@@ -16,6 +16,19 @@ def split_list(values: list[str]) -> list[str]:
     return [v.strip() for item in values for v in item.split(",") if v.strip()]
 
 
+def validate_methods(names: list[str], options: dict[str, Any], data: Path) -> None:
+    """Everything a benchmark can get wrong up front, before its results folder exists: each
+    method with its options (ours loads its checkpoint: `pipeline.clinfuse_method_factory`)
+    and the dataset's layout (cases are read later)."""
+    from clinfuse.baselines import BASELINES
+    from clinfuse.evaluation.methods import resolve_method
+    from clinfuse.io.dataset import load_dataset
+
+    for name in names:  # the same options run_benchmark gives each method
+        resolve_method(name, **({} if name in BASELINES else dict(options)))
+    load_dataset(data)
+
+
 def benchmark(
     data: Path = typer.Option(..., "--data", help="Dataset folder or manifest."),
     out: Path = typer.Option(..., "--out", help="Output folder."),
@@ -57,6 +70,7 @@ def benchmark(
         subsets[name.strip()] = split_list([pats])
     opts = method_options(checkpoint, preset, option)
     head_fn, head_name = lesion_scorer(lesion_head)
+    validate_methods(names, opts, data)
 
     def on_case(method: str, case_id: str, row: dict[str, Any]) -> None:
         status = f"[red]{row['error']}[/]" if row.get("error") else "ok"

@@ -488,10 +488,11 @@ def clinfuse_method_factory(
 ) -> Callable[[PreparedCase], FusionResult]:
     """`clinfuse evaluate --method clinfuse --checkpoint CKPT --preset stroke [--option k=v]`.
 
-    Options besides these are guidance overrides (`mode`, `eta`, `alpha`, ...). The model is
-    loaded once, on the first case (its dimension must match). `lesion=oracle` guides with the
-    ground-truth mask: tables made so must say "oracle". The CLI registers this factory as the
-    method "clinfuse" (`evaluation.methods.register_method`).
+    Options besides these are guidance overrides (`mode`, `eta`, `alpha`, ...). Every option
+    and the checkpoint are checked here, before any case (a given checkpoint is loaded now;
+    the shipped default on the first case); its dimension must match the cases'.
+    `lesion=oracle` guides with the ground-truth mask: tables made so must say "oracle". The
+    CLI registers this factory as the method "clinfuse" (`evaluation.methods.register_method`).
     """
     from clinfuse.diffusion.guidance import load_preset
 
@@ -506,6 +507,11 @@ def clinfuse_method_factory(
 
     resolve_precision(str(precision), device)  # --option precision=...: checked up front
     cache: dict[int, LoadedModel] = {}
+    if checkpoint is not None:
+        # loaded now, so a bad checkpoint fails before `evaluate` creates its results folder;
+        # a case of the other dimension then gets load_model's dimension error
+        eager = load_model(checkpoint, None, device)
+        cache[eager.spatial_dims] = eager
 
     def method(prepared: PreparedCase) -> FusionResult:
         if prepared.ndim not in cache:

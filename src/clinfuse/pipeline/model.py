@@ -77,16 +77,19 @@ class LoadedModel:
     step: int | None
 
 
-def load_model(checkpoint: str | Path | None, ndim: int, device: str = "cpu") -> LoadedModel:
-    """Load a checkpoint (default: the shipped one for `ndim`) and check its dimension."""
+def load_model(checkpoint: str | Path | None, ndim: int | None, device: str = "cpu") -> LoadedModel:
+    """Load a checkpoint (default: the shipped one for `ndim`) and check its dimension
+    (`ndim` None: any dimension; then `checkpoint` must be given)."""
     from clinfuse.training.checkpoint import load_checkpoint
 
-    path = Path(checkpoint) if checkpoint is not None else default_checkpoint(ndim)
+    if checkpoint is None and ndim is None:
+        raise ValueError("give a checkpoint or the input dimension")
+    path = Path(checkpoint) if checkpoint is not None else default_checkpoint(int(ndim or 0))
     if not path.is_file():
         raise ClinfuseInputError("checkpoint file not found", path)
     ckpt = load_checkpoint(path, map_location=device)
     dims = int(ckpt.model.config.spatial_dims)
-    if dims != ndim:
+    if ndim is not None and dims != ndim:
         raise ClinfuseInputError(
             f"checkpoint is a {dims}D model but the input is {ndim}D; use a {ndim}D checkpoint",
             path,
