@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from clinfuse.diffusion import DEFAULT_STEPS
 from clinfuse.errors import ClinfuseInputError
 
 # Training and benchmark phantoms use small seeds (0.., 1000..; docs/TRAINING.md,
@@ -232,7 +233,7 @@ def run_demo(
     checkpoint: str | Path | None = None,
     preset: str = "stroke",
     samples: int = 1,
-    steps: int = 20,
+    steps: int = DEFAULT_STEPS,
     sliding: bool = False,
     device: str = "cpu",
     overwrite: bool = False,

@@ -11,6 +11,8 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from clinfuse.diffusion import DEFAULT_STEPS
+
 
 def demo(
     out: Path = typer.Option(
@@ -29,7 +31,7 @@ def demo(
         "--samples",
         help="Samples of our model per case; 2+ adds the uncertainty map (sd), ~1.6x time.",
     ),
-    steps: int = typer.Option(20, "--steps", help="DDIM steps of our model."),
+    steps: int = typer.Option(DEFAULT_STEPS, "--steps", help="DDIM steps of our model."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace files in --out."),
 ) -> None:
     """Fuse a few held-out stroke phantoms with our model and every baseline; write a report.
