@@ -119,3 +119,29 @@ def clean_mask(
         warnings.simplefilter("ignore", FutureWarning)
         out = RemoveSmallObjects(min_size=min_vox, connectivity=mask.ndim)(mask[None])
     return np.asarray(out)[0].astype(bool)
+
+
+def sliding_logits(
+    head: LesionHead,
+    fused: torch.Tensor,
+    cond: torch.Tensor | None,
+    roi_size: Sequence[int] = (48, 48, 48),
+    raw: bool = False,
+    overlap: float = 0.25,
+) -> torch.Tensor:
+    """The head over a whole volume with MONAI `sliding_window_inference` (Gaussian-weighted
+    windows of `roi_size`, the training patch): `fused` (B, 1, *S), `cond` (B, 3, *S) ->
+    logits (B, 1, *S), calibrated unless `raw`. Differentiable (guidance can use it)."""
+    from monai.inferers import sliding_window_inference
+
+    nd = fused.ndim - 2
+    roi = tuple(int(r) for r in roi_size)[:nd]
+    x = fused if cond is None else torch.cat([fused, cond], dim=1)
+
+    def net(win: torch.Tensor) -> torch.Tensor:
+        c = None if cond is None else win[:, 1:]
+        return head.raw_logits(win[:, :1], c) if raw else head(win[:, :1], c)
+
+    return sliding_window_inference(
+        x, roi, sw_batch_size=2, predictor=net, overlap=overlap, mode="gaussian"
+    )

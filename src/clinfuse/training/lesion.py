@@ -248,20 +248,14 @@ def predict_logits(
     roi_size: Sequence[int],
     raw: bool = False,
 ) -> np.ndarray:
-    """Logits of the head on a whole volume with MONAI `sliding_window_inference`
+    """Logits of the head on a whole volume (`nn.lesion_head.sliding_logits`), numpy in/out
     (`raw`: before temperature scaling)."""
-    from monai.inferers import sliding_window_inference
+    from clinfuse.nn.lesion_head import sliding_logits
 
-    x = torch.from_numpy(np.concatenate([fused[None], sources]).astype(np.float32))[None]
-
-    def net(win: torch.Tensor) -> torch.Tensor:
-        fn = head.raw_logits if raw else head
-        return fn(win[:, :1], win[:, 1:])
-
+    f = torch.from_numpy(np.ascontiguousarray(fused, np.float32))[None, None]
+    c = torch.from_numpy(np.ascontiguousarray(sources, np.float32))[None]
     with torch.no_grad():
-        out = sliding_window_inference(
-            x, tuple(roi_size), sw_batch_size=2, predictor=net, overlap=0.25, mode="gaussian"
-        )
+        out = sliding_logits(head, f, c, roi_size, raw=raw)  # type: ignore[arg-type]
     return np.asarray(out)[0, 0]
 
 
