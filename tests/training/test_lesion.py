@@ -72,6 +72,20 @@ def test_head_reads_fused_and_sources_and_applies_its_temperature():
     assert float(fresh.temperature) == 1.0 and float(fresh.min_lesion_ml) == 0.0
 
 
+def test_eval_mode_uses_sliding_windows_of_the_training_patch():
+    from clinfuse.nn.lesion_head import LesionHead, sliding_logits
+
+    torch.manual_seed(0)  # test-only: random weights
+    head = LesionHead(3, (4, 8), 1, inputs="fused+sources", norm="instance").eval()
+    x, cond = torch.randn(1, 1, 24, 20, 16), torch.randn(1, 3, 24, 20, 16)
+    torch.testing.assert_close(head(x, cond), head.raw_logits(x, cond))  # window 0: whole
+    head.window.fill_(16)
+    with torch.no_grad():
+        torch.testing.assert_close(head(x, cond), sliding_logits(head, x, cond, (16, 16, 16)))
+    head.train()
+    assert head(x, cond).shape == x.shape  # training: patches as given
+
+
 def test_clean_mask_drops_small_components():
     from clinfuse.nn.lesion_head import clean_mask
 
@@ -88,7 +102,8 @@ def test_train_lesion_replaces_only_the_head_and_calibrates(trained, base_ckpt):
 
     new = load_checkpoint(trained / "lesion_head.ckpt")
     assert new.model.config.lesion_inputs == "fused+sources"
-    assert new.model.config.lesion_norm == "batch"
+    assert new.model.config.lesion_norm == "instance"
+    assert int(new.model.lesion_head.window) == 16  # the training patch
     old_w = ema_weights(read_checkpoint(base_ckpt))
     new_w = ema_weights(new.state)
     for k, v in old_w.items():

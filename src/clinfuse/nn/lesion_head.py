@@ -71,6 +71,9 @@ class LesionHead(nn.Module):
         # keeps. Checkpoints from before they existed load with 1 and 0.
         self.register_buffer("temperature", torch.ones(()))
         self.register_buffer("min_lesion_ml", torch.zeros(()))
+        # Sliding-window size (voxels per axis) for volumes larger than it, in eval mode: the
+        # training patch, so instance norm sees windows like its training patches. 0 = whole.
+        self.register_buffer("window", torch.zeros((), dtype=torch.long))
 
     def _load_from_state_dict(
         self,
@@ -82,7 +85,7 @@ class LesionHead(nn.Module):
         unexpected_keys: list,
         error_msgs: list,
     ) -> None:
-        for name, default in (("temperature", 1.0), ("min_lesion_ml", 0.0)):
+        for name, default in (("temperature", 1.0), ("min_lesion_ml", 0.0), ("window", 0)):
             state_dict.setdefault(prefix + name, torch.tensor(default))
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
@@ -97,7 +100,12 @@ class LesionHead(nn.Module):
         return self.unet(torch.cat([x0_hat, cond], dim=1))
 
     def forward(self, x0_hat: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
-        """Calibrated logits (apply ``torch.sigmoid`` for the lesion probability)."""
+        """Calibrated logits (apply ``torch.sigmoid`` for the lesion probability). In eval mode
+        a volume larger than `window` goes through `sliding_logits` with that window."""
+        win = int(self.window)
+        spatial = x0_hat.shape[2:]
+        if not self.training and win > 0 and any(n > win for n in spatial):
+            return sliding_logits(self, x0_hat, cond, (win,) * len(spatial))
         return self.raw_logits(x0_hat, cond) / self.temperature.to(x0_hat.dtype)
 
 
@@ -140,7 +148,8 @@ def sliding_logits(
 
     def net(win: torch.Tensor) -> torch.Tensor:
         c = None if cond is None else win[:, 1:]
-        return head.raw_logits(win[:, :1], c) if raw else head(win[:, :1], c)
+        logits = head.raw_logits(win[:, :1], c)
+        return logits if raw else logits / head.temperature.to(logits.dtype)
 
     return sliding_window_inference(
         x, roi, sw_batch_size=2, predictor=net, overlap=overlap, mode="gaussian"

@@ -5,9 +5,9 @@ estimate x̂0 and the sources [MRI, CT clinical window, CT bone window]
 (`ModelConfig.lesion_inputs = "fused+sources"`). The recipe is MONAI's standard 3D
 segmentation recipe; only the choice of the fused channel is ours:
 
-- **Network**: MONAI `UNet` (16-32-64-128, 2 residual units, batch norm: running statistics do
-  not depend on the window, so patches in training and sliding windows on whole volumes see the
-  same normalisation).
+- **Network**: MONAI `UNet` (16-32-64-128, 2 residual units, instance norm). Whole volumes go
+  through sliding windows of the training patch's size (`LesionHead.window`, set here), so
+  every window is normalised like a training patch.
 - **Samples**: `RandCropByPosNegLabeld` patches (half centred on lesion voxels, half on
   background), left-right flips and a small `RandAffined` (rotation, scale), channel-wise
   intensity scale/shift and Gaussian noise.
@@ -58,7 +58,11 @@ class LesionTrainConfig:
     weight_decay: float = 1e-4
     channels: tuple[int, ...] = (16, 32, 64, 128)
     res_units: int = 2
-    norm: str = "batch"
+    # Instance norm: training patches and inference windows (`LesionHead.window` = the patch)
+    # have the same size, so per-window statistics match. Batch norm's running statistics from
+    # 4 correlated patches swung the whole-volume predictions between nothing and 25,000 false
+    # voxels (session 3, steps 150-450).
+    norm: str = "instance"
     pos_fraction: float = 0.5  # RandCropByPosNegLabeld pos / (pos + neg)
     p_composite: float = 0.3  # fused channel = the clean ROI composite
     p_degraded: float = 0.4  # ... = the composite blurred and noised (x̂0 look-alike)
@@ -450,6 +454,7 @@ def train_lesion_head(
                 torch.save({"step": best[1], "dice": best[0], "state": best[2]}, tmp)
 
     head.load_state_dict(best[2])
+    head.window.fill_(int(max(cfg.patch_size)))
     temp, min_ml, calib = _calibrate(head, val_items, cfg)
     head.temperature.fill_(temp)
     head.min_lesion_ml.fill_(min_ml)
