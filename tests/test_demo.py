@@ -169,7 +169,7 @@ def test_demo_with_tiny_random_checkpoint(tmp_path):
     assert fused.shape == (16, 16, 16) and np.isfinite(fused).all()
 
 
-def test_cli_demo_runs_and_refuses_existing_output(tmp_path, monkeypatch):
+def test_cli_demo_runs_and_refuses_existing_output(restore_threads, tmp_path, monkeypatch):
     calls = {}
     real = demo_mod.run_demo
 
@@ -180,10 +180,16 @@ def test_cli_demo_runs_and_refuses_existing_output(tmp_path, monkeypatch):
 
     monkeypatch.setattr(demo_mod, "run_demo", small)
     out = tmp_path / "cli"
-    res = CliRunner().invoke(app, ["demo", "--out", str(out), "--n-cases", "1", "--device", "cpu"])
+    args = ["demo", "--out", str(out), "--n-cases", "1", "--device", "cpu"]
+    res = CliRunner().invoke(app, [*args, "--spacing", "12", "--threads", "1"])
     assert res.exit_code == 0, res.output
     assert (out / "report.html").is_file() and "report.html" in res.output
     assert calls["n_cases"] == 1 and calls["device"] == "cpu"
     assert calls["command"].startswith("clinfuse demo --out")
+    # --spacing: every method works on that grid; --threads: recorded in the command
+    assert calls["work_spacing"] == 12.0 and "--spacing 12 --threads 1" in calls["command"]
+    case = next((out / "cases").iterdir()).name
+    fused = nib.load(out / "methods" / "average" / "fused" / f"{case}.nii.gz")
+    np.testing.assert_allclose(fused.header.get_zooms()[:3], (12.0, 12.0, 12.0), rtol=0.05)
     res = CliRunner().invoke(app, ["demo", "--out", str(out), "--n-cases", "1"])
     assert isinstance(res.exception, ClinfuseInputError)

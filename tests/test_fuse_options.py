@@ -120,7 +120,7 @@ def test_output_units_source_and_the_estimate_note(checkpoint, tmp_path):
         fuse_case(paths, checkpoint=checkpoint, output_units="hu")
 
 
-def test_cli_threads_and_bad_combinations(checkpoint, tmp_path):
+def test_cli_threads_and_bad_combinations(restore_threads, checkpoint, tmp_path):
     from typer.testing import CliRunner
 
     from clinfuse.cli import app

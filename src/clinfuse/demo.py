@@ -84,11 +84,14 @@ def make_demo_cases(
     seed: int = DEMO_SEED,
     shape: Sequence[int] = DEMO_SHAPE,
     spacing: Sequence[float] = DEMO_SPACING,
+    work_spacing: float | None = None,
 ) -> list[DemoCase]:
     """Generate and preprocess `n_cases` phantoms (seed `seed + i`, contrasts alternating).
 
     Each has one ischaemic lesion and exact brain/bone/lesion masks; the masks given to the
     methods are the exact ones (the composite is then the ROI-SSIM ceiling, see the report).
+    `work_spacing` (mm, `demo --spacing`): every method works and is scored on a grid of that
+    voxel size (default: the phantoms' own `spacing`).
     """
     if n_cases < 1:
         raise ClinfuseInputError(f"--n-cases must be at least 1, got {n_cases}")
@@ -108,7 +111,7 @@ def make_demo_cases(
         phantom = generate_phantom(config, seed + i)
         case = phantom.case
         case.case_id = f"demo{seed + i}_{contrast}"
-        prepared = preprocess_case(case)
+        prepared = preprocess_case(case, spacing=work_spacing)
         cases.append(DemoCase(case.case_id, seed + i, contrast, prepared, case))
     return cases
 
@@ -230,6 +233,7 @@ def run_demo(
     seed: int = DEMO_SEED,
     shape: Sequence[int] = DEMO_SHAPE,
     spacing: Sequence[float] = DEMO_SPACING,
+    work_spacing: float | None = None,
     checkpoint: str | Path | None = None,
     preset: str = "stroke",
     samples: int = 1,
@@ -247,6 +251,7 @@ def run_demo(
     otherwise the report says so and shows the baselines
     only. Ours runs `samples` samples per case (their sd is the uncertainty map) with DDIM
     `steps` and guidance `preset`. `methods` limits the baselines (default: all).
+    `work_spacing`: the working (and scoring) voxel size in mm (`make_demo_cases`).
     """
     from clinfuse.baselines import BASELINES
     from clinfuse.evaluation.dataset import PreparedItem, evaluate_dataset
@@ -269,7 +274,9 @@ def run_demo(
 
     say(f"synthesising {n_cases} held-out phantoms (seeds {seed}..{seed + n_cases - 1})")
     t0 = time.perf_counter()
-    cases = make_demo_cases(n_cases, seed=seed, shape=shape, spacing=spacing)
+    cases = make_demo_cases(
+        n_cases, seed=seed, shape=shape, spacing=spacing, work_spacing=work_spacing
+    )
     for c in cases:
         _write_inputs(c, out_dir / "cases" / c.case_id)
     timings["phantoms_and_preprocessing"] = time.perf_counter() - t0

@@ -32,6 +32,15 @@ def demo(
         help="Samples of our model per case; 2+ adds the uncertainty map (sd), ~1.6x time.",
     ),
     steps: int = typer.Option(DEFAULT_STEPS, "--steps", help="DDIM steps of our model."),
+    spacing: float | None = typer.Option(
+        None,
+        "--spacing",
+        min=0.01,
+        help="Working resolution in mm for every method (default: the phantoms' 3 mm).",
+    ),
+    threads: int | None = typer.Option(
+        None, "--threads", min=1, help="CPU threads (default: all cores)."
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace files in --out."),
 ) -> None:
     """Fuse a few held-out stroke phantoms with our model and every baseline; write a report.
@@ -42,9 +51,11 @@ def demo(
     from clinfuse.demo import run_demo
 
     console = Console()
+    from clinfuse.nn.precision import set_threads
     from clinfuse.pipeline import resolve_device
 
     dev = resolve_device(device)
+    n_threads = set_threads(threads)
     # The command that reproduces this run, rebuilt from the parsed options (not argv, so
     # it is the same whether run from a shell or from Python).
     parts = ["clinfuse", "demo", "--out", str(out), "--n-cases", str(n_cases)]
@@ -52,6 +63,9 @@ def demo(
     parts += ["--samples", str(samples), "--steps", str(steps)]
     if checkpoint is not None:
         parts += ["--checkpoint", str(checkpoint)]
+    if spacing is not None:
+        parts += ["--spacing", f"{spacing:g}"]
+    parts += ["--threads", str(n_threads)]
     command = shlex.join(parts)
     with console.status("clinfuse demo") as status:
 
@@ -66,6 +80,7 @@ def demo(
             checkpoint=checkpoint,
             samples=samples,
             steps=steps,
+            work_spacing=spacing,
             device=dev,
             overwrite=overwrite,
             command=command,
