@@ -194,3 +194,19 @@ def test_non_finite_gradient_with_finite_loss_skips_one_update(tmp_path, monkeyp
     assert state["step"] == 3 and state["extra"]["skipped_updates"] == 1
     rows = {r["step"]: r for r in _rows(tmp_path / "run" / "metrics.csv")}
     assert rows["2"]["grad_norm_lesion"] == "" and rows["3"]["grad_norm_lesion"] != ""
+
+
+def test_init_fine_tunes_from_a_checkpoints_ema_weights(tmp_path):
+    """`init`: a fresh run starts from the checkpoint's EMA weights, so its step-0 validation
+    is the source run's validation at the step it was saved (same seeded validation)."""
+    cfg = _cfg(max_steps=1)
+    source = train(cfg, _data(cfg), tmp_path / "src", device="cpu", progress=False)
+    assert source.last_checkpoint is not None
+    tuned_cfg = _cfg(max_steps=1, init=str(source.last_checkpoint))
+    tuned = train(tuned_cfg, _data(cfg), tmp_path / "tuned", device="cpu", progress=False)
+    src = {r["step"]: r for r in _rows(tmp_path / "src" / "metrics.csv")}
+    new = {r["step"]: r for r in _rows(tmp_path / "tuned" / "metrics.csv")}
+    for col in ("val_loss_diffusion", "val_roi_ssim"):
+        assert new["0"][col] == src["1"][col]
+        assert new["0"][col] != src["0"][col]  # not the seed's random init
+    assert tuned.step == 1 and (tmp_path / "tuned" / "last.ckpt").is_file()

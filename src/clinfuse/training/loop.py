@@ -449,23 +449,104 @@ def train(
         teardown_distributed(info)
 
 
-def _train(
-    config: TrainConfig,
-    data: TrainData | str | Path | None,
-    out: Path,
-    resume: str | Path | None,
-    info: DistInfo,
-    show_progress: bool,
-    overwrite: bool,
-    schedule_cls: type,
-) -> TrainResult:
-    dev = info.device
-    resume_state = None
-    if resume is not None:
-        resume = Path(resume)
-        resume_state = read_checkpoint(resume, map_location=dev)
-        _check_resume_config(config, config_from_dict(resume_state["config"], str(resume)), resume)
+@dataclass
+class _Run:
+    """One training run's state, built once by `_setup` and advanced by `_optimisation_step`.
 
+    `model` is the raw model (what checkpoints and the EMA read), `objective` the module the
+    loss is computed through (DDP-wrapped under torchrun). `extra` travels in checkpoints.
+    """
+
+    config: TrainConfig
+    info: DistInfo
+    out: Path
+    data: TrainData
+    model: nn.Module
+    ema: AveragedModel
+    schedule: nn.Module
+    objective: nn.Module
+    optimizer: torch.optim.Optimizer
+    lr_sched: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    amp: tuple[bool, torch.dtype, bool]
+    accum: int  # micro-batches per optimizer step on each rank
+    fusion_params: list[nn.Parameter]  # denoiser + encoders (clipped apart from the head)
+    lesion_params: list[nn.Parameter]
+    start: int = 0  # the last step already taken (0, or the resumed checkpoint's step)
+    extra: dict[str, Any] = field(
+        default_factory=lambda: {"best_score": None, "jitter_applied": 0, "jitter_seen": 0}
+    )
+    last_ckpt: Path | None = None
+    best_ckpt: Path | None = None
+    skipped_in_a_row: int = 0  # consecutive updates skipped for a non-finite gradient
+
+    @property
+    def device(self) -> torch.device:
+        return self.info.device
+
+    def checkpoint(self, path: Path, step: int) -> Path:
+        """Everything needed to resume exactly, written atomically to `path`."""
+        return save_checkpoint(
+            path,
+            model=self.model,
+            ema=self.ema,
+            config=self.config,
+            step=step,
+            optimizer=self.optimizer,
+            scheduler=self.lr_sched,
+            scaler=self.scaler,
+            extra=self.extra,
+        )
+
+
+@dataclass
+class _Logs:
+    """Rank 0's outputs while training: CSV logs, TensorBoard, the progress bar, validation."""
+
+    val_batches: list[Batch] = field(default_factory=list)
+    metrics: _CsvLog | None = None
+    jitter: _CsvLog | None = None
+    writer: Any = None  # torch.utils.tensorboard.SummaryWriter
+    bar: Any = None  # rich.progress.Progress (terminals only)
+    task: Any = None
+    show_progress: bool = False
+
+    def scalars(self, row: dict[str, Any], step: int) -> None:
+        """Finite float values of `row` to TensorBoard (`val_*` under `val/`)."""
+        for k, v in row.items():
+            if k != "step" and isinstance(v, float) and math.isfinite(v):
+                self.writer.add_scalar(k.replace("val_", "val/", 1), v, step)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _read_resume(
+    config: TrainConfig, resume: str | Path | None, device: torch.device
+) -> tuple[Path | None, dict[str, Any] | None]:
+    """The checkpoint to resume from, checked against `config` (only RESUMABLE_KEYS may
+    differ) and refused if it was exported for inference; (None, None) for a fresh run."""
+    if resume is None:
+        return None, None
+    path = Path(resume)
+    state = read_checkpoint(path, map_location=device)
+    _check_resume_config(config, config_from_dict(state["config"], str(path)), path)
+    if state.get("optimizer") is None:
+        raise ClinfuseInputError(
+            "this checkpoint was exported for inference (no optimizer state); resume from "
+            "the run's last.ckpt",
+            path,
+        )
+    return path, state
+
+
+def _load_data(
+    config: TrainConfig, data: TrainData | str | Path | None
+) -> tuple[TrainData, str | None]:
+    """The training data (a `TrainData`, or loaded from a path / `data.path`) and its path."""
     data_path = None
     if not isinstance(data, TrainData):
         data_path = str(data) if data is not None else config.data.path
@@ -478,16 +559,25 @@ def _train(
             f"the data is {data.ndim}D but the model is {model_dims}D (model.spatial_dims)",
             data_path,
         )
+    return data, data_path
 
-    if info.is_main:
-        out = _prepare_out(out, resume, overwrite, data_path)
-    barrier(info)
 
+def _setup(
+    config: TrainConfig,
+    data: TrainData,
+    out: Path,
+    info: DistInfo,
+    schedule_cls: type,
+    fine_tune: bool,
+) -> _Run:
+    """Model (seeded init, or the `init` checkpoint's weights when `fine_tune`), schedule, EMA,
+    the (DDP) objective, optimizer, LR schedule, AMP settings and gradient accumulation."""
+    dev = info.device
     # Same initial weights on every rank and every run of this seed, without reseeding globally.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         model = build_model(config.model)
-    if config.init and resume_state is None:
+    if fine_tune and config.init:
         init_weights(model, Path(config.init))
     mult = model.size_multiple
     if any(p % mult for p in config.data.patch_size):
@@ -496,7 +586,6 @@ def _train(
             f"a multiple of {mult} for this model"
         )
     model.to(dev)
-    prediction = model.config.prediction
     schedule = schedule_cls(model.config.num_train_steps, model.config.schedule).to(dev)
     ema = AveragedModel(model, multi_avg_fn=_ema_avg_fn(config.ema_decay), use_buffers=True)
     objective: nn.Module = TrainingObjective(model, schedule, config.roi.detach_x0_for_lesion)
@@ -519,61 +608,73 @@ def _train(
     fusion_params = [p for p in model.parameters() if id(p) not in lesion_ids]
     amp = _amp_settings(config.amp, dev)
     scaler = torch.amp.GradScaler(dev.type, enabled=amp[2])
-
     per_step = config.batch_size * info.world_size
     if config.effective_batch % per_step:
         raise ClinfuseInputError(
             f"effective_batch {config.effective_batch} is not a multiple of batch_size × "
             f"processes = {config.batch_size} × {info.world_size}"
         )
-    accum = config.effective_batch // per_step
+    return _Run(
+        config=config,
+        info=info,
+        out=out,
+        data=data,
+        model=model,
+        ema=ema,
+        schedule=schedule,
+        objective=objective,
+        optimizer=optimizer,
+        lr_sched=lr_sched,
+        scaler=scaler,
+        amp=amp,
+        accum=config.effective_batch // per_step,
+        fusion_params=fusion_params,
+        lesion_params=lesion_params,
+        last_ckpt=out / "last.ckpt" if (out / "last.ckpt").exists() else None,
+        best_ckpt=out / "best.ckpt" if (out / "best.ckpt").exists() else None,
+    )
 
-    start = 0
-    extra: dict[str, Any] = {"best_score": None, "jitter_applied": 0, "jitter_seen": 0}
-    if resume_state is not None:
-        if resume_state.get("optimizer") is None:
-            raise ClinfuseInputError(
-                "this checkpoint was exported for inference (no optimizer state); resume from "
-                "the run's last.ckpt",
-                resume,
-            )
-        load_weights(model, resume_state["model"], resume)
-        ema.load_state_dict(resume_state["ema"])
-        optimizer.load_state_dict(resume_state["optimizer"])
-        lr_sched.load_state_dict(resume_state["scheduler"])
-        if resume_state.get("scaler"):
-            scaler.load_state_dict(resume_state["scaler"])
-        start = int(resume_state["step"])
-        extra.update(resume_state.get("extra", {}))
 
-    writer = None
-    metrics_log = jitter_log = None
-    if info.is_main:
-        from clinfuse.io.atomic import write_text_atomic
+def _resume(run: _Run, state: dict[str, Any], path: Path) -> None:
+    """Continue exactly where checkpoint `state` stopped: weights, EMA, optimizer, LR schedule,
+    grad scaler, step and the run's bookkeeping (`extra`)."""
+    load_weights(run.model, state["model"], path)
+    run.ema.load_state_dict(state["ema"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.lr_sched.load_state_dict(state["scheduler"])
+    if state.get("scaler"):
+        run.scaler.load_state_dict(state["scaler"])
+    run.start = int(state["step"])
+    run.extra.update(state.get("extra", {}))
 
-        write_text_atomic(out / "config.yaml", dump_config(config))
-        split = {
-            "train": data.train_ids,
-            "val": data.val_ids,
-            "patients": data.patients,
-            "world_size": info.world_size,
-            "accumulation": accum,
-        }
-        write_text_atomic(out / "split.json", json.dumps(split, indent=1))
-        _truncate_csv(out / "metrics.csv", start)
-        _truncate_csv(out / "jitter.csv", start)
-        metrics_log = _CsvLog(out / "metrics.csv", TRAIN_COLUMNS + VAL_COLUMNS)
-        jitter_log = _CsvLog(out / "jitter.csv", JITTER_COLUMNS)
-        from torch.utils.tensorboard import SummaryWriter
 
-        writer = SummaryWriter(str(out / "tb"), purge_step=start + 1)
+def _open_logs(run: _Run, show_progress: bool) -> _Logs:
+    """Rank 0: config.yaml, split.json, the CSV logs (rows after a resumed step dropped),
+    TensorBoard and a progress bar on terminals. Other ranks log nothing."""
+    info, out, data, config = run.info, run.out, run.data, run.config
+    logs = _Logs(show_progress=show_progress)
+    if not info.is_main:
+        return logs
+    from torch.utils.tensorboard import SummaryWriter
 
-    val_batches = data.val_batches() if info.is_main else []
-    history: list[dict[str, float]] = []
-    last_ckpt = out / "last.ckpt" if (out / "last.ckpt").exists() else None
-    best_ckpt = out / "best.ckpt" if (out / "best.ckpt").exists() else None
-    bar = None
-    if info.is_main and show_progress and Console().is_terminal:
+    from clinfuse.io.atomic import write_text_atomic
+
+    write_text_atomic(out / "config.yaml", dump_config(config))
+    split = {
+        "train": data.train_ids,
+        "val": data.val_ids,
+        "patients": data.patients,
+        "world_size": info.world_size,
+        "accumulation": run.accum,
+    }
+    write_text_atomic(out / "split.json", json.dumps(split, indent=1))
+    _truncate_csv(out / "metrics.csv", run.start)
+    _truncate_csv(out / "jitter.csv", run.start)
+    logs.metrics = _CsvLog(out / "metrics.csv", TRAIN_COLUMNS + VAL_COLUMNS)
+    logs.jitter = _CsvLog(out / "jitter.csv", JITTER_COLUMNS)
+    logs.writer = SummaryWriter(str(out / "tb"), purge_step=run.start + 1)
+    logs.val_batches = data.val_batches()
+    if show_progress and Console().is_terminal:
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -583,7 +684,7 @@ def _train(
             TimeRemainingColumn,
         )
 
-        bar = Progress(
+        logs.bar = Progress(
             TextColumn("[bold]train[/]"),
             BarColumn(),
             MofNCompleteColumn(),
@@ -591,165 +692,217 @@ def _train(
             TimeRemainingColumn(),
             TextColumn("{task.description}"),
         )
-        bar.start()
-        task = bar.add_task("", total=config.max_steps, completed=start)
+        logs.bar.start()
+        logs.task = logs.bar.add_task("", total=config.max_steps, completed=run.start)
+    return logs
 
-    def checkpoint(path: Path, step: int) -> Path:
-        return save_checkpoint(
-            path,
-            model=model,
-            ema=ema,
-            config=config,
-            step=step,
-            optimizer=optimizer,
-            scheduler=lr_sched,
-            scaler=scaler,
-            extra=extra,
+
+def _accumulate(run: _Run, step: int) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """Forward + backward of the step's micro-batches; the loss terms averaged over them and
+    over the ranks, and the jitter applied to each sample."""
+    config, info, dev = run.config, run.info, run.device
+    sums: dict[str, float] = {}
+    jit_rows = []
+    prediction = run.model.config.prediction
+    for micro in range(run.accum):
+        # One generator per (seed, step, micro-batch, rank): each rank draws its own
+        # shard of patches, and a resumed run redraws exactly the same batches.
+        rng = np.random.default_rng([config.seed, step, micro, info.rank])
+        gen = torch.Generator(device=dev).manual_seed(
+            _seed_for(config.seed, step, micro, info.rank, 1)
         )
+        batch = run.data.sample_batch(rng, config.batch_size, config.jitter).to(dev)
+        sync = micro == run.accum - 1 or not info.enabled
+        ctx = nullcontext() if sync else run.objective.no_sync()
+        with ctx:
+            losses = compute_losses(
+                run.objective, run.schedule, batch, config, gen, run.amp, prediction
+            )
+            run.scaler.scale(losses["loss"] / run.accum).backward()
+        for k, v in losses.items():
+            sums[k] = sums.get(k, 0.0) + float(v.detach()) / run.accum
+        for j, params in enumerate(batch.jitter):
+            jit_rows.append(
+                {"step": step, "micro": micro, "sample": j, "case_id": batch.case_ids[j]}
+                | params.as_row()
+            )
+    keys = sorted(sums)
+    reduced = all_reduce_mean(torch.tensor([sums[k] for k in keys], device=dev), info)
+    return dict(zip(keys, reduced.tolist(), strict=True)), jit_rows
 
-    skipped_in_a_row = 0
+
+def _update(run: _Run, step: int) -> tuple[float, float]:
+    """Clip the gradients (denoiser/encoders and lesion head apart) and take the optimizer,
+    EMA and LR-schedule step; an update with a non-finite gradient is skipped (as GradScaler
+    does under fp16) and the run stops after MAX_SKIPPED_IN_A_ROW of them. Returns the two
+    gradient norms."""
+    config, amp = run.config, run.amp
+    run.scaler.unscale_(run.optimizer)
+    clip = config.optim.grad_clip if config.optim.grad_clip > 0 else float("inf")
+    # Clipped per part: with x0_hat detached the lesion head and the denoiser have
+    # disjoint losses, and the (unbounded) HD95 surrogate must not shrink the
+    # denoiser's step through one global norm.
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(run.fusion_params, clip))
+    grad_norm_lesion = float(torch.nn.utils.clip_grad_norm_(run.lesion_params, clip))
+    grads_ok = math.isfinite(grad_norm) and math.isfinite(grad_norm_lesion)
+    if not amp[2] and not grads_ok:
+        # Finite loss, non-finite gradient (seen every ~20 steps in the 3D model under
+        # bf16 autocast on CPU): skip this update as GradScaler does under fp16, and
+        # stop only if it keeps happening.
+        run.extra["skipped_updates"] = run.extra.get("skipped_updates", 0) + 1
+        run.skipped_in_a_row += 1
+        part = "denoiser/encoders" if not math.isfinite(grad_norm) else "lesion head"
+        if run.info.is_main:
+            print(f"step {step}: non-finite gradient in the {part}; update skipped")
+        if run.skipped_in_a_row >= MAX_SKIPPED_IN_A_ROW:
+            raise NonFiniteLossError(
+                f"non-finite gradient norm ({part}) in {run.skipped_in_a_row} consecutive "
+                f"steps up to step {step}; stopped. Last good checkpoint: "
+                f"{run.last_ckpt or 'none yet'}. Try a lower optim.lr or amp: off.",
+                run.out,
+            )
+        run.optimizer.zero_grad(set_to_none=True)
+    else:
+        run.skipped_in_a_row = 0
+    if grads_ok or amp[2]:
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+        run.ema.update_parameters(run.model)
+    run.lr_sched.step()
+    return grad_norm, grad_norm_lesion
+
+
+def _optimisation_step(run: _Run, step: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """One optimizer step (gradient accumulation over micro-batches, non-finite loss check,
+    clipping, update); returns its metrics.csv row and the jitter rows of its samples."""
+    t0 = time.perf_counter()
+    run.objective.train()
+    run.optimizer.zero_grad(set_to_none=True)
+    sums, jit_rows = _accumulate(run, step)
+    if not all(math.isfinite(v) for v in sums.values()):
+        raise NonFiniteLossError(
+            f"non-finite loss at step {step} ("
+            + ", ".join(f"{k}={v:.4g}" for k, v in sums.items())
+            + f"); stopped before updating the weights. Last good checkpoint: "
+            f"{run.last_ckpt or 'none yet'}. Try a lower optim.lr or amp: off.",
+            run.out,
+        )
+    lr = run.optimizer.param_groups[0]["lr"]  # the rate this update used
+    grad_norm, grad_norm_lesion = _update(run, step)
+    extra = run.extra
+    applied = sum(int(r["applied"]) for r in jit_rows)
+    extra["jitter_applied"] += applied
+    extra["jitter_seen"] += len(jit_rows)
+    row: dict[str, Any] = {"step": step, **sums, "lr": lr, "grad_norm": grad_norm}
+    row["grad_norm_lesion"] = grad_norm_lesion
+    row["jitter_applied"] = applied
+    row["jitter_fraction"] = extra["jitter_applied"] / max(1, extra["jitter_seen"])
+    row["step_seconds"] = time.perf_counter() - t0
+    return row, jit_rows
+
+
+def _validate_step0(run: _Run, logs: _Logs) -> None:
+    """Validation before the first step of a fresh run: the start of the validation curves."""
+    if run.start == 0 and run.info.is_main and logs.val_batches:
+        vals = validate(run.ema.module, run.schedule, logs.val_batches, run.config, run.device)
+        logs.metrics.write({"step": 0, **vals})
+        logs.scalars(vals, 0)
+    barrier(run.info)
+
+
+def _validate_and_keep_best(run: _Run, logs: _Logs, step: int, row: dict[str, Any]) -> None:
+    """Every `val_every` steps and at the last: rank 0 validates the EMA weights (into `row`)
+    and writes best.ckpt when the ROI-SSIM improves; the other ranks wait."""
+    config = run.config
+    do_val = step % config.val_every == 0 or step == config.max_steps
+    if do_val and run.info.is_main and logs.val_batches:
+        vals = validate(run.ema.module, run.schedule, logs.val_batches, config, run.device)
+        row.update(vals)
+        score = vals["val_roi_ssim"]
+        best = run.extra["best_score"]
+        if math.isfinite(score) and (best is None or score > best):
+            run.extra["best_score"] = score
+            run.best_ckpt = run.checkpoint(run.out / "best.ckpt", step)
+        if logs.show_progress or logs.bar is not None:
+            console = logs.bar.console if logs.bar is not None else Console()
+            console.print(
+                f"step {step}: loss_diffusion={row['loss_diffusion']:.4f} "
+                + ", ".join(f"{k}={v:.4f}" for k, v in vals.items() if math.isfinite(v)),
+                highlight=False,
+            )
+    if do_val:
+        barrier(run.info)  # the other ranks wait while rank 0 validates
+
+
+def _log_and_checkpoint(
+    run: _Run, logs: _Logs, step: int, row: dict[str, Any], jit_rows: list[dict[str, Any]]
+) -> None:
+    """Rank 0: the step's rows to metrics.csv, jitter.csv and TensorBoard, last.ckpt every
+    `ckpt_every` steps and at the last, and the progress bar."""
+    if not run.info.is_main:
+        return
+    logs.metrics.write(row)
+    for r in jit_rows:
+        logs.jitter.write(r)
+    logs.scalars(row, step)
+    if step % run.config.ckpt_every == 0 or step == run.config.max_steps:
+        run.last_ckpt = run.checkpoint(run.out / "last.ckpt", step)
+    if logs.bar is not None:
+        logs.bar.update(logs.task, completed=step, description=f"loss {row['loss']:.4f}")
+
+
+def _plot(out: Path) -> None:
+    """curves.png from metrics.csv; a plot never fails a finished run."""
     try:
-        if start == 0 and info.is_main and val_batches:
-            # Step-0 validation: the starting point of the validation curves.
-            vals = validate(ema.module, schedule, val_batches, config, dev)
-            metrics_log.write({"step": 0, **vals})
-            for k, v in vals.items():
-                if math.isfinite(v):
-                    writer.add_scalar(k.replace("val_", "val/", 1), v, 0)
-        barrier(info)
-        for step in range(start + 1, config.max_steps + 1):
-            t0 = time.perf_counter()
-            objective.train()
-            optimizer.zero_grad(set_to_none=True)
-            sums: dict[str, float] = {}
-            jit_rows = []
-            for micro in range(accum):
-                # One generator per (seed, step, micro-batch, rank): each rank draws its own
-                # shard of patches, and a resumed run redraws exactly the same batches.
-                rng = np.random.default_rng([config.seed, step, micro, info.rank])
-                gen = torch.Generator(device=dev).manual_seed(
-                    _seed_for(config.seed, step, micro, info.rank, 1)
-                )
-                batch = data.sample_batch(rng, config.batch_size, config.jitter).to(dev)
-                sync = micro == accum - 1 or not info.enabled
-                ctx = nullcontext() if sync else objective.no_sync()
-                with ctx:
-                    losses = compute_losses(
-                        objective, schedule, batch, config, gen, amp, prediction
-                    )
-                    scaler.scale(losses["loss"] / accum).backward()
-                for k, v in losses.items():
-                    sums[k] = sums.get(k, 0.0) + float(v.detach()) / accum
-                for j, params in enumerate(batch.jitter):
-                    jit_rows.append(
-                        {"step": step, "micro": micro, "sample": j, "case_id": batch.case_ids[j]}
-                        | params.as_row()
-                    )
-            keys = sorted(sums)
-            reduced = all_reduce_mean(torch.tensor([sums[k] for k in keys], device=dev), info)
-            sums = dict(zip(keys, reduced.tolist(), strict=True))
-            if not all(math.isfinite(v) for v in sums.values()):
-                raise NonFiniteLossError(
-                    f"non-finite loss at step {step} ("
-                    + ", ".join(f"{k}={v:.4g}" for k, v in sums.items())
-                    + f"); stopped before updating the weights. Last good checkpoint: "
-                    f"{last_ckpt or 'none yet'}. Try a lower optim.lr or amp: off.",
-                    out,
-                )
-            scaler.unscale_(optimizer)
-            clip = config.optim.grad_clip if config.optim.grad_clip > 0 else float("inf")
-            # Clipped per part: with x0_hat detached the lesion head and the denoiser have
-            # disjoint losses, and the (unbounded) HD95 surrogate must not shrink the
-            # denoiser's step through one global norm.
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(fusion_params, clip))
-            grad_norm_lesion = float(torch.nn.utils.clip_grad_norm_(lesion_params, clip))
-            grads_ok = math.isfinite(grad_norm) and math.isfinite(grad_norm_lesion)
-            if not amp[2] and not grads_ok:
-                # Finite loss, non-finite gradient (seen every ~20 steps in the 3D model under
-                # bf16 autocast on CPU): skip this update as GradScaler does under fp16, and
-                # stop only if it keeps happening.
-                extra["skipped_updates"] = extra.get("skipped_updates", 0) + 1
-                skipped_in_a_row += 1
-                part = "denoiser/encoders" if not math.isfinite(grad_norm) else "lesion head"
-                if info.is_main:
-                    print(f"step {step}: non-finite gradient in the {part}; update skipped")
-                if skipped_in_a_row >= MAX_SKIPPED_IN_A_ROW:
-                    raise NonFiniteLossError(
-                        f"non-finite gradient norm ({part}) in {skipped_in_a_row} consecutive "
-                        f"steps up to step {step}; stopped. Last good checkpoint: "
-                        f"{last_ckpt or 'none yet'}. Try a lower optim.lr or amp: off.",
-                        out,
-                    )
-                optimizer.zero_grad(set_to_none=True)
-            else:
-                skipped_in_a_row = 0
-            lr = optimizer.param_groups[0]["lr"]
-            if grads_ok or amp[2]:
-                scaler.step(optimizer)
-                scaler.update()
-                ema.update_parameters(model)
-            lr_sched.step()
+        from clinfuse.training.plot import plot_curves
 
-            extra["jitter_applied"] += sum(int(r["applied"]) for r in jit_rows)
-            extra["jitter_seen"] += len(jit_rows)
-            row: dict[str, Any] = {"step": step, **sums, "lr": lr, "grad_norm": grad_norm}
-            row["grad_norm_lesion"] = grad_norm_lesion
-            row["jitter_applied"] = sum(int(r["applied"]) for r in jit_rows)
-            row["jitter_fraction"] = extra["jitter_applied"] / max(1, extra["jitter_seen"])
-            row["step_seconds"] = time.perf_counter() - t0
+        plot_curves(out / "metrics.csv", out / "curves.png")
+    except Exception as err:  # a plot must never fail a finished run
+        print(f"warning: could not plot curves: {err}")
 
-            do_val = step % config.val_every == 0 or step == config.max_steps
-            if do_val and info.is_main and val_batches:
-                vals = validate(ema.module, schedule, val_batches, config, dev)
-                row.update(vals)
-                score = vals["val_roi_ssim"]
-                if math.isfinite(score) and (
-                    extra["best_score"] is None or score > extra["best_score"]
-                ):
-                    extra["best_score"] = score
-                    best_ckpt = checkpoint(out / "best.ckpt", step)
-                if show_progress or bar is not None:
-                    console = bar.console if bar is not None else Console()
-                    console.print(
-                        f"step {step}: loss_diffusion={sums['loss_diffusion']:.4f} "
-                        + ", ".join(f"{k}={v:.4f}" for k, v in vals.items() if math.isfinite(v)),
-                        highlight=False,
-                    )
-            if do_val:
-                barrier(info)  # the other ranks wait while rank 0 validates
 
-            if info.is_main:
-                metrics_log.write(row)
-                for r in jit_rows:
-                    jitter_log.write(r)
-                for k, v in row.items():
-                    if k != "step" and isinstance(v, float) and math.isfinite(v):
-                        writer.add_scalar(k.replace("val_", "val/", 1), v, step)
-                if step % config.ckpt_every == 0 or step == config.max_steps:
-                    last_ckpt = checkpoint(out / "last.ckpt", step)
-                if bar is not None:
-                    bar.update(task, completed=step, description=f"loss {sums['loss']:.4f}")
+def _train(
+    config: TrainConfig,
+    data: TrainData | str | Path | None,
+    out: Path,
+    resume: str | Path | None,
+    info: DistInfo,
+    show_progress: bool,
+    overwrite: bool,
+    schedule_cls: type,
+) -> TrainResult:
+    """Setup, resume or fine-tune start, then per step: optimisation, validation (+ best
+    checkpoint), logging (+ last checkpoint); finally the curves."""
+    resume_path, resume_state = _read_resume(config, resume, info.device)
+    train_data, data_path = _load_data(config, data)
+    if info.is_main:
+        out = _prepare_out(out, resume_path, overwrite, data_path)
+    barrier(info)
+    # `init` (fine-tuning) applies to a fresh run only; a resumed run has its own weights
+    run = _setup(config, train_data, out, info, schedule_cls, fine_tune=resume_state is None)
+    if resume_state is not None:
+        assert resume_path is not None
+        _resume(run, resume_state, resume_path)
+    logs = _open_logs(run, show_progress)
+    history: list[dict[str, float]] = []
+    try:
+        _validate_step0(run, logs)
+        for step in range(run.start + 1, config.max_steps + 1):
+            row, jit_rows = _optimisation_step(run, step)
+            _validate_and_keep_best(run, logs, step, row)
+            _log_and_checkpoint(run, logs, step, row, jit_rows)
             history.append({k: v for k, v in row.items() if isinstance(v, (int, float))})
     finally:
-        if bar is not None:
-            bar.stop()
-        if writer is not None:
-            writer.close()
-
+        logs.close()
     if info.is_main and history:
-        try:
-            from clinfuse.training.plot import plot_curves
-
-            plot_curves(out / "metrics.csv", out / "curves.png")
-        except Exception as err:  # a plot must never fail a finished run
-            print(f"warning: could not plot curves: {err}")
+        _plot(run.out)
     return TrainResult(
-        step=max(start, config.max_steps),
-        out=out,
-        model=model,
-        ema=ema,
-        last_checkpoint=last_ckpt,
-        best_checkpoint=best_ckpt,
-        best_score=extra["best_score"],
+        step=max(run.start, config.max_steps),
+        out=run.out,
+        model=run.model,
+        ema=run.ema,
+        last_checkpoint=run.last_ckpt,
+        best_checkpoint=run.best_ckpt,
+        best_score=run.extra["best_score"],
         history=history,
     )
