@@ -195,3 +195,23 @@ def test_lesion_head_scores_any_fused_image(trained, phantoms, tmp_path):
     with_lesion = [r for r in res.rows if not np.isnan(r["dice"])]
     assert with_lesion, "a baseline scored with the head gets lesion metrics"
     assert all(0.0 <= r["dice"] <= 1.0 for r in with_lesion)
+
+
+def test_head_moves_to_another_checkpoint(trained, base_ckpt, tmp_path):
+    from clinfuse.training.checkpoint import ema_weights, load_checkpoint, read_checkpoint
+
+    out = tmp_path / "moved"
+    args = ["train-lesion", "--checkpoint", str(base_ckpt), "--head-from"]
+    args += [str(trained / "lesion_head.ckpt"), "--out", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    moved = load_checkpoint(out / "lesion_head.ckpt")
+    src = load_checkpoint(trained / "lesion_head.ckpt")
+    assert float(moved.model.lesion_head.temperature) == float(src.model.lesion_head.temperature)
+    assert int(moved.model.lesion_head.window) == int(src.model.lesion_head.window)
+    w_base, w_moved = ema_weights(read_checkpoint(base_ckpt)), ema_weights(moved.state)
+    for k, v in w_base.items():
+        if not k.startswith("lesion_head."):
+            assert torch.equal(v, w_moved[k]), k
+    again = CliRunner().invoke(app, args)  # no overwrite without --overwrite
+    assert again.exit_code != 0

@@ -14,9 +14,9 @@ def train_lesion(
     checkpoint: Path = typer.Option(
         ..., "--checkpoint", help="The fusion checkpoint that receives the new head."
     ),
-    data: Path = typer.Option(..., "--data", help="Training cases with lesion masks."),
+    data: Path = typer.Option(None, "--data", help="Training cases with lesion masks."),
     val_data: Path = typer.Option(
-        ...,
+        None,
         "--val-data",
         help="Held-out cases with lesion masks: best step, temperature, minimum lesion size.",
     ),
@@ -39,6 +39,11 @@ def train_lesion(
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     threads: int = typer.Option(None, "--threads", help="CPU threads for torch."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace earlier outputs."),
+    head_from: Path = typer.Option(
+        None,
+        "--head-from",
+        help="Do not train: put the trained head of this train-lesion output into --checkpoint.",
+    ),
 ) -> None:
     """Train the lesion head on [fused, MRI, CT, CT bone] patches, calibrate it on the
     validation cases, and write the checkpoint with it (docs/TRAINING.md)."""
@@ -46,16 +51,32 @@ def train_lesion(
 
     from clinfuse.pipeline import resolve_device
     from clinfuse.training.checkpoint import export_checkpoint
-    from clinfuse.training.lesion import LesionTrainConfig, train_lesion_head
+    from clinfuse.training.lesion import (
+        LesionTrainConfig,
+        train_lesion_head,
+        transplant_lesion_head,
+    )
 
+    if export is not None and export.exists() and not overwrite:
+        raise ClinfuseInputError("export target exists; pass --overwrite to replace it", export)
+    if head_from is not None:
+        target = out / "lesion_head.ckpt"
+        if target.exists() and not overwrite:
+            raise ClinfuseInputError("output exists; pass --overwrite to replace it", target)
+        res = transplant_lesion_head(head_from, checkpoint, target)
+        typer.echo(f"done: {res.checkpoint} (head of {head_from})")
+        if export is not None:
+            export_checkpoint(res.checkpoint, export, half=True)
+            typer.echo(f"exported {export}")
+        return
+    if data is None or val_data is None:
+        raise ClinfuseInputError("--data and --val-data are needed to train (or pass --head-from)")
     if threads is not None:
         if threads < 1:
             raise ClinfuseInputError(f"--threads must be >= 1, got {threads}")
         torch.set_num_threads(threads)
     if patch < 16:
         raise ClinfuseInputError(f"--patch must be >= 16 voxels, got {patch}")
-    if export is not None and export.exists() and not overwrite:
-        raise ClinfuseInputError("export target exists; pass --overwrite to replace it", export)
     cfg = LesionTrainConfig(
         steps=steps,
         cases_per_step=cases_per_step,

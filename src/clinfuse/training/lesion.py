@@ -537,3 +537,58 @@ def _write_checkpoint(
         float(record["min_lesion_ml"]),
         dict(record["val_final"]),
     )
+
+
+def transplant_lesion_head(
+    head_checkpoint: str | Path, target_checkpoint: str | Path, out: str | Path
+) -> LesionTrainResult:
+    """Write `out` = `target_checkpoint` (e.g. a newer denoiser) with the lesion head of
+    `head_checkpoint` (a `train_lesion_head` output): weights, calibration buffers, `lesion_*`
+    config fields and the training record. The head reads the fused image and the sources, not
+    the denoiser, so it moves between checkpoints of the same spatial dimension unchanged."""
+    from clinfuse.training.checkpoint import (
+        FORMAT,
+        ema_weights,
+        load_checkpoint,
+        read_checkpoint,
+    )
+    from clinfuse.training.config import config_from_dict, dump_config, to_dict
+
+    out = Path(out)
+    if out.resolve() in (Path(head_checkpoint).resolve(), Path(target_checkpoint).resolve()):
+        raise ClinfuseInputError("the output would overwrite an input checkpoint", out)
+    src = read_checkpoint(head_checkpoint)
+    record = (src.get("extra") or {}).get("lesion_head")
+    if not record:
+        raise ClinfuseInputError(
+            "has no trained lesion head (train-lesion output)", head_checkpoint
+        )
+    target = read_checkpoint(target_checkpoint)
+    dims = [int(s["config"]["model"].get("spatial_dims", 3)) for s in (src, target)]
+    if dims[0] != dims[1]:
+        raise ClinfuseInputError(
+            f"a {dims[0]}D head cannot go into a {dims[1]}D model", target_checkpoint
+        )
+    m = src["config"]["model"]
+    cfg = LesionTrainConfig(
+        channels=tuple(m["lesion_channels"]),
+        res_units=int(m["lesion_res_units"]),
+        norm=str(m["lesion_norm"]),
+    )
+    head = {
+        k[len("lesion_head.") :]: v.float()
+        for k, v in ema_weights(src).items()
+        if k.startswith("lesion_head.")
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    record = {**record, "transplanted_from": str(head_checkpoint)}
+    return _write_checkpoint(
+        target,
+        target_checkpoint,
+        out,
+        head,
+        cfg,
+        record,
+        Path(str(record.get("metrics_csv", ""))),
+        (FORMAT, load_checkpoint, config_from_dict, dump_config, to_dict),
+    )
