@@ -64,6 +64,16 @@ class FusionResult:
     timings: dict[str, float] = field(default_factory=dict)
     record: dict[str, Any] = field(default_factory=dict)  # everything run.json needs
     lesion_guide: np.ndarray | None = None  # the mask that guided the lesion term (bool)
+    # the lesion head's `min_lesion_ml`: `lesion_mask()` and the evaluation harness
+    # (`evaluation.methods.min_lesion_ml_of`) clean `lesion_prob` with it
+    min_lesion_ml: float = 0.0
+
+    def lesion_mask(self) -> np.ndarray:
+        """The predicted lesion mask: `lesion_prob` >= 0.5 without components below the head's
+        `min_lesion_ml` (`nn.lesion_head.clean_mask`, as guidance and evaluation make it)."""
+        from clinfuse.nn.lesion_head import clean_mask
+
+        return clean_mask(self.lesion_prob, self.prepared.spacing, 0.5, self.min_lesion_ml)
 
 
 # --------------------------------------------------------------------------- fusion
@@ -122,7 +132,12 @@ def fuse_prepared(
     import torch
 
     from clinfuse.baselines.composite import roi_composite
-    from clinfuse.diffusion.guidance import guided_sample, load_preset, uncertainty_blend
+    from clinfuse.diffusion.guidance import (
+        guided_sample,
+        head_min_lesion_ml,
+        load_preset,
+        uncertainty_blend,
+    )
     from clinfuse.diffusion.schedule import NoiseSchedule
     from clinfuse.diffusion.sliding import SlidingWindowModel, pad_to, padded_shape
     from clinfuse.model_range import MODEL_RANGE
@@ -239,6 +254,7 @@ def fuse_prepared(
         timings={"sampling_s": t_sample, "per_step_s": t_sample / steps},
         record=record,
         lesion_guide=guide,
+        min_lesion_ml=head_min_lesion_ml(model),
     )
 
 

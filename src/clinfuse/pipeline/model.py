@@ -133,12 +133,23 @@ def lesion_head_predictor(
     """`(fused, prepared) -> lesion probability` with a checkpoint's lesion head
     (`lesion_probability`); the checkpoint (default: the shipped one of the case's dimension)
     is loaded on first use. This is `--lesion-head` of `clinfuse evaluate` / `benchmark`."""
-    device = resolve_device(device)
-    cache: dict[int, LoadedModel] = {}
+    return _HeadPredictor(checkpoint, resolve_device(device))
 
-    def predict(fused: np.ndarray, prepared: PreparedCase) -> np.ndarray:
-        if prepared.ndim not in cache:
-            cache[prepared.ndim] = load_model(checkpoint, prepared.ndim, device)
-        return lesion_probability(cache[prepared.ndim].model, fused, prepared)
 
-    return predict
+class _HeadPredictor:
+    """`lesion_head_predictor`'s callable. `min_lesion_ml` is the last used head's (set when it
+    loads): the evaluation harness cleans the probability with it (`clean_mask`)."""
+
+    def __init__(self, checkpoint: str | Path | None, device: str) -> None:
+        self.checkpoint, self.device = checkpoint, device
+        self.cache: dict[int, LoadedModel] = {}
+        self.min_lesion_ml = 0.0
+
+    def __call__(self, fused: np.ndarray, prepared: PreparedCase) -> np.ndarray:
+        from clinfuse.diffusion.guidance import head_min_lesion_ml
+
+        if prepared.ndim not in self.cache:
+            self.cache[prepared.ndim] = load_model(self.checkpoint, prepared.ndim, self.device)
+        model = self.cache[prepared.ndim].model
+        self.min_lesion_ml = head_min_lesion_ml(model)
+        return lesion_probability(model, fused, prepared)

@@ -146,7 +146,7 @@ def _write_all(result: FusionResult, folder: Path) -> list[str]:
     panels = {"MRI": p.mri, "CT (bone window)": p.ct_bone, "fused": result.fused}
     if result.uncertainty is not None:
         panels["uncertainty (std)"] = result.uncertainty
-    overlay = {"predicted lesion": result.lesion_prob > 0.5}
+    overlay = {"predicted lesion": result.lesion_mask()}
     if p.lesion is not None and result.lesion_source in ("user", "oracle"):
         overlay[f"{result.lesion_source} lesion"] = p.lesion
     save_montage(
