@@ -261,3 +261,18 @@ def test_done_when_las_head_with_spacing_2_overlays_the_mri(checkpoint, tmp_path
     assert "step 1/2" in text and "step 2/2" in text and "ETA" in text
     run = json.loads((out / "run.json").read_text())
     assert run["output"]["detail"] is True and run["working_spacing"] == [2.0, 2.0, 2.0]
+
+
+def test_slow_note_is_a_warning_with_hints_that_fit_the_run():
+    from rich.console import Console
+
+    from clinfuse.cli._progress import StepLines
+
+    console = Console(record=True, width=400)
+    info = {"grid": [88, 120, 88], "voxels": 929280, "expected_s": 2490.0, "slow": True}
+    StepLines(console)(
+        0, 10, {**info, "calls": {"denoiser": 10}, "spacing": [2.0] * 3, "sliding": True}
+    )
+    text = console.export_text()
+    assert text.startswith("warning:") and "41.5 min" in text and "an estimate" in text
+    assert "--window whole" in text and "--spacing 3" in text  # coarser than the 2 mm it ran at

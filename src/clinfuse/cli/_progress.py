@@ -18,6 +18,17 @@ def _fmt_s(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
+def _faster(info: dict[str, Any]) -> list[str]:
+    """What would make a slow fusion faster, from what it runs with."""
+    hints = []
+    spacing = max(info.get("spacing") or [0.0])
+    if info.get("sliding"):
+        hints.append("--window whole (one network call per step instead of many windows)")
+    hints.append(f"a coarser working grid (--spacing {max(2.0, 1.5 * spacing):g})")
+    hints.append("fewer --steps")
+    return hints
+
+
 class StepLines:
     """`progress(steps_done, n_steps, info)` for `pipeline.fuse_case` / `fuse_prepared`.
 
@@ -61,6 +72,6 @@ class StepLines:
                 "denoiser steps and the guidance calls)"
             )
         if info.get("slow"):
-            text += "; for a faster run use a coarser working grid (--spacing 2) or fewer --steps"
+            text += "; for a faster run: " + ", ".join(_faster(info))
         level = "[yellow]warning:[/]" if info.get("slow") else "note:"
         self.console.print(f"{level} {text}", highlight=False, soft_wrap=True)

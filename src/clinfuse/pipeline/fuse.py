@@ -190,6 +190,7 @@ def fuse_prepared(
             guidance=cfg,
         )
         info = {"grid": list(grid), "voxels": int(np.prod(grid)) * samples, **estimate}
+        info.update(spacing=list(prepared.spacing), sliding=sliding)  # for the hint
         progress(0, steps, info)
     res = guided_sample(
         net,
