@@ -453,6 +453,8 @@ def fuse_case(
         result.fused_native = model_to_output(on_grid)
         output = {"units": "model", "range": list(DISPLAY_RANGE)}
         output["mapping"] = "model range [-2, 2] -> [0, 1] linear (0 = air)"
+    if prepared.ndim == 2:  # the 2D output is a PNG whatever the units
+        output = {"units": "display", "range": [0, 255], "mapping": "model range -> 0..255"}
     else:
         if native is not None:
             result.fused_native = to_native(on_grid, native)
