@@ -1,37 +1,37 @@
 #!/usr/bin/env bash
-# Reproduce the two reference training runs of docs/TRAINING.md (CPU, background-friendly).
-#   bash benchmarks/train_shipped.sh [RUNS_DIR]      (default /work/runs)
-# Each run writes RUN/{config.yaml,split.json,metrics.csv,jitter.csv,tb/,last.ckpt,best.ckpt,
-# curves.png}. On a shared CPU, --threads 1 per process avoids oversubscribed OpenMP threads.
+# Reproduce the shipped 3D model (src/clinfuse/checkpoints/phantom3d.pt) and its model card's
+# numbers, CPU, background-friendly:
+#   bash benchmarks/train_shipped.sh [RUNS_DIR] [STEPS]      (default /work/runs, 3000)
+# (a) data: real-anatomy pairs of every training volume (never the two test heads) + phantoms,
+#     2 mm (benchmarks/build_training_data.py); a separate validation set (other seeds).
+# (b) the denoiser: the session-2 phantom model (git show 845e954:src/clinfuse/checkpoints/phantom3d.pt)
+#     fine-tuned with configs/train/real3d-small.yaml; resumable with --resume RUN/last.ckpt.
+# (c) the lesion head on its own (runs beside (b); it does not need the denoiser), calibrated on
+#     the validation set, then moved into (b)'s best checkpoint and exported as float16.
+# Each run writes RUN/{config.yaml,split.json,metrics.csv,tb/,last.ckpt,best.ckpt}.
 set -euo pipefail
 RUNS=${1:-/work/runs}
-HARVARD=${HARVARD:-"$(cd "$(dirname "$0")/.." && pwd)/../shared/data/harvard_mri_ct"}
+STEPS=${2:-3000}
+REPO="$(cd "$(dirname "$0")/.." && pwd)"
 mkdir -p "$RUNS/logs"
+[ -f "$RUNS/data3/all/manifest.csv" ] || python "$REPO/benchmarks/build_training_data.py" \
+    "$RUNS/data3" --per-source 8 --phantoms 20
+[ -f "$RUNS/data3_val/all/manifest.csv" ] || python "$REPO/benchmarks/build_training_data.py" \
+    "$RUNS/data3_val" --per-source 2 --phantoms 6 --seed 500
+INIT="$RUNS/phantom3d-session2.pt"
+[ -f "$INIT" ] || git -C "$REPO" show 845e954:src/clinfuse/checkpoints/phantom3d.pt > "$INIT"
 
-# (a) 3D phantoms: 24 training phantoms 64x64x48 at 3 mm, mixed contrasts and lesion types
-#     (seeds 0-23; the demo's held-out phantoms use seeds from 9000).
-if [ ! -f "$RUNS/data/phantom3d_train/manifest.csv" ]; then
-  clinfuse synth --n 24 --shape 48 64 64 --spacing 3 3 3 --seed 0 --contrast mixed \
-    --lesion mixed --out "$RUNS/data/phantom3d_train"
-fi
-# The shipped checkpoint is best.ckpt at step 900 (then its lesion head is retrained, below).
-( clinfuse train --config phantom3d-small --data "$RUNS/data/phantom3d_train" \
-    --out "$RUNS/phantom3d-small" --device cpu --threads 1 --max-steps 900 --no-progress \
-    > "$RUNS/logs/phantom3d-small.log" 2>&1
-  # Lesion head on its own (docs/TRAINING.md): frozen denoiser, 60 further phantoms (seeds
-  # 3000-3059, 40 with a lesion), then the float16 export that ships.
-  [ -f "$RUNS/data/lesion_train/manifest.csv" ] || clinfuse synth --n 60 --shape 48 64 64 \
-    --spacing 3 3 3 --seed 3000 --contrast mixed --lesion mixed --out "$RUNS/data/lesion_train"
-  clinfuse train-lesion --checkpoint "$RUNS/phantom3d-small/best.ckpt" \
-    --data "$RUNS/data/lesion_train" --out "$RUNS/lesion" --x0-per-case 2 --threads 1 \
-    --device cpu --export "$RUNS/lesion/phantom3d-fp16.pt" --overwrite \
-    > "$RUNS/logs/lesion.log" 2>&1 ) &
-
-# (b) 2D Harvard MRI-CT pairs, split by patient: 16 and 21 are test (never loaded), 37 validates.
-nohup clinfuse train --config harvard2d --data "$HARVARD" \
-  --out "$RUNS/harvard2d" --device cpu --threads 1 --max-steps 600 --no-progress \
-  > "$RUNS/logs/harvard2d.log" 2>&1 &
-
+if [ -f "$RUNS/real3d-small/last.ckpt" ]; then RESUME=(--resume "$RUNS/real3d-small/last.ckpt");
+else RESUME=(); fi
+clinfuse train --config real3d-small --data "$RUNS/data3/all" --out "$RUNS/real3d-small" \
+    --device cpu --threads 1 --max-steps "$STEPS" --no-progress --set "init=$INIT" \
+    "${RESUME[@]}" > "$RUNS/logs/real3d-small.log" 2>&1 &
+clinfuse train-lesion --checkpoint "$INIT" --data "$RUNS/data3/all" \
+    --val-data "$RUNS/data3_val/all" --out "$RUNS/lesion" --steps 1200 --val-every 150 \
+    --lr 1e-3 --threads 1 --device cpu --overwrite > "$RUNS/logs/lesion.log" 2>&1 &
 wait
-python -m clinfuse.training.plot "$RUNS/phantom3d-small"
-python -m clinfuse.training.plot "$RUNS/harvard2d"
+clinfuse train-lesion --checkpoint "$RUNS/real3d-small/best.ckpt" \
+    --head-from "$RUNS/lesion/lesion_head.ckpt" --out "$RUNS/shipped" --overwrite \
+    --export "$RUNS/shipped/phantom3d-fp16.pt"
+python -m clinfuse.training.plot "$RUNS/real3d-small"
+echo "candidate: $RUNS/shipped/phantom3d-fp16.pt (compare on validation before replacing the shipped file)"
