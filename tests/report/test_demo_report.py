@@ -103,7 +103,7 @@ def report(tmp_path_factory):
             p = c.prepared
             predicted = hit and k < 2  # the third case: no prediction for every method
             prob = np.where(p.lesion, 0.8 if predicted else 0.3, 0.05).astype(np.float32)
-            outputs[c.case_id] = {"fused": p.mri, "lesion_prob": prob}
+            outputs[c.case_id] = {"fused": p.mri, "lesion_prob": prob, "lesion_mask": prob >= 0.5}
             rows.append(
                 {
                     "case_id": c.case_id,
@@ -114,6 +114,7 @@ def report(tmp_path_factory):
                     "dice": 0.8 if predicted else 0.0,
                     "nsd": 0.9 if predicted else 0.0,
                     "hd95": 3.0 + k if predicted else DIAG,
+                    "no_predicted_lesion": 0.0 if predicted else 1.0,  # as the harness writes
                     "fuse_seconds": 1.0,
                     "error": None,
                 }

@@ -34,7 +34,6 @@ METRICS = (
 PAIRED = tuple(m for m in METRICS if m[0] != "fuse_seconds")
 LOWER_IS_BETTER = ("hd95", "fuse_seconds")
 PSNR_KEYS = ("brain_psnr", "bone_psnr")
-LESION_THRESHOLD = 0.5  # as evaluation.case scores the lesion (probabilities >= 0.5)
 NEIGHBOURHOOD_TITLE = "lesion neighbourhood"
 
 
@@ -319,19 +318,18 @@ def calibration_table(result: CalibrationResult, figure: Path | None = None) -> 
 
 
 def no_prediction_flags(
-    recorders: Mapping[str, Any], cases: Sequence[Any]
+    rows_by_method: Mapping[str, Sequence[Mapping[str, Any]]],
 ) -> dict[str, dict[str, bool]]:
-    """method -> case -> True when the lesion head predicted no lesion voxel (p >= 0.5) on that
-    method's fused image: its HD95 is then undefined (counted apart, never averaged)."""
-    out: dict[str, dict[str, bool]] = {}
-    for name, rec in recorders.items():
-        for c in cases:
-            prob = rec.outputs.get(c.case_id, {}).get("lesion_prob")
-            if prob is not None:
-                out.setdefault(name, {})[c.case_id] = not bool(
-                    (np.asarray(prob) >= LESION_THRESHOLD).any()
-                )
-    return out
+    """method -> case -> True when the scored lesion mask (the head's probability on that
+    method's fused image after `clean_mask`) was empty: the evaluation harness's per-case flag
+    (`evaluation.percase.no_prediction`); its HD95 is then undefined (counted apart, never
+    averaged), as in the harness's own summaries."""
+    from clinfuse.evaluation.percase import no_prediction
+
+    return {
+        m: {str(r.get("case_id")): no_prediction(dict(r)) for r in rows if not r.get("error")}
+        for m, rows in rows_by_method.items()
+    }
 
 
 def summary_markdown(
@@ -372,8 +370,9 @@ def _case_figures(
     if "uncertainty" in out:
         panels["uncertainty (sd)"] = out["uncertainty"]
     overlay: dict[str, np.ndarray] = {}
-    if ours_ok and "lesion_prob" in out:
-        overlay["predicted lesion (p > 0.5)"] = out["lesion_prob"] > 0.5
+    if ours_ok and "lesion_mask" in out:
+        # the scored mask: p >= 0.5 without components below the head's min_lesion_ml
+        overlay["predicted lesion"] = out["lesion_mask"]
     if ref is not None:
         overlay["reference lesion"] = ref
     title = f"{case.case_id} ({case.contrast}-like MRI, seed {case.seed})"
@@ -426,9 +425,11 @@ def write_demo_report(
     """Write `figures/*.png`, `summary.md` and `report.html` into `out_dir`; return the last two.
 
     `recorders` map method -> object with `.outputs[case_id]` = {"fused", "lesion_prob"?,
-    "uncertainty"?}; `rows_by_method` are the evaluation harness rows; `status` says whether our
-    model ran (`.available`, `.reason`, `.checkpoint`, `.sha256`). Calibration is computed here
-    from the recorded lesion probabilities (`demo_calibration`, three voxel selections).
+    "lesion_mask"? (the scored mask), "uncertainty"?}; `rows_by_method` are the evaluation
+    harness rows (their `no_predicted_lesion` flags decide "no prediction"); `status` says
+    whether our model ran (`.available`, `.reason`, `.checkpoint`, `.sha256`). Calibration is
+    computed here from the recorded lesion probabilities (`demo_calibration`, three voxel
+    selections).
     """
     fig_dir = out_dir / "figures"
     ours_ok = bool(status.available) and OUR_METHOD in rows_by_method
@@ -457,7 +458,7 @@ def write_demo_report(
         reliability = save_reliability_panels(fig_dir / "reliability.png", panels)
     for case in cases:
         images += _case_figures(fig_dir, case, recorders, ours_ok)
-    empty = no_prediction_flags(recorders, cases)
+    empty = no_prediction_flags(rows_by_method)
 
     notes = []
     if not ours_ok:
