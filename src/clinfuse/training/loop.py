@@ -281,6 +281,7 @@ def validate(
     noise levels, brain/bone ROI-SSIM, bone ROI-PSNR and the lesion head's Dice."""
     from clinfuse.diffusion.samplers import sample
     from clinfuse.losses.ssim import masked_ssim
+    from clinfuse.nn.lesion_head import clean_mask
     from clinfuse.nn.model import pad_to_multiple
 
     model.eval()
@@ -321,9 +322,15 @@ def validate(
         rows["val_psnr_bone"].append(_roi_psnr(fused, ct_bone, b.bone))
         if bool(b.has_lesion[0]) and bool(b.lesion.any()):
             prob = torch.sigmoid(model.lesion_head(fused_p, cond)[crop].float())
-            rows["val_dice_lesion"].append(
-                dice(_np_mask(prob), _np_mask(b.lesion))  # metrics.segmentation, as evaluation
+            # the mask as fuse and evaluation make it: p >= 0.5, components below the head's
+            # min_lesion_ml removed; Dice from metrics.segmentation, as evaluation
+            pred = clean_mask(
+                prob.squeeze().cpu().numpy(),
+                b.spacing[0],
+                0.5,
+                float(model.lesion_head.min_lesion_ml),
             )
+            rows["val_dice_lesion"].append(dice(pred, _np_mask(b.lesion)))
     out = {}
     for k, vals in rows.items():
         finite = [v for v in vals if math.isfinite(v)]
