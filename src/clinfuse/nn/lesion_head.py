@@ -18,6 +18,7 @@ trained on x̂0 of the frozen denoiser at t <= T/2 and on clean fused images
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Sequence
 
@@ -27,6 +28,7 @@ from monai.networks.nets import UNet
 from torch import nn
 
 LESION_INPUTS = ("fused", "fused+sources")
+PRIOR = 0.01  # initial lesion probability of every voxel
 
 
 class LesionHead(nn.Module):
@@ -65,6 +67,12 @@ class LesionHead(nn.Module):
             norm=norm,
         )
 
+        # Prior-probability init of the output bias (Lin et al. 2017, "Focal loss"): lesions
+        # are ~1 % of a patch, and from p = 0.5 everywhere Adam needed hundreds of steps just
+        # to push the background down (session 3: p(background) 0.57 -> 0.47 in 60 steps).
+        last = [m for m in self.unet.modules() if isinstance(m, (nn.Conv2d, nn.Conv3d))][-1]
+        if last.out_channels == 1 and last.bias is not None:
+            nn.init.constant_(last.bias, math.log(PRIOR / (1.0 - PRIOR)))
         # Calibration and post-processing travel with the weights (state dict buffers):
         # `temperature` divides the logits (temperature scaling fitted on a validation split,
         # 1 = uncalibrated), `min_lesion_ml` is the smallest connected component `clean_mask`
