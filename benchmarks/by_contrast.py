@@ -19,12 +19,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from clinfuse.errors import ClinfuseInputError
-from clinfuse.evaluation.percase import read_per_case
+from clinfuse.evaluation.percase import read_per_case, summarise_column
 from clinfuse.evaluation.reference import REFERENCE_ROLE, SCORED_AGAINST_COLUMN
-from clinfuse.evaluation.stats import summarise_metric
 from clinfuse.evaluation.tables import cell, method_name
 
 ROI = ("brain_ssim", "bone_ssim")
@@ -93,8 +90,8 @@ def by_contrast_table(
             sel = [r for r in rows if contrasts.get(r["case_id"]) == con and not r.get("error")]
             cells = []
             for c in cols:
-                s = summarise_metric(np.array([r.get(c, math.nan) for r in sel], dtype=float))
-                cells.append(cell(s, ci=False))
+                # HD95 of an empty prediction counted apart, as in every evaluation table
+                cells.append(cell(summarise_column(sel, c), ci=False))
             lines.append(f"| {con} | {method} | {len(sel)} | " + " | ".join(cells) + " |")
     missing = sorted({r["case_id"] for r in all_rows} - set(contrasts))
     notes = []

@@ -103,3 +103,22 @@ def test_bad_folders_are_user_errors(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert bc.main(["--phantoms", str(tmp_path), str(tmp_path / "empty")]) == 2
     assert "no per_case.csv" in capsys.readouterr().err
+
+
+def test_hd95_of_empty_predictions_is_counted_apart(tmp_path):
+    ph = _phantoms(tmp_path / "ph", {"p0": "T1", "p1": "T1", "p2": "T1"})
+    run = _run(
+        tmp_path / "ours",
+        "clinfuse",
+        [
+            {"case_id": "p0", "brain_ssim": 0.9, "dice": 0.5, "hd95": 4.0},
+            {"case_id": "p1", "brain_ssim": 0.9, "dice": 0.5, "hd95": 6.0},
+            {"case_id": "p2", "brain_ssim": 0.9, "dice": 0.0, "hd95": 99.0},  # the diagonal
+        ],
+        extra=("no_predicted_lesion",),
+    )
+    text = (run / "per_case.csv").read_text().replace(",99.0,,", ",99.0,1,")
+    (run / "per_case.csv").write_text(text)
+    rows = {"clinfuse": bc.read_per_case(run)}
+    line = bc.by_contrast_table(rows, bc.case_contrasts(ph)).splitlines()[2]
+    assert "5.000 ± 1.414; 1 of 3: no prediction" in line and "99" not in line

@@ -17,7 +17,7 @@ import numpy as np
 
 from clinfuse.errors import ClinfuseInputError
 from clinfuse.evaluation.reference import SCORED_AGAINST_COLUMN
-from clinfuse.evaluation.stats import BOOT_SEED, N_BOOT, MetricSummary, summarise
+from clinfuse.evaluation.stats import BOOT_SEED, N_BOOT, MetricSummary, summarise_metric
 
 PER_CASE = "per_case.csv"
 SUMMARY_JSON = "summary.json"
@@ -140,19 +140,23 @@ def no_prediction_note(s: MetricSummary) -> str:
     return f"{k} of {s.n + k}: no prediction" if k else ""
 
 
+def summarise_column(
+    rows: list[dict[str, Any]], key: str, *, rng: np.random.Generator | None = None
+) -> MetricSummary:
+    """Summary of one metric over `rows`; HD95 of cases without a predicted lesion is left out
+    and counted in `n_no_prediction` (`metric_values`)."""
+    s = summarise_metric(metric_values(rows, key), rng=rng)
+    apart = n_no_prediction(rows, key)
+    return replace(s, n_nan=s.n_nan - apart, n_no_prediction=apart) if apart else s
+
+
 def summarise_rows(
     rows: list[dict[str, Any]], *, seed: int = BOOT_SEED
 ) -> dict[str, MetricSummary]:
-    """Summary of each metric column (all-NaN ones, e.g. a baseline's lesion metrics, omitted).
-    HD95 of cases without a predicted lesion is left out and counted in `n_no_prediction`."""
-    names = metric_names(rows)
-    out = summarise({k: metric_values(rows, k) for k in names}, seed=seed)
-    for k in names:
-        apart = n_no_prediction(rows, k)
-        if apart:
-            s = out[k]
-            out[k] = replace(s, n_nan=s.n_nan - apart, n_no_prediction=apart)
-    return out
+    """Summary of each metric column (all-NaN ones, e.g. a baseline's lesion metrics, omitted)
+    with `summarise_column`; one generator seeded with `seed` serves all, in column order."""
+    rng = np.random.default_rng(seed)
+    return {k: summarise_column(rows, k, rng=rng) for k in metric_names(rows)}
 
 
 def summary_markdown(
