@@ -453,14 +453,14 @@ def fuse_case(
         result.fused_native = model_to_output(on_grid)
         output = {"units": "model", "range": list(DISPLAY_RANGE)}
         output["mapping"] = "model range [-2, 2] -> [0, 1] linear (0 = air)"
-    if prepared.ndim == 2:  # the 2D output is a PNG whatever the units
-        output = {"units": "display", "range": [0, 255], "mapping": "model range -> 0..255"}
     else:
         if native is not None:
             result.fused_native = to_native(on_grid, native)
         else:
             result.fused_native = to_native(result.fused, prepared)
         output = {"units": "source", "mapping": "HU in the bone mask, MRI units elsewhere"}
+    if prepared.ndim == 2:  # the 2D output is a PNG whatever the units
+        output = {"units": "display", "range": [0, 255], "mapping": "model range -> 0..255"}
     timings["to_native_s"] = time.perf_counter() - t2
     result.timings = {**timings, **result.timings, "total_s": time.perf_counter() - t0}
     grid_rec = prepared.record.get("grid", {})
