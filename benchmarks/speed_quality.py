@@ -51,6 +51,19 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "precision": "bf16",
         "channels_last": True,
     },
+    # fewer inner steps at a proportionally larger step (same total step per DDIM step)
+    "ddim10_bf16_cl_inner5_eta04": {
+        "steps": 10,
+        "overrides": {"n_inner": 5, "eta": 0.04},
+        "precision": "bf16",
+        "channels_last": True,
+    },
+    "ddim10_bf16_cl_inner5": {
+        "steps": 10,
+        "overrides": {"n_inner": 5},
+        "precision": "bf16",
+        "channels_last": True,
+    },
 }
 
 
