@@ -64,6 +64,9 @@ class Pauser:
                     self.pids.append(int(line))
         self.stopped: list[int] = []
         atexit.register(self.resume)
+
+    def install_signal_handlers(self) -> None:
+        """SIGTERM / Ctrl-C resume the paused processes before exiting (the command line)."""
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
 
@@ -501,6 +504,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     precision = resolve_precision(args.precision, "cpu")
     cpu = detect_cpu(threads)
     pauser = Pauser(args.pause_pids)
+    pauser.install_signal_handlers()
     loaded = load_model(args.checkpoint, 3, "cpu")
     print(
         f"checkpoint {loaded.path} (sha256 {loaded.sha256[:12]}, step {loaded.step})",
