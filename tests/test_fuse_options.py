@@ -195,6 +195,23 @@ def test_register_aligns_a_ct_from_another_frame(checkpoint, tmp_path):
     run = json.loads((out / "run.json").read_text())
     assert run["preprocessing"]["registration"]["type"] == "Euler3D"
     assert res.record["output"]["detail"] == "not needed (fused on the MRI's own grid)"
+    # the command line: without --register the error says to use it; with it, it fuses
+    from typer.testing import CliRunner
+
+    from clinfuse.cli import app
+
+    cmd = ["fuse", "--mri", str(paths["mri"]), "--ct", str(paths["ct"]), "--out", str(out)]
+    cmd += ["--checkpoint", str(checkpoint), "--steps", "1", "--n-inner", "1", "--overwrite"]
+    res = CliRunner().invoke(app, cmd)
+    assert isinstance(res.exception, ClinfuseInputError) and "--register" in str(res.exception)
+    res = CliRunner().invoke(app, [*cmd, "--register", "--window", "whole"])
+    assert res.exit_code == 0, res.output
+    run = json.loads((out / "run.json").read_text())
+    np.testing.assert_allclose(
+        np.asarray(run["preprocessing"]["registration"]["matrix_ras"])[:3, 3],
+        [300.0, -40.0, 0.0],
+        atol=1.5,
+    )
 
 
 def test_a_preprocess_folder_is_accepted_or_named(checkpoint, tmp_path):
@@ -224,7 +241,7 @@ def test_a_preprocess_folder_is_accepted_or_named(checkpoint, tmp_path):
     kw = dict(checkpoint=checkpoint, steps=1, overrides=FAST, window="whole")
     for folder in (prep, case_dirs[0]):
         res = fuse_case(folder, **kw)
-        assert res.record["preprocessing"]["from_prepared_folder"] is True
+        assert res.record["preprocessing"]["from_prepared_folder"] == str(folder.resolve())
         assert res.fused_native.shape == case.mri.shape  # back on the original MRI grid
     with pytest.raises(ClinfuseInputError, match="already preprocessed"):
         fuse_case(prep, spacing=2.0, **kw)

@@ -478,7 +478,11 @@ def fuse_case(
             "working_spacing": grid_rec.get("spacing", list(prepared.spacing)),
             # what preprocessing did to the inputs (CT resampled onto the MRI grid, ...)
             "preprocessing": {
-                "from_prepared_folder": case is None,
+                "from_prepared_folder": (
+                    str(Path(case_or_paths).resolve())
+                    if case is None and isinstance(case_or_paths, str | Path)
+                    else case is None
+                ),
                 "spacing": None if spacing is None else np.atleast_1d(spacing).tolist(),
                 "ct_resampled": bool(prepared.record.get("ct_resampled", False)),
                 "reoriented": bool(prepared.record.get("reoriented", False)),
