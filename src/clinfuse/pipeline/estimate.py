@@ -14,8 +14,14 @@ SLOW_SECONDS = 600.0
 
 
 def _timed(fn: Any) -> float:
+    """Wall seconds of `fn()`; CUDA work is waited for (kernels run asynchronously)."""
+    import torch
+
+    cuda = torch.cuda.is_available()
     t0 = time.perf_counter()
     fn()
+    if cuda:
+        torch.cuda.synchronize()
     return time.perf_counter() - t0
 
 
