@@ -87,6 +87,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--checkpoint", type=Path, default=None)
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--cases", type=int, default=3)
+    ap.add_argument(
+        "--real",
+        action="store_true",
+        help="score on the real-anatomy head of benchmarks/speed.py instead (chris_t1_wholehead, "
+        "a training-side volume, 2 mm, pseudo-CT; never a test head)",
+    )
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=Path("runs/speed_quality.json"))
     args = ap.parse_args(argv)
@@ -109,7 +115,13 @@ def main(argv: list[str] | None = None) -> int:
     if results["_checkpoint"] != loaded.sha256:
         print("cache is from another checkpoint; starting over", file=sys.stderr)
         results = {"_checkpoint": loaded.sha256}
-    cases = make_cases(args.cases)
+    if args.real:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from speed import real_head_case
+
+        cases = [real_head_case()]
+    else:
+        cases = make_cases(args.cases)
     for name in names:
         variant = VARIANTS[name]
         for prep in cases:
