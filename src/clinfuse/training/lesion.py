@@ -212,6 +212,7 @@ def _transforms(cfg: LesionTrainConfig) -> Any:
         RandGaussianNoised,
         RandScaleIntensityd,
         RandShiftIntensityd,
+        RandSpatialCropd,
         SpatialPadd,
     )
 
@@ -219,16 +220,23 @@ def _transforms(cfg: LesionTrainConfig) -> Any:
     pos = cfg.pos_fraction
     return Compose(
         [
-            SpatialPadd(keys=keys, spatial_size=cfg.patch_size, value=0.0),
+            SpatialPadd(
+                keys=keys, spatial_size=[int(p * 1.5) for p in cfg.patch_size], mode="edge"
+            ),
+            # Crop 1.5x the patch around a lesion / background voxel, then a random patch of
+            # it: the lesion lands anywhere in the patch, not always at its centre. (Centred
+            # crops taught the head "lesion = patch centre": 0.48 vs 0.04 on centred patches,
+            # but 14,000 false voxels over sliding windows, session 3.)
             RandCropByPosNegLabeld(
                 keys=keys,
                 label_key="label",
-                spatial_size=cfg.patch_size,
+                spatial_size=[int(p * 1.5) for p in cfg.patch_size],
                 pos=pos,
                 neg=1.0 - pos,
                 num_samples=cfg.samples_per_case,
                 allow_smaller=True,
             ),
+            RandSpatialCropd(keys=keys, roi_size=cfg.patch_size, random_size=False),
             RandFlipd(keys=keys, prob=0.5, spatial_axis=0),
             RandAffined(
                 keys=keys,
