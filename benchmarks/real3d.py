@@ -144,11 +144,14 @@ class Ours:
     """Our fusion (`clinfuse.pipeline.fuse_prepared`, stroke preset, the lesion head's own
     prediction guides: never the given lesion mask)."""
 
-    def __init__(self, checkpoint: str | None, preset: str = "stroke") -> None:
+    def __init__(
+        self, checkpoint: str | None, preset: str = "stroke", window: str = "sliding"
+    ) -> None:
         from clinfuse.pipeline import load_model
 
         self.loaded = load_model(checkpoint, 3, "cpu")
         self.preset = preset
+        self.window = window
 
     def __call__(self, prepared: PreparedCase) -> np.ndarray:
         from clinfuse.pipeline import fuse_prepared
@@ -159,6 +162,7 @@ class Ours:
             preset=self.preset,
             lesion="predicted",
             patch_size=self.loaded.patch_size,
+            window=self.window,
         )
         return np.asarray(res.fused, dtype=np.float32)
 
@@ -173,6 +177,7 @@ def run(
     checkpoint: str | None,
     cases: list[str] | None = None,
     log: Callable[[str], None] | None = None,
+    window: str = "sliding",
 ) -> dict[str, Any]:
     if log is None:
 
@@ -249,7 +254,7 @@ def run(
                 else:
                     if m == "ours":
                         if ours is None:
-                            ours = Ours(checkpoint)
+                            ours = Ours(checkpoint, window=window)
                         fused = ours(prep)
                     else:
                         fused = fns[m](prep)
@@ -392,6 +397,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--checkpoint", default=None, help="ours: checkpoint (default: shipped)")
     ap.add_argument("--ours-label", default="ours (shipped checkpoint, stroke preset)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/clinfuse_real3d"))
+    ap.add_argument(
+        "--window", default="sliding", help="ours: sliding (fuse's default) or whole volume"
+    )
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "real3d.md")
     args = ap.parse_args(argv)
     methods = [m for m in args.methods.split(",") if m]
@@ -409,6 +417,7 @@ def main(argv: list[str] | None = None) -> int:
         native=not args.quick,
         checkpoint=args.checkpoint,
         cases=[c for c in args.cases.split(",") if c] or None,
+        window=args.window,
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(tables(result, command.strip(), args.ours_label), encoding="utf-8")
