@@ -181,7 +181,8 @@ def main() -> None:
 
     grows: list[dict[str, Any]] = []
     fuse_list = [c for c in cases if c[0] == "phantom"][: args.fuse_cases]
-    fuse_list += [c for c in cases if c[0] == "real"]
+    if args.fuse_cases > 0:
+        fuse_list += [c for c in cases if c[0] == "real"]
     for _kind, prep, _ in fuse_list:
         gt = prep.lesion.astype(bool)
         mri_sharp = border_sharpness(prep.mri, gt, prep.spacing)
