@@ -30,7 +30,7 @@ clinfuse train --config real3d-small --data "$RUNS/data3/all" --out "$RUNS/real3
     --device cpu --threads 1 --max-steps "$STEPS" --no-progress --set "init=$INIT" \
     "${RESUME[@]}" > "$RUNS/logs/real3d-small.log" 2>&1 &
 clinfuse train-lesion --checkpoint "$INIT" --data "$RUNS/data3/all" \
-    --val-data "$RUNS/data3_val/all" --out "$RUNS/lesion" --steps 3000 --val-every 500 \
+    --val-data "$RUNS/data3_val/all" --out "$RUNS/lesion" --steps 900 --val-every 150 \
     --lr 2e-3 --threads 2 --device cpu --overwrite > "$RUNS/logs/lesion.log" 2>&1 &
 wait
 SHIP_DENOISER=${SHIP_DENOISER:-$INIT}   # or "$RUNS/real3d-small/best.ckpt" once it validates better
