@@ -18,10 +18,10 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from clinfuse.io.atomic import atomic_write
+from clinfuse.model_range import MODEL_RANGE
 
 Plane = Literal["axial", "coronal", "sagittal", "2d"]
 PLANES_3D: tuple[Plane, ...] = ("axial", "coronal", "sagittal")
-MODEL_RANGE = (-2.0, 2.0)  # every model-range image lives in [-2, 2] (ARCHITECTURE.md)
 # The report shows figures at most this wide (html.py: 1400 px page, 1 em padding each side);
 # montages wrap into blocks of `MAX_COLUMNS` panels so that they are not scaled down below it
 # and their 11 pt labels stay about 17 px high on screen (the every-method montage with all

@@ -41,6 +41,7 @@ import torch
 
 from clinfuse.errors import ClinfuseInputError
 from clinfuse.io.atomic import atomic_write
+from clinfuse.model_range import MODEL_RANGE
 
 DEFAULT_BASELINES = ("average", "weighted", "max", "laplacian", "wavelet")
 MIN_ML_CHOICES = (0.0, 0.1, 0.25, 0.5, 1.0)
@@ -198,7 +199,7 @@ def _fused_channel(item: _Item, cfg: LesionTrainConfig, rng: np.random.Generator
         sigma = float(rng.uniform(0.3, 1.2))
         noisy = ndimage.gaussian_filter(item.composite, sigma)
         noise = float(rng.uniform(0.0, 0.1)) * rng.standard_normal(noisy.shape)
-        return np.clip(noisy + noise, -2.0, 2.0).astype(np.float32)
+        return np.clip(noisy + noise, *MODEL_RANGE).astype(np.float32)
     names = list(item.baselines)
     return item.baselines[names[int(rng.integers(len(names)))]]
 
