@@ -733,7 +733,8 @@ TRAINING_SOURCES: tuple[RealSource, ...] = (
 )
 
 
-def _is_test_case(path: str) -> bool:
+def is_test_case(path: str) -> bool:
+    """Whether `path` lies in one of the project's test heads (`TEST_CASE_NAMES`)."""
     return any(name in Path(path).parts for name in TEST_CASE_NAMES)
 
 
@@ -778,11 +779,11 @@ def write_real_dataset(
     out.mkdir(parents=True, exist_ok=True)
     rows = [",".join((*MANIFEST_COLUMNS, "ignore", "patient_id"))]
     for s, src in enumerate(sources):
-        if _is_test_case(src.mri):
+        if is_test_case(src.mri):
             raise ClinfuseInputError(
                 "is a test case of this project: never a source of training pairs", src.mri
             )
-        if any(_is_test_case(p) for p in (src.brain, src.bone, src.lesion) if p):
+        if any(is_test_case(p) for p in (src.brain, src.bone, src.lesion) if p):
             raise ClinfuseInputError("a mask of a test case: never a training source", src.mri)
         real = load_real_mri(
             root / src.mri,

@@ -143,7 +143,7 @@ def load_items(
     from clinfuse.baselines import BASELINES
     from clinfuse.io.dataset import load_dataset
     from clinfuse.io.nifti import load_nifti
-    from clinfuse.phantom.realhead import _is_test_case
+    from clinfuse.phantom.realhead import is_test_case
     from clinfuse.preprocess.pipeline import preprocess_case
     from clinfuse.training.data import training_target
 
@@ -152,7 +152,7 @@ def load_items(
     items = []
     for ref in load_dataset(data):
         paths = [str(p) for p in ref.paths.values()]
-        if any(_is_test_case(p) for p in paths):
+        if any(is_test_case(p) for p in paths):
             raise ClinfuseInputError(
                 f"case {ref.case_id!r} is one of the project's test heads: never trained on", data
             )
@@ -363,8 +363,7 @@ def train_lesion_head(
     from monai.losses import DiceCELoss
 
     from clinfuse.nn.lesion_head import LesionHead
-    from clinfuse.training.checkpoint import FORMAT, load_checkpoint, read_checkpoint
-    from clinfuse.training.config import config_from_dict, dump_config, to_dict
+    from clinfuse.training.checkpoint import read_checkpoint
 
     cfg = cfg or LesionTrainConfig()
     cfg.validate()
@@ -493,7 +492,6 @@ def train_lesion_head(
             "seconds": time.perf_counter() - start,
         },
         out / "lesion_metrics.csv",
-        (FORMAT, load_checkpoint, config_from_dict, dump_config, to_dict),
     )
 
 
@@ -505,10 +503,11 @@ def _write_checkpoint(
     cfg: LesionTrainConfig,
     record: dict[str, Any],
     metrics_csv: Path,
-    api: tuple[Any, ...],
 ) -> LesionTrainResult:
     """The input checkpoint with the new head in place of the old one (EMA and raw weights)."""
-    fmt, load_checkpoint, config_from_dict, dump_config, to_dict = api
+    from clinfuse.training.checkpoint import FORMAT, load_checkpoint
+    from clinfuse.training.config import config_from_dict, dump_config, to_dict
+
     new_model_cfg = {
         **state["config"]["model"],
         "lesion_channels": list(cfg.channels),
@@ -524,7 +523,7 @@ def _write_checkpoint(
         raw.update({f"lesion_head.{k}": v for k, v in head_weights.items()})
     new_state = {
         **state,
-        "format": fmt,
+        "format": FORMAT,
         "config": to_dict(new_config),
         "config_yaml": dump_config(new_config),
         "model": raw,
@@ -556,12 +555,9 @@ def transplant_lesion_head(
     config fields and the training record. The head reads the fused image and the sources, not
     the denoiser, so it moves between checkpoints of the same spatial dimension unchanged."""
     from clinfuse.training.checkpoint import (
-        FORMAT,
         ema_weights,
-        load_checkpoint,
         read_checkpoint,
     )
-    from clinfuse.training.config import config_from_dict, dump_config, to_dict
 
     out = Path(out)
     if out.resolve() in (Path(head_checkpoint).resolve(), Path(target_checkpoint).resolve()):
@@ -598,6 +594,5 @@ def transplant_lesion_head(
         head,
         cfg,
         record,
-        Path(str(record.get("metrics_csv", ""))),
-        (FORMAT, load_checkpoint, config_from_dict, dump_config, to_dict),
+        Path(head_checkpoint).parent / "lesion_metrics.csv",
     )
