@@ -64,6 +64,48 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "precision": "bf16",
         "channels_last": True,
     },
+    # issue 11/13 (session 4): few inner steps along the trajectory, many at the last DDIM step
+    # (whose guided x̂0 is the output): GuidanceConfig.final_inner
+    **{
+        f"ddim10_bf16_cl_inner{k}_final{f}": {
+            "steps": 10,
+            "overrides": {"n_inner": k, "final_inner": f},
+            "precision": "bf16",
+            "channels_last": True,
+        }
+        for k, f in ((1, 10), (1, 20), (2, 20), (2, 40), (3, 30))
+    },
+    # ... with Nesterov momentum in the inner loop (GuidanceConfig.inner_momentum)
+    **{
+        f"ddim10_bf16_cl_inner{k}_final{f}_mom{int(m * 100)}": {
+            "steps": 10,
+            "overrides": {"n_inner": k, "final_inner": f, "inner_momentum": m},
+            "precision": "bf16",
+            "channels_last": True,
+        }
+        for k, f, m in (
+            (1, 10, 0.9),
+            (1, 15, 0.9),
+            (1, 20, 0.9),
+            (1, 30, 0.9),
+            (1, 10, 0.8),
+            (2, 10, 0.9),
+            (1, 20, 0.95),
+        )
+    },
+    # ... and the ROI terms only in the second half of the trajectory (p >= 0.5)
+    "ddim10_bf16_cl_inner1_final20_mom90_half": {
+        "steps": 10,
+        "overrides": {
+            "n_inner": 1,
+            "final_inner": 20,
+            "inner_momentum": 0.9,
+            "brain_window": [0.5, 1.0],
+            "bone_window": [0.5, 1.0],
+        },
+        "precision": "bf16",
+        "channels_last": True,
+    },
 }
 
 

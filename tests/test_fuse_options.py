@@ -20,7 +20,7 @@ from clinfuse.errors import ClinfuseInputError
 from clinfuse.pipeline import fuse_case, write_outputs
 from clinfuse.pipeline.display import orthogonal_planes
 
-FAST = {"n_inner": 1}
+FAST = {"n_inner": 1, "final_inner": 1}
 NATIVE_MM = 1.5
 
 

@@ -19,7 +19,7 @@ from clinfuse.pipeline import (
 )
 
 SHAPE = (20, 16, 14)  # > the 16³ training patch along x: two sliding windows (kept tiny: CPU)
-FAST = {"n_inner": 1}  # one gradient step per DDIM step keeps the tests quick
+FAST = {"n_inner": 1, "final_inner": 1}  # one gradient step per DDIM step keeps the tests quick
 SPACING = (2.0, 2.0, 2.5)
 
 

@@ -65,6 +65,12 @@ def fuse(
     n_inner: int | None = typer.Option(
         None, "--n-inner", help="Gradient steps on x0 per DDIM step (mode x0)."
     ),
+    final_inner: int | None = typer.Option(
+        None, "--final-inner", help="Gradient steps on x0 at the last DDIM step (0: --n-inner)."
+    ),
+    inner_momentum: float | None = typer.Option(
+        None, "--inner-momentum", help="Nesterov momentum of those steps (0: plain descent)."
+    ),
     uncertainty_blend: float | None = typer.Option(
         None,
         "--uncertainty-blend",
@@ -130,6 +136,8 @@ def fuse(
         "beta": beta,
         "gamma": gamma,
         "n_inner": n_inner,
+        "final_inner": final_inner,
+        "inner_momentum": inner_momentum,
         "uncertainty_blend": uncertainty_blend,
     }
     # The preset is read once (errors name the file), each option is checked on its own (errors

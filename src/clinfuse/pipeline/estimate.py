@@ -40,8 +40,9 @@ def estimate_sampling(
     included when `net` is a `SlidingWindowModel`), one lesion-head forward and one masked-SSIM
     forward+backward (brain) on the grid of `cond`; multiplies by what the sampler calls:
     `steps` denoiser forwards; per step with t <= T/2 `lesion_inner` lesion-head forward+backward
-    passes (counted as 3 forwards); the final lesion-head call; `n_inner` (mode x0) or 1 (mode
-    xt) brain+bone SSIM gradient steps per step. Returns the parts and `expected_s`.
+    passes (counted as 3 forwards); the final lesion-head call; `n_inner` (mode x0; the last
+    step `final_inner` when set) or 1 (mode xt) brain+bone SSIM gradient steps per step.
+    Returns the parts and `expected_s`.
     """
     import torch
 
@@ -77,11 +78,13 @@ def estimate_sampling(
     n_lesion_steps = sum(1 for s in ddim_timesteps(num_train_steps, steps) if s <= half)
     mode = str(getattr(guidance, "mode", "x0"))
     inner = int(getattr(guidance, "n_inner", 1)) if mode == "x0" else 1
+    final = int(getattr(guidance, "final_inner", 0)) if mode == "x0" else 0
+    ssim_calls = (steps - 1) * inner + (final if final > 0 else inner)
     lesion_inner = int(getattr(guidance, "lesion_inner", 1)) if mode == "x0" else 1
     calls = {
         "denoiser": steps,
         "lesion_head": 1 + (n_lesion_steps * lesion_inner * 3 if lesion_on else 0),
-        "ssim": steps * inner * roi_terms if ssim else 0,
+        "ssim": ssim_calls * roi_terms if ssim else 0,
     }
     expected = (
         parts["encode_s"]
