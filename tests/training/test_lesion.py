@@ -86,6 +86,43 @@ def test_eval_mode_uses_sliding_windows_of_the_training_patch():
     assert head(x, cond).shape == x.shape  # training: patches as given
 
 
+def test_mirror_channels_reflect_about_the_heads_mid_sagittal_plane():
+    from clinfuse.nn.lesion_head import mid_sagittal_shift, mirror_channels
+
+    x = torch.zeros(2, 4, 48, 12, 10)
+    x[0, 1, 10:31] = 1.0  # head from x = 10 to 30: plane at x = 20
+    x[1, 1, 4:41] = 1.0  # head from x = 4 to 40: plane at x = 22
+    x[0, 0, 12, 3, 4] = 5.0  # fused channel, 8 voxels left of item 0's plane
+    x[1, 2, 30, 5, 6] = 7.0  # CT channel, 8 voxels right of item 1's plane
+    assert mid_sagittal_shift(x[0, 1]) == 40 - 47 and mid_sagittal_shift(x[1, 1]) == 44 - 47
+    y = mirror_channels(x)
+    assert y.shape == (2, 7, 48, 12, 10)
+    torch.testing.assert_close(y[:, :4], x)  # the originals are kept, then fused/MRI/CT mirrors
+    assert float(y[0, 4, 28, 3, 4]) == 5.0 and float(y[0, 4].sum()) == 5.0
+    assert float(y[1, 6, 14, 5, 6]) == 7.0
+    torch.testing.assert_close(y[0, 5], x[0, 1])  # a symmetric head is its own mirror
+
+
+def test_mirror_head_takes_mirrors_on_the_whole_volume_before_windows():
+    from clinfuse.nn.lesion_head import LesionHead, head_inputs
+
+    torch.manual_seed(0)  # test-only: random weights
+    head = LesionHead(3, (4, 8), 1, inputs="fused+sources+mirror", norm="instance").eval()
+    x, cond = torch.randn(1, 1, 40, 16, 16), torch.randn(1, 3, 40, 16, 16)
+    cond[:, 0, :8] = -2.0  # background on the left: the plane is off the array centre
+    full = head_inputs("fused+sources+mirror", x, cond)
+    head.window.fill_(16)
+    with torch.no_grad():
+        windowed = head(x, cond)
+        # the same as windows over the whole-volume inputs, and not as mirroring each window
+        from monai.inferers import sliding_window_inference
+
+        expect = sliding_window_inference(
+            full, (16, 16, 16), 2, head.unet, overlap=0.25, mode="gaussian"
+        )
+    torch.testing.assert_close(windowed, expect)
+
+
 def test_clean_mask_drops_small_components():
     from clinfuse.nn.lesion_head import clean_mask
 
@@ -101,7 +138,8 @@ def test_train_lesion_replaces_only_the_head_and_calibrates(trained, base_ckpt):
     from clinfuse.training.checkpoint import ema_weights, load_checkpoint, read_checkpoint
 
     new = load_checkpoint(trained / "lesion_head.ckpt")
-    assert new.model.config.lesion_inputs == "fused+sources"
+    assert new.model.config.lesion_inputs == "fused+sources+mirror"  # the default
+    assert new.model.lesion_head.unet.model[0].conv.unit0.conv.in_channels == 7
     assert new.model.config.lesion_norm == "instance"
     assert int(new.model.lesion_head.window) == 16  # the training patch
     old_w = ema_weights(read_checkpoint(base_ckpt))

@@ -31,6 +31,12 @@ def train_lesion(
     pos_fraction: float = typer.Option(
         0.5, "--pos-fraction", help="Share of patches centred on a lesion voxel."
     ),
+    inputs: str = typer.Option(
+        "fused+sources+mirror",
+        "--inputs",
+        help="What the head reads: fused+sources, or fused+sources+mirror (plus the left-right "
+        "mirror images of the fused image, MRI and CT).",
+    ),
     val_every: int = typer.Option(100, "--val-every", help="Validate every N steps."),
     seed: int = typer.Option(0, "--seed", help="Seed of patches, noise and augmentation."),
     export: Path = typer.Option(
@@ -84,6 +90,7 @@ def train_lesion(
         patch_size=(patch, patch, patch),
         lr=lr,
         pos_fraction=pos_fraction,
+        inputs=inputs,
         val_every=val_every,
         seed=seed,
     )

@@ -9,6 +9,15 @@ What it reads (``inputs``):
 - ``"fused+sources"`` (session 1): x̂0 plus [mri, ct, ct_bone]. The sources carry the lesion
   contrast by themselves, so the prediction barely depends on the fused image; kept so older
   checkpoints still load.
+- ``"fused+sources+mirror"`` (session 4): the same four channels plus the left-right mirror
+  images of x̂0, the MRI and the clinical-window CT about the head's mid-sagittal plane
+  (`mirror_channels`). Strokes are one-sided, so "this voxel differs from its contralateral
+  twin" is the cue a radiologist uses for a subtle ischaemic lesion (the symmetry prior of
+  stroke segmentation networks, e.g. Wang et al. 2016 "Automatic ischemic stroke lesion
+  segmentation from computed tomography of brain images with symmetry"). The mirrors are taken
+  on the *whole* volume before any window or patch is cut (`head_inputs`), so a sliding window
+  still compares each voxel with its real contralateral twin. Written here: MONAI has no
+  mid-sagittal mirror transform.
 
 Why x̂0 and not x_t: at sampling time the head runs on the fused *estimate* of the clean image
 (Algorithm 1 line 7 at t = T/2, and the lesion term from T/2 on); x_t at T/2 is half noise. It is
@@ -27,7 +36,9 @@ import torch
 from monai.networks.nets import UNet
 from torch import nn
 
-LESION_INPUTS = ("fused", "fused+sources")
+LESION_INPUTS = ("fused", "fused+sources", "fused+sources+mirror")
+IN_CHANNELS = {"fused": 1, "fused+sources": 4, "fused+sources+mirror": 7}
+MIRRORED = (0, 1, 2)  # channels of [fused, mri, ct, ct_bone] that get a mirror image
 PRIOR = 0.01  # initial lesion probability of every voxel
 
 
@@ -59,7 +70,7 @@ class LesionHead(nn.Module):
         self.size_multiple = 2 ** (len(channels) - 1)
         self.unet = UNet(
             spatial_dims=spatial_dims,
-            in_channels=1 if inputs == "fused" else 4,
+            in_channels=IN_CHANNELS[inputs],
             out_channels=1,
             channels=tuple(channels),
             strides=(2,) * (len(channels) - 1),
@@ -99,13 +110,13 @@ class LesionHead(nn.Module):
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
 
+    def inputs_of(self, x0_hat: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """The network's input channels for whole volumes (`head_inputs` for this head)."""
+        return head_inputs(self.inputs, x0_hat, cond)
+
     def raw_logits(self, x0_hat: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         """The network's logits before temperature scaling (what training optimises)."""
-        if self.inputs == "fused":
-            return self.unet(x0_hat)
-        if cond is None:
-            raise ValueError("this lesion head reads the sources too: pass cond")
-        return self.unet(torch.cat([x0_hat, cond], dim=1))
+        return self.unet(self.inputs_of(x0_hat, cond))
 
     def forward(self, x0_hat: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         """Calibrated logits (apply ``torch.sigmoid`` for the lesion probability). In eval mode
@@ -152,13 +163,58 @@ def sliding_logits(
 
     nd = fused.ndim - 2
     roi = tuple(int(r) for r in roi_size)[:nd]
-    x = fused if cond is None else torch.cat([fused, cond], dim=1)
+    x = head.inputs_of(fused, cond)  # mirrors (if any) from the whole volume, then windows
 
     def net(win: torch.Tensor) -> torch.Tensor:
-        c = None if cond is None else win[:, 1:]
-        logits = head.raw_logits(win[:, :1], c)
+        logits = head.unet(win)
         return logits if raw else logits / head.temperature.to(logits.dtype)
 
     return sliding_window_inference(
         x, roi, sw_batch_size=2, predictor=net, overlap=overlap, mode="gaussian"
     )
+
+
+def mid_sagittal_shift(mri: torch.Tensor, axis: int = 0) -> int:
+    """Integer shift `s` such that voxel `i` mirrors to `n - 1 - i + s` along `axis` (RAS x):
+    the head's left-right mirror plane through the centroid of the head's voxels (MRI above
+    10 % of its range), rounded to half a voxel. `mri`: one volume (*S)."""
+    m = mri.detach().float()
+    lo, hi = float(m.min()), float(m.max())
+    w = (m > lo + 0.1 * (hi - lo)).to(torch.float64)
+    total = float(w.sum())
+    n = m.shape[axis]
+    if total <= 0:
+        return 0
+    dims = [d for d in range(m.ndim) if d != axis]
+    profile = w.sum(dim=dims) if dims else w
+    centre = float((profile * torch.arange(n, dtype=torch.float64)).sum()) / total
+    return int(round(2.0 * centre - (n - 1)))
+
+
+def mirror(x: torch.Tensor, shift: int, axis: int) -> torch.Tensor:
+    """`x` mirrored along `axis` about the plane of `mid_sagittal_shift`: out[i] = x[n-1-i+s]
+    (edge values where the twin lies outside the volume)."""
+    n = x.shape[axis]
+    idx = (n - 1 - torch.arange(n, device=x.device) + int(shift)).clamp(0, n - 1)
+    return x.index_select(axis, idx)
+
+
+def mirror_channels(x: torch.Tensor, channels: Sequence[int] = MIRRORED) -> torch.Tensor:
+    """`x` (B, C, *S) with the left-right mirror images of `channels` appended (B, C + k, *S).
+    The plane comes from channel 1 (the MRI) of each item; axis 0 of the volume is RAS x."""
+    out = []
+    for b in range(x.shape[0]):
+        s = mid_sagittal_shift(x[b, 1])
+        out.append(mirror(x[b, list(channels)], s, axis=1))
+    return torch.cat([x, torch.stack(out)], dim=1)
+
+
+def head_inputs(inputs: str, x0_hat: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+    """The network input of a head reading `inputs` on whole volumes: x̂0 (B, 1, *S) alone, or
+    with the sources `cond` (B, 3, *S), or with the sources and the mirror images."""
+    if inputs == "fused":
+        return x0_hat
+    if cond is None:
+        raise ValueError("this lesion head reads the sources too: pass cond")
+    x = torch.cat([x0_hat, cond], dim=1)
+    return mirror_channels(x) if inputs == "fused+sources+mirror" else x

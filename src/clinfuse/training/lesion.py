@@ -1,16 +1,19 @@
 """Train the lesion head on its own (`clinfuse train-lesion`), then calibrate it.
 
 The head of Algorithm 1 line 7 segments the lesion from everything the sampler has: the fused
-estimate x̂0 and the sources [MRI, CT clinical window, CT bone window]
-(`ModelConfig.lesion_inputs = "fused+sources"`). The recipe is MONAI's standard 3D
-segmentation recipe; only the choice of the fused channel is ours:
+estimate x̂0 and the sources [MRI, CT clinical window, CT bone window], and by default the
+left-right mirror images of x̂0, MRI and CT about the mid-sagittal plane, taken on whole volumes
+(`ModelConfig.lesion_inputs = "fused+sources+mirror"`, `nn.lesion_head.mirror_channels`: a
+stroke differs from its contralateral twin). The recipe is MONAI's standard 3D segmentation
+recipe; only the choice of the fused channel and the mirror channels are ours:
 
 - **Network**: MONAI `UNet` (16-32-64-128, 2 residual units, instance norm). Whole volumes go
   through sliding windows of the training patch's size (`LesionHead.window`, set here), so
   every window is normalised like a training patch.
 - **Samples**: `RandCropByPosNegLabeld` patches (half centred on lesion voxels, half on
   background), left-right flips and a small `RandAffined` (rotation, scale), channel-wise
-  intensity scale/shift and Gaussian noise.
+  intensity scale/shift and Gaussian noise (on the whole volume, before the mirror images, so
+  a channel and its mirror get the same draw).
 - **The fused channel**: the diffusion model is not needed to train the head. Per sample it is
   the ROI-composite target (what x0-prediction learns), a degraded composite (Gaussian blur and
   noise: how x̂0 looks at t <= T/2) or a classical baseline's fused image, so the same head reads
@@ -57,6 +60,9 @@ class LesionTrainConfig:
     patch_size: tuple[int, ...] = (48, 48, 48)
     lr: float = 2e-3
     weight_decay: float = 1e-4
+    # what the head reads (`nn.lesion_head.LESION_INPUTS`); the mirror images of the
+    # "+mirror" mode are taken on the whole volume before patches are cut
+    inputs: str = "fused+sources+mirror"
     channels: tuple[int, ...] = (16, 32, 64, 128)
     res_units: int = 2
     # Instance norm: training patches and inference windows (`LesionHead.window` = the patch)
@@ -75,7 +81,13 @@ class LesionTrainConfig:
     def validate(self) -> None:
         """Raise `ClinfuseInputError` on values that cannot work."""
         from clinfuse.baselines import BASELINES
+        from clinfuse.nn.lesion_head import LESION_INPUTS
 
+        if self.inputs not in LESION_INPUTS[1:]:
+            raise ClinfuseInputError(
+                f"inputs must be one of {LESION_INPUTS[1:]} (the head reads the sources), "
+                f"got {self.inputs!r}"
+            )
         bad = [n for n in self.fused_inputs if n not in BASELINES]
         if bad:
             raise ClinfuseInputError(f"unknown fused input(s) {bad}; known: {sorted(BASELINES)}")
@@ -204,15 +216,32 @@ def _fused_channel(item: _Item, cfg: LesionTrainConfig, rng: np.random.Generator
     return item.baselines[names[int(rng.integers(len(names)))]]
 
 
+def _intensity_transforms() -> Any:
+    """Channel-wise intensity augmentation of [fused, mri, ct, ct_bone] on the whole volume,
+    before the mirror images are taken: a channel and its mirror get the same draw."""
+    from monai.transforms import (
+        Compose,
+        RandGaussianNoised,
+        RandScaleIntensityd,
+        RandShiftIntensityd,
+    )
+
+    return Compose(
+        [
+            RandScaleIntensityd(keys="img", factors=0.1, prob=0.5, channel_wise=True),
+            RandShiftIntensityd(keys="img", offsets=0.1, prob=0.5, channel_wise=True),
+            RandGaussianNoised(keys="img", prob=0.5, std=0.05),
+        ]
+    )
+
+
 def _transforms(cfg: LesionTrainConfig) -> Any:
+    """Patches and spatial augmentation (every channel, its mirror and the labels alike)."""
     from monai.transforms import (
         Compose,
         RandAffined,
         RandCropByPosNegLabeld,
         RandFlipd,
-        RandGaussianNoised,
-        RandScaleIntensityd,
-        RandShiftIntensityd,
         RandSpatialCropd,
         SpatialPadd,
     )
@@ -247,11 +276,21 @@ def _transforms(cfg: LesionTrainConfig) -> Any:
                 mode=("bilinear", "nearest", "nearest"),
                 padding_mode="border",
             ),
-            RandScaleIntensityd(keys="img", factors=0.1, prob=0.5, channel_wise=True),
-            RandShiftIntensityd(keys="img", offsets=0.1, prob=0.5, channel_wise=True),
-            RandGaussianNoised(keys="img", prob=0.5, std=0.05),
         ]
     )
+
+
+def _sample_inputs(
+    item: _Item, cfg: LesionTrainConfig, rng: np.random.Generator, intensity: Any
+) -> np.ndarray:
+    """The whole-volume network input of one training sample: a fused channel, the sources,
+    intensity augmentation, then (mode "+mirror") the mirror images (`head_inputs`)."""
+    from clinfuse.nn.lesion_head import head_inputs
+
+    img = np.concatenate([_fused_channel(item, cfg, rng)[None], item.sources])
+    img = np.asarray(intensity({"img": img})["img"], np.float32)
+    x = torch.from_numpy(np.ascontiguousarray(img))[None]
+    return head_inputs(cfg.inputs, x[:, :1], x[:, 1:])[0].numpy()
 
 
 def predict_logits(
@@ -353,7 +392,8 @@ def train_lesion_head(
     overwrite: bool = False,
     log: Callable[[str], None] | None = print,
 ) -> LesionTrainResult:
-    """Train a lesion head reading [fused, mri, ct, ct_bone] and place it into `checkpoint`.
+    """Train a lesion head reading [fused, mri, ct, ct_bone] (and, by default, their mirror
+    images: `LesionTrainConfig.inputs`) and place it into `checkpoint`.
 
     data / val_data: datasets with lesion masks (`clinfuse synth`, `realhead` pairs); the
     validation split selects the step, fits the temperature and the minimum lesion size.
@@ -390,10 +430,12 @@ def train_lesion_head(
     dev = torch.device(device)
     torch.manual_seed(cfg.seed)
     head = LesionHead(
-        spatial_dims, cfg.channels, cfg.res_units, inputs="fused+sources", norm=cfg.norm
+        spatial_dims, cfg.channels, cfg.res_units, inputs=cfg.inputs, norm=cfg.norm
     ).to(dev)
     tf = _transforms(cfg)
     tf.set_random_state(seed=cfg.seed)
+    intensity = _intensity_transforms()
+    intensity.set_random_state(seed=cfg.seed + 1)
     rng = np.random.default_rng(cfg.seed)
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(
@@ -410,7 +452,7 @@ def train_lesion_head(
         imgs, labels, valids = [], [], []
         for _ in range(cfg.cases_per_step):
             it = train_items[int(rng.integers(len(train_items)))]
-            img = np.concatenate([_fused_channel(it, cfg, rng)[None], it.sources])
+            img = _sample_inputs(it, cfg, rng, intensity)
             for s in tf({"img": img, "label": it.label[None], "valid": it.valid[None]}):
                 imgs.append(torch.as_tensor(np.asarray(s["img"])))
                 labels.append(torch.as_tensor(np.asarray(s["label"])))
@@ -418,7 +460,7 @@ def train_lesion_head(
         x = torch.stack(imgs).float().to(dev)
         y = (torch.stack(labels) > 0.5).float().to(dev)
         v = torch.stack(valids).to(dev) > 0.5
-        logits = head.raw_logits(x[:, :1], x[:, 1:])
+        logits = head.unet(x)  # x holds every input channel (mirrors taken on whole volumes)
         # Unknown-label voxels: logit -20, label 0 -> no Dice and ~0 cross-entropy contribution.
         logits = torch.where(v, logits, torch.full_like(logits, -20.0))
         y = y * v
@@ -512,7 +554,7 @@ def _write_checkpoint(
         **state["config"]["model"],
         "lesion_channels": list(cfg.channels),
         "lesion_res_units": int(cfg.res_units),
-        "lesion_inputs": "fused+sources",
+        "lesion_inputs": cfg.inputs,
         "lesion_norm": cfg.norm,
     }
     new_config = config_from_dict({**state["config"], "model": new_model_cfg}, str(checkpoint))
@@ -576,6 +618,7 @@ def transplant_lesion_head(
         )
     m = src["config"]["model"]
     cfg = LesionTrainConfig(
+        inputs=str(m["lesion_inputs"]),
         channels=tuple(m["lesion_channels"]),
         res_units=int(m["lesion_res_units"]),
         norm=str(m["lesion_norm"]),
