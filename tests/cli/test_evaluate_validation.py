@@ -52,3 +52,21 @@ def test_bad_checkpoint_option_or_data_leaves_no_folder(files, tmp_path, command
     _fails_without_folder([*good, "--option", "colour=blue"], out, "colour")
     missing = [a if a != str(files["data"]) else str(tmp_path / "nowhere") for a in good]
     _fails_without_folder(missing, out, "nowhere")
+
+
+@pytest.mark.parametrize("command", ["evaluate", "benchmark"])
+def test_threads_option_sets_torch_threads(files, tmp_path, command):
+    import torch
+
+    before = torch.get_num_threads()
+    if command == "evaluate":
+        args = ["evaluate", "--method", "average", "--data", str(files["data"])]
+    else:
+        args = ["benchmark", "--methods", "average", "--data", str(files["data"])]
+    try:
+        res = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "r"), "--threads", "1"])
+        assert torch.get_num_threads() == 1, res.output
+        bad = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "s"), "--threads", "0"])
+        assert bad.exit_code != 0 and not (tmp_path / "s").exists()
+    finally:
+        torch.set_num_threads(before)

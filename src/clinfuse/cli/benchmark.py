@@ -55,6 +55,9 @@ def benchmark(
         help="Score every fused image's lesion with this checkpoint's lesion head "
         "('default': the shipped one), so all methods get lesion Dice/NSD/HD95.",
     ),
+    threads: int | None = typer.Option(
+        None, "--threads", min=1, help="CPU threads (default: all cores)."
+    ),
 ) -> None:
     """Run every method on one dataset; write OUT/benchmark.md (mean ± sd [CI]) and .csv."""
     from clinfuse.cli._method_options import lesion_scorer, method_options
@@ -68,6 +71,9 @@ def benchmark(
         if not sep or not name.strip() or not split_list([pats]):
             raise ClinfuseInputError(f"--subset expects NAME=GLOB[,GLOB], got {s!r}")
         subsets[name.strip()] = split_list([pats])
+    from clinfuse.nn.precision import set_threads
+
+    set_threads(threads)
     opts = method_options(checkpoint, preset, option)
     head_fn, head_name = lesion_scorer(lesion_head)
     validate_methods(names, opts, data)

@@ -46,6 +46,9 @@ def evaluate(
         help="Score every fused image's lesion with this checkpoint's lesion head "
         "('default': the shipped one), so all methods get lesion Dice/NSD/HD95.",
     ),
+    threads: int | None = typer.Option(
+        None, "--threads", min=1, help="CPU threads (default: all cores)."
+    ),
 ) -> None:
     """Fuse every case with a method and score it (per_case.csv, summary.json/.md), or
     compare earlier runs with paired Wilcoxon tests (--compare OUT1 OUT2 ...)."""
@@ -76,6 +79,9 @@ def evaluate(
     missing = [n for n, v in (("--method", method), ("--data", data), ("--out", out)) if not v]
     if missing:
         raise ClinfuseInputError(f"missing {', '.join(missing)} (or use --compare)")
+    from clinfuse.nn.precision import set_threads
+
+    set_threads(threads)
     opts = method_options(checkpoint, preset, option)
     state = {"n": 0, "failed": 0}
 
