@@ -7,7 +7,8 @@ reference (float32, DDIM-20, 10 inner guidance steps) on VALIDATION phantoms onl
 Cases: `clinfuse.phantom` seeds 5000, 5001, 5002 (T1, T2, ADC; one ischaemic lesion; 64x64x48
 voxels at 3 mm) — the validation phantoms of docs/GUIDANCE.md, disjoint from training (0-23,
 3000-3059), the benchmark (1000-1009) and the demo (9000+); the real test heads are never used.
-Every variant fuses with the stroke preset, lesion guide predicted, whole-volume window, seed 0,
+Every variant fuses with the stroke preset, lesion guide predicted, whole-volume window (unless
+the variant says "sliding"), seed 0,
 and is scored by `metrics.roi.roi_ssim` (brain vs MRI, bone vs bone-window CT, exact masks).
 The acceptance rule: |delta ROI-SSIM| <= 0.002 against `ref`, per ROI, mean over the cases (the
 per-case maximum is printed as well). Results are cached per (variant, case) in `--out`, so an
@@ -92,6 +93,16 @@ VARIANTS: dict[str, dict[str, Any]] = {
             (2, 10, 0.9),
             (1, 20, 0.95),
         )
+    },
+    # the shipped presets (1 inner, 30 at the end, momentum 0.9) with whole-volume and with
+    # sliding-window sampling (fuse's --window): which one should be the default
+    "presets_whole": {"steps": 10, "overrides": {}, "precision": "bf16", "channels_last": True},
+    "presets_sliding": {
+        "steps": 10,
+        "overrides": {},
+        "precision": "bf16",
+        "channels_last": True,
+        "window": "sliding",
     },
     # ... and the ROI terms only in the second half of the trajectory (p >= 0.5)
     "ddim10_bf16_cl_inner1_final20_mom90_half": {
@@ -178,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
                 overrides=variant["overrides"],
                 steps=variant["steps"],
                 seed=0,
-                window="whole",
+                window=variant.get("window", "whole"),
+                patch_size=loaded.patch_size,
                 precision=variant["precision"],
                 channels_last=variant.get("channels_last", False),
             )

@@ -73,6 +73,7 @@ def test_fuse_prepared_samples_uncertainty_and_determinism(checkpoint, case_file
     prep = _prepared(case_files)
     lm = load_model(checkpoint, 3)
     kw = dict(steps=1, samples=2, seed=5, patch_size=lm.patch_size, overrides={**FAST, "eta": 0.01})
+    kw["window"] = "sliding"
     a = fuse_prepared(prep, lm.model, **kw)
     b = fuse_prepared(prep, lm.model, **kw)
     assert a.fused.shape == SHAPE and a.uncertainty.shape == SHAPE
@@ -82,6 +83,9 @@ def test_fuse_prepared_samples_uncertainty_and_determinism(checkpoint, case_file
     # so no lesion mask guides at all (the "predicted" path: tests/diffusion/test_guidance.py)
     assert a.lesion_source == "none"
     assert a.record["sliding_window"]["patch"] == [16, 16, 16]
+    # "auto" (the default) samples a volume this small in one call
+    auto = fuse_prepared(prep, lm.model, **{**kw, "window": "auto"})
+    assert auto.record["window"] == "whole" and auto.record["sliding_window"] is None
     assert 0 <= a.lesion_prob.min() and a.lesion_prob.max() <= 1
     oracle = fuse_prepared(
         prep, lm.model, steps=1, lesion="oracle", patch_size=lm.patch_size, overrides=FAST

@@ -21,6 +21,7 @@ class Mode(str, Enum):
 class Window(str, Enum):
     """Volumes above the training patch: overlapping patches, or the whole volume at once."""
 
+    auto = "auto"
     sliding = "sliding"
     whole = "whole"
 
@@ -87,9 +88,10 @@ def fuse(
         None, "--checkpoint", help="Model checkpoint (default: the shipped one)."
     ),
     window: Window = typer.Option(
-        Window.sliding,
+        Window.auto,
         "--window",
-        help="sliding: training-size patches blended (default); whole: one call, ~3x faster.",
+        help="auto: whole volume up to 1.6 M voxels, else sliding (default); sliding: "
+        "training-size patches blended; whole: one call, ~2x faster.",
     ),
     device: Device = typer.Option(Device.auto, "--device", help="auto, cpu or cuda."),
     output_units: Units = typer.Option(
