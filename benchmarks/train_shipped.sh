@@ -29,8 +29,9 @@ else RESUME=(); fi
 clinfuse train --config real3d-small --data "$RUNS/data3/all" --out "$RUNS/real3d-small" \
     --device cpu --threads 1 --max-steps "$STEPS" --no-progress --set "init=$INIT" \
     "${RESUME[@]}" > "$RUNS/logs/real3d-small.log" 2>&1 &
+# session 4: the mirror-input head (train-lesion's default --inputs), 6000 steps (~65 min)
 clinfuse train-lesion --checkpoint "$INIT" --data "$RUNS/data3/all" \
-    --val-data "$RUNS/data3_val/all" --out "$RUNS/lesion" --steps 900 --val-every 150 \
+    --val-data "$RUNS/data3_val/all" --out "$RUNS/lesion" --steps 6000 --val-every 500 \
     --lr 2e-3 --threads 2 --device cpu --overwrite > "$RUNS/logs/lesion.log" 2>&1 &
 wait
 SHIP_DENOISER=${SHIP_DENOISER:-$INIT}   # or "$RUNS/real3d-small/best.ckpt" once it validates better
