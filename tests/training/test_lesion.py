@@ -253,3 +253,41 @@ def test_head_moves_to_another_checkpoint(trained, base_ckpt, tmp_path):
             assert torch.equal(v, w_moved[k]), k
     again = CliRunner().invoke(app, args)  # no overwrite without --overwrite
     assert again.exit_code != 0
+
+
+def test_train_lesion_resumes_an_interrupted_run(base_ckpt, phantoms, tmp_path):
+    from clinfuse.training.lesion import LesionTrainConfig, train_lesion_head
+
+    cfg = LesionTrainConfig(steps=4, val_every=2, patch_size=(16, 16, 16), channels=(4, 8))
+
+    class Interrupted(Exception):
+        pass
+
+    def stop_after_step_2(msg: str) -> None:
+        if msg.startswith("step 2:"):
+            raise Interrupted  # after step 2's state was saved: a killed job
+
+    out = tmp_path / "run"
+    with pytest.raises(Interrupted):
+        train_lesion_head(base_ckpt, phantoms[0], phantoms[1], out, cfg, log=stop_after_step_2)
+    assert (out / "lesion_last.pt").is_file() and not (out / "lesion_head.ckpt").exists()
+    said: list[str] = []
+    res = train_lesion_head(
+        base_ckpt, phantoms[0], phantoms[1], out, cfg, resume=True, log=said.append
+    )
+    assert any("resumed from step 2" in m for m in said)
+    assert [m.split(":")[0] for m in said if m.startswith("step ")] == ["step 4"]
+    with open(res.metrics_csv, newline="") as fh:
+        assert [int(r["step"]) for r in csv.DictReader(fh)] == [2, 4]
+    assert res.checkpoint.is_file()
+    # other options cannot resume this run; nothing to resume is an error too
+    with pytest.raises(ClinfuseInputError, match="different options"):
+        train_lesion_head(
+            base_ckpt, phantoms[0], phantoms[1], out,
+            LesionTrainConfig(steps=6, val_every=2, patch_size=(16, 16, 16), channels=(4, 8)),
+            overwrite=True, resume=True, log=None,
+        )  # fmt: skip
+    with pytest.raises(ClinfuseInputError, match="nothing to resume"):
+        train_lesion_head(
+            base_ckpt, phantoms[0], phantoms[1], tmp_path / "new", cfg, resume=True, log=None
+        )

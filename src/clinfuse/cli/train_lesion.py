@@ -45,6 +45,9 @@ def train_lesion(
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     threads: int = typer.Option(None, "--threads", help="CPU threads for torch."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace earlier outputs."),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue an interrupted run in --out (same options)."
+    ),
     head_from: Path = typer.Option(
         None,
         "--head-from",
@@ -96,7 +99,15 @@ def train_lesion(
     )
     dev = resolve_device(device)
     result = train_lesion_head(
-        checkpoint, data, val_data, out, cfg, device=dev, overwrite=overwrite, log=typer.echo
+        checkpoint,
+        data,
+        val_data,
+        out,
+        cfg,
+        device=dev,
+        overwrite=overwrite,
+        resume=resume,
+        log=typer.echo,
     )
     typer.echo(
         f"done: {result.checkpoint} (best step {result.best_step}, val Dice "

@@ -390,6 +390,7 @@ def train_lesion_head(
     *,
     device: str = "cpu",
     overwrite: bool = False,
+    resume: bool = False,
     log: Callable[[str], None] | None = print,
 ) -> LesionTrainResult:
     """Train a lesion head reading [fused, mri, ct, ct_bone] (and, by default, their mirror
@@ -398,7 +399,10 @@ def train_lesion_head(
     data / val_data: datasets with lesion masks (`clinfuse synth`, `realhead` pairs); the
     validation split selects the step, fits the temperature and the minimum lesion size.
     Writes `OUT/lesion_head.ckpt` (the input checkpoint with the new head) and
-    `OUT/lesion_metrics.csv`.
+    `OUT/lesion_metrics.csv`; at every validation also `OUT/lesion_last.pt` (head, optimizer,
+    schedule, metrics, best state), from which `resume=True` continues an interrupted run with
+    the same options. A resumed run re-seeds its patch sampling from the step it resumes at, so
+    it is equivalent to, not bit-identical with, an uninterrupted one.
     """
     from monai.losses import DiceCELoss
 
@@ -411,6 +415,9 @@ def train_lesion_head(
     target_ckpt = out / "lesion_head.ckpt"
     if target_ckpt.exists() and not overwrite:
         raise ClinfuseInputError("output exists; pass --overwrite to replace it", target_ckpt)
+    last_path = out / "lesion_last.pt"
+    if resume and not last_path.is_file():
+        raise ClinfuseInputError("nothing to resume: no lesion_last.pt in the output", out)
     if Path(checkpoint).resolve() == target_ckpt.resolve():
         raise ClinfuseInputError("the output would overwrite the input checkpoint", checkpoint)
     state = read_checkpoint(checkpoint)  # fails early and clearly on a bad checkpoint
@@ -445,10 +452,30 @@ def train_lesion_head(
     columns = ["step", "loss", "lr", "seconds", "val_dice", "val_fp_voxels_lesion_free"]
     rows: list[dict[str, Any]] = []
     best: tuple[float, int, dict[str, torch.Tensor]] = (-1.0, 0, {})
-    start = time.perf_counter()
+    first = 1
+    elapsed = 0.0  # seconds of earlier (resumed) runs
+    cfg_record = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}
+    if resume:
+        saved = torch.load(last_path, map_location=dev, weights_only=False)
+        if saved["config"] != cfg_record:
+            diff = sorted(k for k in cfg_record if saved["config"].get(k) != cfg_record[k])
+            raise ClinfuseInputError(
+                f"cannot resume with different options ({', '.join(diff)})", last_path
+            )
+        head.load_state_dict(saved["head"])
+        opt.load_state_dict(saved["optimizer"])
+        sched.load_state_dict(saved["scheduler"])
+        rows = list(saved["rows"])
+        best = (float(saved["best"][0]), int(saved["best"][1]), saved["best"][2])
+        first, elapsed = int(saved["step"]) + 1, float(saved["seconds"])
+        tf.set_random_state(seed=cfg.seed + first)
+        intensity.set_random_state(seed=cfg.seed + 1 + first)
+        rng = np.random.default_rng([cfg.seed, first])
+        say(f"resumed from step {first - 1} ({last_path})")
+    start = time.perf_counter() - elapsed
     running = 0.0
     head.train()
-    for step in range(1, cfg.steps + 1):
+    for step in range(first, cfg.steps + 1):
         imgs, labels, valids = [], [], []
         for _ in range(cfg.cases_per_step):
             it = train_items[int(rng.integers(len(train_items)))]
@@ -484,11 +511,6 @@ def train_lesion_head(
             }
             running = 0.0
             rows.append(row)
-            say(
-                f"step {step}: loss {row['loss']:.4f}, val Dice {scores['dice']:.3f}, "
-                f"FP voxels on lesion-free cases {scores['fp_voxels_lesion_free']:.0f}, "
-                f"{row['seconds']:.0f} s"
-            )
             if scores["dice"] > best[0]:
                 best = (
                     scores["dice"],
@@ -502,6 +524,25 @@ def train_lesion_head(
                     w.writerows(rows)
             with atomic_write(out / "lesion_head_best.pt") as tmp:
                 torch.save({"step": best[1], "dice": best[0], "state": best[2]}, tmp)
+            with atomic_write(last_path) as tmp:
+                torch.save(
+                    {
+                        "step": step,
+                        "config": cfg_record,
+                        "head": {k: t.detach().cpu() for k, t in head.state_dict().items()},
+                        "optimizer": opt.state_dict(),
+                        "scheduler": sched.state_dict(),
+                        "rows": rows,
+                        "best": best,
+                        "seconds": row["seconds"],
+                    },
+                    tmp,
+                )
+            say(
+                f"step {step}: loss {row['loss']:.4f}, val Dice {scores['dice']:.3f}, "
+                f"FP voxels on lesion-free cases {scores['fp_voxels_lesion_free']:.0f}, "
+                f"{row['seconds']:.0f} s"
+            )
 
     head.load_state_dict(best[2])
     head.window.fill_(int(max(cfg.patch_size)))
