@@ -134,3 +134,16 @@ def test_guided_sampling_over_windows_3d():
     )
     assert res.fused.shape == (1, 1, n, n, n)
     assert torch.isfinite(res.fused).all()
+
+
+def test_a_mirror_lesion_head_always_sees_the_whole_volume():
+    from clinfuse.nn.lesion_head import LesionHead
+
+    torch.manual_seed(0)  # test-only: random weights
+    head = LesionHead(3, (4, 8), 1, inputs="fused+sources+mirror").eval()
+    model = SimpleNamespace(lesion_head=head, size_multiple=2, config=None)
+    wrapped = SlidingWindowModel(model, (8, 8, 8), lesion_windows=True)
+    x, cond = torch.randn(1, 1, 16, 8, 8), torch.randn(1, 3, 16, 8, 8)
+    with torch.no_grad():
+        # per-window mirrors would reflect each window about its own centre instead
+        torch.testing.assert_close(wrapped.lesion_head(x, cond), head(x, cond))
