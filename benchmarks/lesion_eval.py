@@ -3,7 +3,8 @@
     python benchmarks/lesion_eval.py --checkpoint CKPT --out OUT [--phantoms 12] [--fuse-cases 3]
 
 Cases (never trained on): held-out phantoms at 2 mm (`clinfuse synth` generator, seeds
-7000 + i, all five contrasts cycled, ischaemic / haemorrhagic alternating, one lesion each) and
+7000 + i (`--first-seed`), all five contrasts cycled, ischaemic / haemorrhagic alternating,
+one lesion each) and
 the real stroke T2 test case (`clinical_stroke_t2_lesion`, the hand-drawn 38 mL lesion, pseudo-CT
 from the shared generator exactly as benchmarks/real3d.py builds it), prepared at 2 mm.
 
@@ -39,7 +40,7 @@ DATA = ROOT / ".." / "shared" / "data" / "volumes"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-def held_out_phantoms(n: int, spacing: float = 2.0) -> list[Any]:
+def held_out_phantoms(n: int, spacing: float = 2.0, first_seed: int = 7000) -> list[Any]:
     from clinfuse.phantom import MRI_CONTRASTS, PhantomConfig, generate_phantom
     from clinfuse.preprocess.pipeline import preprocess_case
 
@@ -51,8 +52,8 @@ def held_out_phantoms(n: int, spacing: float = 2.0) -> list[Any]:
             mri_contrast=MRI_CONTRASTS[i % len(MRI_CONTRASTS)],  # type: ignore[arg-type]
             lesion="ischaemic" if i % 2 == 0 else "haemorrhagic",
         )
-        ph = generate_phantom(cfg, 7000 + i)
-        ph.case.case_id = f"phantom_{7000 + i}_{cfg.mri_contrast}_{cfg.lesion}"
+        ph = generate_phantom(cfg, first_seed + i)
+        ph.case.case_id = f"phantom_{first_seed + i}_{cfg.mri_contrast}_{cfg.lesion}"
         out.append(("phantom", preprocess_case(ph.case), None))
     return out
 
@@ -130,6 +131,12 @@ def main() -> None:
     ap.add_argument("--checkpoint", type=Path, default=None)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--phantoms", type=int, default=12)
+    ap.add_argument(
+        "--first-seed",
+        type=int,
+        default=7000,
+        help="seeds of the held-out phantoms: first, first + 1, ... (never a training seed)",
+    )
     ap.add_argument("--fuse-cases", type=int, default=3)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--no-real", action="store_true")
@@ -142,7 +149,7 @@ def main() -> None:
     loaded = load_model(args.checkpoint, 3)
     model = loaded.model.eval()
     min_ml = float(model.lesion_head.min_lesion_ml)
-    cases = held_out_phantoms(args.phantoms)
+    cases = held_out_phantoms(args.phantoms, first_seed=args.first_seed)
     if not args.no_real:
         cases.append(real_stroke())
     args.out.mkdir(parents=True, exist_ok=True)
