@@ -64,6 +64,7 @@ def test_threads_option_sets_torch_threads(files, tmp_path, command):
     else:
         args = ["benchmark", "--methods", "average", "--data", str(files["data"])]
     try:
+        torch.set_num_threads(2)  # so that the option has something to change
         res = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "r"), "--threads", "1"])
         assert torch.get_num_threads() == 1, res.output
         bad = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "s"), "--threads", "0"])

@@ -108,6 +108,7 @@ def test_mirror_head_takes_mirrors_on_the_whole_volume_before_windows():
 
     torch.manual_seed(0)  # test-only: random weights
     head = LesionHead(3, (4, 8), 1, inputs="fused+sources+mirror", norm="instance").eval()
+    assert head.whole_volume_only and not LesionHead(3, (4, 8), 1).whole_volume_only
     x, cond = torch.randn(1, 1, 40, 16, 16), torch.randn(1, 3, 40, 16, 16)
     cond[:, 0, :8] = -2.0  # background on the left: the plane is off the array centre
     full = head_inputs("fused+sources+mirror", x, cond)

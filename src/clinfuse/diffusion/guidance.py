@@ -85,11 +85,11 @@ class GuidanceConfig:
     n_inner: int = 10  # gradient steps on x̂0 per DDIM step (mode "x0" only; docs/GUIDANCE.md)
     # gradient steps on x̂0 at the *last* DDIM step (mode "x0"; 0: n_inner). In x0 mode the last
     # guided x̂0 is the output, so this step decides the final ROI-SSIM: a few inner steps along
-    # the trajectory and many at the end cost less than many everywhere (docs/SPEED.md).
+    # the trajectory and many at the end cost less than many everywhere (docs/GUIDANCE.md).
     final_inner: int = 0
     # Nesterov momentum of the inner gradient steps (0: plain gradient descent, Alg.1 line 15 as
     # written). The masked-SSIM terms are ill-conditioned; momentum reaches the same ROI-SSIM in
-    # far fewer inner steps (docs/SPEED.md).
+    # far fewer inner steps (docs/GUIDANCE.md).
     inner_momentum: float = 0.0
     # the lesion term joins only the first `lesion_inner` of those steps: each evaluation is a
     # lesion-head forward + backward over the volume, the SSIM terms are cheap

@@ -124,11 +124,8 @@ class SlidingWindowModel:
     def lesion_head(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """Lesion logits `(B, 1, *S)` blended from windows; differentiable in `x`."""
         self._check(x)
-        head = getattr(self.model, "lesion_head", None)
-        # a head that reads mirror images must see the whole volume (its own windows come after
-        # the mirrors are taken: nn.lesion_head.head_inputs), never one window at a time
-        mirrors = "mirror" in str(getattr(head, "inputs", ""))
-        if not self.lesion_windows or mirrors or tuple(x.shape[2:]) == self.patch:
+        whole_only = bool(getattr(self.model.lesion_head, "whole_volume_only", False))
+        if not self.lesion_windows or whole_only or tuple(x.shape[2:]) == self.patch:
             # The head is a plain conv UNet (no tokens, no attention), so it runs on the whole
             # padded volume in one call: about 1/3 of the voxels the overlapping windows cost,
             # and guidance calls it forward + backward. Only its instance-norm statistics

@@ -110,6 +110,12 @@ class LesionHead(nn.Module):
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
 
+    @property
+    def whole_volume_only(self) -> bool:
+        """True when the head must see the whole volume: its mirror images are taken before any
+        window is cut (`head_inputs`), so a caller must not apply it window by window."""
+        return self.inputs == "fused+sources+mirror"
+
     def inputs_of(self, x0_hat: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         """The network's input channels for whole volumes (`head_inputs` for this head)."""
         return head_inputs(self.inputs, x0_hat, cond)

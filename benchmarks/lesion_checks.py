@@ -1,0 +1,133 @@
+"""Two checks behind docs/TRAINING.md and docs/BENCHMARKS.md (d) (issue 10), one command each.
+
+    python benchmarks/lesion_checks.py contrast DATA            # a dataset folder / manifest
+    python benchmarks/lesion_checks.py contrast --held-out 6 [--first-seed 7000]
+    python benchmarks/lesion_checks.py minsize VAL_DATA [--checkpoint CKPT]
+
+`contrast`: per case with a lesion, how far the lesion stands out in the prepared MRI and CT:
+(lesion mean - mean of a 3-voxel ring around it inside the brain) / the ring's standard
+deviation, and the lesion volume. `--held-out N` uses the held-out phantoms of
+benchmarks/lesion_eval.py instead of a dataset.
+`minsize`: on VALIDATION cases only, the head's Dice (threshold 0.5, composite as the fused
+channel) and HD95 for several minimum component sizes and for keeping only components at least
+a fraction of the largest one. Never run it on the test heads (the loader refuses them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+
+def lesion_contrast(prep: Any) -> dict[str, float]:
+    les = np.asarray(prep.lesion) > 0.5
+    ring = ndimage.binary_dilation(les, iterations=3) & ~les & np.asarray(prep.brain, bool)
+    out = {"ml": float(les.sum() * np.prod(prep.spacing) / 1000.0)}
+    stack = prep.stack()
+    for i, name in ((0, "mri"), (1, "ct")):
+        a, r = stack[i][les], stack[i][ring]
+        out[name] = float((a.mean() - r.mean()) / (r.std() + 1e-6))
+    return out
+
+
+def contrast(args: argparse.Namespace) -> None:
+    if args.held_out:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from lesion_eval import held_out_phantoms
+
+        preps = [p for _, p, _ in held_out_phantoms(args.held_out, first_seed=args.first_seed)]
+    else:
+        from clinfuse.io.dataset import load_dataset
+        from clinfuse.preprocess.pipeline import preprocess_case
+
+        preps = [preprocess_case(ref.load()) for ref in load_dataset(args.data)]
+    rows = []
+    print("| case | lesion mL | MRI contrast (ring SD) | CT contrast (ring SD) |")
+    print("|---|---|---|---|")
+    for p in preps:
+        if p.lesion is None or not np.any(p.lesion):
+            continue
+        c = lesion_contrast(p)
+        rows.append(c)
+        print(f"| {p.case_id} | {c['ml']:.1f} | {c['mri']:+.2f} | {c['ct']:+.2f} |")
+    weak = sum(abs(c["mri"]) < 0.5 for c in rows)
+    print(f"\n{weak} of {len(rows)} lesions differ from their ring by < 0.5 SD in the MRI")
+
+
+def minsize(args: argparse.Namespace) -> None:
+    import torch
+
+    from clinfuse.metrics.segmentation import dice, hd95
+    from clinfuse.nn.lesion_head import clean_mask
+    from clinfuse.pipeline import load_model
+    from clinfuse.training.lesion import load_items, predict_logits
+
+    head = load_model(args.checkpoint, 3, "cpu").model.lesion_head.eval()
+    window = (int(head.window),) * 3
+    items = load_items(args.data, ())
+    with torch.no_grad():
+        probs = [
+            1 / (1 + np.exp(-predict_logits(head, it.composite, it.sources, window))) * it.brain
+            for it in items
+        ]
+
+    def score(rule: Any) -> str:
+        ds, hs = [], []
+        for p, it in zip(probs, items, strict=True):
+            if not it.label.any():
+                continue
+            m = rule(p, it)
+            ds.append(dice(m, it.label > 0.5))
+            if m.any():
+                hs.append(hd95(m, it.label > 0.5, it.spacing))
+        return f"{np.mean(ds):.3f} | {np.mean(hs) if hs else float('nan'):.1f} ({len(hs)})"
+
+    print("| rule | validation Dice | HD95 mm (cases with a prediction) |")
+    print("|---|---|---|")
+    for ml in (0.5, 1.0, 2.0, 3.0, 5.0, 10.0):
+        print(
+            f"| minimum {ml} mL | "
+            + score(lambda p, it, ml=ml: clean_mask(p, it.spacing, 0.5, ml))
+            + " |"
+        )
+
+    def relative(p: Any, it: Any, frac: float) -> np.ndarray:
+        m = clean_mask(p, it.spacing, 0.5, 0.5)
+        if not m.any():
+            return m
+        lab, n = ndimage.label(m, structure=np.ones((3,) * m.ndim))
+        sizes = ndimage.sum(m, lab, range(1, n + 1))
+        return np.isin(lab, [i + 1 for i, s in enumerate(sizes) if s >= frac * sizes.max()])
+
+    for frac in (0.1, 0.25, 0.5, 1.0):
+        print(
+            f"| 0.5 mL, then >= {frac:g} x the largest | "
+            + score(lambda p, it, f=frac: relative(p, it, f))
+            + " |"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("contrast")
+    c.add_argument("data", type=Path, nargs="?")
+    c.add_argument("--held-out", type=int, default=0)
+    c.add_argument("--first-seed", type=int, default=7000)
+    m = sub.add_parser("minsize")
+    m.add_argument("data", type=Path)
+    m.add_argument("--checkpoint", type=Path, default=None)
+    args = ap.parse_args(argv)
+    if args.cmd == "contrast" and not (args.data or args.held_out):
+        ap.error("contrast needs DATA or --held-out N")
+    {"contrast": contrast, "minsize": minsize}[args.cmd](args)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
