@@ -5,9 +5,11 @@ and brain / bone ROI-SSIM of `fuse_prepared` with the presets and with parts swi
 
 Case: `chris_t1_wholehead` at 2 mm with the shared pseudo-CT generator (the real head of
 benchmarks/speed.py; a training-side volume, never a test case). Stroke preset, lesion guide
-predicted, whole-volume window, seed 0. Rows: unguided (eta 0); the presets; the presets without
-the lesion term (gamma 0); 20 final inner steps with momentum 0.95; the same with the brain /
-bone terms only from t = T/2; and that without the lesion term. Run it on an idle machine.
+predicted, whole-volume window, seed 0. Rows: unguided (eta 0); the presets (the lesion term's
+head on the zone's box, `lesion_crop`); the same with the lesion term on the whole volume; the
+presets without the lesion term (gamma 0); 20 final inner steps with momentum 0.95; the same
+with the brain / bone terms only from t = T/2; and that without the lesion term. Run it on an
+idle machine.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 VARIANTS: list[tuple[str, dict[str, Any]]] = [
     ("unguided", {"eta": 0.0}),
     ("presets", {}),
+    ("presets, lesion term on the whole volume", {"lesion_crop": False}),
     ("presets, no lesion term", {"gamma": 0.0}),
     ("20 final steps, momentum 0.95", {"final_inner": 20, "inner_momentum": 0.95}),
     (

@@ -17,8 +17,9 @@ class _Net:
     def __call__(self, x, t, cond, tokens):
         return x
 
-    def lesion_head(self, x, cond):
-        return x
+    def lesion_head(self, x, cond, box=None):
+        out = x
+        return out if box is None else out[(..., *box)]
 
 
 def _calls(cfg: GuidanceConfig, steps: int = 10) -> dict:

@@ -124,6 +124,47 @@ def test_mirror_head_takes_mirrors_on_the_whole_volume_before_windows():
     torch.testing.assert_close(windowed, expect)
 
 
+def test_context_box_grows_to_a_window_inside_the_volume():
+    from clinfuse.nn.lesion_head import context_box
+
+    spatial = (40, 30, 12)
+    box = (slice(2, 5), slice(25, 30), slice(3, 9))
+    ctx = context_box(box, spatial, window=16, multiple=8, margin=2)
+    # axis 0: 0..7 grown to 16 (kept inside); axis 1: 23..30 grown to 16 ending at the edge;
+    # axis 2: the whole axis (12 < the window)
+    assert ctx == (slice(0, 16), slice(14, 30), slice(0, 12))
+    big = context_box((slice(5, 35),), (40,), window=16, multiple=8, margin=2)
+    assert big == (slice(0, 40),)  # 30 + 2 x 2 = 34 -> a multiple of 8: the whole axis
+    for c, b in zip(ctx, box, strict=True):
+        assert c.start <= b.start and b.stop <= c.stop
+    with pytest.raises(ValueError, match="empty"):
+        context_box((slice(3, 3), slice(0, 1), slice(0, 1)), spatial, 16, 8)
+
+
+def test_head_on_a_box_matches_the_whole_volume_where_it_sees_all_of_it():
+    from clinfuse.nn.lesion_head import LesionHead
+
+    torch.manual_seed(0)  # test-only: random weights
+    head = LesionHead(3, (4, 8), 1, inputs="fused+sources+mirror", norm="instance").eval()
+    x, cond = torch.randn(1, 1, 24, 16, 16), torch.randn(1, 3, 24, 16, 16)
+    box = (slice(3, 9), slice(4, 12), slice(0, 16))
+    with torch.no_grad():
+        whole = head(x, cond)
+        # window 0 and a small volume: the context is the whole volume, so the box is exact
+        head.window.fill_(32)
+        torch.testing.assert_close(head(x, cond, box=box), whole[(..., *box)])
+        # a window smaller than the volume: the net runs on a 16-voxel context, not on all 24
+        head.window.fill_(16)
+        part = head(x, cond, box=box)
+    assert part.shape == (1, 1, 6, 8, 16)
+    # the mirror channels still come from the whole volume: changing the far side (x >= 16,
+    # outside the context but the mirror twin of the box) changes the box's logits
+    x2 = x.clone()
+    x2[:, :, 16:] += 3.0
+    with torch.no_grad():
+        assert not torch.allclose(head(x2, cond, box=box), part)
+
+
 def test_clean_mask_drops_small_components():
     from clinfuse.nn.lesion_head import clean_mask
 

@@ -121,9 +121,14 @@ class SlidingWindowModel:
 
         return self._slide(x_t, cond, predictor, with_coord=True)
 
-    def lesion_head(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """Lesion logits `(B, 1, *S)` blended from windows; differentiable in `x`."""
+    def lesion_head(
+        self, x: torch.Tensor, cond: torch.Tensor, box: Sequence[slice] | None = None
+    ) -> torch.Tensor:
+        """Lesion logits `(B, 1, *S)` blended from windows; differentiable in `x`. With `box`,
+        the logits of that region only, from the head itself (`LesionHead.forward`)."""
         self._check(x)
+        if box is not None:
+            return self.model.lesion_head(x, cond, box=box)
         whole_only = bool(getattr(self.model.lesion_head, "whole_volume_only", False))
         if not self.lesion_windows or whole_only or tuple(x.shape[2:]) == self.patch:
             # The head is a plain conv UNet (no tokens, no attention), so it runs on the whole

@@ -124,14 +124,74 @@ class LesionHead(nn.Module):
         """The network's logits before temperature scaling (what training optimises)."""
         return self.unet(self.inputs_of(x0_hat, cond))
 
-    def forward(self, x0_hat: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x0_hat: torch.Tensor,
+        cond: torch.Tensor | None = None,
+        box: Sequence[slice] | None = None,
+    ) -> torch.Tensor:
         """Calibrated logits (apply ``torch.sigmoid`` for the lesion probability). In eval mode
-        a volume larger than `window` goes through `sliding_logits` with that window."""
+        a volume larger than `window` goes through `sliding_logits` with that window.
+
+        `box` (one slice per spatial axis): logits of that region only, `(B, 1, *box)`. The
+        input channels (mirrors included) are still made from the whole volume; the network
+        then runs on a context region around the box (`context_box`: a margin of
+        `size_multiple` voxels, at least one `window`), so the box's voxels see the same kind
+        of neighbourhood as in a whole-volume pass at a fraction of its cost. Guidance uses it
+        for the lesion term, whose gradient can only move voxels inside the box."""
         win = int(self.window)
-        spatial = x0_hat.shape[2:]
+        spatial = tuple(x0_hat.shape[2:])
+        if box is not None:
+            inputs = self.inputs_of(x0_hat, cond)
+            ctx = context_box(box, spatial, win, self.size_multiple, margin=self.size_multiple)
+            sub = inputs[(..., *ctx)]
+            if not self.training and win > 0 and any(n > win for n in sub.shape[2:]):
+                logits = _slide(self, sub, (win,) * len(spatial), raw=False)
+            else:
+                logits = self.unet(sub) / self.temperature.to(sub.dtype)
+            inner = tuple(
+                slice(b.start - c.start, b.stop - c.start)
+                for b, c in zip(_resolved(box, spatial), ctx, strict=True)
+            )
+            return logits[(..., *inner)]
         if not self.training and win > 0 and any(n > win for n in spatial):
             return sliding_logits(self, x0_hat, cond, (win,) * len(spatial))
         return self.raw_logits(x0_hat, cond) / self.temperature.to(x0_hat.dtype)
+
+
+def _resolved(box: Sequence[slice], spatial: Sequence[int]) -> tuple[slice, ...]:
+    """`box` with explicit, in-range starts and stops (step 1)."""
+    if len(box) != len(spatial):
+        raise ValueError(f"box has {len(box)} axes, the volume {len(spatial)}")
+    out = []
+    for s, n in zip(box, spatial, strict=True):
+        lo, hi, step = s.indices(int(n))
+        if step != 1 or hi <= lo:
+            raise ValueError(f"box {tuple(box)} is empty or strided for a volume of {spatial}")
+        out.append(slice(lo, hi))
+    return tuple(out)
+
+
+def context_box(
+    box: Sequence[slice],
+    spatial: Sequence[int],
+    window: int,
+    multiple: int,
+    margin: int = 0,
+) -> tuple[slice, ...]:
+    """The region a head runs on to predict `box`: the box grown by `margin` voxels per side,
+    then (centred, kept inside the volume) to at least `window` voxels and to a multiple of
+    `multiple` along each axis, or to the whole axis when that is shorter."""
+    out = []
+    for s, n in zip(_resolved(box, spatial), spatial, strict=True):
+        n = int(n)
+        lo, hi = max(0, s.start - margin), min(n, s.stop + margin)
+        size = max(hi - lo, int(window))
+        size = -(-size // max(1, int(multiple))) * max(1, int(multiple))
+        size = min(size, n)
+        lo = min(max(0, lo - (size - (hi - lo)) // 2), n - size)
+        out.append(slice(lo, lo + size))
+    return tuple(out)
 
 
 def clean_mask(
@@ -165,18 +225,28 @@ def sliding_logits(
     """The head over a whole volume with MONAI `sliding_window_inference` (Gaussian-weighted
     windows of `roi_size`, the training patch): `fused` (B, 1, *S), `cond` (B, 3, *S) ->
     logits (B, 1, *S), calibrated unless `raw`. Differentiable (guidance can use it)."""
-    from monai.inferers import sliding_window_inference
-
     nd = fused.ndim - 2
     roi = tuple(int(r) for r in roi_size)[:nd]
     x = head.inputs_of(fused, cond)  # mirrors (if any) from the whole volume, then windows
+    return _slide(head, x, roi, raw=raw, overlap=overlap)
+
+
+def _slide(
+    head: LesionHead,
+    x: torch.Tensor,
+    roi: Sequence[int],
+    raw: bool = False,
+    overlap: float = 0.25,
+) -> torch.Tensor:
+    """`head.unet` over the input channels `x` (B, C, *S) in Gaussian-blended windows."""
+    from monai.inferers import sliding_window_inference
 
     def net(win: torch.Tensor) -> torch.Tensor:
         logits = head.unet(win)
         return logits if raw else logits / head.temperature.to(logits.dtype)
 
     return sliding_window_inference(
-        x, roi, sw_batch_size=2, predictor=net, overlap=overlap, mode="gaussian"
+        x, tuple(roi), sw_batch_size=2, predictor=net, overlap=overlap, mode="gaussian"
     )
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -126,9 +126,14 @@ class AutocastModel:
         """`model(x_t, t, cond, tokens)` under autocast, float32 out."""
         return self._run(self.model, *args)
 
-    def lesion_head(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """`model.lesion_head(x, cond)` under autocast, float32 logits out."""
-        return self._run(self.model.lesion_head, x, cond)
+    def lesion_head(
+        self, x: torch.Tensor, cond: torch.Tensor, box: Sequence[slice] | None = None
+    ) -> torch.Tensor:
+        """`model.lesion_head(x, cond)` under autocast, float32 logits out (`box`: the logits
+        of that region only, see `LesionHead.forward`)."""
+        if box is None:
+            return self._run(self.model.lesion_head, x, cond)
+        return self._run(functools.partial(self.model.lesion_head, box=box), x, cond)
 
 
 def use_channels_last(model: Any, precision: str) -> bool:
