@@ -22,8 +22,10 @@ Prints markdown tables (docs/SPEED.md has a copy with the command that made it):
 
 Timing discipline: `--pause-pids FILE` sends SIGSTOP to the PIDs listed in FILE (one per line;
 e.g. background training) just before each timed block and SIGCONT right after it, also on
-error or Ctrl-C, so every window stays short. Wall times are medians of `--repeats` for
-forwards and single runs for whole samplings (each is tens of forwards).
+error or Ctrl-C, so every window stays short. Wall times are medians of `--repeats`: for
+forwards, and for the unguided and guided samplings of the per-case table, which run
+interleaved (unguided, guided, unguided, ...) so the guidance cost is a ratio of medians; the
+scaling table's samplings are single runs.
 """
 
 from __future__ import annotations
@@ -341,25 +343,34 @@ def time_case(
     runs = {"unguided": {"eta": 0.0}, "guided": {}}
     if args.n_inner is not None:
         runs["guided"]["n_inner"] = args.n_inner
-    for name, overrides in runs.items():
-        reset_peak_rss()
-        with pauser.window():
-            t0, c0 = time.perf_counter(), time.process_time()
-            res = fuse_prepared(
-                prep,
-                model,
-                preset="stroke",
-                overrides=overrides or None,
-                steps=args.steps,
-                seed=0,
-                window="whole",
-                precision=precision,
-            )
-            out[f"{name}_s"] = time.perf_counter() - t0
-            out[f"{name}_cpu_s"] = time.process_time() - c0
-        out[f"{name}_rss_gb"] = peak_rss_gb()
-        if name == "guided":
-            out["lesion_source"] = res.lesion_source
+    # `--repeats` runs of each, interleaved (unguided, guided, unguided, ...): the guidance cost
+    # is a ratio of medians, so a slow spell of the VM does not land on one side only
+    walls: dict[str, list[float]] = {name: [] for name in runs}
+    cpus: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(max(1, args.repeats)):
+        for name, overrides in runs.items():
+            reset_peak_rss()
+            with pauser.window():
+                t0, c0 = time.perf_counter(), time.process_time()
+                res = fuse_prepared(
+                    prep,
+                    model,
+                    preset="stroke",
+                    overrides=overrides or None,
+                    steps=args.steps,
+                    seed=0,
+                    window="whole",
+                    precision=precision,
+                )
+                walls[name].append(time.perf_counter() - t0)
+                cpus[name].append(time.process_time() - c0)
+            out[f"{name}_rss_gb"] = max(out.get(f"{name}_rss_gb", 0.0), peak_rss_gb())
+            if name == "guided":
+                out["lesion_source"] = res.lesion_source
+    for name in runs:
+        out[f"{name}_s"] = float(np.median(walls[name]))
+        out[f"{name}_cpu_s"] = float(np.median(cpus[name]))
+        out[f"{name}_runs_s"] = [round(v, 2) for v in walls[name]]
     out["guidance_overhead"] = out["guided_s"] / out["unguided_s"] - 1.0
     out["voxels_per_s"] = voxels / out["guided_s"]
     return out

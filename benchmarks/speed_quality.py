@@ -97,6 +97,14 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # the shipped presets (1 inner, 30 at the end, momentum 0.9) with whole-volume and with
     # sliding-window sampling (fuse's --window): which one should be the default
     "presets_whole": {"steps": 10, "overrides": {}, "precision": "bf16", "channels_last": True},
+    # session 5: the presets with the lesion term on the whole volume (lesion_crop false), the
+    # form before the lesion term ran the head on the zone's box only
+    "presets_lesion_whole": {
+        "steps": 10,
+        "overrides": {"lesion_crop": False},
+        "precision": "bf16",
+        "channels_last": True,
+    },
     "presets_sliding": {
         "steps": 10,
         "overrides": {},

@@ -351,5 +351,13 @@ def test_lesion_term_runs_the_head_on_the_zones_box_only():
     # the losses over the box leave out far voxels' probabilities (Dice denominators): a small
     # difference, not the same numbers (measured 0.0125 at most here)
     torch.testing.assert_close(a, b, atol=0.05, rtol=0)
+    # an empty guiding mask has no lesion term: the head runs only once, on the final image
+    spy = _BoxSpy()
+    guided_sample(
+        spy, cond, masks, NoiseSchedule(1000), steps=5,
+        guidance=GuidanceConfig(eta=0.02, gamma=3.0), lesion_mask=torch.zeros_like(lesion),
+        spacing=spacing, generator=torch.Generator().manual_seed(0),
+    )  # fmt: skip
+    assert spy.boxes == [None]
     with pytest.raises(ClinfuseInputError, match="lesion_crop"):
         GuidanceConfig(lesion_crop="yes").validate()

@@ -392,7 +392,9 @@ class RoiGuide:
         self, z: torch.Tensor, w: tuple[float, float, float]
     ) -> RoiLoss:  # Alg.1 lines 10-12
         prob = None
-        if w[2] > 0 and self.prepared is not None:
+        if w[2] > 0 and self.prepared is not None and bool(self.prepared.mask.any()):
+            # (an empty guiding mask, e.g. every predicted component below the head's minimum
+            # size, has no lesion term: roi_loss would skip it, so the head is not run either)
             # a differentiable path image -> S_lesion: the head applied to z; the lesion lies in
             # the brain, so its gradient moves (nearby) brain voxels only
             zin = only_inside(z, self.movable)
