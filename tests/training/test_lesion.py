@@ -333,3 +333,40 @@ def test_train_lesion_resumes_an_interrupted_run(base_ckpt, phantoms, tmp_path):
         train_lesion_head(
             base_ckpt, phantoms[0], phantoms[1], tmp_path / "new", cfg, resume=True, log=None
         )
+
+
+def test_train_lesion_warm_starts_from_a_trained_head(base_ckpt, phantoms, trained, tmp_path):
+    from clinfuse.nn.lesion_head import LesionHead
+    from clinfuse.training.checkpoint import ema_weights, read_checkpoint
+    from clinfuse.training.lesion import LesionTrainConfig, _warm_start
+
+    src = trained / "lesion_head.ckpt"
+    cfg = LesionTrainConfig(init_head=str(src))
+    head = LesionHead(3, cfg.channels, cfg.res_units, inputs=cfg.inputs, norm=cfg.norm)
+    _warm_start(head, cfg, 3)
+    saved = {
+        k[len("lesion_head.") :]: v
+        for k, v in ema_weights(read_checkpoint(src)).items()
+        if k.startswith("lesion_head.")
+    }
+    assert float(saved["temperature"]) != 1.0  # the source was calibrated ...
+    got = head.state_dict()
+    for k, v in saved.items():
+        if k.startswith("unet."):
+            torch.testing.assert_close(got[k], v.float())
+    assert float(head.temperature) == 1.0 and float(head.min_lesion_ml) == 0.0  # ... reset here
+    # a head of another architecture is refused, naming the file
+    other = LesionTrainConfig(init_head=str(src), inputs="fused+sources")
+    with pytest.raises(ClinfuseInputError, match="lesion head") as err:
+        _warm_start(LesionHead(3, other.channels, other.res_units, inputs=other.inputs), other, 3)
+    assert str(src) in str(err.value)
+    # through the CLI: a short warm-started run trains and records where it started
+    out = tmp_path / "warm"
+    args = ["train-lesion", "--checkpoint", str(base_ckpt), "--data", str(phantoms[0])]
+    args += ["--val-data", str(phantoms[1]), "--out", str(out), "--steps", "2"]
+    args += ["--val-every", "1", "--patch", "16", "--device", "cpu", "--threads", "1"]
+    args += ["--init-head", str(src)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    record = read_checkpoint(out / "lesion_head.ckpt")
+    assert str(src) in str(record)

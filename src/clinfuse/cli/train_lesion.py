@@ -48,6 +48,12 @@ def train_lesion(
     resume: bool = typer.Option(
         False, "--resume", help="Continue an interrupted run in --out (same options)."
     ),
+    init_head: Path = typer.Option(
+        None,
+        "--init-head",
+        help="Start from the lesion head of this checkpoint (same architecture) instead of "
+        "random weights: a new schedule on a trained head.",
+    ),
     head_from: Path = typer.Option(
         None,
         "--head-from",
@@ -96,6 +102,7 @@ def train_lesion(
         inputs=inputs,
         val_every=val_every,
         seed=seed,
+        init_head=None if init_head is None else str(init_head),
     )
     dev = resolve_device(device)
     result = train_lesion_head(

@@ -81,6 +81,10 @@ class LesionTrainConfig:
     val_every: int = 100
     threshold: float = 0.5
     seed: int = 0
+    # Warm start: the lesion head of this checkpoint (a train-lesion output or a shipped model)
+    # as the initial weights, e.g. to continue a run whose loss was still falling with a new,
+    # lower learning-rate schedule. Its architecture must match `inputs`/`channels`/`norm`.
+    init_head: str | None = None
 
     def validate(self) -> None:
         """Raise `ClinfuseInputError` on values that cannot work."""
@@ -443,6 +447,8 @@ def train_lesion_head(
     head = LesionHead(
         spatial_dims, cfg.channels, cfg.res_units, inputs=cfg.inputs, norm=cfg.norm
     ).to(dev)
+    if cfg.init_head is not None:
+        _warm_start(head, cfg, spatial_dims)
     tf = _transforms(cfg)
     tf.set_random_state(seed=cfg.seed)
     intensity = _intensity_transforms()
@@ -632,6 +638,40 @@ def _write_checkpoint(
         float(record["min_lesion_ml"]),
         dict(record["val_final"]),
     )
+
+
+def _warm_start(head: Any, cfg: LesionTrainConfig, spatial_dims: int) -> None:
+    """Load the lesion head of `cfg.init_head` into `head` (same architecture, or a clear error
+    naming the file). Its calibration (temperature, minimum lesion size) is reset: this run fits
+    its own on the validation cases."""
+    from clinfuse.training.checkpoint import ema_weights, read_checkpoint
+
+    src = cfg.init_head
+    assert src is not None
+    state = read_checkpoint(src)
+    m = state["config"]["model"]
+    have = (
+        int(m.get("spatial_dims", 3)),
+        str(m.get("lesion_inputs")),
+        tuple(int(c) for c in m.get("lesion_channels", ())),
+        int(m.get("lesion_res_units", -1)),
+        str(m.get("lesion_norm")),
+    )
+    want = (spatial_dims, cfg.inputs, tuple(cfg.channels), cfg.res_units, cfg.norm)
+    if have != want:
+        raise ClinfuseInputError(
+            "its lesion head (dims, inputs, channels, residual units, norm) is "
+            f"{have}, this run trains {want}",
+            src,
+        )
+    weights = {
+        k[len("lesion_head.") :]: v.float()
+        for k, v in ema_weights(state).items()
+        if k.startswith("lesion_head.")
+    }
+    head.load_state_dict(weights)
+    head.temperature.fill_(1.0)
+    head.min_lesion_ml.fill_(0.0)
 
 
 def transplant_lesion_head(
