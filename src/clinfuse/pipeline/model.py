@@ -14,7 +14,7 @@ from clinfuse.errors import ClinfuseInputError
 from clinfuse.preprocess.prepared import PreparedCase
 
 CHECKPOINT_DIR = Path(__file__).resolve().parents[1] / "checkpoints"
-SHIPPED_CHECKPOINTS = {3: "phantom3d.pt", 2: "harvard2d.pt"}
+SHIPPED_CHECKPOINTS = {3: "phantom3d.pt", 2: "open2d.pt"}
 
 
 def shipped_checkpoint_path(ndim: int) -> Path:
