@@ -351,6 +351,14 @@ def test_lesion_term_runs_the_head_on_the_zones_box_only():
     # the losses over the box leave out far voxels' probabilities (Dice denominators): a small
     # difference, not the same numbers (measured 0.0125 at most here)
     torch.testing.assert_close(a, b, atol=0.05, rtol=0)
+    # line 7 (no lesion mask given: the head predicts one) runs on the brain's box (x < 4)
+    spy = _BoxSpy()
+    guided_sample(
+        spy, cond, masks, NoiseSchedule(1000), steps=5, guidance=GuidanceConfig(eta=0.02),
+        spacing=spacing, generator=torch.Generator().manual_seed(0),
+    )  # fmt: skip
+    first = spy.boxes[0]
+    assert first is not None and tuple((c.start, c.stop) for c in first) == ((0, 4), (0, 8), (0, 8))
     # an empty guiding mask has no lesion term: the head runs only once, on the final image
     spy = _BoxSpy()
     guided_sample(

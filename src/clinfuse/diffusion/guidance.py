@@ -115,6 +115,7 @@ class GuidanceConfig:
     # zone (plus context, `LesionHead.forward(box=...)`) instead of the whole volume, and its
     # losses are taken over that box; the gradient can only move voxels inside the zone anyway.
     # Issue 11: the whole-volume lesion term cost ~30 % of an unguided fuse (docs/SPEED.md).
+    # Line 7's prediction likewise runs on the brain mask's box only (lesions are intracranial).
     lesion_crop: bool = True
     tau_mm: float = 2.0  # NSD tolerance of the lesion surrogate
     # 0: off. s > 0: blend the ensemble mean toward the ROI composite where the ensemble std is
@@ -372,8 +373,15 @@ class RoiGuide:
     def _line7(self, x0_hat: torch.Tensor) -> dict[str, float]:
         """Alg.1 line 7: S_lesion from the fused estimate -> the guiding mask (or a rejection)."""
         cfg, brain = self.cfg, self.brain
+        box = bounding_box(brain) if cfg.lesion_crop else None
         with torch.no_grad():
-            s_lesion = torch.sigmoid(self.model.lesion_head(x0_hat, self.cond))
+            if box is None:
+                s_lesion = torch.sigmoid(self.model.lesion_head(x0_hat, self.cond))
+            else:  # only brain voxels can be lesion: the head on the brain's box (+ context)
+                s_lesion = torch.zeros_like(x0_hat)
+                s_lesion[(..., *box)] = torch.sigmoid(
+                    self.model.lesion_head(x0_hat, self.cond, box=box)
+                )
         # Honesty rule: without a user mask, the guiding mask is the head's own prediction from
         # the fused estimate (a function of the inputs only), never the ground truth. Lesions
         # are intracranial: the predicted mask is kept inside the brain mask (an input), as a
