@@ -286,7 +286,6 @@ def time_case(
     from clinfuse.diffusion.samplers import ddim_step, ddim_timesteps
     from clinfuse.diffusion.schedule import NoiseSchedule
     from clinfuse.nn.precision import for_sampling
-    from clinfuse.pipeline import fuse_prepared
 
     model = loaded.model
     grid = grid_of(prep, model)
@@ -340,9 +339,7 @@ def time_case(
         plain_loop()
         out["plain_sampling_s"] = time.perf_counter() - t0
 
-    runs = {"unguided": {"eta": 0.0}, "guided": {}}
-    if args.n_inner is not None:
-        runs["guided"]["n_inner"] = args.n_inner
+    runs = sampling_runs(args)
     # `--repeats` runs of each, interleaved (unguided, guided, unguided, ...): the guidance cost
     # is a ratio of medians, so a slow spell of the VM does not land on one side only
     walls: dict[str, list[float]] = {name: [] for name in runs}
@@ -350,20 +347,9 @@ def time_case(
     for _ in range(max(1, args.repeats)):
         for name, overrides in runs.items():
             reset_peak_rss()
-            with pauser.window():
-                t0, c0 = time.perf_counter(), time.process_time()
-                res = fuse_prepared(
-                    prep,
-                    model,
-                    preset="stroke",
-                    overrides=overrides or None,
-                    steps=args.steps,
-                    seed=0,
-                    window="whole",
-                    precision=precision,
-                )
-                walls[name].append(time.perf_counter() - t0)
-                cpus[name].append(time.process_time() - c0)
+            res, wall, cpu_s = timed_fuse(prep, model, overrides, args, precision, pauser)
+            walls[name].append(wall)
+            cpus[name].append(cpu_s)
             out[f"{name}_rss_gb"] = max(out.get(f"{name}_rss_gb", 0.0), peak_rss_gb())
             if name == "guided":
                 out["lesion_source"] = res.lesion_source
@@ -374,6 +360,39 @@ def time_case(
     out["guidance_overhead"] = out["guided_s"] / out["unguided_s"] - 1.0
     out["voxels_per_s"] = voxels / out["guided_s"]
     return out
+
+
+def sampling_runs(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """The two samplings every case is timed with: guidance overrides by name."""
+    guided: dict[str, Any] = {} if args.n_inner is None else {"n_inner": args.n_inner}
+    return {"unguided": {"eta": 0.0}, "guided": guided}
+
+
+def timed_fuse(
+    prep: Any,
+    model: Any,
+    overrides: dict[str, Any],
+    args: argparse.Namespace,
+    precision: str,
+    pauser: Pauser,
+) -> tuple[Any, float, float]:
+    """One `fuse_prepared` (stroke preset, whole volume, seed 0) inside a pause window:
+    (result, wall seconds, process CPU seconds)."""
+    from clinfuse.pipeline import fuse_prepared
+
+    with pauser.window():
+        t0, c0 = time.perf_counter(), time.process_time()
+        res = fuse_prepared(
+            prep,
+            model,
+            preset="stroke",
+            overrides=overrides or None,
+            steps=args.steps,
+            seed=0,
+            window="whole",
+            precision=precision,
+        )
+        return res, time.perf_counter() - t0, time.process_time() - c0
 
 
 def time_before(prep: Any, loaded: Any, pauser: Pauser) -> float:
@@ -539,25 +558,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"scaling {prep.case_id}", file=sys.stderr, flush=True)
         r = {"grid": list(grid_of(prep, loaded.model))}
         r["voxels"] = int(np.prod(r["grid"]))
-        from clinfuse.pipeline import fuse_prepared
-
-        for name, ov in (("unguided", {"eta": 0.0}), ("guided", {})):
-            if name == "guided" and args.n_inner is not None:
-                ov = {"n_inner": args.n_inner}
-            with pauser.window():
-                t0, c0 = time.perf_counter(), time.process_time()
-                fuse_prepared(
-                    prep,
-                    loaded.model,
-                    preset="stroke",
-                    overrides=ov or None,
-                    steps=args.steps,
-                    seed=0,
-                    window="whole",
-                    precision=precision,
-                )
-                r[f"{name}_s"] = time.perf_counter() - t0
-                r[f"{name}_cpu_s"] = time.process_time() - c0
+        for name, ov in sampling_runs(args).items():
+            _, r[f"{name}_s"], r[f"{name}_cpu_s"] = timed_fuse(
+                prep, loaded.model, ov, args, precision, pauser
+            )
         scaling.append(r)
     scaling += [
         {k: r[k] for k in ("grid", "voxels", "unguided_s", "guided_s", "guided_cpu_s")}

@@ -366,6 +366,9 @@ class RoiGuide:
         self.prepared: Any = None  # distance maps of the guiding mask (losses.lesion)
         self.movable = self.brain  # voxels the lesion term may move (narrowed once known)
         self.box: tuple[slice, ...] | None = None  # the lesion term's region (`lesion_crop`)
+        # a non-empty guiding mask is prepared: the lesion term acts (an empty one, e.g. every
+        # predicted component below the head's minimum size, runs no head at all)
+        self.lesion_on = False
         self.history: list[dict[str, float]] = []
         self._weights: tuple[float, float, float] = (0.0, 0.0, 0.0)
         self._ssim: Any = None  # brain/bone SSIM terms prepared on first use (fixed references)
@@ -400,16 +403,12 @@ class RoiGuide:
         self, z: torch.Tensor, w: tuple[float, float, float]
     ) -> RoiLoss:  # Alg.1 lines 10-12
         prob = None
-        if w[2] > 0 and self.prepared is not None and bool(self.prepared.mask.any()):
-            # (an empty guiding mask, e.g. every predicted component below the head's minimum
-            # size, has no lesion term: roi_loss would skip it, so the head is not run either)
+        if w[2] > 0 and self.lesion_on:
             # a differentiable path image -> S_lesion: the head applied to z; the lesion lies in
-            # the brain, so its gradient moves (nearby) brain voxels only
+            # the brain, so its gradient moves (nearby) brain voxels only. With `lesion_crop`
+            # the head runs on the zone's box and the losses below are taken over that box.
             zin = only_inside(z, self.movable)
-            if self.box is None:
-                prob = torch.sigmoid(self.model.lesion_head(zin, self.cond))
-            else:  # the head on the zone's box only; the losses below over the same box
-                prob = torch.sigmoid(self.model.lesion_head(zin, self.cond, box=self.box))
+            prob = torch.sigmoid(self.model.lesion_head(zin, self.cond, box=self.box))
         if self._ssim is None:  # once per run: n_inner evaluations per step reuse it
             self._ssim = prepare_ssim_terms(self.mri, self.ct_bone, self.brain, self.bone)
         return roi_loss(
@@ -432,6 +431,7 @@ class RoiGuide:
                 if self.box is not None:
                     target = target[(..., *self.box)]
             self.prepared = prepare_target(target, self.spacing, like=self.cond)
+            self.lesion_on = bool(self.prepared.mask.any())
         w = cfg.weights_at(t, self.num_train)
         self._weights = w if self.guided and any(v > 0 for v in w) else (0.0, 0.0, 0.0)
         if cfg.mode != GuidanceMode.x0 or not any(v > 0 for v in self._weights):

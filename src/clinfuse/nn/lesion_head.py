@@ -141,22 +141,24 @@ class LesionHead(nn.Module):
         for the lesion term, whose gradient can only move voxels inside the box."""
         win = int(self.window)
         spatial = tuple(x0_hat.shape[2:])
-        if box is not None:
-            inputs = self.inputs_of(x0_hat, cond)
-            ctx = context_box(box, spatial, win, self.size_multiple, margin=self.size_multiple)
-            sub = inputs[(..., *ctx)]
-            if not self.training and win > 0 and any(n > win for n in sub.shape[2:]):
-                logits = _slide(self, sub, (win,) * len(spatial), raw=False)
-            else:
-                logits = self.unet(sub) / self.temperature.to(sub.dtype)
-            inner = tuple(
-                slice(b.start - c.start, b.stop - c.start)
-                for b, c in zip(_resolved(box, spatial), ctx, strict=True)
-            )
-            return logits[(..., *inner)]
-        if not self.training and win > 0 and any(n > win for n in spatial):
-            return sliding_logits(self, x0_hat, cond, (win,) * len(spatial))
-        return self.raw_logits(x0_hat, cond) / self.temperature.to(x0_hat.dtype)
+        inputs = self.inputs_of(x0_hat, cond)
+        ctx = (
+            tuple(slice(0, n) for n in spatial)
+            if box is None
+            else context_box(box, spatial, win, self.size_multiple, margin=self.size_multiple)
+        )
+        sub = inputs[(..., *ctx)]
+        if not self.training and win > 0 and any(n > win for n in sub.shape[2:]):
+            logits = _slide(self, sub, (win,) * len(spatial))  # = sliding_logits on the region
+        else:
+            logits = self.unet(sub) / self.temperature.to(sub.dtype)
+        if box is None:
+            return logits
+        inner = tuple(
+            slice(b.start - c.start, b.stop - c.start)
+            for b, c in zip(_resolved(box, spatial), ctx, strict=True)
+        )
+        return logits[(..., *inner)]
 
 
 def _resolved(box: Sequence[slice], spatial: Sequence[int]) -> tuple[slice, ...]:

@@ -640,23 +640,36 @@ def _write_checkpoint(
     )
 
 
-def _warm_start(head: Any, cfg: LesionTrainConfig, spatial_dims: int) -> None:
-    """Load the lesion head of `cfg.init_head` into `head` (same architecture, or a clear error
-    naming the file). Its calibration (temperature, minimum lesion size) is reset: this run fits
-    its own on the validation cases."""
-    from clinfuse.training.checkpoint import ema_weights, read_checkpoint
+def _head_of(state: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, torch.Tensor]]:
+    """A checkpoint's lesion head: its architecture (spatial dims, inputs, channels, residual
+    units, norm) and its EMA weights (float32, keys of `LesionHead.state_dict`)."""
+    from clinfuse.training.checkpoint import ema_weights
 
-    src = cfg.init_head
-    assert src is not None
-    state = read_checkpoint(src)
     m = state["config"]["model"]
-    have = (
+    arch = (
         int(m.get("spatial_dims", 3)),
         str(m.get("lesion_inputs")),
         tuple(int(c) for c in m.get("lesion_channels", ())),
         int(m.get("lesion_res_units", -1)),
         str(m.get("lesion_norm")),
     )
+    weights = {
+        k[len("lesion_head.") :]: v.float()
+        for k, v in ema_weights(state).items()
+        if k.startswith("lesion_head.")
+    }
+    return arch, weights
+
+
+def _warm_start(head: Any, cfg: LesionTrainConfig, spatial_dims: int) -> None:
+    """Load the lesion head of `cfg.init_head` into `head` (same architecture, or a clear error
+    naming the file). Its calibration (temperature, minimum lesion size) is reset: this run fits
+    its own on the validation cases."""
+    from clinfuse.training.checkpoint import read_checkpoint
+
+    src = cfg.init_head
+    assert src is not None
+    have, weights = _head_of(read_checkpoint(src))
     want = (spatial_dims, cfg.inputs, tuple(cfg.channels), cfg.res_units, cfg.norm)
     if have != want:
         raise ClinfuseInputError(
@@ -664,11 +677,6 @@ def _warm_start(head: Any, cfg: LesionTrainConfig, spatial_dims: int) -> None:
             f"{have}, this run trains {want}",
             src,
         )
-    weights = {
-        k[len("lesion_head.") :]: v.float()
-        for k, v in ema_weights(state).items()
-        if k.startswith("lesion_head.")
-    }
     head.load_state_dict(weights)
     head.temperature.fill_(1.0)
     head.min_lesion_ml.fill_(0.0)
@@ -681,10 +689,7 @@ def transplant_lesion_head(
     `head_checkpoint` (a `train_lesion_head` output): weights, calibration buffers, `lesion_*`
     config fields and the training record. The head reads the fused image and the sources, not
     the denoiser, so it moves between checkpoints of the same spatial dimension unchanged."""
-    from clinfuse.training.checkpoint import (
-        ema_weights,
-        read_checkpoint,
-    )
+    from clinfuse.training.checkpoint import read_checkpoint
 
     out = Path(out)
     if out.resolve() in (Path(head_checkpoint).resolve(), Path(target_checkpoint).resolve()):
@@ -701,18 +706,8 @@ def transplant_lesion_head(
         raise ClinfuseInputError(
             f"a {dims[0]}D head cannot go into a {dims[1]}D model", target_checkpoint
         )
-    m = src["config"]["model"]
-    cfg = LesionTrainConfig(
-        inputs=str(m["lesion_inputs"]),
-        channels=tuple(m["lesion_channels"]),
-        res_units=int(m["lesion_res_units"]),
-        norm=str(m["lesion_norm"]),
-    )
-    head = {
-        k[len("lesion_head.") :]: v.float()
-        for k, v in ema_weights(src).items()
-        if k.startswith("lesion_head.")
-    }
+    (_, inputs, channels, res_units, norm), head = _head_of(src)
+    cfg = LesionTrainConfig(inputs=inputs, channels=channels, res_units=res_units, norm=norm)
     out.parent.mkdir(parents=True, exist_ok=True)
     record = {**record, "transplanted_from": str(head_checkpoint)}
     return _write_checkpoint(
