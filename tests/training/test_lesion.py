@@ -370,3 +370,23 @@ def test_train_lesion_warm_starts_from_a_trained_head(base_ckpt, phantoms, train
     assert result.exit_code == 0, result.output
     record = read_checkpoint(out / "lesion_head.ckpt")
     assert str(src) in str(record)
+
+
+@pytest.mark.parametrize(("amp", "said"), [("bf16", "bf16 autocast"), ("off", "float32")])
+def test_train_lesion_precision_is_chosen_and_reported(base_ckpt, phantoms, tmp_path, amp, said):
+    from clinfuse.training.checkpoint import read_checkpoint
+    from clinfuse.training.lesion import LesionTrainConfig, train_lesion_head
+
+    cfg = LesionTrainConfig(
+        steps=2, val_every=2, patch_size=(16, 16, 16), channels=(4, 8), amp=amp
+    )
+    log: list[str] = []
+    res = train_lesion_head(base_ckpt, phantoms[0], phantoms[1], tmp_path, cfg, log=log.append)
+    assert any(m.startswith(f"training precision: {said}") for m in log)
+    with open(res.metrics_csv, newline="") as fh:
+        assert np.isfinite(float(next(csv.DictReader(fh))["loss"]))
+    state = read_checkpoint(res.checkpoint)
+    head = {k: v for k, v in state["model"].items() if k.startswith("lesion_head.")}
+    assert head and all(v.dtype != torch.bfloat16 for v in head.values())
+    with pytest.raises(ClinfuseInputError, match="amp must be one of"):
+        LesionTrainConfig(amp="fp16").validate()

@@ -39,6 +39,12 @@ def train_lesion(
     ),
     val_every: int = typer.Option(100, "--val-every", help="Validate every N steps."),
     seed: int = typer.Option(0, "--seed", help="Seed of patches, noise and augmentation."),
+    amp: str = typer.Option(
+        "auto",
+        "--amp",
+        help="Training precision: auto (bf16 autocast where the CPU/GPU has native bf16), "
+        "bf16 or off (float32).",
+    ),
     export: Path = typer.Option(
         None, "--export", help="Also write a slim float16 copy here (for shipping)."
     ),
@@ -102,6 +108,7 @@ def train_lesion(
         inputs=inputs,
         val_every=val_every,
         seed=seed,
+        amp=amp,
         init_head=None if init_head is None else str(init_head),
     )
     dev = resolve_device(device)

@@ -52,6 +52,7 @@ DEFAULT_BASELINES = ("average", "weighted", "max", "laplacian", "wavelet")
 # 1 mL minimum (validation Dice 0.263 against 0.261 at 0.5) erased a 0.7 mL haemorrhage that
 # the head had found on a held-out phantom.
 MIN_ML_CHOICES = (0.0, 0.1, 0.25, 0.5)
+AMP_MODES = ("auto", "bf16", "off")
 
 
 @dataclass
@@ -81,6 +82,12 @@ class LesionTrainConfig:
     val_every: int = 100
     threshold: float = 0.5
     seed: int = 0
+    # Mixed precision of the training steps: "auto" = bf16 autocast where the device computes
+    # bf16 natively (`nn.precision.native_bf16`: AVX512-BF16/AMX on CPU, sm80+ on CUDA), else
+    # float32; "bf16" forces it, "off" is float32. Validation and calibration run in float32.
+    # Session 6, this CPU (AVX512-BF16), 4 patches of 48³: 0.13 s per forward+backward in bf16
+    # against 0.23 s in float32.
+    amp: str = "auto"
     # Warm start: the lesion head of this checkpoint (a train-lesion output or a shipped model)
     # as the initial weights, e.g. to continue a run whose loss was still falling with a new,
     # lower learning-rate schedule. Its architecture must match `inputs`/`channels`/`norm`.
@@ -103,6 +110,8 @@ class LesionTrainConfig:
             raise ClinfuseInputError(
                 "steps, cases_per_step, samples_per_case and val_every must be >= 1"
             )
+        if self.amp not in AMP_MODES:
+            raise ClinfuseInputError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
         if not 0 < self.pos_fraction < 1:
             raise ClinfuseInputError("pos_fraction must be in (0, 1)")
         if self.p_composite + self.p_degraded > 1 or min(self.p_composite, self.p_degraded) < 0:
@@ -415,6 +424,7 @@ def train_lesion_head(
     from monai.losses import DiceCELoss
 
     from clinfuse.nn.lesion_head import LesionHead
+    from clinfuse.nn.precision import native_bf16
     from clinfuse.training.checkpoint import read_checkpoint
 
     cfg = cfg or LesionTrainConfig()
@@ -449,6 +459,8 @@ def train_lesion_head(
     ).to(dev)
     if cfg.init_head is not None:
         _warm_start(head, cfg, spatial_dims)
+    use_bf16 = cfg.amp == "bf16" or (cfg.amp == "auto" and native_bf16(dev))
+    say(f"training precision: {'bf16 autocast' if use_bf16 else 'float32'} on {dev}")
     tf = _transforms(cfg)
     tf.set_random_state(seed=cfg.seed)
     intensity = _intensity_transforms()
@@ -497,7 +509,9 @@ def train_lesion_head(
         x = torch.stack(imgs).float().to(dev)
         y = (torch.stack(labels) > 0.5).float().to(dev)
         v = torch.stack(valids).to(dev) > 0.5
-        logits = head.unet(x)  # x holds every input channel (mirrors taken on whole volumes)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16):
+            # x holds every input channel (mirrors taken on whole volumes)
+            logits = head.unet(x).float()
         # Unknown-label voxels: logit -20, label 0 -> no Dice and ~0 cross-entropy contribution.
         logits = torch.where(v, logits, torch.full_like(logits, -20.0))
         y = y * v
