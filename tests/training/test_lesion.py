@@ -377,9 +377,7 @@ def test_train_lesion_precision_is_chosen_and_reported(base_ckpt, phantoms, tmp_
     from clinfuse.training.checkpoint import read_checkpoint
     from clinfuse.training.lesion import LesionTrainConfig, train_lesion_head
 
-    cfg = LesionTrainConfig(
-        steps=2, val_every=2, patch_size=(16, 16, 16), channels=(4, 8), amp=amp
-    )
+    cfg = LesionTrainConfig(steps=2, val_every=2, patch_size=(16, 16, 16), channels=(4, 8), amp=amp)
     log: list[str] = []
     res = train_lesion_head(base_ckpt, phantoms[0], phantoms[1], tmp_path, cfg, log=log.append)
     assert any(m.startswith(f"training precision: {said}") for m in log)
