@@ -1,0 +1,49 @@
+"""benchmarks/lesion_eval.py: the segmentation scores and the table it writes."""
+
+import importlib.util
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+
+_PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "lesion_eval.py"
+_spec = importlib.util.spec_from_file_location("bench_lesion_eval", _PATH)
+le = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(le)
+
+
+def _row(case: str, kind: str, dice: float, gt_ml: float, fused: str = "composite") -> dict:
+    return {
+        "case": case, "kind": kind, "fused": fused, "grid_mm": 2.0, "dice": dice,
+        "nsd2": dice, "hd95": 2.0, "pred_ml": gt_ml, "gt_ml": gt_ml, "no_prediction": dice == 0,
+    }  # fmt: skip
+
+
+def test_seg_scores_measure_volume_and_flag_an_empty_prediction():
+    gt = np.zeros((20, 20, 20), bool)
+    gt[5:10, 5:10, 5:10] = True  # 125 voxels of 8 mm^3 = 1 mL
+    s = le.seg_scores(gt.astype(np.float32), gt, (2.0, 2.0, 2.0), 0.0)
+    assert s["dice"] == 1.0 and s["gt_ml"] == s["pred_ml"] == 1.0 and not s["no_prediction"]
+    e = le.seg_scores(np.zeros(gt.shape, np.float32), gt, (2.0, 2.0, 2.0), 0.0)
+    assert e["no_prediction"] and e["dice"] == 0.0 and np.isnan(e["hd95"])
+
+
+def test_table_has_a_row_for_lesions_in_the_issues_size_range(tmp_path):
+    rows = [
+        _row("p0", "phantom", 0.0, 0.2),  # a lacune below 0.5 mL
+        _row("p1", "phantom", 0.8, 5.0),
+        _row("p2", "phantom", 0.6, 40.0),
+        _row("r", "real", 0.7, 38.0),
+    ]
+    head = SimpleNamespace(temperature=1.5)
+    loaded = SimpleNamespace(path="ck.pt", sha256="0" * 64, model=SimpleNamespace(lesion_head=head))
+    le.write_outputs(SimpleNamespace(out=tmp_path), rows, {}, [], loaded, 0.5, 60.0)
+    table = (tmp_path / "lesion_eval.md").read_text().splitlines()
+    body = [ln for ln in table if ln.startswith("| held-out") or ln.startswith("| real")]
+    assert [ln.split(" | ")[0] for ln in body] == [
+        "| held-out phantoms",
+        "| held-out phantoms, lesion 0.5-80 mL",
+        "| real stroke T2 (test case)",
+    ]
+    assert " | 3 | 0.467 ± " in body[0] and " | 2 | 0.700 ± " in body[1]
+    assert "1 of 3" in body[0] and "0 of 2" in body[1]
