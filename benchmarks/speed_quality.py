@@ -105,6 +105,25 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "precision": "bf16",
         "channels_last": True,
     },
+    # session 6: the ROI terms at the last DDIM step only (its guided x̂0 is the output; the
+    # "half" rows showed the trajectory's ROI steps change nothing), window [0.9, 1] = the last
+    # of DDIM-10's steps (t = 99, p = 0.901): 30 masked-SSIM steps per fuse instead of 39
+    "presets_roi_last": {
+        "steps": 10,
+        "overrides": {"brain_window": [0.9, 1.0], "bone_window": [0.9, 1.0]},
+        "precision": "bf16",
+        "channels_last": True,
+    },
+    # ... and the presets with fewer steps at the last DDIM step
+    **{
+        f"presets_final{f}": {
+            "steps": 10,
+            "overrides": {"final_inner": f},
+            "precision": "bf16",
+            "channels_last": True,
+        }
+        for f in (20, 25)
+    },
     "presets_sliding": {
         "steps": 10,
         "overrides": {},

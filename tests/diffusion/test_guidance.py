@@ -172,6 +172,19 @@ def test_implausibly_large_predicted_mask_is_rejected():
         GuidanceConfig(max_predicted_fraction=0.0).validate()
 
 
+@pytest.mark.parametrize("mode", ["x0", "xt"])
+def test_lesion_term_alone_without_a_guiding_mask_leaves_the_sample_unguided(mode):
+    # ROI terms off everywhere, the lesion term on from T/2, but its predicted mask rejected:
+    # no term can act, so sampling is plain DDIM (it used to fail: a loss with no gradient)
+    cfg = GuidanceConfig(
+        eta=0.02, gamma=3.0, mode=mode, brain_window=(0.0, 0.0), bone_window=(0.0, 0.0),
+        max_predicted_fraction=1e-6,
+    )  # fmt: skip
+    res = _run(AverageModel(), cfg)
+    assert res.lesion_source == "rejected"
+    torch.testing.assert_close(res.fused, _run(AverageModel(), None).fused, atol=0, rtol=0)
+
+
 def test_lesion_term_moves_only_the_lesion_zone():
     from scipy.ndimage import distance_transform_edt
 

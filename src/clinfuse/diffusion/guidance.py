@@ -433,6 +433,8 @@ class RoiGuide:
             self.prepared = prepare_target(target, self.spacing, like=self.cond)
             self.lesion_on = bool(self.prepared.mask.any())
         w = cfg.weights_at(t, self.num_train)
+        if not self.lesion_on:  # no guiding mask (yet, or rejected): the lesion term cannot act
+            w = (w[0], w[1], 0.0)
         self._weights = w if self.guided and any(v > 0 for v in w) else (0.0, 0.0, 0.0)
         if cfg.mode != GuidanceMode.x0 or not any(v > 0 for v in self._weights):
             return x0_hat
