@@ -308,6 +308,31 @@ def test_final_inner_steps_run_only_at_the_last_ddim_step():
     assert sum(_ssims(b)) > sum(_ssims(a)) + 0.02
 
 
+@pytest.mark.parametrize("steps", [3, 5, 8])
+def test_roi_final_only_guides_the_last_step_whatever_the_step_count(steps):
+    # = the windows that cover exactly the last step, for any number of DDIM steps
+    cond, masks = _case()
+
+    def run(cfg):
+        gen = torch.Generator().manual_seed(1)
+        return guided_sample(
+            AverageModel(), cond, masks, NoiseSchedule(1000), steps=steps, guidance=cfg,
+            generator=gen,
+        )  # fmt: skip
+
+    base = {"gamma": 0.0, "eta": 0.02, "n_inner": 2, "final_inner": 6}
+    last_p = 1.0 - (1000 // steps - 1) / 1000  # p of the last timestep (trailing spacing)
+    final_only = run(GuidanceConfig(roi_final_only=True, **base))
+    windows = run(GuidanceConfig(brain_window=(last_p, 1), bone_window=(last_p, 1), **base))
+    everywhere = run(GuidanceConfig(**base))
+    torch.testing.assert_close(final_only.fused, windows.fused, atol=0, rtol=0)
+    assert not torch.equal(final_only.fused, everywhere.fused)
+    guided = [h["t"] for h in final_only.history if h.get("brain", math.nan) == h.get("brain")]
+    assert guided == [final_only.history[-1]["t"]]  # the losses were logged at one step only
+    with pytest.raises(ClinfuseInputError, match="roi_final_only"):
+        GuidanceConfig(roi_final_only=1).validate()
+
+
 def test_inner_momentum_reaches_higher_roi_ssim_in_the_same_steps():
     plain = GuidanceConfig(gamma=0.0, eta=0.02, n_inner=1, final_inner=10)
     nesterov = GuidanceConfig(gamma=0.0, eta=0.02, n_inner=1, final_inner=10, inner_momentum=0.9)
