@@ -2,7 +2,7 @@
 
     python benchmarks/speed.py [--checkpoint CKPT] [--threads N] [--precision auto|bf16|fp32]
         [--steps S] [--n-inner K] [--repeats 3] [--scaling 48x48x48,...] [--before]
-        [--pause-pids runs/training.pids] [--json OUT.json]
+        [--pause-pids runs/training.pids] [--no-demo] [--json OUT.json]
 
 Prints markdown tables (docs/SPEED.md has a copy with the command that made it):
 
@@ -19,6 +19,9 @@ Prints markdown tables (docs/SPEED.md has a copy with the command that made it):
    (VmHWM, reset before each run) and the cost of guidance; voxels per second.
 3. **Scaling**: guided and unguided wall time against voxel count (`--scaling` sizes, phantoms
    at 2 mm), and seconds per million voxels (constant = linear).
+4. **`clinfuse demo`** (unless `--no-demo`): wall time and peak RSS of the README's first command
+   (`clinfuse demo --out TMP --overwrite`, a child process, in a pause window).
+5. **The README's timing line**, printed last from these numbers: README.md carries it verbatim.
 
 Timing discipline: `--pause-pids FILE` sends SIGSTOP to the PIDs listed in FILE (one per line;
 e.g. background training) just before each timed block and SIGCONT right after it, also on
@@ -423,6 +426,7 @@ def print_report(
     args: argparse.Namespace,
     precision: str,
     before: dict[str, float],
+    demo: dict[str, float] | None = None,
 ) -> None:
     p = print
     p(f"torch {torch.__version__}, {cpu.model}, {cpu.threads} threads of {cpu.cores} cores")
@@ -487,6 +491,52 @@ def print_report(
                 f"| {r['guided_s'] / (r['voxels'] / 1e6):.1f} "
                 f"| {r.get('guided_cpu_s', float('nan')) / (r['voxels'] / 1e6):.1f} |"
             )
+    if demo is not None:
+        p()
+        p(f"clinfuse demo: {demo['wall_s']:.1f} s wall, {demo['peak_rss_gb']:.2f} GB peak RSS")
+    if rows:
+        p()
+        p("README timing line:")
+        p(readme_line(rows, demo, cpu, precision))
+
+
+def time_demo(pauser: Pauser, threads: int) -> dict[str, float]:
+    """`clinfuse demo` as a user runs it (a child process, its own output folder): wall seconds
+    and the child's peak RSS (GB)."""
+    import resource
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp, pauser.window():
+        cmd = [sys.executable, "-m", "clinfuse", "demo", "--out", f"{tmp}/demo", "--overwrite"]
+        cmd += ["--threads", str(threads)]
+        t0 = time.perf_counter()
+        subprocess.run(cmd, check=True, capture_output=True)
+        wall = time.perf_counter() - t0
+    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # kB on Linux
+    return {"wall_s": wall, "peak_rss_gb": peak_kb / 1e6}
+
+
+def readme_line(
+    rows: list[dict[str, Any]], demo: dict[str, float] | None, cpu: CpuInfo, precision: str
+) -> str:
+    """The README's timing sentence from one run's numbers (README.md carries it verbatim)."""
+    head = next((r for r in rows if r["case"].startswith("phantom_96")), rows[-1])
+    costs = [100 * r["guidance_overhead"] for r in rows]
+    text = (
+        f"Measured with `python benchmarks/speed.py` on {cpu.model} ({cpu.threads} threads; "
+        f"docs/SPEED.md), nothing else running during the timed blocks: a guided fuse of a "
+        f"{'×'.join(map(str, head['grid']))} volume at 2 mm takes {head['guided_s']:.1f} s and "
+        f"{head['guided_rss_gb']:.1f} GB ({'bf16' if precision == 'bf16' else 'float32'}, "
+        f"DDIM-10, whole-volume window); guidance costs {min(costs):+.0f} to {max(costs):+.0f} % "
+        f"over unguided sampling ({', '.join(r['case'] for r in rows)}, medians)"
+    )
+    if demo is not None:
+        text += (
+            f"; `clinfuse demo` takes {demo['wall_s']:.0f} s and {demo['peak_rss_gb']:.2f} GB "
+            "peak RSS"
+        )
+    return text + "."
 
 
 def parse_size(text: str) -> tuple[int, ...]:
@@ -513,6 +563,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="also time the pre-issue-11 settings (fp32, DDIM-20, 10 inner) at 64³",
     )
     ap.add_argument("--pause-pids", type=Path, default=None)
+    ap.add_argument("--no-demo", action="store_true", help="skip timing `clinfuse demo`")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--report", type=Path, default=None, help="reprint the tables of a --json file")
     args = ap.parse_args(argv)
@@ -520,7 +571,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         d = json.loads(args.report.read_text())
         args.steps, args.n_inner = d["steps"], d.get("n_inner")
         cpu = detect_cpu(d["threads"])
-        print_report(cpu, d["rows"], d["scaling"], args, d["precision"], d["before"])
+        print_report(cpu, d["rows"], d["scaling"], args, d["precision"], d["before"], d.get("demo"))
         return 0
 
     from clinfuse.nn.precision import resolve_precision, set_threads
@@ -569,7 +620,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not r["case"].startswith("chris")
     ]
     scaling.sort(key=lambda r: r["voxels"])
-    print_report(cpu, rows, scaling, args, precision, before)
+    demo = None if args.no_demo else time_demo(pauser, threads)
+    print_report(cpu, rows, scaling, args, precision, before, demo)
     if args.json is not None:
         args.json.write_text(
             json.dumps(
@@ -578,6 +630,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "rows": rows,
                     "scaling": scaling,
                     "before": before,
+                    "demo": demo,
                     "precision": precision,
                     "steps": args.steps,
                     "n_inner": args.n_inner,

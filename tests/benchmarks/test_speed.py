@@ -50,3 +50,22 @@ def test_pauser_stops_and_always_resumes(tmp_path: Path) -> None:
     finally:
         child.kill()
         child.wait()
+
+
+def test_readme_line_comes_from_the_runs_numbers() -> None:
+    cpu = speed.CpuInfo(
+        "AMD EPYC", 2, 2, 2.6, "test", "AVX-512 + FMA", 16, 2, "avx512_bf16", 1.0, ""
+    )
+    rows = [
+        {"case": "phantom_64x64x64", "grid": [64, 64, 64], "guided_s": 4.3, "guided_rss_gb": 0.98,
+         "guidance_overhead": 0.16},
+        {"case": "phantom_96x112x96", "grid": [96, 112, 96], "guided_s": 19.4,
+         "guided_rss_gb": 1.58, "guidance_overhead": 0.24},
+        {"case": "chris_t1_2mm", "grid": [88, 120, 88], "guided_s": 18.0, "guided_rss_gb": 1.61,
+         "guidance_overhead": 0.28},
+    ]  # fmt: skip
+    line = speed.readme_line(rows, {"wall_s": 27.6, "peak_rss_gb": 0.82}, cpu, "bf16")
+    assert "96×112×96 volume at 2 mm takes 19.4 s and 1.6 GB (bf16" in line
+    assert "+16 to +28 %" in line and "`clinfuse demo` takes 28 s and 0.82 GB" in line
+    assert "float32" in speed.readme_line(rows, None, cpu, "fp32")
+    assert "clinfuse demo" not in speed.readme_line(rows, None, cpu, "fp32")
