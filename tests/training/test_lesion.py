@@ -388,3 +388,35 @@ def test_train_lesion_precision_is_chosen_and_reported(base_ckpt, phantoms, tmp_
     assert head and all(v.dtype != torch.bfloat16 for v in head.values())
     with pytest.raises(ClinfuseInputError, match="amp must be one of"):
         LesionTrainConfig(amp="fp16").validate()
+
+
+def test_validation_and_calibration_do_not_score_unknown_labels(monkeypatch):
+    # C-STAR-like validation case: a labelled inserted lesion, and a real unlabelled one in an
+    # `ignore` region. Finding both is a perfect prediction, not a false positive.
+    from clinfuse.training import lesion as tl
+
+    shape = (20, 20, 20)
+    label = np.zeros(shape, np.float32)
+    label[12:16, 4:8, 4:8] = 1
+    valid = np.ones(shape, np.float32)
+    valid[:10] = 0  # the unlabelled hemisphere
+    found = label > 0
+    found[2:6, 4:8, 4:8] = True  # the real lesion, inside the ignore region
+    logits = np.where(found, 8.0, -8.0).astype(np.float32)
+    brain = np.ones(shape, bool)
+
+    def item(lab: np.ndarray, val: np.ndarray) -> tl._Item:
+        src = np.zeros((3, *shape), np.float32)
+        return tl._Item("c", src, src[0], {}, lab, val, brain, (2.0, 2.0, 2.0))
+
+    monkeypatch.setattr(tl, "predict_logits", lambda *a, **k: logits)
+    cfg = tl.LesionTrainConfig(patch_size=(16, 16, 16))
+    head = torch.nn.Linear(1, 1)
+    with_lesion, lesion_free = item(label, valid), item(np.zeros(shape, np.float32), valid)
+    scores = tl._validate(head, [with_lesion, lesion_free], cfg, 0.0)
+    assert scores["dice"] == pytest.approx(1.0)
+    assert scores["fp_voxels_lesion_free"] == 64.0  # the inserted-lesion blob: label 0, known
+    _, _, record = tl._calibrate(head, [with_lesion], cfg)
+    assert all(v == pytest.approx(1.0) for v in record["dice_by_min_ml"].values())
+    everything_known = item(label, np.ones(shape, np.float32))
+    assert tl._validate(head, [everything_known], cfg, 0.0)["dice"] < 0.7

@@ -339,9 +339,11 @@ def _validate(
     for it in items:
         logits = predict_logits(head, it.composite, it.sources, cfg.patch_size)
         prob = 1.0 / (1.0 + np.exp(-logits)) * it.brain
-        pred = clean_mask(prob, it.spacing, cfg.threshold, min_ml)
+        # voxels of unknown label (a real, unlabelled lesion: `ignore`) are scored by nobody
+        known = it.valid > 0.5
+        pred = clean_mask(prob, it.spacing, cfg.threshold, min_ml) & known
         if it.label.any():
-            dices.append(float(dice(pred, it.label > 0.5)))
+            dices.append(float(dice(pred, (it.label > 0.5) & known)))
         else:
             fp.append(int(pred.sum()))
     head.train()
@@ -367,12 +369,14 @@ def _calibrate(
     logits = [
         predict_logits(head, it.composite, it.sources, cfg.patch_size, raw=True) for it in items
     ]
-    z = np.concatenate([lg[it.brain] for lg, it in zip(logits, items, strict=True)])
-    y = np.concatenate([it.label[it.brain] > 0.5 for it in items])
+    # brain voxels of known label (`ignore` regions hold a real, unlabelled lesion)
+    sel = [it.brain & (it.valid > 0.5) for it in items]
+    z = np.concatenate([lg[m] for lg, m in zip(logits, sel, strict=True)])
+    y = np.concatenate([it.label[m] > 0.5 for it, m in zip(items, sel, strict=True)])
     near = np.concatenate(
         [
-            lesion_neighbourhood(it.label > 0.5, it.spacing, within=it.brain)[it.brain]
-            for it in items
+            lesion_neighbourhood(it.label > 0.5, it.spacing, within=it.brain)[m]
+            for it, m in zip(items, sel, strict=True)
         ]
     )
     temp = float(fit_temperature(z, y))
@@ -384,7 +388,12 @@ def _calibrate(
     by_ml = {}
     for ml in MIN_ML_CHOICES:
         ds = [
-            float(dice(clean_mask(p, it.spacing, cfg.threshold, ml), it.label > 0.5))
+            float(
+                dice(
+                    clean_mask(p, it.spacing, cfg.threshold, ml) & (it.valid > 0.5),
+                    (it.label > 0.5) & (it.valid > 0.5),
+                )
+            )
             for p, it in zip(probs, items, strict=True)
             if it.label.any()
         ]
