@@ -130,10 +130,13 @@ def test_cli_threads_and_bad_combinations(restore_threads, checkpoint, tmp_path)
     out = tmp_path / "out"
     base = ["fuse", "--mri", str(paths["mri"]), "--ct", str(paths["ct"]), "--out", str(out)]
     base += ["--checkpoint", str(checkpoint), "--steps", "1", "--n-inner", "1"]
-    res = CliRunner().invoke(app, [*base, "--threads", "1", "--window", "whole"])
+    res = CliRunner().invoke(
+        app, [*base, "--threads", "1", "--window", "whole", "--roi-every-step"]
+    )
     assert res.exit_code == 0, res.output
     run = json.loads((out / "run.json").read_text())
     assert run["threads"] == 1 and run["output"]["units"] == "model"
+    assert run["guidance"]["roi_final_only"] is False  # the presets say true
     assert (out / "fused_display.png").stat().st_size > 1000
     res = CliRunner().invoke(app, ["fuse", "--out", str(tmp_path / "x")])
     assert isinstance(res.exception, ClinfuseInputError) and "--mri" in str(res.exception)

@@ -211,6 +211,9 @@ def test_presets_load_and_override():
     cfg = load_preset("stroke", {"eta": 0.5, "mode": "xt", "beta": None})
     assert (cfg.eta, cfg.mode, cfg.beta) == (0.5, "xt", 1.2)
     assert load_preset("trauma").beta > load_preset("stroke").beta
+    for name in list_presets():  # 30 momentum steps at the end, ROI terms there only
+        p = load_preset(name)
+        assert (p.final_inner, p.inner_momentum, p.roi_final_only) == (30, 0.9, True)
 
 
 def test_preset_errors():

@@ -72,6 +72,11 @@ def fuse(
     inner_momentum: float | None = typer.Option(
         None, "--inner-momentum", help="Nesterov momentum of those steps (0: plain descent)."
     ),
+    roi_final_only: bool | None = typer.Option(
+        None,
+        "--roi-final-only/--roi-every-step",
+        help="Brain/bone terms at the last DDIM step only (the presets) or at every step.",
+    ),
     uncertainty_blend: float | None = typer.Option(
         None,
         "--uncertainty-blend",
@@ -140,6 +145,7 @@ def fuse(
         "n_inner": n_inner,
         "final_inner": final_inner,
         "inner_momentum": inner_momentum,
+        "roi_final_only": roi_final_only,
         "uncertainty_blend": uncertainty_blend,
     }
     # The preset is read once (errors name the file), each option is checked on its own (errors
