@@ -11,6 +11,9 @@
 #     so the shipped denoiser is still the session-2 one and the last step below uses "$INIT".
 # (c) the lesion head on its own (runs beside (b); it does not need the denoiser), calibrated on
 #     the validation set, then moved into (b)'s best checkpoint and exported as float16.
+#     Two runs: session 4's (6000 steps on RUNS/data3, float32 then; `--amp auto` now trains
+#     in bf16 where the CPU has it, so a rerun is comparable, not identical), then session 6's
+#     continuation from that head (--init-head) on the 3x larger RUNS/data4, 10000 steps.
 # Each run writes RUN/{config.yaml,split.json,metrics.csv,tb/,last.ckpt,best.ckpt}.
 set -euo pipefail
 RUNS=${1:-/work/runs}
@@ -21,6 +24,8 @@ mkdir -p "$RUNS/logs"
     "$RUNS/data3" --per-source 8 --phantoms 20
 [ -f "$RUNS/data3_val/all/manifest.csv" ] || python "$REPO/benchmarks/build_training_data.py" \
     "$RUNS/data3_val" --per-source 2 --phantoms 6 --seed 500
+[ -f "$RUNS/data4/all/manifest.csv" ] || python "$REPO/benchmarks/build_training_data.py" \
+    "$RUNS/data4" --per-source 24 --phantoms 60
 INIT="$RUNS/phantom3d-session2.pt"
 [ -f "$INIT" ] || git -C "$REPO" show 845e954:src/clinfuse/checkpoints/phantom3d.pt > "$INIT"
 
@@ -32,11 +37,16 @@ clinfuse train --config real3d-small --data "$RUNS/data3/all" --out "$RUNS/real3
 # session 4: the mirror-input head (train-lesion's default --inputs), 6000 steps (~65 min)
 clinfuse train-lesion --checkpoint "$INIT" --data "$RUNS/data3/all" \
     --val-data "$RUNS/data3_val/all" --out "$RUNS/lesion" --steps 6000 --val-every 500 \
-    --lr 2e-3 --threads 2 --device cpu --overwrite > "$RUNS/logs/lesion.log" 2>&1 &
+    --lr 2e-3 --threads 2 --device cpu --overwrite > "$RUNS/logs/lesion.log" 2>&1 &&
+# session 6: continued from that head on 204 cases (160 lesions), 10000 steps (~60 min)
+clinfuse train-lesion --checkpoint "$INIT" --init-head "$RUNS/lesion/lesion_head.ckpt" \
+    --data "$RUNS/data4/all" --val-data "$RUNS/data3_val/all" --out "$RUNS/lesion6" \
+    --steps 10000 --val-every 1000 --lr 1e-3 --threads 2 --device cpu --overwrite \
+    > "$RUNS/logs/lesion6.log" 2>&1 &
 wait
 SHIP_DENOISER=${SHIP_DENOISER:-$INIT}   # or "$RUNS/real3d-small/best.ckpt" once it validates better
 clinfuse train-lesion --checkpoint "$SHIP_DENOISER" \
-    --head-from "$RUNS/lesion/lesion_head.ckpt" --out "$RUNS/shipped" --overwrite \
+    --head-from "$RUNS/lesion6/lesion_head.ckpt" --out "$RUNS/shipped" --overwrite \
     --export "$RUNS/shipped/phantom3d-fp16.pt"
 python -m clinfuse.training.plot "$RUNS/real3d-small"
 echo "candidate: $RUNS/shipped/phantom3d-fp16.pt (compare on validation before replacing the shipped file)"
