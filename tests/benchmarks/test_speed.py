@@ -69,3 +69,14 @@ def test_readme_line_comes_from_the_runs_numbers() -> None:
     assert "+16 to +28 %" in line and "`clinfuse demo` takes 28 s and 0.82 GB" in line
     assert "float32" in speed.readme_line(rows, None, cpu, "fp32")
     assert "clinfuse demo" not in speed.readme_line(rows, None, cpu, "fp32")
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc (Linux)")
+def test_demo_child_reports_its_own_peak_memory() -> None:
+    # the child script of time_demo runs a clinfuse command and prints its VmHWM at exit
+    done = subprocess.run(
+        [sys.executable, "-c", speed._DEMO_CHILD, "--help"], capture_output=True, text=True
+    )
+    kb = [ln.split()[1] for ln in done.stderr.splitlines() if ln.startswith("VMHWM_KB")]
+    assert done.returncode == 0 and "demo" in done.stdout
+    assert kb and 10_000 < int(kb[0]) < 2_000_000  # a Python process, not a forked copy
