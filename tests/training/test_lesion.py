@@ -420,3 +420,31 @@ def test_validation_and_calibration_do_not_score_unknown_labels(monkeypatch):
     assert all(v == pytest.approx(1.0) for v in record["dice_by_min_ml"].values())
     everything_known = item(label, np.ones(shape, np.float32))
     assert tl._validate(head, [everything_known], cfg, 0.0)["dice"] < 0.7
+
+
+def test_non_finite_updates_are_skipped_not_applied(base_ckpt, phantoms, tmp_path, monkeypatch):
+    # a bf16 overflow gives a NaN loss now and then: that update is skipped and counted, and
+    # the weights stay finite (one NaN step used to poison the whole head)
+    import monai.losses
+
+    from clinfuse.training.checkpoint import read_checkpoint
+    from clinfuse.training.lesion import LesionTrainConfig, train_lesion_head
+
+    real = monai.losses.DiceCELoss
+    calls = [0]
+
+    class EveryOtherNaN(real):
+        def forward(self, x, y):
+            calls[0] += 1
+            out = super().forward(x, y)
+            return out * float("nan") if calls[0] % 2 else out
+
+    monkeypatch.setattr(monai.losses, "DiceCELoss", EveryOtherNaN)
+    cfg = LesionTrainConfig(steps=4, val_every=4, patch_size=(16, 16, 16), channels=(4, 8))
+    log: list[str] = []
+    res = train_lesion_head(base_ckpt, phantoms[0], phantoms[1], tmp_path, cfg, log=log.append)
+    assert any("2 non-finite updates skipped" in m for m in log)
+    with open(res.metrics_csv, newline="") as fh:
+        assert np.isfinite(float(next(csv.DictReader(fh))["loss"]))
+    weights = read_checkpoint(res.checkpoint)["model"]
+    assert all(torch.isfinite(v).all() for k, v in weights.items() if "lesion_head" in k)

@@ -504,7 +504,7 @@ def train_lesion_head(
         rng = np.random.default_rng([cfg.seed, first])
         say(f"resumed from step {first - 1} ({last_path})")
     start = time.perf_counter() - elapsed
-    running = 0.0
+    running, counted, skipped = 0.0, 0, 0
     head.train()
     for step in range(first, cfg.steps + 1):
         imgs, labels, valids = [], [], []
@@ -527,22 +527,25 @@ def train_lesion_head(
         loss = loss_fn(logits, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(head.parameters(), 1.0)
-        opt.step()
+        norm = torch.nn.utils.clip_grad_norm_(head.parameters(), 1.0)
+        if bool(torch.isfinite(loss)) and bool(torch.isfinite(norm)):
+            opt.step()
+            running += float(loss.item())
+            counted += 1
+        else:  # a non-finite loss or gradient (bf16 overflow) would poison every weight
+            skipped += 1
         sched.step()
-        running += float(loss.item())
         if step % cfg.val_every == 0 or step == cfg.steps:
-            n = step % cfg.val_every or cfg.val_every
             scores = _validate(head, val_items, cfg, 0.0)
             row = {
                 "step": step,
-                "loss": running / n,
+                "loss": running / counted if counted else float("nan"),
                 "lr": sched.get_last_lr()[0],
                 "seconds": time.perf_counter() - start,
                 "val_dice": scores["dice"],
                 "val_fp_voxels_lesion_free": scores["fp_voxels_lesion_free"],
             }
-            running = 0.0
+            running, counted = 0.0, 0
             rows.append(row)
             if scores["dice"] > best[0]:
                 best = (
@@ -575,6 +578,7 @@ def train_lesion_head(
                 f"step {step}: loss {row['loss']:.4f}, val Dice {scores['dice']:.3f}, "
                 f"FP voxels on lesion-free cases {scores['fp_voxels_lesion_free']:.0f}, "
                 f"{row['seconds']:.0f} s"
+                + (f"; {skipped} non-finite updates skipped so far" if skipped else "")
             )
 
     head.load_state_dict(best[2])
