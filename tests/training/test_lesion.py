@@ -329,6 +329,18 @@ def test_train_lesion_resumes_an_interrupted_run(base_ckpt, phantoms, tmp_path):
             LesionTrainConfig(steps=6, val_every=2, patch_size=(16, 16, 16), channels=(4, 8)),
             overwrite=True, resume=True, log=None,
         )  # fmt: skip
+    # a run saved before --amp existed trained in float32: it resumes with amp="off" only
+    last = torch.load(out / "lesion_last.pt", weights_only=False)
+    del last["config"]["amp"]
+    torch.save(last, out / "lesion_last.pt")
+    with pytest.raises(ClinfuseInputError, match=r"different options \(amp\)"):
+        train_lesion_head(
+            base_ckpt, phantoms[0], phantoms[1], out, cfg, overwrite=True, resume=True, log=None
+        )
+    off = LesionTrainConfig(**{**cfg.__dict__, "amp": "off"})
+    train_lesion_head(
+        base_ckpt, phantoms[0], phantoms[1], out, off, overwrite=True, resume=True, log=None
+    )
     with pytest.raises(ClinfuseInputError, match="nothing to resume"):
         train_lesion_head(
             base_ckpt, phantoms[0], phantoms[1], tmp_path / "new", cfg, resume=True, log=None

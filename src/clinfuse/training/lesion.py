@@ -488,6 +488,7 @@ def train_lesion_head(
     cfg_record = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}
     if resume:
         saved = torch.load(last_path, map_location=dev, weights_only=False)
+        saved["config"].setdefault("amp", "off")  # runs from before --amp trained in float32
         if saved["config"] != cfg_record:
             diff = sorted(k for k in cfg_record if saved["config"].get(k) != cfg_record[k])
             raise ClinfuseInputError(
