@@ -497,7 +497,7 @@ def print_report(
     if rows:
         p()
         p("README timing line:")
-        p(readme_line(rows, demo, cpu, precision))
+        p(readme_line(rows, demo, cpu, precision, int(args.steps)))
 
 
 # The demo runs in a child that reports its own VmHWM at exit: getrusage's maxrss of a child
@@ -531,7 +531,11 @@ def time_demo(pauser: Pauser, threads: int) -> dict[str, float]:
 
 
 def readme_line(
-    rows: list[dict[str, Any]], demo: dict[str, float] | None, cpu: CpuInfo, precision: str
+    rows: list[dict[str, Any]],
+    demo: dict[str, float] | None,
+    cpu: CpuInfo,
+    precision: str,
+    steps: int = 10,
 ) -> str:
     """The README's timing sentence from one run's numbers (README.md carries it verbatim)."""
     head = next((r for r in rows if r["case"].startswith("phantom_96")), rows[-1])
@@ -541,8 +545,9 @@ def readme_line(
         f"docs/SPEED.md), nothing else running during the timed blocks: a guided fuse of a "
         f"{'×'.join(map(str, head['grid']))} volume at 2 mm takes {head['guided_s']:.1f} s and "
         f"{head['guided_rss_gb']:.1f} GB ({'bf16' if precision == 'bf16' else 'float32'}, "
-        f"DDIM-10, whole-volume window); guidance costs {min(costs):+.0f} to {max(costs):+.0f} % "
-        f"over unguided sampling ({', '.join(r['case'] for r in rows)}, medians)"
+        f"DDIM-{steps}, whole-volume window); guidance costs {min(costs):+.0f} to "
+        f"{max(costs):+.0f} % over unguided sampling "
+        f"({', '.join(r['case'] for r in rows)}, medians)"
     )
     if demo is not None:
         text += (

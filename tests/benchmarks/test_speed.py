@@ -67,7 +67,7 @@ def test_readme_line_comes_from_the_runs_numbers() -> None:
     line = speed.readme_line(rows, {"wall_s": 27.6, "peak_rss_gb": 0.82}, cpu, "bf16")
     assert "96×112×96 volume at 2 mm takes 19.4 s and 1.6 GB (bf16" in line
     assert "+16 to +28 %" in line and "`clinfuse demo` takes 28 s and 0.82 GB" in line
-    assert "float32" in speed.readme_line(rows, None, cpu, "fp32")
+    assert "(float32, DDIM-20," in speed.readme_line(rows, None, cpu, "fp32", 20)
     assert "clinfuse demo" not in speed.readme_line(rows, None, cpu, "fp32")
 
 
