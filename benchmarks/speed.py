@@ -500,23 +500,23 @@ def print_report(
         p(readme_line(rows, demo, cpu, precision, int(args.steps)))
 
 
-# The demo runs in a child that reports its own VmHWM at exit: getrusage's maxrss of a child
-# would include the forked copy of this (larger) benchmark process from before its exec.
-_DEMO_CHILD = """
+# The demo runs in a child that reports its own peak RSS (`peak_rss_gb`) at exit: getrusage's
+# maxrss of a child would include the forked copy of this (larger) process from before its exec.
+_DEMO_CHILD = f"""
 import sys
+sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})
+from speed import peak_rss_gb
 from clinfuse.cli import app
 try:
     app(sys.argv[1:], standalone_mode=False)
 finally:
-    for line in open("/proc/self/status"):
-        if line.startswith("VmHWM:"):
-            print("VMHWM_KB", line.split()[1], file=sys.stderr)
+    print("PEAK_RSS_GB", peak_rss_gb(), file=sys.stderr)
 """
 
 
 def time_demo(pauser: Pauser, threads: int) -> dict[str, float]:
     """`clinfuse demo` as a user runs it (a child process, its own output folder): wall seconds
-    and the child's peak RSS (GB; NaN where /proc is missing)."""
+    and the child's peak RSS (GB)."""
     import subprocess
     import tempfile
 
@@ -526,8 +526,8 @@ def time_demo(pauser: Pauser, threads: int) -> dict[str, float]:
         t0 = time.perf_counter()
         done = subprocess.run(cmd, check=True, capture_output=True, text=True)
         wall = time.perf_counter() - t0
-    kb = [ln.split()[1] for ln in done.stderr.splitlines() if ln.startswith("VMHWM_KB")]
-    return {"wall_s": wall, "peak_rss_gb": float(kb[-1]) / 1e6 if kb else float("nan")}
+    gb = [ln.split()[1] for ln in done.stderr.splitlines() if ln.startswith("PEAK_RSS_GB")]
+    return {"wall_s": wall, "peak_rss_gb": float(gb[-1]) if gb else float("nan")}
 
 
 def readme_line(

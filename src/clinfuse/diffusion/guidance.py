@@ -409,7 +409,7 @@ class RoiGuide:
         self, z: torch.Tensor, w: tuple[float, float, float]
     ) -> RoiLoss:  # Alg.1 lines 10-12
         prob = None
-        if w[2] > 0 and self.lesion_on:
+        if w[2] > 0:  # (guide_x0 zeroes it while no guiding mask exists)
             # a differentiable path image -> S_lesion: the head applied to z; the lesion lies in
             # the brain, so its gradient moves (nearby) brain voxels only. With `lesion_crop`
             # the head runs on the zone's box and the losses below are taken over that box.

@@ -146,6 +146,11 @@ class _Item:
     brain: np.ndarray  # (*S) bool
     spacing: tuple[float, ...]
 
+    @property
+    def known(self) -> np.ndarray:
+        """Voxels of known label: not in an `ignore` region (a real, unlabelled lesion)."""
+        return self.valid > 0.5
+
 
 def _ignore_paths(data: Path) -> dict[str, Path]:
     """case_id -> ignore mask path from the manifest's optional `ignore` column."""
@@ -339,11 +344,9 @@ def _validate(
     for it in items:
         logits = predict_logits(head, it.composite, it.sources, cfg.patch_size)
         prob = 1.0 / (1.0 + np.exp(-logits)) * it.brain
-        # voxels of unknown label (a real, unlabelled lesion: `ignore`) are scored by nobody
-        known = it.valid > 0.5
-        pred = clean_mask(prob, it.spacing, cfg.threshold, min_ml) & known
+        pred = clean_mask(prob, it.spacing, cfg.threshold, min_ml) & it.known
         if it.label.any():
-            dices.append(float(dice(pred, (it.label > 0.5) & known)))
+            dices.append(float(dice(pred, (it.label > 0.5) & it.known)))
         else:
             fp.append(int(pred.sum()))
     head.train()
@@ -369,8 +372,7 @@ def _calibrate(
     logits = [
         predict_logits(head, it.composite, it.sources, cfg.patch_size, raw=True) for it in items
     ]
-    # brain voxels of known label (`ignore` regions hold a real, unlabelled lesion)
-    sel = [it.brain & (it.valid > 0.5) for it in items]
+    sel = [it.brain & it.known for it in items]
     z = np.concatenate([lg[m] for lg, m in zip(logits, sel, strict=True)])
     y = np.concatenate([it.label[m] > 0.5 for it, m in zip(items, sel, strict=True)])
     near = np.concatenate(
@@ -390,8 +392,8 @@ def _calibrate(
         ds = [
             float(
                 dice(
-                    clean_mask(p, it.spacing, cfg.threshold, ml) & (it.valid > 0.5),
-                    (it.label > 0.5) & (it.valid > 0.5),
+                    clean_mask(p, it.spacing, cfg.threshold, ml) & it.known,
+                    (it.label > 0.5) & it.known,
                 )
             )
             for p, it in zip(probs, items, strict=True)
