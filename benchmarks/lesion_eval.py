@@ -12,7 +12,8 @@ from the shared generator exactly as benchmarks/real3d.py builds it), prepared a
 model gives) and with average fusion: Dice, NSD@2 mm, HD95 (empty prediction = "no
 prediction", never a number), calibration ECE (15 bins) / Brier over brain voxels, lesion
 neighbourhood (10 mm) and class-balanced. The real case is also scored on its native 1 mm grid.
-(b) With diffusion (first `--fuse-cases` phantoms + the real case): ours with the lesion term
+(b) With diffusion (first `--fuse-cases` phantoms + the real case; `--option key=value` overrides
+the guidance of every fuse): ours with the lesion term
 guided by the head's own mask (line 7), with the lesion term off (gamma = 0), and with the
 reference mask ("oracle", labelled): border sharpness (mean gradient magnitude on the reference
 lesion border, as a ratio to the MRI's), the head's Dice on the final fused image, brain / bone
@@ -141,7 +142,16 @@ def main() -> None:
     ap.add_argument("--fuse-cases", type=int, default=3)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--no-real", action="store_true")
+    ap.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        help="guidance override key=value for every fuse of part (b), e.g. roi_final_only=false",
+    )
     args = ap.parse_args()
+    from clinfuse.cli._method_options import method_options
+
+    guidance_options = method_options(None, None, args.option)
     from clinfuse.baselines import BASELINES
     from clinfuse.pipeline import load_model
     from clinfuse.training.data import training_target
@@ -200,6 +210,7 @@ def main() -> None:
             ("oracle mask (reference)", {"lesion": "oracle"}),
         ):
             ts = time.time()
+            kw = {**kw, "overrides": {**guidance_options, **kw.get("overrides", {})}}
             res = fuse_prepared(prep, model, steps=args.steps, seed=0, **kw)
             fused = np.asarray(res.fused)
             prob = head_prob(model, fused, prep)
