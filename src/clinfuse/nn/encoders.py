@@ -108,6 +108,12 @@ class ConditionEncoder(nn.Module):
         """``(B, 3, *S)`` → ``(B, N, token_dim)``."""
         if cond.shape[1] != 3:
             raise ValueError(f"cond must have 3 channels [mri, ct, ct_bone], got {cond.shape[1]}")
-        c_m = self.mri(cond[:, :1]) + self.modality[0]
-        c_c = self.ct(cond[:, 1:]) + self.modality[1]
-        return torch.cat([c_m, c_c], dim=1)
+        # Always float32, also inside a bf16 autocast region: the last stage's GroupNorm sees
+        # only a few voxels (2³ for a 48³ patch), and its backward under bf16 returned inf/NaN
+        # or 1e12-1e17 gradient norms on most 3D training steps (docs/TRAINING.md, session 7).
+        # The encoders run once per case, so this costs nothing measurable.
+        with torch.autocast(cond.device.type, enabled=False):
+            cond = cond.float()
+            c_m = self.mri(cond[:, :1]) + self.modality[0]
+            c_c = self.ct(cond[:, 1:]) + self.modality[1]
+            return torch.cat([c_m, c_c], dim=1)
