@@ -85,20 +85,28 @@ def outside_detail(
     f = np.asarray(fused_native, dtype=np.float32)
     mean_f = _box(f, size)
     mean_l = [_box(low, size) for low in lows]
-    cov = np.empty((*f.shape, k, k), dtype=np.float32)
-    rhs = np.empty((*f.shape, k), dtype=np.float32)
-    for i in range(k):
-        rhs[..., i] = _box(lows[i] * f, size) - mean_l[i] * mean_f
-        for j in range(i, k):
-            c = _box(lows[i] * lows[j], size) - mean_l[i] * mean_l[j]
-            cov[..., i, j] = c
-            cov[..., j, i] = c
-        cov[..., i, i] += eps
-    a = np.linalg.solve(cov, rhs[..., None])[..., 0]
+    rhs = [_box(lows[i] * f, size) - mean_l[i] * mean_f for i in range(k)]
+    del mean_f
+    cov = {
+        (i, j): _box(lows[i] * lows[j], size) - mean_l[i] * mean_l[j] + (eps if i == j else 0.0)
+        for i in range(k)
+        for j in range(i, k)
+    }
+    del mean_l
+    # Solved in slabs along the first axis, so the k x k systems never exist all at once
+    # (a 1 mm head is ~10 M voxels).
+    a = np.empty((k, *f.shape), dtype=np.float32)
+    for start in range(0, f.shape[0], 16):
+        sl = slice(start, start + 16)
+        m = np.empty((*f[sl].shape, k, k), dtype=np.float32)
+        for (i, j), c in cov.items():
+            m[..., i, j] = m[..., j, i] = c[sl]
+        b = np.stack([r[sl] for r in rhs], axis=-1)[..., None]
+        a[:, sl] = np.moveaxis(np.linalg.solve(m, b)[..., 0], -1, 0)
     del cov, rhs
     out = np.zeros(f.shape, dtype=np.float32)
     for i in range(k):
-        out += _box(np.ascontiguousarray(a[..., i]), size) * (sources[i] - lows[i])
+        out += _box(a[i], size) * (sources[i] - lows[i])
     return out
 
 
