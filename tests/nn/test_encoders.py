@@ -11,7 +11,7 @@ from clinfuse.nn.encoders import ConditionEncoder
 @pytest.mark.parametrize("seed", [1, 2])
 def test_encoder_gradients_under_bf16_autocast_equal_float32(seed: int) -> None:
     # Before the encoders were pinned to float32, these seeds gave NaN/inf gradient norms under
-    # bf16 autocast (the last stage's GroupNorm sees 1-2 voxels per axis) while float32 gave ~1.
+    # bf16 autocast (the last stage's BatchNorm sees 1-2 voxels per axis) while float32 gave ~1.
     torch.manual_seed(seed)
     enc = ConditionEncoder(3, (16, 32, 64, 64), 256, 2, 8)
     x = torch.randn(2, 3, 16, 16, 16)

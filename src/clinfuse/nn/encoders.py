@@ -23,7 +23,10 @@ class TokenEncoder(nn.Module):
         token_dim: token width (256 in the proposal).
         grid: the last feature map is average-pooled to ``grid`` per axis, so the encoder emits
             ``grid ** spatial_dims`` tokens, each with a learned position embedding.
-        norm_groups: GroupNorm groups; batch norm is avoided because batches here are 1–2 cases.
+        norm_groups: GroupNorm groups of the stem. Only the stem: MONAI's `ResNet` (1.6) passes
+            `norm` to its stem alone, so the residual blocks use BatchNorm (MONAI PR #9028), with
+            batches of 1-2 cases in training and running statistics at inference. Changing that
+            changes the architecture and needs a retrained model (docs/TRAINING.md).
 
     Input ``(B, in_channels, *S)`` (any S ≥ 1; the stem downsamples by 4, each later stage by 2);
     output ``(B, grid ** spatial_dims, token_dim)``.
@@ -108,10 +111,11 @@ class ConditionEncoder(nn.Module):
         """``(B, 3, *S)`` → ``(B, N, token_dim)``."""
         if cond.shape[1] != 3:
             raise ValueError(f"cond must have 3 channels [mri, ct, ct_bone], got {cond.shape[1]}")
-        # Always float32, also inside a bf16 autocast region: the last stage's GroupNorm sees
-        # only a few voxels (2³ for a 48³ patch), and its backward under bf16 returned inf/NaN
-        # or 1e12-1e17 gradient norms on most 3D training steps (docs/TRAINING.md, session 7).
-        # The encoders run once per case, so this costs nothing measurable.
+        # Always float32, also inside a bf16 autocast region: the last stage's BatchNorm sees
+        # only a few values per channel (2³ voxels x 1-2 cases for a 48³ patch), and its
+        # backward under bf16 returned inf/NaN or 1e12-1e17 gradient norms on most 3D training
+        # steps (docs/TRAINING.md, session 7). The encoders run once per case, so this costs
+        # nothing measurable.
         with torch.autocast(cond.device.type, enabled=False):
             cond = cond.float()
             c_m = self.mri(cond[:, :1]) + self.modality[0]
