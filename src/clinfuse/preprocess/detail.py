@@ -135,10 +135,10 @@ def restore_detail(
     spacing = tuple(float(v) for v in np.linalg.norm(affine[:3, : len(native.shape)], axis=0))
     work_vox = float(np.max(np.linalg.norm(work_affine[:3, : len(work_shape)], axis=0)))
     out = np.asarray(fused_native, dtype=np.float32).copy()
-    srcs = {n: np.asarray(getattr(native, n), dtype=np.float32) for n in GUIDE_SOURCES}
+    names = list(GUIDE_SOURCES) if outside else sorted(set(DETAIL_SOURCES.values()))
+    srcs = {n: np.asarray(getattr(native, n), dtype=np.float32) for n in names}
     lows = {n: round_trip(x, affine, work_shape, work_affine) for n, x in srcs.items()}
     if outside:
-        names = list(GUIDE_SOURCES)
         out += outside_detail(
             out,
             [srcs[n] for n in names],
