@@ -109,6 +109,26 @@ def test_compare_pairs_cases_and_tests(tmp_path, case_factory):
     assert "| composite |" in md and "p = 0.062" in md
 
 
+def test_compare_two_runs_of_one_method_in_same_named_folders(tmp_path, case_factory):
+    # Two checkpoints evaluated into RUN_A/ours and RUN_B/ours: each folder is its own row (they
+    # once got one name, so the second folder was compared with itself: every delta 0, p = 1).
+    items = _items(case_factory, 5)
+    for run in ("run_a", "run_b"):
+        evaluate_dataset("average", None, tmp_path / run / "ours", items=items)
+    per_case = tmp_path / "run_b" / "ours" / "per_case.csv"
+    with per_case.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:  # run B scores 0.01 higher in the brain
+        r["brain_ssim"] = str(float(r["brain_ssim"]) + 0.01)
+    with per_case.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    cmp = compare([tmp_path / "run_a" / "ours", per_case.parent])
+    assert cmp.methods == ["average (run_a/ours)", "average (run_b/ours)"]
+    assert cmp.tests[cmp.methods[1]]["brain_ssim"].mean_diff == pytest.approx(0.01)
+
+
 def test_a_bug_stops_the_run_after_writing_its_row(tmp_path, case_factory):
     items = _items(case_factory, 3)
 

@@ -100,6 +100,20 @@ def _by_case(rows: list[dict[str, Any]], key: str) -> dict[str, float]:
     return {r["case_id"]: float(v) for r, v in zip(rows, values, strict=True)}
 
 
+def _unique_names(names: list[str], outs: Sequence[str | Path]) -> list[str]:
+    """Method names, told apart by as much of each folder's path as it takes (e.g. two
+    checkpoints evaluated into `A/ours_x0` and `B/ours_x0`); a name seen twice must never make
+    a folder be compared with itself."""
+    if len(set(names)) == len(names):
+        return names
+    parts = [Path(o).resolve().parts for o in outs]
+    for depth in range(1, max(len(p) for p in parts) + 1):
+        tails = [str(Path(*p[-depth:])) for p in parts]
+        if len(set(tails)) == len(tails):
+            return [f"{n} ({t})" for n, t in zip(names, tails, strict=True)]
+    return [f"{n} (#{i + 1})" for i, n in enumerate(names)]  # the same folder given twice
+
+
 def compare(outs: Sequence[str | Path], *, names: Sequence[str] | None = None) -> Comparison:
     """Compare evaluate output folders; the first is the reference of the paired tests.
 
@@ -108,9 +122,11 @@ def compare(outs: Sequence[str | Path], *, names: Sequence[str] | None = None) -
     """
     if len(outs) < 2:
         raise ValueError("compare needs at least two output folders")
-    names = list(names) if names is not None else [method_name(o) for o in outs]
-    if len(set(names)) != len(names):  # same method twice (e.g. two checkpoints): use folders
-        names = [f"{n} ({Path(o).name})" for n, o in zip(names, outs, strict=True)]
+    if names is None:
+        names = _unique_names([method_name(o) for o in outs], outs)
+    names = list(names)
+    if len(set(names)) != len(names):
+        raise ValueError(f"compare needs one name per folder, got duplicates in {names}")
     rows = {n: read_per_case(o) for n, o in zip(names, outs, strict=True)}
     metrics: list[str] = []
     for n in names:
