@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Reproduce the shipped 3D model (src/clinfuse/checkpoints/phantom3d.pt) and its model card's
 # numbers, CPU, background-friendly:
-#   bash benchmarks/train_shipped.sh [RUNS_DIR] [STEPS]      (default /work/runs, 3000)
+#   bash benchmarks/train_shipped.sh [RUNS_DIR] [STEPS]      (default /work/runs, 1004)
 # (a) data: real-anatomy pairs of every training volume (never the two test heads) + phantoms,
 #     2 mm (benchmarks/build_training_data.py); a separate validation set (other seeds).
-# (b) the denoiser: the session-2 phantom model (git show 845e954:src/clinfuse/checkpoints/phantom3d.pt)
-#     fine-tuned with configs/train/real3d-small.yaml; resumable with --resume RUN/last.ckpt.
-#     Session 3 ran 931 steps and did NOT ship it: unguided validation ROI-SSIM 0.9787 at
-#     step 900 against 0.9799 for its starting point (brain 0.995 vs 0.986, bone 0.963 vs 0.974),
-#     so the shipped denoiser is still the session-2 one and the last step below uses "$INIT".
+# (b) the denoiser: the session-2 phantom model (git show 845e954:src/clinfuse/checkpoints/phantom3d.pt,
+#     the denoiser of every shipped file up to session 6) fine-tuned at 2 mm with
+#     configs/train/real3d-2mm.yaml on RUNS/data4 (session 7: stopped by hand at step 1004,
+#     best.ckpt = step 900, shipped; resumable with --resume RUN/last.ckpt). Session 3's
+#     real3d-small run on RUNS/data3 never beat its start and was not shipped; it ran with the
+#     bf16 encoder fault that session 7 fixed (docs/TRAINING.md).
 # (c) the lesion head on its own (runs beside (b); it does not need the denoiser), calibrated on
 #     the validation set, then moved into (b)'s best checkpoint and exported as float16.
 #     Two runs: session 4's (6000 steps on RUNS/data3, float32 then; `--amp auto` now trains
@@ -17,7 +18,7 @@
 # Each run writes RUN/{config.yaml,split.json,metrics.csv,tb/,last.ckpt,best.ckpt}.
 set -euo pipefail
 RUNS=${1:-/work/runs}
-STEPS=${2:-3000}
+STEPS=${2:-1004}
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 mkdir -p "$RUNS/logs"
 [ -f "$RUNS/data3/all/manifest.csv" ] || python "$REPO/benchmarks/build_training_data.py" \
@@ -29,11 +30,13 @@ mkdir -p "$RUNS/logs"
 INIT="$RUNS/phantom3d-session2.pt"
 [ -f "$INIT" ] || git -C "$REPO" show 845e954:src/clinfuse/checkpoints/phantom3d.pt > "$INIT"
 
-if [ -f "$RUNS/real3d-small/last.ckpt" ]; then RESUME=(--resume "$RUNS/real3d-small/last.ckpt");
-else RESUME=(); fi
-clinfuse train --config real3d-small --data "$RUNS/data3/all" --out "$RUNS/real3d-small" \
-    --device cpu --threads 1 --max-steps "$STEPS" --no-progress --set "init=$INIT" \
-    "${RESUME[@]}" > "$RUNS/logs/real3d-small.log" 2>&1 &
+if [ -f "$RUNS/real3d-2mm/last.ckpt" ]; then
+    RESUME=(--resume "$RUNS/real3d-2mm/last.ckpt")
+else
+    RESUME=(--config real3d-2mm --set "init=$INIT")
+fi
+clinfuse train --data "$RUNS/data4/all" --out "$RUNS/real3d-2mm" --device cpu --threads 1 \
+    --max-steps "$STEPS" --no-progress "${RESUME[@]}" > "$RUNS/logs/real3d-2mm.log" 2>&1 &
 # session 4: the mirror-input head (train-lesion's default --inputs), 6000 steps (~65 min)
 clinfuse train-lesion --checkpoint "$INIT" --data "$RUNS/data3/all" \
     --val-data "$RUNS/data3_val/all" --out "$RUNS/lesion" --steps 6000 --val-every 500 \
@@ -44,9 +47,10 @@ clinfuse train-lesion --checkpoint "$INIT" --init-head "$RUNS/lesion/lesion_head
     --steps 10000 --val-every 1000 --lr 1e-3 --threads 2 --device cpu --overwrite \
     > "$RUNS/logs/lesion6.log" 2>&1 &
 wait
-SHIP_DENOISER=${SHIP_DENOISER:-$INIT}   # or "$RUNS/real3d-small/best.ckpt" once it validates better
+# session 7 shipped best.ckpt after benchmarks/denoiser_val.py showed it better than "$INIT"
+SHIP_DENOISER=${SHIP_DENOISER:-$RUNS/real3d-2mm/best.ckpt}
 clinfuse train-lesion --checkpoint "$SHIP_DENOISER" \
     --head-from "$RUNS/lesion6/lesion_head.ckpt" --out "$RUNS/shipped" --overwrite \
     --export "$RUNS/shipped/phantom3d-fp16.pt"
-python -m clinfuse.training.plot "$RUNS/real3d-small"
+python -m clinfuse.training.plot "$RUNS/real3d-2mm"
 echo "candidate: $RUNS/shipped/phantom3d-fp16.pt (compare on validation before replacing the shipped file)"
