@@ -38,17 +38,6 @@ MODES: dict[str, dict[str, Any]] = {
 SCORE_KEYS = [f"{roi}_{s}" for roi in ("brain", "bone") for s in ("ssim", "s_masked", "s_whole")]
 
 
-def scores(fused: np.ndarray, ref: Any) -> dict[str, float]:
-    from clinfuse.metrics.roi import roi_ssim, structural_roi_ssim
-
-    out = {}
-    for roi, img, m in (("brain", ref.mri, ref.brain), ("bone", ref.ct_bone, ref.bone)):
-        out[f"{roi}_ssim"] = float(roi_ssim(fused, img, m))
-        out[f"{roi}_s_masked"] = float(structural_roi_ssim(fused, img, m, "masked"))
-        out[f"{roi}_s_whole"] = float(structural_roi_ssim(fused, img, m, "whole"))
-    return out
-
-
 def summary(results: dict[str, Any], labels: list[str], modes: list[str]) -> str:
     lines = [
         "| checkpoint | mode | cases | " + " | ".join(SCORE_KEYS) + " |",
@@ -79,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from clinfuse.io.dataset import load_dataset
+    from clinfuse.metrics.roi import roi_scores
     from clinfuse.phantom.realhead import is_test_case
     from clinfuse.pipeline import fuse_prepared, load_model
     from clinfuse.preprocess.pipeline import preprocess_case
@@ -123,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
                     window="whole",
                 )
                 row = {"mode": mode, "case": case.case_id, "seconds": time.time() - t1}
-                row |= scores(np.asarray(res.fused, np.float32), exact)
+                fused = np.asarray(res.fused, np.float32)
+                row |= roi_scores(fused, exact.mri, exact.ct_bone, exact.brain, exact.bone)
                 results[key] = row
                 args.out.write_text(json.dumps(results, indent=1))
                 print(

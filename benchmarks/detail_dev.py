@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from clinfuse.io.case import Case
-from clinfuse.metrics.roi import roi_ssim, structural_roi_ssim
+from clinfuse.metrics.roi import roi_scores
 from clinfuse.preprocess import detail
 from clinfuse.preprocess.detail import restore_detail
 from clinfuse.preprocess.pipeline import preprocess_case
@@ -81,15 +81,6 @@ def _guide_settings(radius: float, eps: float) -> Iterator[None]:
         yield
     finally:
         detail.GUIDE_RADIUS_WORK_VOXELS, detail.GUIDE_EPS = old
-
-
-def scores(x: np.ndarray, ref) -> dict[str, float]:
-    out = {}
-    for roi, img, m in (("brain", ref.mri, ref.brain), ("bone", ref.ct_bone, ref.bone)):
-        out[f"{roi}_ssim"] = roi_ssim(x, img, m)
-        out[f"{roi}_s_masked"] = structural_roi_ssim(x, img, m, "masked")
-        out[f"{roi}_s_whole"] = structural_roi_ssim(x, img, m, "whole")
-    return out
 
 
 def main() -> None:
@@ -152,7 +143,8 @@ def main() -> None:
             )
             for v in outs:
                 row = {"source": name, "scenario": scen, "variant": v, "brain_dice": brain_dice}
-                row |= scores(outs[v], native_exact)
+                ne = native_exact
+                row |= roi_scores(outs[v], ne.mri, ne.ct_bone, ne.brain, ne.bone)
                 rows.append(row)
                 print(
                     f"{time.time() - t0:6.0f}s {name:9s} {scen:5s} {v:22s} dice {brain_dice:.3f}"

@@ -42,7 +42,7 @@ import numpy as np
 
 from clinfuse.baselines import BASELINES
 from clinfuse.io.case import Case
-from clinfuse.metrics.roi import roi_ssim, structural_roi_ssim
+from clinfuse.metrics.roi import roi_scores
 from clinfuse.preprocess.pipeline import preprocess_case
 from clinfuse.preprocess.prepared import PreparedCase
 from clinfuse.preprocess.resample import resample_to_grid
@@ -130,12 +130,7 @@ def variant_case(case: Case, *, masks: bool = True, misreg: float = 0.0) -> Case
 
 def score(fused: np.ndarray, ref: PreparedCase, *, prefix: str = "") -> dict[str, float]:
     """Brain vs the normalised MRI, bone vs the bone-window CT of `ref` (exact masks)."""
-    out: dict[str, float] = {}
-    for roi, img, m in (("brain", ref.mri, ref.brain), ("bone", ref.ct_bone, ref.bone)):
-        out[f"{prefix}{roi}_ssim"] = roi_ssim(fused, img, m)
-        out[f"{prefix}{roi}_s_masked"] = structural_roi_ssim(fused, img, m, "masked")
-        out[f"{prefix}{roi}_s_whole"] = structural_roi_ssim(fused, img, m, "whole")
-    return out
+    return roi_scores(fused, ref.mri, ref.ct_bone, ref.brain, ref.bone, prefix=prefix)
 
 
 def to_native_grid(fused: np.ndarray, prepared: PreparedCase, native: PreparedCase) -> np.ndarray:

@@ -7,7 +7,7 @@ import pytest
 from skimage.metrics import structural_similarity
 
 from clinfuse.errors import ClinfuseInputError
-from clinfuse.metrics.roi import roi_psnr, roi_ssim, structural_roi_ssim
+from clinfuse.metrics.roi import roi_psnr, roi_scores, roi_ssim, structural_roi_ssim
 
 
 @pytest.mark.parametrize("shape", [(32, 28), (16, 18, 14)])
@@ -90,3 +90,20 @@ def test_structural_roi_ssim_is_scale_free_and_matches_skimage():
         assert structural_roi_ssim(other, ref, mask, variant) == pytest.approx(expected, abs=1e-5)
     with pytest.raises(ValueError):
         structural_roi_ssim(other, ref, mask, "full")  # type: ignore[arg-type]
+
+
+def test_roi_scores_keys_and_values_match_the_single_scores():
+    rng = np.random.default_rng(0)
+    mri, ct = rng.random((2, 24, 24, 16)).astype(np.float32)
+    brain = np.zeros(mri.shape, bool)
+    brain[6:18, 6:18, 4:12] = True
+    bone = np.zeros(mri.shape, bool)
+    bone[2:4, :, :] = True
+    fused = np.where(bone, ct, mri).astype(np.float32)
+    out = roi_scores(fused, mri, ct, brain, bone, prefix="n_")
+    assert set(out) == {
+        f"n_{r}_{s}" for r in ("brain", "bone") for s in ("ssim", "s_masked", "s_whole")
+    }
+    assert out["n_brain_ssim"] == pytest.approx(roi_ssim(fused, mri, brain))
+    assert out["n_bone_s_masked"] == pytest.approx(structural_roi_ssim(fused, ct, bone, "masked"))
+    assert out["n_brain_s_masked"] == pytest.approx(1.0, abs=1e-5)  # the composite is the MRI there

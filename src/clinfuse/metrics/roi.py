@@ -114,3 +114,22 @@ def structural_roi_ssim(
             mask_inputs=variant == "masked",
         )
     return float(value)
+
+
+def roi_scores(
+    fused: np.ndarray,
+    mri: np.ndarray,
+    ct_bone: np.ndarray,
+    brain: np.ndarray,
+    bone: np.ndarray,
+    prefix: str = "",
+) -> dict[str, float]:
+    """The three ROI scores of the real-head benchmarks, per ROI: brain against the MRI, bone
+    against the bone-window CT; keys `{prefix}{roi}_{ssim|s_masked|s_whole}` (`roi_ssim`, and
+    `structural_roi_ssim` masked / whole)."""
+    out: dict[str, float] = {}
+    for roi, ref, m in (("brain", mri, brain), ("bone", ct_bone, bone)):
+        out[f"{prefix}{roi}_ssim"] = float(roi_ssim(fused, ref, m))
+        out[f"{prefix}{roi}_s_masked"] = structural_roi_ssim(fused, ref, m, "masked")
+        out[f"{prefix}{roi}_s_whole"] = structural_roi_ssim(fused, ref, m, "whole")
+    return out
