@@ -19,7 +19,8 @@ Scenarios (ours fuses on the 2 mm grid, stroke preset, DDIM-10, shipped checkpoi
 Scored at native spacing inside the exact masks (brain vs the MRI, bone vs the bone-window CT):
 the project's ROI-SSIM and the structure-only masked / whole-map variants
 (`metrics.roi.structural_roi_ssim`), for the fused image upsampled, with ROI detail only, and
-with ROI + outside detail.
+with ROI + outside detail. Each restoration's wall time and memory peak (tracemalloc) are
+printed and kept in the JSON.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import contextlib
 import dataclasses
 import json
 import time
+import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -125,11 +127,21 @@ def main() -> None:
                 fused = np.asarray(res.fused, np.float32)
                 np.save(cache, fused)
             up = resample_to_grid(fused, work.affine, native.shape, native.affine, default=-2.0)
-            outs = {
-                "upsampled": up,
-                "roi detail": restore_detail(up, native, work.shape, work.affine, outside=False),
-                "roi + outside detail": restore_detail(up, native, work.shape, work.affine),
-            }
+            # each restoration timed, with the peak of the memory it allocates (numpy reports
+            # its buffers to tracemalloc)
+            outs = {"upsampled": up}
+            cost: dict[str, tuple[float, float]] = {}
+            for v, outside in (("roi detail", False), ("roi + outside detail", True)):
+                tracemalloc.start()
+                t1 = time.perf_counter()
+                outs[v] = restore_detail(up, native, work.shape, work.affine, outside=outside)
+                cost[v] = (time.perf_counter() - t1, tracemalloc.get_traced_memory()[1] / 1e9)
+                tracemalloc.stop()
+            print(
+                f"{name} {scen}: native grid {native.shape}; restore_detail "
+                + ", ".join(f"{v} {s:.1f} s, peak {gb:.2f} GB" for v, (s, gb) in cost.items()),
+                flush=True,
+            )
             for item in filter(None, args.grid.split(",")):
                 r, eps = (float(v) for v in item.split(":"))
                 with _guide_settings(r, eps):
@@ -143,6 +155,8 @@ def main() -> None:
             )
             for v in outs:
                 row = {"source": name, "scenario": scen, "variant": v, "brain_dice": brain_dice}
+                if v in cost:
+                    row["restore_seconds"], row["restore_peak_gb"] = cost[v]
                 ne = native_exact
                 row |= roi_scores(outs[v], ne.mri, ne.ct_bone, ne.brain, ne.bone)
                 rows.append(row)
