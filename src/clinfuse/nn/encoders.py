@@ -5,12 +5,26 @@ Algorithm 1 line 2: c_M = E_MRI(M), c_C = E_CT(C); computed once per case, not p
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 from einops import rearrange
 from monai.networks.nets import ResNet
+from monai.networks.utils import replace_modules
 from torch import nn
+
+# "batch": the residual blocks as MONAI's ResNet builds them (BatchNorm; every shipped model up
+# to session 7); "group": every norm of the backbone is a GroupNorm (`ModelConfig.encoder_norm`).
+ENCODER_NORMS = ("batch", "group")
+
+
+def _group_norm(bn: nn.modules.batchnorm._BatchNorm, num_groups: int) -> nn.GroupNorm:
+    """A GroupNorm (affine) of `bn`'s width: `num_groups` groups, or fewer where that does not
+    divide the width. Same parameter names as the BatchNorm, so a checkpoint of the BatchNorm
+    encoder warm-starts this one (`training.loop.init_weights`)."""
+    width = bn.num_features
+    return nn.GroupNorm(math.gcd(num_groups, width), width, eps=bn.eps, affine=True)
 
 
 class TokenEncoder(nn.Module):
@@ -23,10 +37,14 @@ class TokenEncoder(nn.Module):
         token_dim: token width (256 in the proposal).
         grid: the last feature map is average-pooled to ``grid`` per axis, so the encoder emits
             ``grid ** spatial_dims`` tokens, each with a learned position embedding.
-        norm_groups: GroupNorm groups of the stem. Only the stem: MONAI's `ResNet` (1.6) passes
-            `norm` to its stem alone, so the residual blocks use BatchNorm (MONAI PR #9028), with
-            batches of 1-2 cases in training and running statistics at inference. Changing that
-            changes the architecture and needs a retrained model (docs/TRAINING.md).
+        norm_groups: GroupNorm groups of the stem (and of every block with ``block_norm``
+            "group").
+        block_norm: the residual blocks' norm. MONAI's `ResNet` (1.6) passes `norm` to its stem
+            alone, so its blocks use BatchNorm (MONAI PR #9028): "batch" keeps them (every
+            shipped model up to session 7: batches of 1-2 cases in training, running statistics
+            at inference); "group" replaces each by a GroupNorm after construction (MONAI
+            `replace_modules`), so an encoding no longer depends on the batch it was
+            trained in or on running statistics (docs/TRAINING.md).
 
     Input ``(B, in_channels, *S)`` (any S ≥ 1; the stem downsamples by 4, each later stage by 2);
     output ``(B, grid ** spatial_dims, token_dim)``.
@@ -40,8 +58,11 @@ class TokenEncoder(nn.Module):
         token_dim: int = 256,
         grid: int = 2,
         norm_groups: int = 8,
+        block_norm: str = "batch",
     ) -> None:
         super().__init__()
+        if block_norm not in ENCODER_NORMS:
+            raise ValueError(f"block_norm must be one of {ENCODER_NORMS}, got {block_norm!r}")
         if len(widths) != 4:
             raise ValueError(f"widths must have 4 stages (ResNet-18 layout), got {widths}")
         self.spatial_dims = spatial_dims
@@ -56,6 +77,14 @@ class TokenEncoder(nn.Module):
             feed_forward=False,
             norm=("group", {"num_groups": norm_groups}),
         )
+        if block_norm == "group":
+            batch_norms = [
+                (name, m)
+                for name, m in self.backbone.named_modules()
+                if isinstance(m, nn.modules.batchnorm._BatchNorm)
+            ]
+            for name, bn in batch_norms:
+                replace_modules(self.backbone, name, _group_norm(bn, norm_groups))
         pool = nn.AdaptiveAvgPool3d if spatial_dims == 3 else nn.AdaptiveAvgPool2d
         self.pool = pool(grid)
         n_tokens = grid**spatial_dims
@@ -96,10 +125,12 @@ class ConditionEncoder(nn.Module):
         token_dim: int = 256,
         grid: int = 2,
         norm_groups: int = 8,
+        block_norm: str = "batch",
     ) -> None:
         super().__init__()
-        self.mri = TokenEncoder(spatial_dims, 1, widths, token_dim, grid, norm_groups)
-        self.ct = TokenEncoder(spatial_dims, 2, widths, token_dim, grid, norm_groups)
+        args = (widths, token_dim, grid, norm_groups, block_norm)
+        self.mri = TokenEncoder(spatial_dims, 1, *args)
+        self.ct = TokenEncoder(spatial_dims, 2, *args)
         self.modality = nn.Parameter(torch.zeros(2, token_dim))
 
     @property
@@ -111,7 +142,7 @@ class ConditionEncoder(nn.Module):
         """``(B, 3, *S)`` → ``(B, N, token_dim)``."""
         if cond.shape[1] != 3:
             raise ValueError(f"cond must have 3 channels [mri, ct, ct_bone], got {cond.shape[1]}")
-        # Always float32, also inside a bf16 autocast region: the last stage's BatchNorm sees
+        # Always float32, also inside a bf16 autocast region: the last stage's norm sees
         # only a few values per channel (2³ voxels x 1-2 cases for a 48³ patch), and its
         # backward under bf16 returned inf/NaN or 1e12-1e17 gradient norms on most 3D training
         # steps (docs/TRAINING.md, session 7). The encoders run once per case, so this costs

@@ -18,7 +18,7 @@ from clinfuse.choices import Choice
 from clinfuse.errors import ClinfuseInputError
 from clinfuse.nn.cpu_conv import use_onednn_conv3d
 from clinfuse.nn.denoiser import Denoiser
-from clinfuse.nn.encoders import ConditionEncoder
+from clinfuse.nn.encoders import ENCODER_NORMS, ConditionEncoder
 from clinfuse.nn.lesion_head import LESION_INPUTS, LesionHead
 
 
@@ -66,6 +66,10 @@ class ModelConfig:
     norm_num_groups: int = 8
     token_dim: int = 256
     encoder_widths: tuple[int, ...] = (16, 32, 64, 128)
+    # The encoders' residual-block norm (`nn.encoders.ENCODER_NORMS`): "batch" is what MONAI's
+    # ResNet builds and what every checkpoint up to session 7 has; "group" makes every encoder
+    # norm a GroupNorm (no running statistics, no dependence on the training batch).
+    encoder_norm: str = "batch"
     token_grid: int = 2
     concat_conditioning: bool = True
     flash_attention: bool = True
@@ -111,6 +115,10 @@ class ModelConfig:
             )
         if self.lesion_norm not in ("instance", "batch"):
             problems.append(f"lesion_norm must be 'instance' or 'batch', got {self.lesion_norm!r}")
+        if self.encoder_norm not in ENCODER_NORMS:
+            problems.append(
+                f"encoder_norm must be one of {ENCODER_NORMS}, got {self.encoder_norm!r}"
+            )
         if self.schedule not in ("linear", "cosine"):
             problems.append(f"schedule must be 'linear' or 'cosine', got {self.schedule!r}")
         if len(self.attention_levels) != len(self.channels):
@@ -207,7 +215,12 @@ class FusionModel(nn.Module):
         self.config = config
         c = config
         self.encoder = ConditionEncoder(
-            c.spatial_dims, c.encoder_widths, c.token_dim, c.token_grid, c.norm_num_groups
+            c.spatial_dims,
+            c.encoder_widths,
+            c.token_dim,
+            c.token_grid,
+            c.norm_num_groups,
+            c.encoder_norm,
         )
         self.denoiser = Denoiser(
             c.spatial_dims,

@@ -398,10 +398,22 @@ def _check_resume_config(config: TrainConfig, saved: TrainConfig, path: Path) ->
 
 def init_weights(model: nn.Module, path: Path) -> None:
     """Fine-tuning start: the EMA weights of checkpoint `path` (float32). Every denoiser and
-    encoder weight must match; the lesion head is taken only when its shapes match."""
+    encoder weight must match; the lesion head is taken only when its shapes match.
+
+    A model whose encoders are all GroupNorm (`ModelConfig.encoder_norm` "group") may start from
+    a checkpoint with BatchNorm encoders: each BatchNorm's weight and bias become its
+    GroupNorm's, and its running statistics are dropped (a new normalisation that fine-tuning
+    then adapts to)."""
     state = read_checkpoint(path, map_location="cpu")
     weights = {k: v.float() for k, v in ema_weights(state).items()}
     own = model.state_dict()
+    if getattr(getattr(model, "config", None), "encoder_norm", "batch") == "group":
+        stats = (".running_mean", ".running_var", ".num_batches_tracked")
+        weights = {
+            k: v
+            for k, v in weights.items()
+            if k in own or not (k.startswith("encoder.") and k.endswith(stats))
+        }
     head = [k for k in own if k.startswith("lesion_head.")]
     head_fits = all(k in weights and weights[k].shape == own[k].shape for k in head)
     if not head_fits:
