@@ -1,11 +1,16 @@
 """Build the training data of the shipped 3D model (issue 13): real-anatomy pairs from every
 real volume except the two test cases, plus phantoms, all at 2 mm, in one folder.
 
-    python benchmarks/build_training_data.py OUT [--per-source N] [--phantoms N] [--seed S]
+    python benchmarks/build_training_data.py OUT [--per-source N] [--phantoms N]
+        [--lesion-phantoms N] [--seed S] [--keep-existing]
 
 OUT/real (real-anatomy pairs, `clinfuse.phantom.realhead.write_real_dataset`, seeds
-S + 1000 * source + k) and OUT/phantoms (`write_phantom_dataset`, seeds 20000+, all five
-contrasts) are written, then OUT/all/manifest.csv lists both (paths relative to OUT/all).
+S + 1000 * source + k), OUT/phantoms (`write_phantom_dataset`, seeds 20000 + S, all five
+contrasts, lesion kinds cycled) and, with `--lesion-phantoms`, OUT/lesion_phantoms (seeds
+30000 + S, all five contrasts, one ischaemic lesion of 0.5-80 mL each: more of the lesions the
+lesion head misses, issue 10) are written, then OUT/all/manifest.csv lists them all (paths
+relative to OUT/all). `--keep-existing` reuses a part whose manifest.csv is already there (a
+part copied or linked from an earlier build with the same options).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import argparse
 import csv
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from clinfuse.phantom import PhantomConfig, write_phantom_dataset
@@ -26,45 +32,58 @@ def main() -> None:
     ap.add_argument("out", type=Path)
     ap.add_argument("--per-source", type=int, default=8)
     ap.add_argument("--phantoms", type=int, default=20)
+    ap.add_argument("--lesion-phantoms", type=int, default=0)
+    ap.add_argument("--keep-existing", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--spacing", type=float, default=2.0)
     ap.add_argument("--root", type=Path, default=VOLUMES)
     args = ap.parse_args()
     t0 = time.time()
     out = args.out
-    write_real_dataset(
-        out / "real",
-        args.root,
-        args.per_source,
-        args.seed,
-        spacing=args.spacing,
-        overwrite=True,
-        progress=lambda cid: print(f"{time.time() - t0:7.1f}s real {cid}", flush=True),
-    )
+
+    def todo(part: str) -> bool:
+        return not (args.keep_existing and (out / part / "manifest.csv").is_file())
+
+    if todo("real"):
+        write_real_dataset(
+            out / "real",
+            args.root,
+            args.per_source,
+            args.seed,
+            spacing=args.spacing,
+            overwrite=True,
+            progress=lambda cid: print(f"{time.time() - t0:7.1f}s real {cid}", flush=True),
+        )
     s = args.spacing
     cfg = PhantomConfig(shape=(96, 96, 72), spacing=(s, s, s))
-    write_phantom_dataset(
-        out / "phantoms",
-        args.phantoms,
-        cfg,
-        20000 + args.seed,
-        overwrite=True,
-        contrast="all",
-        lesion="mixed",
-        progress=lambda i, cid: print(f"{time.time() - t0:7.1f}s phantom {cid}", flush=True),
-    )
-    # One manifest over both parts; each phantom is its own patient.
+    parts = [("real", None), ("phantoms", (cfg, 20000, args.phantoms, "mixed"))]
+    if args.lesion_phantoms > 0:
+        ranged = replace(cfg, lesion_ml=(0.5, 80.0))
+        parts.append(("lesion_phantoms", (ranged, 30000, args.lesion_phantoms, "ischaemic")))
+    for part, spec in parts:
+        if spec is None or not todo(part):
+            continue
+        base, seed0, n, lesion = spec
+        write_phantom_dataset(
+            out / part,
+            n,
+            base,
+            seed0 + args.seed,
+            overwrite=True,
+            contrast="all",
+            lesion=lesion,
+            progress=lambda i, cid: print(f"{time.time() - t0:7.1f}s phantom {cid}", flush=True),
+        )
+    # One manifest over every part; each phantom is its own patient.
     rows = []
-    for part in ("real", "phantoms"):
+    for part, _ in parts:
         with open(out / part / "manifest.csv", newline="") as f:
             for row in csv.DictReader(f):
                 rel = {
                     k: (f"../{part}/{v}" if v and k not in ("case_id", "patient_id") else v)
                     for k, v in row.items()
                 }
-                rel["case_id"] = (
-                    f"{part}_{row['case_id']}" if part == "phantoms" else row["case_id"]
-                )
+                rel["case_id"] = f"{part}_{row['case_id']}" if part != "real" else row["case_id"]
                 rel.setdefault("patient_id", "")
                 rel["patient_id"] = rel.get("patient_id") or rel["case_id"]
                 rows.append(rel)

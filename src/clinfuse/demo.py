@@ -31,6 +31,10 @@ DEMO_SPACING = (3.0, 3.0, 3.0)
 # Alternate MRI contrasts: T1-like (bright marrow, dark CSF) and T2-like (the reverse) each
 # defeat a different classical baseline, which is the point the demo has to show.
 DEMO_CONTRASTS = ("T1", "T2")
+# Issue 10's lesion sizes: without this range seeds 9000 and 9002 drew 0.27 and 0.05 mL lacunes
+# (1-10 voxels at 3 mm, below the lesion head's 0.5 mL minimum component), so every method's
+# lesion Dice was 0 on two of the three cases whatever it did (sessions 2-7).
+DEMO_LESION_ML = (0.5, 80.0)
 OUR_METHOD = "clinfuse"
 
 ProgressFn = Callable[[str], None]
@@ -88,8 +92,9 @@ def make_demo_cases(
 ) -> list[DemoCase]:
     """Generate and preprocess `n_cases` phantoms (seed `seed + i`, contrasts alternating).
 
-    Each has one ischaemic lesion and exact brain/bone/lesion masks; the masks given to the
-    methods are the exact ones (the composite is then the ROI-SSIM ceiling, see the report).
+    Each has one ischaemic lesion of 0.5-80 mL (`DEMO_LESION_ML`) and exact brain/bone/lesion
+    masks; the masks given to the methods are the exact ones (the composite is then the ROI-SSIM
+    ceiling, see the report).
     `work_spacing` (mm, `demo --spacing`): every method works and is scored on a grid of that
     voxel size (default: the phantoms' own `spacing`).
     """
@@ -107,6 +112,7 @@ def make_demo_cases(
             mri_contrast=contrast,  # type: ignore[arg-type]
             lesion="ischaemic",
             n_lesions=1,
+            lesion_ml=DEMO_LESION_ML,
         )
         phantom = generate_phantom(config, seed + i)
         case = phantom.case

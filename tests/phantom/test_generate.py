@@ -174,6 +174,8 @@ def test_2d_mode():
         {"lesion": "tumour"},
         {"spacing": (0.0, 1.0, 1.0)},
         {"misregistration": (-1.0, 0.0)},
+        {"lesion_ml": (5.0, 1.0)},
+        {"lesion_ml": (-1.0, 1.0)},
     ],
 )
 def test_bad_config_is_a_user_error(kwargs):
@@ -200,3 +202,26 @@ def test_2d_cases_asked_for_a_lesion_have_one(lesion):
     for seed in range(6):
         cfg = PhantomConfig(shape=(32, 32), spacing=(6.0, 6.0), lesion=lesion, supersample=1)
         assert generate_phantom(cfg, seed).case.lesion.any(), seed
+
+
+def test_lesion_volume_range_redraws_out_of_range_lesions():
+    # The demo's seeds 9000 and 9002 draw lacunes of 0.27 and 0.05 mL at 3 mm; with issue 10's
+    # 0.5-80 mL range both are redrawn, seed 9001 (27 mL) is kept as it was, bit for bit.
+    base = dict(shape=(64, 64, 48), spacing=(3.0,) * 3, lesion="ischaemic")
+    vols = {}
+    for seed in (9000, 9001, 9002):
+        free = generate_phantom(PhantomConfig(**base), seed)
+        ranged = generate_phantom(PhantomConfig(**base, lesion_ml=(0.5, 80.0)), seed)
+        vols[seed] = (free.truth["lesion_volume_ml"], ranged.truth["lesion_volume_ml"])
+        vox_ml = 27.0 / 1000.0
+        assert ranged.truth["lesion_volume_ml"] == pytest.approx(ranged.case.lesion.sum() * vox_ml)
+        assert 0.5 <= ranged.truth["lesion_volume_ml"] <= 80.0
+        if 0.5 <= vols[seed][0] <= 80.0:
+            np.testing.assert_array_equal(free.case.mri, ranged.case.mri)
+    assert vols[9000][0] < 0.5 and vols[9002][0] < 0.5
+
+
+def test_impossible_lesion_volume_range_is_a_user_error():
+    cfg = PhantomConfig(shape=(16, 16, 16), spacing=(2.0,) * 3, lesion_ml=(20.0, 80.0))
+    with pytest.raises(ClinfuseInputError, match="no lesion of 20.0-80.0 mL"):
+        generate_phantom(cfg, 0)

@@ -31,6 +31,12 @@ def synth(
         "ischaemic", "--lesion", help="ischaemic | haemorrhagic | none | mixed."
     ),
     n_lesions: int = typer.Option(1, "--n-lesions", help="Lesions per case (0-4)."),
+    lesion_ml: tuple[float, float] | None = typer.Option(
+        None,
+        "--lesion-ml",
+        help="LOW HIGH: redraw lesions until their total volume is LOW-HIGH mL (issue 10 "
+        "uses 0.5 80); default: keep every lesion that shows on the grid.",
+    ),
     fracture: bool = typer.Option(False, "--fracture", help="Add a linear skull fracture."),
     misregister: tuple[float, float] = typer.Option(
         (0.0, 0.0),
@@ -65,6 +71,7 @@ def synth(
         mri_contrast="T1" if contrast in ("mixed", "all") else contrast,  # type: ignore[arg-type]
         lesion="ischaemic" if lesion == "mixed" else lesion,  # type: ignore[arg-type]
         n_lesions=n_lesions,
+        lesion_ml=None if lesion_ml is None else (float(lesion_ml[0]), float(lesion_ml[1])),
         fracture=fracture,
         misregistration=misregister,
     )

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from clinfuse.errors import ClinfuseInputError
 from clinfuse.io.case import Case
 from clinfuse.phantom import tissues as T
 from clinfuse.phantom.anatomy import Anatomy, draw_anatomy, tissue_labels
@@ -19,6 +20,9 @@ from clinfuse.phantom.config import PhantomConfig
 # and CT noise with and without misregistration.
 # 3: ischaemic CT offset -15..-5 HU (was -8..-4); FLAIR and DWI contrasts.
 GENERATOR_VERSION = "3"
+# Redraws allowed for a lesion volume inside `PhantomConfig.lesion_ml` (each redraw is a new
+# anatomy from the same seeded stream; the demo phantoms need at most a few).
+MAX_LESION_REDRAWS = 40
 
 
 @dataclass
@@ -149,11 +153,19 @@ def generate_phantom(
     axes = _subvoxel_axes(shape, spacing, k)
     labels_hi = _labels_on_grid(anat, cfg, axes, z_slice)
     # Lesions that miss the tissue entirely (e.g. a 2D slice above a PCA wedge) are re-drawn,
-    # so a case asked to have a lesion has one; draws stay deterministic.
+    # so a case asked to have a lesion has one; with `lesion_ml` set, so is a lesion whose
+    # total volume falls outside that range. Draws stay deterministic.
+    vox_ml = float(np.prod(spacing)) / 1000.0
     tries = 0
-    while cfg.lesion != "none" and cfg.n_lesions > 0 and not _has_lesion(labels_hi, k):
+    while cfg.lesion != "none" and cfg.n_lesions > 0 and not _lesion_ok(labels_hi, k, cfg, vox_ml):
         tries += 1
-        if tries > 8:
+        if tries > (MAX_LESION_REDRAWS if cfg.lesion_ml else 8):
+            if cfg.lesion_ml:
+                raise ClinfuseInputError(
+                    f"invalid phantom config: no lesion of {cfg.lesion_ml[0]}-{cfg.lesion_ml[1]}"
+                    f" mL in {MAX_LESION_REDRAWS} draws on a {shape} grid of {spacing} mm "
+                    "(is the field of view too small for that range?)"
+                )
             break
         anat = draw_anatomy(rng, ext, cfg.lesion, cfg.n_lesions, cfg.fracture, margin, plane)
         z_slice = float(cfg.slice_height * anat.brain_axes[2])
@@ -177,7 +189,7 @@ def generate_phantom(
     # therefore disjoint by construction.
     bone = _block_mean(np.isin(labels_hi, T.BONE_LABELS), k) >= 0.5
     brain = (_block_mean(np.isin(labels_hi, T.INTRACRANIAL_LABELS), k) >= 0.5) & ~bone
-    lesion = (_block_mean(np.isin(labels_hi, T.LESION_LABELS), k) >= 0.5) & brain
+    lesion = _lesion_mask(labels_hi, k)
 
     mri = _block_mean(mri_lut[labels_hi], k)
     ct_hi = ct_lut[labels_hi]
@@ -224,8 +236,22 @@ def generate_phantom(
     return Phantom(case=case, truth=truth, labels=labels, ct_reference=ct_ref)
 
 
-def _has_lesion(labels_hi: np.ndarray, k: int) -> bool:
-    return bool((_block_mean(np.isin(labels_hi, T.LESION_LABELS), k) >= 0.5).any())
+def _lesion_ok(labels_hi: np.ndarray, k: int, cfg: PhantomConfig, vox_ml: float) -> bool:
+    """The drawn lesion(s) show on the output grid and, with `cfg.lesion_ml`, their total volume
+    (the exact lesion mask's, as `truth["lesion_volume_ml"]`) lies in that range."""
+    voxels = int(_lesion_mask(labels_hi, k).sum())
+    if cfg.lesion_ml is None:
+        return voxels > 0
+    lo, hi = cfg.lesion_ml
+    return lo <= voxels * vox_ml <= hi
+
+
+def _lesion_mask(labels_hi: np.ndarray, k: int) -> np.ndarray:
+    """The exact lesion mask on the output grid: at least half of a voxel's sub-voxels are
+    lesion, and the voxel is brain (intracranial, not bone) by the same rule."""
+    bone = _block_mean(np.isin(labels_hi, T.BONE_LABELS), k) >= 0.5
+    brain = (_block_mean(np.isin(labels_hi, T.INTRACRANIAL_LABELS), k) >= 0.5) & ~bone
+    return (_block_mean(np.isin(labels_hi, T.LESION_LABELS), k) >= 0.5) & brain
 
 
 def _truth(
