@@ -14,7 +14,8 @@
 #     the validation set, then moved into (b)'s best checkpoint and exported as float16.
 #     Two runs: session 4's (6000 steps on RUNS/data3, float32 then; `--amp auto` now trains
 #     in bf16 where the CPU has it, so a rerun is comparable, not identical), then session 6's
-#     continuation from that head (--init-head) on the 3x larger RUNS/data4, 10000 steps.
+#     continuation from that head (--init-head) on the 3x larger RUNS/data4, 10000 steps, then
+#     session 7's continuation of that at half the learning rate (the shipped head).
 # Each run writes RUN/{config.yaml,split.json,metrics.csv,tb/,last.ckpt,best.ckpt}.
 set -euo pipefail
 RUNS=${1:-/work/runs}
@@ -45,12 +46,17 @@ clinfuse train-lesion --checkpoint "$INIT" --data "$RUNS/data3/all" \
 clinfuse train-lesion --checkpoint "$INIT" --init-head "$RUNS/lesion/lesion_head.ckpt" \
     --data "$RUNS/data4/all" --val-data "$RUNS/data3_val/all" --out "$RUNS/lesion6" \
     --steps 10000 --val-every 1000 --lr 1e-3 --threads 2 --device cpu --overwrite \
-    > "$RUNS/logs/lesion6.log" 2>&1 &
+    > "$RUNS/logs/lesion6.log" 2>&1 &&
+# session 7: continued from the session-6 head at half the learning rate (~84 min, one thread)
+clinfuse train-lesion --checkpoint "$INIT" --init-head "$RUNS/lesion6/lesion_head.ckpt" \
+    --data "$RUNS/data4/all" --val-data "$RUNS/data3_val/all" --out "$RUNS/lesion7" \
+    --steps 10000 --val-every 1000 --lr 5e-4 --threads 1 --device cpu --overwrite \
+    > "$RUNS/logs/lesion7.log" 2>&1 &
 wait
 # session 7 shipped best.ckpt after benchmarks/denoiser_val.py showed it better than "$INIT"
 SHIP_DENOISER=${SHIP_DENOISER:-$RUNS/real3d-2mm/best.ckpt}
 clinfuse train-lesion --checkpoint "$SHIP_DENOISER" \
-    --head-from "$RUNS/lesion6/lesion_head.ckpt" --out "$RUNS/shipped" --overwrite \
+    --head-from "$RUNS/lesion7/lesion_head.ckpt" --out "$RUNS/shipped" --overwrite \
     --export "$RUNS/shipped/phantom3d-fp16.pt"
 python -m clinfuse.training.plot "$RUNS/real3d-2mm"
 echo "candidate: $RUNS/shipped/phantom3d-fp16.pt (compare on validation before replacing the shipped file)"
