@@ -42,7 +42,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 IN_RANGE_ML = (0.5, 80.0)  # issue 10's lesion sizes
 
 
-def held_out_phantoms(n: int, spacing: float = 2.0, first_seed: int = 7000) -> list[Any]:
+def held_out_phantoms(
+    n: int,
+    spacing: float = 2.0,
+    first_seed: int = 7000,
+    lesion_ml: tuple[float, float] | None = None,
+) -> list[Any]:
+    """`n` phantoms, contrasts cycled, ischaemic/haemorrhagic alternating; `lesion_ml`: lesions
+    redrawn into that volume range (`PhantomConfig.lesion_ml`), else kept as drawn."""
     from clinfuse.phantom import MRI_CONTRASTS, PhantomConfig, generate_phantom
     from clinfuse.preprocess.pipeline import preprocess_case
 
@@ -53,6 +60,7 @@ def held_out_phantoms(n: int, spacing: float = 2.0, first_seed: int = 7000) -> l
             spacing=(spacing,) * 3,
             mri_contrast=MRI_CONTRASTS[i % len(MRI_CONTRASTS)],  # type: ignore[arg-type]
             lesion="ischaemic" if i % 2 == 0 else "haemorrhagic",
+            lesion_ml=lesion_ml,
         )
         ph = generate_phantom(cfg, first_seed + i)
         ph.case.case_id = f"phantom_{first_seed + i}_{cfg.mri_contrast}_{cfg.lesion}"
@@ -139,6 +147,14 @@ def main() -> None:
         default=7000,
         help="seeds of the held-out phantoms: first, first + 1, ... (never a training seed)",
     )
+    ap.add_argument(
+        "--lesion-ml",
+        type=float,
+        nargs=2,
+        default=None,
+        metavar=("LOW", "HIGH"),
+        help="redraw the phantoms' lesions into LOW-HIGH mL (issue 10: 0.5 80); default: as drawn",
+    )
     ap.add_argument("--fuse-cases", type=int, default=3)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--no-real", action="store_true")
@@ -160,7 +176,8 @@ def main() -> None:
     loaded = load_model(args.checkpoint, 3)
     model = loaded.model.eval()
     min_ml = float(model.lesion_head.min_lesion_ml)
-    cases = held_out_phantoms(args.phantoms, first_seed=args.first_seed)
+    lesion_ml = None if args.lesion_ml is None else (args.lesion_ml[0], args.lesion_ml[1])
+    cases = held_out_phantoms(args.phantoms, first_seed=args.first_seed, lesion_ml=lesion_ml)
     if not args.no_real:
         cases.append(real_stroke())
     args.out.mkdir(parents=True, exist_ok=True)

@@ -47,3 +47,11 @@ def test_table_has_a_row_for_lesions_in_the_issues_size_range(tmp_path):
     ]
     assert " | 3 | 0.467 ± " in body[0] and " | 2 | 0.700 ± " in body[1]
     assert "1 of 3" in body[0] and "0 of 2" in body[1]
+
+
+def test_held_out_phantoms_can_be_drawn_in_the_issues_size_range():
+    # Seed 7100 draws a 0.43 mL lacune (session 7's table); with --lesion-ml 0.5 80 it is redrawn.
+    (free,) = le.held_out_phantoms(1, first_seed=7100)
+    (ranged,) = le.held_out_phantoms(1, first_seed=7100, lesion_ml=(0.5, 80.0))
+    vol = [float(c[1].lesion.sum()) * 8 / 1000 for c in (free, ranged)]
+    assert vol[0] < 0.5 <= vol[1] <= 80.0
