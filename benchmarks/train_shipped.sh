@@ -15,7 +15,8 @@
 #     Two runs: session 4's (6000 steps on RUNS/data3, float32 then; `--amp auto` now trains
 #     in bf16 where the CPU has it, so a rerun is comparable, not identical), then session 6's
 #     continuation from that head (--init-head) on the 3x larger RUNS/data4, 10000 steps, then
-#     session 7's continuation of that at half the learning rate (the shipped head).
+#     session 7's continuation of that at half the learning rate, then session 8's continuation
+#     on RUNS/data5 (data4 plus 96 phantoms with 0.5-80 mL ischaemic lesions; the shipped head).
 # Each run writes RUN/{config.yaml,split.json,metrics.csv,tb/,last.ckpt,best.ckpt}.
 set -euo pipefail
 RUNS=${1:-/work/runs}
@@ -28,6 +29,8 @@ mkdir -p "$RUNS/logs"
     "$RUNS/data3_val" --per-source 2 --phantoms 6 --seed 500
 [ -f "$RUNS/data4/all/manifest.csv" ] || python "$REPO/benchmarks/build_training_data.py" \
     "$RUNS/data4" --per-source 24 --phantoms 60
+[ -f "$RUNS/data5/all/manifest.csv" ] || python "$REPO/benchmarks/build_training_data.py" \
+    "$RUNS/data5" --per-source 24 --phantoms 60 --lesion-phantoms 96
 INIT="$RUNS/phantom3d-session2.pt"
 [ -f "$INIT" ] || git -C "$REPO" show 845e954:src/clinfuse/checkpoints/phantom3d.pt > "$INIT"
 
@@ -51,12 +54,18 @@ clinfuse train-lesion --checkpoint "$INIT" --init-head "$RUNS/lesion/lesion_head
 clinfuse train-lesion --checkpoint "$INIT" --init-head "$RUNS/lesion6/lesion_head.ckpt" \
     --data "$RUNS/data4/all" --val-data "$RUNS/data3_val/all" --out "$RUNS/lesion7" \
     --steps 10000 --val-every 1000 --lr 5e-4 --threads 1 --device cpu --overwrite \
-    > "$RUNS/logs/lesion7.log" 2>&1 &
+    > "$RUNS/logs/lesion7.log" 2>&1 &&
+# session 8: continued from the session-7 head on data5 = data4 + 96 phantoms with one ischaemic
+# lesion of 0.5-80 mL each (~76 min, one thread; the shipped head)
+clinfuse train-lesion --checkpoint "$INIT" --init-head "$RUNS/lesion7/lesion_head.ckpt" \
+    --data "$RUNS/data5/all" --val-data "$RUNS/data3_val/all" --out "$RUNS/lesion8" \
+    --steps 10000 --val-every 1000 --lr 3e-4 --seed 1 --threads 1 --device cpu --overwrite \
+    > "$RUNS/logs/lesion8.log" 2>&1 &
 wait
 # session 7 shipped best.ckpt after benchmarks/denoiser_val.py showed it better than "$INIT"
 SHIP_DENOISER=${SHIP_DENOISER:-$RUNS/real3d-2mm/best.ckpt}
 clinfuse train-lesion --checkpoint "$SHIP_DENOISER" \
-    --head-from "$RUNS/lesion7/lesion_head.ckpt" --out "$RUNS/shipped" --overwrite \
+    --head-from "$RUNS/lesion8/lesion_head.ckpt" --out "$RUNS/shipped" --overwrite \
     --export "$RUNS/shipped/phantom3d-fp16.pt"
 python -m clinfuse.training.plot "$RUNS/real3d-2mm"
 echo "candidate: $RUNS/shipped/phantom3d-fp16.pt (compare on validation before replacing the shipped file)"
