@@ -187,9 +187,7 @@ def generate_phantom(
     # value is halfway between CSF and bone (>= ~600 HU), so the CT shows it as bone, and the
     # skull is the thin structure (3-4 voxels) that loses most from a missing voxel. Masks are
     # therefore disjoint by construction.
-    bone = _block_mean(np.isin(labels_hi, T.BONE_LABELS), k) >= 0.5
-    brain = (_block_mean(np.isin(labels_hi, T.INTRACRANIAL_LABELS), k) >= 0.5) & ~bone
-    lesion = _lesion_mask(labels_hi, k)
+    bone, brain, lesion = _exact_masks(labels_hi, k)
 
     mri = _block_mean(mri_lut[labels_hi], k)
     ct_hi = ct_lut[labels_hi]
@@ -239,19 +237,21 @@ def generate_phantom(
 def _lesion_ok(labels_hi: np.ndarray, k: int, cfg: PhantomConfig, vox_ml: float) -> bool:
     """The drawn lesion(s) show on the output grid and, with `cfg.lesion_ml`, their total volume
     (the exact lesion mask's, as `truth["lesion_volume_ml"]`) lies in that range."""
-    voxels = int(_lesion_mask(labels_hi, k).sum())
+    voxels = int(_exact_masks(labels_hi, k)[2].sum())
     if cfg.lesion_ml is None:
         return voxels > 0
     lo, hi = cfg.lesion_ml
     return lo <= voxels * vox_ml <= hi
 
 
-def _lesion_mask(labels_hi: np.ndarray, k: int) -> np.ndarray:
-    """The exact lesion mask on the output grid: at least half of a voxel's sub-voxels are
-    lesion, and the voxel is brain (intracranial, not bone) by the same rule."""
+def _exact_masks(labels_hi: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Bone, brain and lesion masks on the output grid: a voxel belongs to a structure when at
+    least half of its `k`^d sub-voxels do; bone wins ties with brain (see `generate_phantom`),
+    and lesion voxels are brain voxels."""
     bone = _block_mean(np.isin(labels_hi, T.BONE_LABELS), k) >= 0.5
     brain = (_block_mean(np.isin(labels_hi, T.INTRACRANIAL_LABELS), k) >= 0.5) & ~bone
-    return (_block_mean(np.isin(labels_hi, T.LESION_LABELS), k) >= 0.5) & brain
+    lesion = (_block_mean(np.isin(labels_hi, T.LESION_LABELS), k) >= 0.5) & brain
+    return bone, brain, lesion
 
 
 def _truth(
