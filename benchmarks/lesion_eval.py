@@ -176,7 +176,7 @@ def main() -> None:
     loaded = load_model(args.checkpoint, 3)
     model = loaded.model.eval()
     min_ml = float(model.lesion_head.min_lesion_ml)
-    lesion_ml = None if args.lesion_ml is None else (args.lesion_ml[0], args.lesion_ml[1])
+    lesion_ml = tuple(args.lesion_ml) if args.lesion_ml else None
     cases = held_out_phantoms(args.phantoms, first_seed=args.first_seed, lesion_ml=lesion_ml)
     if not args.no_real:
         cases.append(real_stroke())

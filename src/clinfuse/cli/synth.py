@@ -71,7 +71,7 @@ def synth(
         mri_contrast="T1" if contrast in ("mixed", "all") else contrast,  # type: ignore[arg-type]
         lesion="ischaemic" if lesion == "mixed" else lesion,  # type: ignore[arg-type]
         n_lesions=n_lesions,
-        lesion_ml=None if lesion_ml is None else (float(lesion_ml[0]), float(lesion_ml[1])),
+        lesion_ml=lesion_ml,
         fracture=fracture,
         misregistration=misregister,
     )
