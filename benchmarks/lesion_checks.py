@@ -9,8 +9,11 @@
 deviation, and the lesion volume. `--held-out N` uses the held-out phantoms of
 benchmarks/lesion_eval.py instead of a dataset.
 `minsize`: on VALIDATION cases only, the head's Dice (threshold 0.5, composite as the fused
-channel) and HD95 for several minimum component sizes and for keeping only components at least
-a fraction of the largest one. Never run it on the test heads (the loader refuses them).
+channel) and HD95 for several minimum component sizes, for keeping only components at least
+a fraction of the largest one, and for the confidence filter `training.lesion` fits (secondary
+components kept from a mean probability: `nn.lesion_mask.clean_mask`). Voxels of unknown label
+(the manifest's `ignore` column) are left out of both masks, as in training's validation. Never
+run it on the test heads (the loader refuses them).
 """
 
 from __future__ import annotations
@@ -63,9 +66,9 @@ def minsize(args: argparse.Namespace) -> None:
     import torch
 
     from clinfuse.metrics.segmentation import dice, hd95
-    from clinfuse.nn.lesion_head import clean_mask
+    from clinfuse.nn.lesion_mask import clean_mask
     from clinfuse.pipeline import load_model
-    from clinfuse.training.lesion import load_items, predict_logits
+    from clinfuse.training.lesion import MIN_COMPONENT_PROB_CHOICES, load_items, predict_logits
 
     head = load_model(args.checkpoint, 3, "cpu").model.lesion_head.eval()
     window = (int(head.window),) * 3
@@ -81,10 +84,11 @@ def minsize(args: argparse.Namespace) -> None:
         for p, it in zip(probs, items, strict=True):
             if not it.label.any():
                 continue
-            m = rule(p, it)
-            ds.append(dice(m, it.label > 0.5))
+            m = rule(p, it) & it.known
+            gt = (it.label > 0.5) & it.known
+            ds.append(dice(m, gt))
             if m.any():
-                hs.append(hd95(m, it.label > 0.5, it.spacing))
+                hs.append(hd95(m, gt, it.spacing))
         return f"{np.mean(ds):.3f} | {np.mean(hs) if hs else float('nan'):.1f} ({len(hs)})"
 
     print("| rule | validation Dice | HD95 mm (cases with a prediction) |")
@@ -108,6 +112,12 @@ def minsize(args: argparse.Namespace) -> None:
         print(
             f"| 0.5 mL, then >= {frac:g} x the largest | "
             + score(lambda p, it, f=frac: relative(p, it, f))
+            + " |"
+        )
+    for q in MIN_COMPONENT_PROB_CHOICES[1:]:
+        print(
+            f"| 0.5 mL, then secondary components of mean p >= {q:g} | "
+            + score(lambda p, it, q=q: clean_mask(p, it.spacing, 0.5, 0.5, q))
             + " |"
         )
 

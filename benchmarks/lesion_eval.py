@@ -90,11 +90,10 @@ def head_prob(model: Any, fused: np.ndarray, prep: Any) -> np.ndarray:
     return prob * prep.brain
 
 
-def seg_scores(prob: np.ndarray, gt: np.ndarray, spacing: tuple[float, ...], min_ml: float) -> dict:
+def seg_scores(prob: np.ndarray, gt: np.ndarray, spacing: tuple[float, ...], rule: Any) -> dict:
     from clinfuse.metrics.segmentation import dice, hd95, nsd
-    from clinfuse.nn.lesion_head import clean_mask
 
-    pred = clean_mask(prob, spacing, 0.5, min_ml)
+    pred = rule.apply(prob, spacing, 0.5)
     empty = not pred.any()
     return {
         "dice": float(dice(pred, gt)),
@@ -175,7 +174,7 @@ def main() -> None:
     t0 = time.time()
     loaded = load_model(args.checkpoint, 3)
     model = loaded.model.eval()
-    min_ml = float(model.lesion_head.min_lesion_ml)
+    rule = model.lesion_head.mask_rule
     lesion_ml = tuple(args.lesion_ml) if args.lesion_ml else None
     cases = held_out_phantoms(args.phantoms, first_seed=args.first_seed, lesion_ml=lesion_ml)
     if not args.no_real:
@@ -189,7 +188,7 @@ def main() -> None:
             fused = training_target(prep, 1.0) if name == "composite" else BASELINES[name](prep)
             prob = head_prob(model, np.asarray(fused), prep)
             r = {"case": prep.case_id, "kind": kind, "fused": name, "grid_mm": 2.0}
-            r.update(seg_scores(prob, gt, prep.spacing, min_ml))
+            r.update(seg_scores(prob, gt, prep.spacing, rule))
             rows.append(r)
             s = store.setdefault(f"{kind}/{name}", {"p": [], "g": [], "b": [], "s": []})
             s["p"].append(prob)
@@ -201,7 +200,7 @@ def main() -> None:
 
                 up = resample_to_grid(prob, prep.affine, native.shape, native.affine)
                 r2 = {"case": prep.case_id, "kind": kind, "fused": name, "grid_mm": 1.0}
-                r2.update(seg_scores(up * native.brain, native.lesion, native.spacing, min_ml))
+                r2.update(seg_scores(up * native.brain, native.lesion, native.spacing, rule))
                 rows.append(r2)
             print(
                 f"{time.time() - t0:6.0f}s {prep.case_id} {name}: Dice {r['dice']:.3f}", flush=True
@@ -211,7 +210,6 @@ def main() -> None:
     # (b) the lesion term on / off / oracle, with diffusion
     from clinfuse.metrics.roi import roi_ssim
     from clinfuse.metrics.segmentation import dice
-    from clinfuse.nn.lesion_head import clean_mask
     from clinfuse.pipeline.fuse import fuse_prepared
 
     grows: list[dict[str, Any]] = []
@@ -231,7 +229,7 @@ def main() -> None:
             res = fuse_prepared(prep, model, steps=args.steps, seed=0, **kw)
             fused = np.asarray(res.fused)
             prob = head_prob(model, fused, prep)
-            pred = clean_mask(prob, prep.spacing, 0.5, min_ml)
+            pred = rule.apply(prob, prep.spacing, 0.5)
             grows.append(
                 {
                     "case": prep.case_id,
@@ -247,10 +245,10 @@ def main() -> None:
             )
             print(f"{time.time() - t0:6.0f}s {prep.case_id} {label}: {grows[-1]}", flush=True)
 
-    write_outputs(args, rows, calib, grows, loaded, min_ml, time.time() - t0)
+    write_outputs(args, rows, calib, grows, loaded, rule, time.time() - t0)
 
 
-def write_outputs(args, rows, calib, grows, loaded, min_ml, seconds) -> None:
+def write_outputs(args, rows, calib, grows, loaded, rule, seconds) -> None:
     out: Path = args.out
     for name, data in (("lesion_seg_per_case.csv", rows), ("lesion_guidance_per_case.csv", grows)):
         if data:
@@ -265,7 +263,9 @@ def write_outputs(args, rows, calib, grows, loaded, min_ml, seconds) -> None:
         "",
         f"Command: `{cmd}` (code {head.stdout.strip()}, {seconds / 60:.0f} min).",
         f"Checkpoint: `{loaded.path}` (sha256 {loaded.sha256[:12]}); minimum lesion kept "
-        f"{min_ml} mL; temperature {float(loaded.model.lesion_head.temperature):.3f}.",
+        f"{rule.min_ml} mL; secondary components kept from mean probability "
+        f"{rule.min_component_prob:.2f}; "
+        f"temperature {float(loaded.model.lesion_head.temperature):.3f}.",
         "",
         "## (a) Segmentation on the 2 mm working grid (the real case also at its native 1 mm)",
         "",

@@ -317,24 +317,29 @@ def test_every_output_is_on_the_input_mri_grid(checkpoint, tmp_path, orientation
     np.testing.assert_array_equal(np.asarray(nib.load(out / "bone.nii.gz").dataobj) > 0, bone)
 
 
-def test_predicted_lesion_mask_uses_the_heads_min_lesion_ml(checkpoint, case_files):
-    """fuse's predicted lesion mask and `--lesion-head`'s scorer carry the head's minimum lesion
-    size, so fuse, guidance and evaluation clean the probability the same way."""
-    from clinfuse.evaluation.methods import min_lesion_ml_of
+def test_predicted_lesion_mask_uses_the_heads_mask_rule(checkpoint, case_files):
+    """fuse's predicted lesion mask and `--lesion-head`'s scorer carry the head's mask rule
+    (minimum size, minimum component probability), so fuse, guidance and evaluation clean the
+    probability the same way."""
+    from clinfuse.evaluation.methods import mask_rule_of
+    from clinfuse.nn.lesion_mask import LesionMaskRule
     from clinfuse.pipeline import lesion_head_predictor
 
     prep = _prepared(case_files)
     lm = load_model(checkpoint, 3)
     lm.model.lesion_head.min_lesion_ml.fill_(0.05)  # 5 voxels at 2 x 2 x 2.5 mm
+    lm.model.lesion_head.min_component_prob.fill_(0.8)
     res = fuse_prepared(prep, lm.model, steps=1, patch_size=lm.patch_size, overrides=FAST)
-    assert res.min_lesion_ml == pytest.approx(0.05) and min_lesion_ml_of(res) == res.min_lesion_ml
+    assert res.mask_rule == LesionMaskRule(pytest.approx(0.05), pytest.approx(0.8))
+    assert mask_rule_of(res) is res.mask_rule
     speck = np.zeros(SHAPE, np.float32)
     speck[10, 8, 7] = 0.9  # one voxel: below 0.05 mL
     speck[2:6, 2:6, 2:6] = 0.9  # 64 voxels: kept
+    speck[2:6, 10:13, 2:6] = 0.6  # 48 voxels of a doubtful secondary component: removed
     res.lesion_prob = speck
     mask = res.lesion_mask()
     assert mask.dtype == bool and int(mask.sum()) == 64 and not mask[10, 8, 7]
     predict = lesion_head_predictor(checkpoint)
-    assert min_lesion_ml_of(predict) == 0.0  # nothing loaded yet
+    assert mask_rule_of(predict) == LesionMaskRule()  # nothing loaded yet
     assert predict(prep.mri, prep).shape == SHAPE
-    assert min_lesion_ml_of(predict) == 0.0  # the tiny checkpoint's head keeps every component
+    assert mask_rule_of(predict) == LesionMaskRule()  # the tiny head keeps every component

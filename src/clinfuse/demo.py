@@ -182,23 +182,23 @@ class _Recorder:
         self.lesion_source: dict[str, str | None] = {}
 
     def __call__(self, prepared: Any) -> Any:
-        from clinfuse.diffusion.guidance import head_min_lesion_ml
+        from clinfuse.diffusion.guidance import head_mask_rule
         from clinfuse.evaluation.case import lesion_mask
-        from clinfuse.evaluation.methods import MethodOutput, min_lesion_ml_of, unpack_output
+        from clinfuse.evaluation.methods import MethodOutput, mask_rule_of, unpack_output
         from clinfuse.pipeline import lesion_probability
 
         raw = self.fn(prepared)
         fused, lesion = unpack_output(raw)
         fused = np.asarray(fused, dtype=np.float32)
         kept: dict[str, np.ndarray] = {"fused": fused}
-        min_ml = min_lesion_ml_of(raw)  # the head's: the scored mask is cleaned with it
+        rule = mask_rule_of(raw)  # the head's: the scored mask is cleaned with it
         if lesion is None and self.model is not None:
             lesion = lesion_probability(self.model, fused, prepared)
-            min_ml = head_min_lesion_ml(self.model)
+            rule = head_mask_rule(self.model)
         if lesion is not None:
             kept["lesion_prob"] = np.asarray(lesion, dtype=np.float32)
-            # the mask the harness scores (threshold + the head's minimum lesion size)
-            kept["lesion_mask"] = lesion_mask(np.asarray(lesion), prepared.spacing, min_ml)
+            # the mask the harness scores (threshold + the head's mask rule)
+            kept["lesion_mask"] = lesion_mask(np.asarray(lesion), prepared.spacing, rule)
         for key in ("uncertainty", "fused_std", "std"):
             # A bare ndarray result has a `.std` *method*: only take array-valued attributes.
             value = None if isinstance(raw, np.ndarray) else getattr(raw, key, None)
@@ -208,7 +208,7 @@ class _Recorder:
         self.outputs[prepared.case_id] = kept
         # What guided our lesion term ("predicted" in the demo); None for the baselines.
         self.lesion_source[prepared.case_id] = getattr(raw, "lesion_source", None)
-        return MethodOutput(fused, kept.get("lesion_prob"), min_lesion_ml=min_ml)
+        return MethodOutput(fused, kept.get("lesion_prob"), mask_rule=rule)
 
 
 def _write_inputs(case: DemoCase, folder: Path) -> None:

@@ -6,6 +6,8 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from clinfuse.nn.lesion_mask import LesionMaskRule
+
 _PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "lesion_eval.py"
 _spec = importlib.util.spec_from_file_location("bench_lesion_eval", _PATH)
 le = importlib.util.module_from_spec(_spec)
@@ -22,9 +24,10 @@ def _row(case: str, kind: str, dice: float, gt_ml: float, fused: str = "composit
 def test_seg_scores_measure_volume_and_flag_an_empty_prediction():
     gt = np.zeros((20, 20, 20), bool)
     gt[5:10, 5:10, 5:10] = True  # 125 voxels of 8 mm^3 = 1 mL
-    s = le.seg_scores(gt.astype(np.float32), gt, (2.0, 2.0, 2.0), 0.0)
+    keep_all = LesionMaskRule()
+    s = le.seg_scores(gt.astype(np.float32), gt, (2.0, 2.0, 2.0), keep_all)
     assert s["dice"] == 1.0 and s["gt_ml"] == s["pred_ml"] == 1.0 and not s["no_prediction"]
-    e = le.seg_scores(np.zeros(gt.shape, np.float32), gt, (2.0, 2.0, 2.0), 0.0)
+    e = le.seg_scores(np.zeros(gt.shape, np.float32), gt, (2.0, 2.0, 2.0), keep_all)
     assert e["no_prediction"] and e["dice"] == 0.0 and np.isnan(e["hd95"])
 
 
@@ -37,8 +40,11 @@ def test_table_has_a_row_for_lesions_in_the_issues_size_range(tmp_path):
     ]
     head = SimpleNamespace(temperature=1.5)
     loaded = SimpleNamespace(path="ck.pt", sha256="0" * 64, model=SimpleNamespace(lesion_head=head))
-    le.write_outputs(SimpleNamespace(out=tmp_path), rows, {}, [], loaded, 0.5, 60.0)
-    table = (tmp_path / "lesion_eval.md").read_text().splitlines()
+    rule = LesionMaskRule(0.5, 0.85)
+    le.write_outputs(SimpleNamespace(out=tmp_path), rows, {}, [], loaded, rule, 60.0)
+    text = (tmp_path / "lesion_eval.md").read_text()
+    assert "kept 0.5 mL; secondary components kept from mean probability 0.85" in text
+    table = text.splitlines()
     body = [ln for ln in table if ln.startswith("| held-out") or ln.startswith("| real")]
     assert [ln.split(" | ")[0] for ln in body] == [
         "| held-out phantoms",

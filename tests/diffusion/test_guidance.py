@@ -242,7 +242,7 @@ def test_uncertainty_blend():
 
 
 class _ToyHead(LesionHead):
-    """A `LesionHead` (so it carries `min_lesion_ml`) whose logits are AverageModel's 6·(x - 1)."""
+    """A `LesionHead` (so it carries a mask rule) whose logits are AverageModel's 6·(x - 1)."""
 
     def __init__(self, min_ml: float) -> None:
         super().__init__(3, (8, 8))
@@ -265,14 +265,15 @@ class HeadModel(nn.Module):
         self.lesion_head = _ToyHead(min_ml)
 
 
-def test_predicted_mask_is_cleaned_with_the_heads_min_lesion_ml():
-    from clinfuse.diffusion.guidance import head_min_lesion_ml, predicted_mask
+def test_predicted_mask_is_cleaned_with_the_heads_mask_rule():
+    from clinfuse.diffusion.guidance import head_mask_rule, predicted_mask
     from clinfuse.diffusion.sliding import SlidingWindowModel
+    from clinfuse.nn.lesion_mask import LesionMaskRule
 
     model = HeadModel(2.0)
-    assert head_min_lesion_ml(model) == 2.0
-    assert head_min_lesion_ml(SlidingWindowModel(model, (S, S, S))) == 2.0  # through wrappers
-    assert head_min_lesion_ml(AverageModel()) == 0.0  # no LesionHead: nothing removed
+    assert head_mask_rule(model) == LesionMaskRule(2.0)
+    assert head_mask_rule(SlidingWindowModel(model, (S, S, S))).min_ml == 2.0  # through wrappers
+    assert head_mask_rule(AverageModel()) == LesionMaskRule()  # no LesionHead: nothing removed
     prob = torch.zeros(2, 1, S, S, S)
     prob[:, :, 1:4, 1:4, 1:4] = 0.9  # 27 voxels: 2.7 mL at the spacing below
     prob[:, :, 6, 6, 6] = 0.9  # a 1-voxel speck, 0.1 mL

@@ -5,6 +5,7 @@ import pytest
 
 from clinfuse.errors import ClinfuseInputError
 from clinfuse.evaluation.case import FUSION_COLUMNS, evaluate_case
+from clinfuse.nn.lesion_mask import LesionMaskRule
 
 
 def test_brain_vs_mri_and_bone_vs_bone_window(case_factory):
@@ -80,18 +81,18 @@ def test_2d_adds_the_standard_metrics(case_factory):
         assert row[k] == pytest.approx(want[k], rel=1e-6), k
 
 
-def test_probability_is_cleaned_with_the_heads_min_lesion_ml(case_factory):
-    """A probability is scored as `clean_mask` with the head's minimum lesion size: a 1-voxel
-    false-positive speck far from the lesion is gone with min_lesion_ml, kept without."""
+def test_probability_is_cleaned_with_the_heads_mask_rule(case_factory):
+    """A probability is scored as `clean_mask` with the head's mask rule: a 1-voxel
+    false-positive speck far from the lesion is gone with a minimum size, kept without."""
     p = case_factory()
     prob = p.lesion.astype(np.float32) * 0.9
     prob[2, 8, 8] = 0.9  # one voxel (1 µL at 1 mm) inside the brain, away from the lesion
     kept = evaluate_case(p.mri, p, lesion_pred=prob)
     assert kept["dice"] < 1.0 and kept["nsd"] < 1.0 and kept["no_predicted_lesion"] == 0.0
-    clean = evaluate_case(p.mri, p, lesion_pred=prob, min_lesion_ml=0.002)  # 2 voxels
+    clean = evaluate_case(p.mri, p, lesion_pred=prob, mask_rule=LesionMaskRule(0.002))  # 2 vox
     assert clean["dice"] == 1.0 and clean["hd95"] == 0.0 and clean["nsd"] == 1.0
     # a bool prediction is the mask as given: never cleaned
-    as_given = evaluate_case(p.mri, p, lesion_pred=prob >= 0.5, min_lesion_ml=0.002)
+    as_given = evaluate_case(p.mri, p, lesion_pred=prob >= 0.5, mask_rule=LesionMaskRule(0.002))
     assert as_given["dice"] == kept["dice"]
 
 
@@ -100,7 +101,7 @@ def test_empty_prediction_is_flagged(case_factory):
     row = evaluate_case(p.mri, p, lesion_pred=np.zeros(p.shape, np.float32))
     assert row["no_predicted_lesion"] == 1.0 and row["dice"] == 0.0
     assert row["hd95"] > 20  # the image diagonal stand-in of metrics.segmentation.hd95
-    # everything predicted is smaller than min_lesion_ml: empty after cleaning, flagged too
-    row = evaluate_case(p.mri, p, lesion_pred=p.lesion * 0.9, min_lesion_ml=1.0)
+    # everything predicted is smaller than the minimum size: empty after cleaning, flagged too
+    row = evaluate_case(p.mri, p, lesion_pred=p.lesion * 0.9, mask_rule=LesionMaskRule(1.0))
     assert row["no_predicted_lesion"] == 1.0
     assert math.isnan(evaluate_case(p.mri, p)["no_predicted_lesion"])  # nothing scored

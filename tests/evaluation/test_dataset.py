@@ -10,6 +10,7 @@ from clinfuse.baselines import average_fusion
 from clinfuse.errors import ClinfuseInputError
 from clinfuse.evaluation import MethodOutput, compare, evaluate_dataset, read_per_case
 from clinfuse.evaluation.dataset import PreparedItem
+from clinfuse.nn.lesion_mask import LesionMaskRule
 
 
 def _items(case_factory, n=3):
@@ -168,12 +169,12 @@ def test_2d_saved_png_is_exactly_the_scored_array(tmp_path, case_factory):
         assert res.rows[0][k] == pytest.approx(want[k], rel=1e-9), k
 
 
-def _lesion_method(empty_ids, min_ml=0.0):
+def _lesion_method(empty_ids):
     """Our-method stand-in: probability 0.9 on the lesion, nothing on `empty_ids`."""
 
     def method(p):
         prob = np.zeros(p.shape, np.float32) if p.case_id in empty_ids else p.lesion * 0.9
-        return MethodOutput(p.mri, prob.astype(np.float32), min_lesion_ml=min_ml)
+        return MethodOutput(p.mri, prob.astype(np.float32))
 
     return method
 
@@ -212,7 +213,7 @@ def test_empty_predictions_are_counted_apart_not_averaged(tmp_path, case_factory
     assert compare([tmp_path / "a", tmp_path / "b"], names=["a", "b"]).tests["b"]["hd95"].n == 0
 
 
-def test_min_lesion_ml_comes_from_the_output_or_the_lesion_head(tmp_path, case_factory):
+def test_mask_rule_comes_from_the_output_or_the_lesion_head(tmp_path, case_factory):
     items = _items(case_factory, 1)
 
     def speckled(p):
@@ -221,14 +222,14 @@ def test_min_lesion_ml_comes_from_the_output_or_the_lesion_head(tmp_path, case_f
         return prob.astype(np.float32)
 
     def method(min_ml):
-        return lambda p: MethodOutput(p.mri, speckled(p), min_lesion_ml=min_ml)
+        return lambda p: MethodOutput(p.mri, speckled(p), mask_rule=LesionMaskRule(min_ml))
 
     raw = evaluate_dataset(method(0.0), None, tmp_path / "a", items=items).rows[0]
     clean = evaluate_dataset(method(0.002), None, tmp_path / "b", items=items).rows[0]
     assert raw["dice"] < 1.0 and clean["dice"] == 1.0
 
     class Head:
-        min_lesion_ml = 0.002  # as `pipeline.lesion_head_predictor` carries its head's value
+        mask_rule = LesionMaskRule(0.002)  # as `pipeline.lesion_head_predictor` carries it
 
         def __call__(self, fused, prepared):
             return speckled(prepared)

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from clinfuse.cli import app
 from clinfuse.errors import ClinfuseInputError
+from clinfuse.training.lesion import MIN_COMPONENT_PROB_CHOICES
 
 
 @pytest.fixture(scope="module")
@@ -64,12 +65,12 @@ def test_head_reads_fused_and_sources_and_applies_its_temperature():
     with pytest.raises(ValueError, match="cond"):
         head(x)
     # a state dict from before the calibration buffers existed loads with T = 1
-    state = {
-        k: v for k, v in head.state_dict().items() if k not in ("temperature", "min_lesion_ml")
-    }
+    buffers = ("temperature", "min_lesion_ml", "min_component_prob")
+    state = {k: v for k, v in head.state_dict().items() if k not in buffers}
     fresh = LesionHead(3, (4, 8), 1, inputs="fused+sources")
     fresh.load_state_dict(state)
     assert float(fresh.temperature) == 1.0 and float(fresh.min_lesion_ml) == 0.0
+    assert float(fresh.min_component_prob) == 0.0
 
 
 def test_eval_mode_uses_sliding_windows_of_the_training_patch():
@@ -166,7 +167,7 @@ def test_head_on_a_box_matches_the_whole_volume_where_it_sees_all_of_it():
 
 
 def test_clean_mask_drops_small_components():
-    from clinfuse.nn.lesion_head import clean_mask
+    from clinfuse.nn.lesion_mask import clean_mask
 
     prob = np.zeros((20, 20, 20), np.float32)
     prob[1:3, 1:3, 1:3] = 0.9  # 8 voxels of 8 mm^3 = 0.064 mL
@@ -174,6 +175,77 @@ def test_clean_mask_drops_small_components():
     assert clean_mask(prob, (2.0, 2.0, 2.0)).sum() == 224
     kept = clean_mask(prob, (2.0, 2.0, 2.0), min_ml=0.1)
     assert kept.sum() == 216 and not kept[1:3, 1:3, 1:3].any()
+
+
+def test_clean_mask_drops_doubtful_secondary_components():
+    """The confidence filter removes a secondary component whose mean probability is below the
+    rule's minimum, keeps confident ones, and never removes the most probable component."""
+    from clinfuse.nn.lesion_mask import LesionMaskRule, clean_mask
+
+    sp = (2.0, 2.0, 2.0)
+    prob = np.zeros((30, 30, 30), np.float32)
+    prob[2:10, 2:10, 2:10] = 0.97  # the lesion: 512 voxels
+    prob[20:24, 20:24, 20:24] = 0.6  # a faint far component: 64 voxels
+    prob[20:23, 2:5, 2:5] = 0.95  # a small confident one: 27 voxels
+    assert clean_mask(prob, sp).sum() == 512 + 64 + 27  # the filter is off by default
+    kept = clean_mask(prob, sp, min_component_prob=0.8)
+    assert kept.sum() == 512 + 27 and not kept[20:24, 20:24, 20:24].any()
+    assert LesionMaskRule(0.0, 0.8).apply(prob, sp).sum() == kept.sum()
+    # a single faint component is the most probable one: it stays (the filter never empties)
+    faint = np.where(prob == 0.6, prob, 0).astype(np.float32)
+    assert clean_mask(faint, sp, min_component_prob=0.99).sum() == 64
+    # the most probable component (largest summed probability) stays even below the minimum;
+    # a smaller, more confident one stays beside it
+    big = np.where(prob == 0.6, 0.7, np.where(prob == 0.95, 0.95, 0)).astype(np.float32)
+    big[10:20, 10:20, 10:20] = 0.7  # 1000 voxels at 0.7: mass 700
+    out = clean_mask(big, sp, min_component_prob=0.8)
+    assert out[10:20, 10:20, 10:20].all() and out[20:23, 2:5, 2:5].all()
+    # the size filter acts first: a component it removes cannot be "the most probable"
+    assert not clean_mask(big, sp, min_ml=10.0, min_component_prob=0.8).any()
+    # 2D maps work the same way (8-connected components)
+    flat = prob[5]
+    assert clean_mask(flat, sp[:2], min_component_prob=0.8).sum() == 64
+
+
+def test_calibration_fits_the_component_filter_on_validation(monkeypatch):
+    """`_calibrate` picks the minimum component probability by validation Dice: a faint far
+    false component on every validation case makes it choose a filter that removes it, and
+    the head's buffers then carry it."""
+    from clinfuse.nn.lesion_head import LesionHead
+    from clinfuse.training import lesion as tl
+
+    shape = (24, 24, 24)
+    label = np.zeros(shape, np.float32)
+    label[3:9, 3:9, 3:9] = 1.0
+    logit = np.full(shape, -8.0, np.float32)
+    logit[3:9, 3:9, 3:9] = 4.0  # p 0.98 on the lesion
+    logit[16:20, 16:20, 16:20] = 0.4  # p 0.6: a far false component of 0.5 mL
+    items = [
+        tl._Item(
+            f"v{i}",
+            np.zeros((3, *shape), np.float32),
+            np.zeros(shape, np.float32),
+            {},
+            label,
+            np.ones(shape, np.float32),
+            np.ones(shape, bool),
+            (2.0, 2.0, 2.0),
+        )
+        for i in range(2)
+    ]
+    monkeypatch.setattr(tl, "predict_logits", lambda *a, **k: logit)
+    cfg = tl.LesionTrainConfig(patch_size=(16, 16, 16), channels=(4, 8))
+    head = LesionHead(3, (4, 8), 1, inputs=cfg.inputs)
+    rule, calib, final = tl._fit_postprocessing(head, items, cfg)
+    by_prob = calib["dice_by_min_component_prob"]
+    assert by_prob["0.0"] < 1.0 and max(by_prob.values()) == pytest.approx(1.0)
+    chosen = float(head.min_component_prob)  # a float32 buffer
+    key = min(by_prob, key=lambda k: abs(float(k) - chosen))
+    assert chosen > 0.0 and by_prob[key] == pytest.approx(1.0)
+    chosen = float(key)
+    # ties go to the weakest filter that reaches the best Dice
+    assert all(by_prob[str(q)] < 1.0 for q in MIN_COMPONENT_PROB_CHOICES if q < chosen)
+    assert final["dice"] == pytest.approx(1.0) and rule.min_component_prob == chosen
 
 
 def test_train_lesion_replaces_only_the_head_and_calibrates(trained, base_ckpt):
@@ -195,6 +267,12 @@ def test_train_lesion_replaces_only_the_head_and_calibrates(trained, base_ckpt):
     assert 0.05 <= temp <= 20.0
     assert float(new.model.lesion_head.temperature) == pytest.approx(temp)
     assert record["min_lesion_ml"] in (0.0, 0.1, 0.25, 0.5, 1.0)
+    assert record["min_component_prob"] in MIN_COMPONENT_PROB_CHOICES
+    assert float(new.model.lesion_head.min_component_prob) == pytest.approx(
+        record["min_component_prob"]
+    )
+    by_prob = record["calibration"]["dice_by_min_component_prob"]
+    assert set(by_prob) == {str(q) for q in MIN_COMPONENT_PROB_CHOICES}
     assert set(record["calibration"]["validation_calibration"]) == {"before", "after"}
     assert new.state["optimizer"] is None
     slim = load_checkpoint(trained / "slim.pt")
@@ -297,6 +375,37 @@ def test_head_moves_to_another_checkpoint(trained, base_ckpt, tmp_path):
     assert again.exit_code != 0
 
 
+def test_head_from_recalibrate_refits_only_the_calibration(trained, base_ckpt, phantoms, tmp_path):
+    """`--head-from H --recalibrate --val-data V`: the head's weights move unchanged, its
+    temperature and mask rule are refitted on V (as the end of training does) and recorded."""
+    from clinfuse.training.checkpoint import ema_weights, load_checkpoint
+
+    out = tmp_path / "recal"
+    args = ["train-lesion", "--checkpoint", str(base_ckpt), "--head-from"]
+    args += [str(trained / "lesion_head.ckpt"), "--out", str(out)]
+    refused = CliRunner().invoke(app, [*args, "--recalibrate"])
+    assert refused.exit_code != 0 and "--val-data" in str(refused.exception)
+    result = CliRunner().invoke(app, [*args, "--recalibrate", "--val-data", str(phantoms[1])])
+    assert result.exit_code == 0, result.output
+    assert "recalibrated on 2 validation cases" in result.output
+    new = load_checkpoint(out / "lesion_head.ckpt")
+    src = load_checkpoint(trained / "lesion_head.ckpt")
+    w_new, w_src = ema_weights(new.state), ema_weights(src.state)
+    for k, v in w_src.items():
+        if k.startswith("lesion_head.unet."):
+            assert torch.equal(v, w_new[k]), k
+    record = new.state["extra"]["lesion_head"]
+    assert record["recalibrated"] and record["val_data"] == str(phantoms[1])
+    assert record["min_component_prob"] in MIN_COMPONENT_PROB_CHOICES
+    head = new.model.lesion_head
+    assert float(head.min_component_prob) == pytest.approx(record["min_component_prob"])
+    # same weights, same validation cases: the same temperature as the training run fitted
+    assert float(head.temperature) == pytest.approx(float(src.model.lesion_head.temperature))
+    # --recalibrate belongs to --head-from
+    alone = ["train-lesion", "--checkpoint", str(base_ckpt), "--recalibrate", "--out", str(out)]
+    assert "--head-from" in str(CliRunner().invoke(app, alone).exception)
+
+
 def test_train_lesion_resumes_an_interrupted_run(base_ckpt, phantoms, tmp_path):
     from clinfuse.training.lesion import LesionTrainConfig, train_lesion_head
 
@@ -367,6 +476,7 @@ def test_train_lesion_warm_starts_from_a_trained_head(base_ckpt, phantoms, train
         if k.startswith("unet."):
             torch.testing.assert_close(got[k], v.float())
     assert float(head.temperature) == 1.0 and float(head.min_lesion_ml) == 0.0  # ... reset here
+    assert float(head.min_component_prob) == 0.0
     # a head of another architecture is refused, naming the file
     other = LesionTrainConfig(init_head=str(src), inputs="fused+sources")
     with pytest.raises(ClinfuseInputError, match="lesion head") as err:
@@ -425,13 +535,14 @@ def test_validation_and_calibration_do_not_score_unknown_labels(monkeypatch):
     cfg = tl.LesionTrainConfig(patch_size=(16, 16, 16))
     head = torch.nn.Linear(1, 1)
     with_lesion, lesion_free = item(label, valid), item(np.zeros(shape, np.float32), valid)
-    scores = tl._validate(head, [with_lesion, lesion_free], cfg, 0.0)
+    keep_all = tl.LesionMaskRule()
+    scores = tl._validate(head, [with_lesion, lesion_free], cfg, keep_all)
     assert scores["dice"] == pytest.approx(1.0)
     assert scores["fp_voxels_lesion_free"] == 64.0  # the inserted-lesion blob: label 0, known
     _, _, record = tl._calibrate(head, [with_lesion], cfg)
     assert all(v == pytest.approx(1.0) for v in record["dice_by_min_ml"].values())
     everything_known = item(label, np.ones(shape, np.float32))
-    assert tl._validate(head, [everything_known], cfg, 0.0)["dice"] < 0.7
+    assert tl._validate(head, [everything_known], cfg, keep_all)["dice"] < 0.7
 
 
 def test_non_finite_updates_are_skipped_not_applied(base_ckpt, phantoms, tmp_path, monkeypatch):

@@ -65,6 +65,12 @@ def train_lesion(
         "--head-from",
         help="Do not train: put the trained head of this train-lesion output into --checkpoint.",
     ),
+    recalibrate: bool = typer.Option(
+        False,
+        "--recalibrate",
+        help="With --head-from: refit the head's temperature and lesion-mask rule on --val-data "
+        "first (no weight changes).",
+    ),
 ) -> None:
     """Train the lesion head on [fused, MRI, CT, CT bone] patches, calibrate it on the
     validation cases, and write the checkpoint with it (docs/TRAINING.md)."""
@@ -78,24 +84,34 @@ def train_lesion(
         transplant_lesion_head,
     )
 
+    if threads is not None:
+        if threads < 1:
+            raise ClinfuseInputError(f"--threads must be >= 1, got {threads}")
+        torch.set_num_threads(threads)
     if export is not None and export.exists() and not overwrite:
         raise ClinfuseInputError("export target exists; pass --overwrite to replace it", export)
     if head_from is not None:
         target = out / "lesion_head.ckpt"
         if target.exists() and not overwrite:
             raise ClinfuseInputError("output exists; pass --overwrite to replace it", target)
-        res = transplant_lesion_head(head_from, checkpoint, target)
+        if recalibrate and val_data is None:
+            raise ClinfuseInputError("--recalibrate needs --val-data")
+        res = transplant_lesion_head(
+            head_from,
+            checkpoint,
+            target,
+            recalibrate_on=val_data if recalibrate else None,
+            log=typer.echo,
+        )
         typer.echo(f"done: {res.checkpoint} (head of {head_from})")
         if export is not None:
             export_checkpoint(res.checkpoint, export, half=True)
             typer.echo(f"exported {export}")
         return
+    if recalibrate:
+        raise ClinfuseInputError("--recalibrate goes with --head-from (a trained head)")
     if data is None or val_data is None:
         raise ClinfuseInputError("--data and --val-data are needed to train (or pass --head-from)")
-    if threads is not None:
-        if threads < 1:
-            raise ClinfuseInputError(f"--threads must be >= 1, got {threads}")
-        torch.set_num_threads(threads)
     if patch < 16:
         raise ClinfuseInputError(f"--patch must be >= 16 voxels, got {patch}")
     cfg = LesionTrainConfig(
@@ -126,7 +142,9 @@ def train_lesion(
     typer.echo(
         f"done: {result.checkpoint} (best step {result.best_step}, val Dice "
         f"{result.best_dice:.3f}; temperature {result.temperature:.3f}, minimum lesion "
-        f"{result.min_lesion_ml} mL; final val Dice {result.val.get('dice', float('nan')):.3f})"
+        f"{result.min_lesion_ml} mL, minimum component probability "
+        f"{result.min_component_prob:.2f}; final val Dice "
+        f"{result.val.get('dice', float('nan')):.3f})"
     )
     if export is not None:
         export_checkpoint(result.checkpoint, export, half=True)

@@ -43,7 +43,8 @@ from clinfuse.errors import ClinfuseInputError
 from clinfuse.losses.lesion import prepare_target
 from clinfuse.losses.roi import RoiLoss, only_inside, prepare_ssim_terms, roi_loss
 from clinfuse.model_range import MODEL_RANGE
-from clinfuse.nn.lesion_head import LesionHead, clean_mask
+from clinfuse.nn.lesion_head import LesionHead
+from clinfuse.nn.lesion_mask import LesionMaskRule
 
 
 class GuidanceMode(Choice):
@@ -309,17 +310,18 @@ def bounding_box(mask: torch.Tensor) -> tuple[slice, ...] | None:
     return tuple(box)
 
 
-def head_min_lesion_ml(model: Any) -> float:
-    """The lesion head's `min_lesion_ml` buffer (0 without one) of a `FusionModel` or of a
-    wrapper around it (`SlidingWindowModel`, `AutocastModel`: the wrapped one is `.model`)."""
+def head_mask_rule(model: Any) -> LesionMaskRule:
+    """The lesion head's `LesionMaskRule` (keep everything without a head) of a `FusionModel`
+    or of a wrapper around it (`SlidingWindowModel`, `AutocastModel`: the wrapped one is
+    `.model`)."""
     for _ in range(8):  # wrappers nest a few deep at most
         head = getattr(model, "lesion_head", None)
         if isinstance(head, LesionHead):
-            return float(head.min_lesion_ml)
+            return head.mask_rule
         model = getattr(model, "model", None)
         if model is None:
             break
-    return 0.0
+    return LesionMaskRule()
 
 
 def predicted_mask(
@@ -330,13 +332,14 @@ def predicted_mask(
     model: Any,
 ) -> torch.Tensor:
     """The head's probability `(B, 1, *S)` as a lesion mask: kept inside `brain` (`(1|B, 1,
-    *S)`), thresholded and cleaned of components below the head's `min_lesion_ml`
-    (`nn.lesion_head.clean_mask`), per item. Bool, on `prob`'s device."""
+    *S)`), thresholded and cleaned by the head's own `LesionMaskRule` (small and doubtful
+    secondary components removed: `nn.lesion_head.clean_mask`), per item. Bool, on `prob`'s
+    device."""
     inside = (prob * brain.to(prob.dtype)).detach().float().cpu().numpy()
-    min_ml = head_min_lesion_ml(model)
+    rule = head_mask_rule(model)
     mask = np.zeros(inside.shape, dtype=bool)
     for b in range(inside.shape[0]):
-        mask[b, 0] = clean_mask(inside[b, 0], spacing, threshold, min_ml)
+        mask[b, 0] = rule.apply(inside[b, 0], spacing, threshold)
     return torch.from_numpy(mask).to(prob.device) & brain.bool()
 
 
@@ -395,7 +398,7 @@ class RoiGuide:
         # the fused estimate (a function of the inputs only), never the ground truth. Lesions
         # are intracranial: the predicted mask is kept inside the brain mask (an input), as a
         # user mask must be (pipeline.fuse.check_lesion_in_brain); then, as every mask made
-        # from the head, components below the head's `min_lesion_ml` go (`predicted_mask`).
+        # from the head, it is cleaned by the head's `LesionMaskRule` (`predicted_mask`).
         target = predicted_mask(s_lesion, brain, self.spacing, cfg.lesion_threshold, self.model)
         self.needs_line7 = False
         frac = float(target.sum()) / max(1.0, float(brain.expand_as(target).sum()))

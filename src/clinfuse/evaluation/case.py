@@ -11,6 +11,7 @@ import numpy as np
 from clinfuse.errors import ClinfuseInputError
 from clinfuse.evaluation.percase import NO_PREDICTION_COLUMN
 from clinfuse.model_range import DATA_RANGE
+from clinfuse.nn.lesion_mask import LesionMaskRule
 from clinfuse.preprocess.prepared import PreparedCase
 from clinfuse.preprocess.windowing import model_to_display
 
@@ -59,16 +60,16 @@ def _roi_metric(fn_name: str, fused: np.ndarray, ref: np.ndarray, mask: np.ndarr
 
 
 def lesion_mask(
-    lesion_pred: np.ndarray, spacing: tuple[float, ...], min_lesion_ml: float = 0.0
+    lesion_pred: np.ndarray,
+    spacing: tuple[float, ...],
+    mask_rule: LesionMaskRule | None = None,
 ) -> np.ndarray:
     """A lesion prediction as the mask that is scored: a bool mask as given; a probability
-    thresholded at `LESION_THRESHOLD` and cleaned of components below `min_lesion_ml` (the
-    lesion head's own `min_lesion_ml`), with `nn.lesion_head.clean_mask` as fuse and guidance."""
-    from clinfuse.nn.lesion_head import clean_mask
-
+    thresholded at `LESION_THRESHOLD` and cleaned by `mask_rule` (the lesion head's own
+    `LesionMaskRule`; None keeps every component), as fuse and guidance make it."""
     if lesion_pred.dtype == np.bool_:
         return lesion_pred
-    return clean_mask(lesion_pred, spacing, LESION_THRESHOLD, min_lesion_ml)
+    return (mask_rule or LesionMaskRule()).apply(lesion_pred, spacing, LESION_THRESHOLD)
 
 
 def _lesion_metrics(
@@ -92,15 +93,15 @@ def evaluate_case(
     lesion_pred: np.ndarray | None = None,
     sources_uint8: tuple[np.ndarray, np.ndarray] | None = None,
     ct_reference: CtReference | None = None,
-    min_lesion_ml: float = 0.0,
+    mask_rule: LesionMaskRule | None = None,
 ) -> dict[str, float]:
     """Score one fused image against its prepared case; returns `{column: value}`.
 
     - `brain_ssim`/`brain_psnr`: fused vs MRI inside the brain mask; `bone_ssim`/`bone_psnr`:
       fused vs the bone-window CT inside the bone mask (model range, data range 4).
     - `dice`, `nsd` (tau = 2 mm), `hd95` (mm): only when the case has a lesion mask *and* a
-      lesion prediction is given (bool, or probabilities: thresholded at 0.5 and cleaned of
-      components below `min_lesion_ml`, the head's own value; `lesion_mask`); NaN otherwise.
+      lesion prediction is given (bool, or probabilities: thresholded at 0.5 and cleaned by
+      `mask_rule`, the head's own `LesionMaskRule`; `lesion_mask`); NaN otherwise.
       `no_predicted_lesion` is 1 when that mask is empty (HD95 is then the image diagonal,
       which summaries count apart). Never pass the ground-truth mask as the prediction.
     - 2D only: `EN, SD, SF, MI, SCD, VIF, Qabf, SSIM` (METRICS.md) on `sources_uint8` = the
@@ -155,6 +156,6 @@ def evaluate_case(
         lesion_pred = np.asarray(lesion_pred)
         _check_image("lesion prediction", lesion_pred, shape)
         if prepared.lesion is not None:
-            pred = lesion_mask(lesion_pred, prepared.spacing, min_lesion_ml)
+            pred = lesion_mask(lesion_pred, prepared.spacing, mask_rule)
             row.update(_lesion_metrics(pred, prepared.lesion.astype(bool), prepared.spacing))
     return row

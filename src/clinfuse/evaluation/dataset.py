@@ -28,7 +28,7 @@ from clinfuse.errors import ClinfuseInputError
 from clinfuse.evaluation.case import evaluate_case, fused_to_uint8, metric_columns
 from clinfuse.evaluation.methods import (
     MethodFn,
-    min_lesion_ml_of,
+    mask_rule_of,
     resolve_method,
     unpack_output,
 )
@@ -195,8 +195,8 @@ def evaluate_dataset(
     (e.g. `clinfuse.pipeline.lesion_head_predictor`) replaces every method's own lesion output,
     so all methods' lesion Dice/NSD/HD95 come from one segmenter applied to their fused images;
     `lesion_head_name` records which one in summary.json. A probability is scored as
-    `clean_mask(prob, spacing, 0.5, min_lesion_ml)` with the head's `min_lesion_ml` (carried by
-    the method's output or the `lesion_head` callable: `methods.min_lesion_ml_of`); a case whose
+    `rule.apply(prob, spacing, 0.5)` with the head's `LesionMaskRule` (carried by the method's
+    output or the `lesion_head` callable: `methods.mask_rule_of`); a case whose
     mask is empty is flagged in `no_predicted_lesion` and its HD95 counted apart.
     """
     name, fn = resolve_method(method, **(options or {}))
@@ -240,17 +240,17 @@ def evaluate_dataset(
             raw = fn(item.prepared)
             fused, lesion_pred = unpack_output(raw)
             seconds = time.perf_counter() - t0
-            min_ml = min_lesion_ml_of(raw)
+            rule = mask_rule_of(raw)
             if lesion_head is not None:
                 lesion_pred = lesion_head(np.asarray(fused), item.prepared)
-                min_ml = min_lesion_ml_of(lesion_head)
+                rule = mask_rule_of(lesion_head)
             scores = evaluate_case(
                 fused,
                 item.prepared,
                 lesion_pred=lesion_pred,
                 sources_uint8=item.sources_uint8,
                 ct_reference=item.ct_reference,
-                min_lesion_ml=min_ml,
+                mask_rule=rule,
             )
             u8 = fused_to_uint8(fused) if ndim == 2 else None
             _save_fused(out_dir / "fused", item, fused, u8)

@@ -2,7 +2,7 @@
 
 A *method* is a callable `(PreparedCase) -> fused` where `fused` is a model-range array of the
 case's shape, or a `MethodOutput` (any object with `.fused` and optionally `.lesion_pred` /
-`.lesion_prob` and `.min_lesion_ml`, see `min_lesion_ml_of`). A *factory* builds a method from
+`.lesion_prob` and `.mask_rule`, see `mask_rule_of`). A *factory* builds a method from
 options (`--checkpoint`, `--preset`, `--option key=value`). The harness knows only the
 baselines; the CLI registers our diffusion model explicitly (`register_method("clinfuse",
 pipeline.clinfuse_method_factory)`), so the evaluation package never imports the pipeline.
@@ -13,12 +13,13 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from clinfuse.errors import ClinfuseInputError
+from clinfuse.nn.lesion_mask import LesionMaskRule
 from clinfuse.preprocess.prepared import PreparedCase
 
 
@@ -28,9 +29,9 @@ class MethodOutput:
 
     fused: np.ndarray  # model range [-2, 2], shape of the prepared case
     lesion_pred: np.ndarray | None = None  # bool mask, or probabilities (thresholded at 0.5)
-    # the producing lesion head's `min_lesion_ml`: components below it are removed from a
-    # probability's mask before scoring (`evaluation.case.lesion_mask`)
-    min_lesion_ml: float = 0.0
+    # the producing lesion head's post-processing: a probability's mask is cleaned by it
+    # before scoring (`evaluation.case.lesion_mask`)
+    mask_rule: LesionMaskRule = field(default_factory=LesionMaskRule)
 
 
 MethodFn = Callable[[PreparedCase], Any]
@@ -119,9 +120,9 @@ def unpack_output(out: Any) -> tuple[np.ndarray, np.ndarray | None]:
     return np.asarray(fused), None if lesion is None else np.asarray(lesion)
 
 
-def min_lesion_ml_of(source: Any) -> float:
-    """The `min_lesion_ml` a method's output or a `lesion_head` callable carries (the lesion
-    head's own buffer, e.g. `pipeline.FusionResult.min_lesion_ml`); 0 (keep every component)
-    when it carries none. Read after the call: a head loaded on first use sets it then."""
-    value = getattr(source, "min_lesion_ml", None)
-    return 0.0 if value is None else float(value)
+def mask_rule_of(source: Any) -> LesionMaskRule:
+    """The `LesionMaskRule` a method's output or a `lesion_head` callable carries (the lesion
+    head's own, e.g. `pipeline.FusionResult.mask_rule`); keep every component when it carries
+    none. Read after the call: a head loaded on first use sets it then."""
+    value = getattr(source, "mask_rule", None)
+    return value if isinstance(value, LesionMaskRule) else LesionMaskRule()

@@ -28,13 +28,13 @@ trained on x̂0 of the frozen denoiser at t <= T/2 and on clean fused images
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 from monai.networks.nets import UNet
 from torch import nn
+
+from clinfuse.nn.lesion_mask import LesionMaskRule
 
 LESION_INPUTS = ("fused", "fused+sources", "fused+sources+mirror")
 IN_CHANNELS = {"fused": 1, "fused+sources": 4, "fused+sources+mirror": 7}
@@ -87,9 +87,12 @@ class LesionHead(nn.Module):
         # Calibration and post-processing travel with the weights (state dict buffers):
         # `temperature` divides the logits (temperature scaling fitted on a validation split,
         # 1 = uncalibrated), `min_lesion_ml` is the smallest connected component `clean_mask`
-        # keeps. Checkpoints from before they existed load with 1 and 0.
+        # keeps and `min_component_prob` the mean probability a component other than the most
+        # probable one needs to stay (`LesionMaskRule`). Checkpoints from before they existed
+        # load with 1, 0 and 0.
         self.register_buffer("temperature", torch.ones(()))
         self.register_buffer("min_lesion_ml", torch.zeros(()))
+        self.register_buffer("min_component_prob", torch.zeros(()))
         # Sliding-window size (voxels per axis) for volumes larger than it, in eval mode: the
         # training patch, so instance norm sees windows like its training patches. 0 = whole.
         self.register_buffer("window", torch.zeros((), dtype=torch.long))
@@ -104,11 +107,22 @@ class LesionHead(nn.Module):
         unexpected_keys: list,
         error_msgs: list,
     ) -> None:
-        for name, default in (("temperature", 1.0), ("min_lesion_ml", 0.0), ("window", 0)):
+        defaults = (
+            ("temperature", 1.0),
+            ("min_lesion_ml", 0.0),
+            ("min_component_prob", 0.0),
+            ("window", 0),
+        )
+        for name, default in defaults:
             state_dict.setdefault(prefix + name, torch.tensor(default))
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
+
+    @property
+    def mask_rule(self) -> LesionMaskRule:
+        """How this head's probability becomes a lesion mask (its fitted post-processing)."""
+        return LesionMaskRule(float(self.min_lesion_ml), float(self.min_component_prob))
 
     @property
     def whole_volume_only(self) -> bool:
@@ -194,26 +208,6 @@ def context_box(
         lo = min(max(0, lo - (size - (hi - lo)) // 2), n - size)
         out.append(slice(lo, lo + size))
     return tuple(out)
-
-
-def clean_mask(
-    prob: np.ndarray, spacing: Sequence[float], threshold: float = 0.5, min_ml: float = 0.0
-) -> np.ndarray:
-    """Threshold a lesion probability map and drop connected components (26-connected in 3D)
-    smaller than `min_ml` millilitres (MONAI `RemoveSmallObjects`, size in voxels from the
-    spacing): a lesion mask a reader would draw, without isolated false-positive specks."""
-    from monai.transforms import RemoveSmallObjects
-
-    mask = np.asarray(prob) >= threshold
-    if min_ml <= 0 or not mask.any():
-        return mask
-    vox_ml = float(np.prod(np.asarray(spacing, dtype=np.float64))) / 1000.0
-    min_vox = max(1, int(np.ceil(min_ml / vox_ml)))
-    with warnings.catch_warnings():
-        # scikit-image (under MONAI) renames min_size; the semantics we use are unchanged.
-        warnings.simplefilter("ignore", FutureWarning)
-        out = RemoveSmallObjects(min_size=min_vox, connectivity=mask.ndim)(mask[None])
-    return np.asarray(out)[0].astype(bool)
 
 
 def sliding_logits(

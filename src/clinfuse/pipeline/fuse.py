@@ -16,6 +16,7 @@ from clinfuse.choices import Choice
 from clinfuse.diffusion import DEFAULT_STEPS
 from clinfuse.errors import ClinfuseInputError
 from clinfuse.io.case import Case
+from clinfuse.nn.lesion_mask import LesionMaskRule
 from clinfuse.pipeline.model import LoadedModel, load_model, resolve_device, sha256_of
 from clinfuse.pipeline.native import OutputUnits
 from clinfuse.preprocess.prepared import PreparedCase
@@ -72,16 +73,14 @@ class FusionResult:
     timings: dict[str, float] = field(default_factory=dict)
     record: dict[str, Any] = field(default_factory=dict)  # everything run.json needs
     lesion_guide: np.ndarray | None = None  # the mask that guided the lesion term (bool)
-    # the lesion head's `min_lesion_ml`: `lesion_mask()` and the evaluation harness
-    # (`evaluation.methods.min_lesion_ml_of`) clean `lesion_prob` with it
-    min_lesion_ml: float = 0.0
+    # the lesion head's post-processing: `lesion_mask()` and the evaluation harness
+    # (`evaluation.methods.mask_rule_of`) clean `lesion_prob` with it
+    mask_rule: LesionMaskRule = field(default_factory=LesionMaskRule)
 
     def lesion_mask(self) -> np.ndarray:
-        """The predicted lesion mask: `lesion_prob` >= 0.5 without components below the head's
-        `min_lesion_ml` (`nn.lesion_head.clean_mask`, as guidance and evaluation make it)."""
-        from clinfuse.nn.lesion_head import clean_mask
-
-        return clean_mask(self.lesion_prob, self.prepared.spacing, 0.5, self.min_lesion_ml)
+        """The predicted lesion mask: `lesion_prob` >= 0.5 cleaned by the head's own
+        `LesionMaskRule` (`nn.lesion_head.clean_mask`, as guidance and evaluation make it)."""
+        return self.mask_rule.apply(self.lesion_prob, self.prepared.spacing, 0.5)
 
 
 # --------------------------------------------------------------------------- fusion
@@ -142,7 +141,7 @@ def fuse_prepared(
     from clinfuse.baselines.composite import roi_composite
     from clinfuse.diffusion.guidance import (
         guided_sample,
-        head_min_lesion_ml,
+        head_mask_rule,
         load_preset,
         uncertainty_blend,
     )
@@ -266,7 +265,7 @@ def fuse_prepared(
         timings={"sampling_s": t_sample, "per_step_s": t_sample / steps},
         record=record,
         lesion_guide=guide,
-        min_lesion_ml=head_min_lesion_ml(model),
+        mask_rule=head_mask_rule(model),
     )
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from clinfuse.errors import ClinfuseInputError
+from clinfuse.nn.lesion_mask import LesionMaskRule
 from clinfuse.preprocess.prepared import PreparedCase
 
 CHECKPOINT_DIR = Path(__file__).resolve().parents[1] / "checkpoints"
@@ -137,19 +138,19 @@ def lesion_head_predictor(
 
 
 class _HeadPredictor:
-    """`lesion_head_predictor`'s callable. `min_lesion_ml` is the last used head's (set when it
-    loads): the evaluation harness cleans the probability with it (`clean_mask`)."""
+    """`lesion_head_predictor`'s callable. `mask_rule` is the last used head's (set when it
+    loads): the evaluation harness cleans the probability with it (`LesionMaskRule`)."""
 
     def __init__(self, checkpoint: str | Path | None, device: str) -> None:
         self.checkpoint, self.device = checkpoint, device
         self.cache: dict[int, LoadedModel] = {}
-        self.min_lesion_ml = 0.0
+        self.mask_rule = LesionMaskRule()
 
     def __call__(self, fused: np.ndarray, prepared: PreparedCase) -> np.ndarray:
-        from clinfuse.diffusion.guidance import head_min_lesion_ml
+        from clinfuse.diffusion.guidance import head_mask_rule
 
         if prepared.ndim not in self.cache:
             self.cache[prepared.ndim] = load_model(self.checkpoint, prepared.ndim, self.device)
         model = self.cache[prepared.ndim].model
-        self.min_lesion_ml = head_min_lesion_ml(model)
+        self.mask_rule = head_mask_rule(model)
         return lesion_probability(model, fused, prepared)

@@ -371,7 +371,7 @@ def _case_figures(
         panels["uncertainty (sd)"] = out["uncertainty"]
     overlay: dict[str, np.ndarray] = {}
     if ours_ok and "lesion_mask" in out:
-        # the scored mask: p >= 0.5 without components below the head's min_lesion_ml
+        # the scored mask: p >= 0.5 cleaned by the head's LesionMaskRule
         overlay["predicted lesion"] = out["lesion_mask"]
     if ref is not None:
         overlay["reference lesion"] = ref

@@ -23,8 +23,11 @@ recipe; only the choice of the fused channel and the mirror channels are ours:
 - **Validation**: whole held-out volumes with `sliding_window_inference`, Dice at 0.5 after
   `clean_mask` post-processing; the best step is kept.
 - **Calibration**: temperature scaling (`metrics.calibration.fit_temperature`) fitted on the
-  validation split's brain voxels, and the smallest kept component (`min_lesion_ml`) chosen on
-  the same split; both are stored in the head (buffers), so every user of the head applies them.
+  validation split's brain voxels, then the post-processing (`nn.lesion_mask.LesionMaskRule`)
+  chosen on the same split by Dice: the smallest kept component (`min_lesion_ml`), then the mean
+  probability a secondary component needs to stay (`min_component_prob`). All are stored in the
+  head (buffers), so every user of the head applies them. `recalibrate_lesion_head` refits them
+  for a trained head without training it.
 
 Never trained on the project's test heads (`clinfuse.phantom.realhead.TEST_CASE_NAMES`).
 The output is the given fusion checkpoint with this head in place of its old one.
@@ -35,7 +38,7 @@ from __future__ import annotations
 import csv
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +48,7 @@ import torch
 from clinfuse.errors import ClinfuseInputError
 from clinfuse.io.atomic import atomic_write
 from clinfuse.model_range import MODEL_RANGE
+from clinfuse.nn.lesion_mask import LesionMaskRule
 
 DEFAULT_BASELINES = ("average", "weighted", "max", "laplacian", "wavelet")
 # Smallest kept component (mL), chosen on validation among these. Never above 0.5 mL, the
@@ -52,6 +56,10 @@ DEFAULT_BASELINES = ("average", "weighted", "max", "laplacian", "wavelet")
 # 1 mL minimum (validation Dice 0.263 against 0.261 at 0.5) erased a 0.7 mL haemorrhage that
 # the head had found on a held-out phantom.
 MIN_ML_CHOICES = (0.0, 0.1, 0.25, 0.5)
+# Mean probability a secondary component needs to stay (`clean_mask`), chosen on validation
+# among these (0 = off; ties go to the lowest, the filter that removes least). Session 9: far,
+# faint false components of the session-8 head set the held-out phantoms' HD95 (issue 10).
+MIN_COMPONENT_PROB_CHOICES = (0.0, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
 AMP_MODES = ("auto", "bf16", "off")
 
 
@@ -130,6 +138,7 @@ class LesionTrainResult:
     best_dice: float
     temperature: float
     min_lesion_ml: float
+    min_component_prob: float = 0.0
     val: dict[str, Any] = field(default_factory=dict)
 
 
@@ -334,17 +343,16 @@ def predict_logits(
 
 
 def _validate(
-    head: torch.nn.Module, items: Sequence[_Item], cfg: LesionTrainConfig, min_ml: float
+    head: torch.nn.Module, items: Sequence[_Item], cfg: LesionTrainConfig, rule: LesionMaskRule
 ) -> dict[str, Any]:
     from clinfuse.metrics.segmentation import dice
-    from clinfuse.nn.lesion_head import clean_mask
 
     head.eval()
     dices, fp = [], []
     for it in items:
         logits = predict_logits(head, it.composite, it.sources, cfg.patch_size)
         prob = 1.0 / (1.0 + np.exp(-logits)) * it.brain
-        pred = clean_mask(prob, it.spacing, cfg.threshold, min_ml) & it.known
+        pred = rule.apply(prob, it.spacing, cfg.threshold) & it.known
         if it.label.any():
             dices.append(float(dice(pred, (it.label > 0.5) & it.known)))
         else:
@@ -358,15 +366,15 @@ def _validate(
 
 def _calibrate(
     head: torch.nn.Module, items: Sequence[_Item], cfg: LesionTrainConfig
-) -> tuple[float, float, dict[str, Any]]:
-    """Temperature on the validation brains, then the minimum component size by Dice."""
+) -> tuple[float, LesionMaskRule, dict[str, Any]]:
+    """Temperature on the validation brains, then the mask rule by Dice: the minimum component
+    size, then (with it) the secondary components' minimum mean probability."""
     from clinfuse.metrics.calibration import (
         calibration_scores,
         fit_temperature,
         lesion_neighbourhood,
     )
     from clinfuse.metrics.segmentation import dice
-    from clinfuse.nn.lesion_head import clean_mask
 
     head.eval()
     logits = [
@@ -387,26 +395,32 @@ def _calibrate(
         cal = calibration_scores(1 / (1 + np.exp(-z / t)), y, np.ones_like(y), near)
         scores[name] = {region: {"ece": c.ece, "brier": c.brier} for region, c in cal.items()}
     probs = [1 / (1 + np.exp(-lg / temp)) * it.brain for lg, it in zip(logits, items, strict=True)]
-    by_ml = {}
-    for ml in MIN_ML_CHOICES:
+
+    def mean_dice(rule: LesionMaskRule) -> float:
         ds = [
             float(
                 dice(
-                    clean_mask(p, it.spacing, cfg.threshold, ml) & it.known,
+                    rule.apply(p, it.spacing, cfg.threshold) & it.known,
                     (it.label > 0.5) & it.known,
                 )
             )
             for p, it in zip(probs, items, strict=True)
             if it.label.any()
         ]
-        by_ml[ml] = float(np.mean(ds)) if ds else float("nan")
+        return float(np.mean(ds)) if ds else float("nan")
+
+    # NaN (no lesion case) compares False everywhere: then the first choice (0) is kept
+    by_ml = {ml: mean_dice(LesionMaskRule(ml)) for ml in MIN_ML_CHOICES}
     best_ml = max(by_ml, key=lambda k: (by_ml[k], -k))
+    by_prob = {q: mean_dice(LesionMaskRule(best_ml, q)) for q in MIN_COMPONENT_PROB_CHOICES}
+    best_prob = max(by_prob, key=lambda k: (by_prob[k], -k))
     record = {
         "temperature": temp,
         "validation_calibration": scores,
         "dice_by_min_ml": {str(k): v for k, v in by_ml.items()},
+        "dice_by_min_component_prob": {str(k): v for k, v in by_prob.items()},
     }
-    return temp, best_ml, record
+    return temp, LesionMaskRule(best_ml, best_prob), record
 
 
 def train_lesion_head(
@@ -539,7 +553,7 @@ def train_lesion_head(
             skipped += 1
         sched.step()
         if step % cfg.val_every == 0 or step == cfg.steps:
-            scores = _validate(head, val_items, cfg, 0.0)
+            scores = _validate(head, val_items, cfg, LesionMaskRule())
             row = {
                 "step": step,
                 "loss": running / counted if counted else float("nan"),
@@ -586,14 +600,8 @@ def train_lesion_head(
 
     head.load_state_dict(best[2])
     head.window.fill_(int(max(cfg.patch_size)))
-    temp, min_ml, calib = _calibrate(head, val_items, cfg)
-    head.temperature.fill_(temp)
-    head.min_lesion_ml.fill_(min_ml)
-    final = _validate(head, val_items, cfg, min_ml)
-    say(
-        f"best step {best[1]} (val Dice {best[0]:.3f}); temperature {temp:.3f}, "
-        f"min lesion {min_ml} mL -> val Dice {final['dice']:.3f}"
-    )
+    rule, calib, final = _fit_postprocessing(head, val_items, cfg)
+    say(f"best step {best[1]} (val Dice {best[0]:.3f}); {_fitted(head, rule, final)}")
     head_weights = {k: t.cpu() for k, t in head.state_dict().items()}
     return _write_checkpoint(
         state,
@@ -609,12 +617,32 @@ def train_lesion_head(
             "best_step": best[1],
             "val_dice_at_best": best[0],
             "calibration": calib,
-            "min_lesion_ml": min_ml,
+            "min_lesion_ml": rule.min_ml,
+            "min_component_prob": rule.min_component_prob,
             "val_final": final,
             "val_cases": [i.case_id for i in val_items],
             "seconds": time.perf_counter() - start,
         },
         out / "lesion_metrics.csv",
+    )
+
+
+def _fit_postprocessing(
+    head: Any, val_items: Sequence[_Item], cfg: LesionTrainConfig
+) -> tuple[LesionMaskRule, dict[str, Any], dict[str, Any]]:
+    """Fit the head's temperature and mask rule on the validation items (`_calibrate`), store
+    them in its buffers, and validate with them: (rule, calibration record, final validation)."""
+    temp, rule, calib = _calibrate(head, val_items, cfg)
+    head.temperature.fill_(temp)
+    head.min_lesion_ml.fill_(rule.min_ml)
+    head.min_component_prob.fill_(rule.min_component_prob)
+    return rule, calib, _validate(head, val_items, cfg, rule)
+
+
+def _fitted(head: Any, rule: LesionMaskRule, final: dict[str, Any]) -> str:
+    return (
+        f"temperature {float(head.temperature):.3f}, min lesion {rule.min_ml} mL, "
+        f"min component probability {rule.min_component_prob} -> val Dice {final['dice']:.3f}"
     )
 
 
@@ -666,8 +694,41 @@ def _write_checkpoint(
         float(record["val_dice_at_best"]),
         float(record["calibration"]["temperature"]),
         float(record["min_lesion_ml"]),
+        float(record.get("min_component_prob", 0.0)),
         dict(record["val_final"]),
     )
+
+
+def _recalibrated(
+    weights: dict[str, torch.Tensor],
+    cfg: LesionTrainConfig,
+    spatial_dims: int,
+    val_data: str | Path,
+    log: Callable[[str], None] | None,
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """A trained head's weights with temperature and mask rule refitted on `val_data`, and the
+    record fields that change."""
+    from clinfuse.nn.lesion_head import LesionHead
+
+    head = LesionHead(spatial_dims, cfg.channels, cfg.res_units, inputs=cfg.inputs, norm=cfg.norm)
+    head.load_state_dict(weights)
+    window = int(head.window)
+    if window > 0:
+        cfg = replace(cfg, patch_size=(window,) * spatial_dims)
+    val_items = load_items(val_data, (), log=None)
+    rule, calib, final = _fit_postprocessing(head, val_items, cfg)
+    if log is not None:
+        log(f"recalibrated on {len(val_items)} validation cases: {_fitted(head, rule, final)}")
+    refit = {
+        "calibration": calib,
+        "min_lesion_ml": rule.min_ml,
+        "min_component_prob": rule.min_component_prob,
+        "val_final": final,
+        "val_data": str(val_data),
+        "val_cases": [i.case_id for i in val_items],
+        "recalibrated": True,
+    }
+    return {k: t.detach().cpu() for k, t in head.state_dict().items()}, refit
 
 
 def _head_of(state: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, torch.Tensor]]:
@@ -693,7 +754,7 @@ def _head_of(state: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, torch.Te
 
 def _warm_start(head: Any, cfg: LesionTrainConfig, spatial_dims: int) -> None:
     """Load the lesion head of `cfg.init_head` into `head` (same architecture, or a clear error
-    naming the file). Its calibration (temperature, minimum lesion size) is reset: this run fits
+    naming the file). Its calibration (temperature, mask rule) is reset: this run fits
     its own on the validation cases."""
     from clinfuse.training.checkpoint import read_checkpoint
 
@@ -710,15 +771,25 @@ def _warm_start(head: Any, cfg: LesionTrainConfig, spatial_dims: int) -> None:
     head.load_state_dict(weights)
     head.temperature.fill_(1.0)
     head.min_lesion_ml.fill_(0.0)
+    head.min_component_prob.fill_(0.0)
 
 
 def transplant_lesion_head(
-    head_checkpoint: str | Path, target_checkpoint: str | Path, out: str | Path
+    head_checkpoint: str | Path,
+    target_checkpoint: str | Path,
+    out: str | Path,
+    *,
+    recalibrate_on: str | Path | None = None,
+    log: Callable[[str], None] | None = print,
 ) -> LesionTrainResult:
     """Write `out` = `target_checkpoint` (e.g. a newer denoiser) with the lesion head of
     `head_checkpoint` (a `train_lesion_head` output): weights, calibration buffers, `lesion_*`
     config fields and the training record. The head reads the fused image and the sources, not
-    the denoiser, so it moves between checkpoints of the same spatial dimension unchanged."""
+    the denoiser, so it moves between checkpoints of the same spatial dimension unchanged.
+
+    `recalibrate_on` (a validation dataset): refit the head's temperature and mask rule there
+    first, as the end of training does (`_fit_postprocessing`), without changing a weight;
+    for a head trained before a post-processing option existed."""
     from clinfuse.training.checkpoint import read_checkpoint
 
     out = Path(out)
@@ -738,8 +809,11 @@ def transplant_lesion_head(
         )
     (_, inputs, channels, res_units, norm), head = _head_of(src)
     cfg = LesionTrainConfig(inputs=inputs, channels=channels, res_units=res_units, norm=norm)
-    out.parent.mkdir(parents=True, exist_ok=True)
     record = {**record, "transplanted_from": str(head_checkpoint)}
+    if recalibrate_on is not None:
+        head, refit = _recalibrated(head, cfg, dims[0], recalibrate_on, log)
+        record.update(refit)
+    out.parent.mkdir(parents=True, exist_ok=True)
     return _write_checkpoint(
         target,
         target_checkpoint,

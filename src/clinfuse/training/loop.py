@@ -281,7 +281,6 @@ def validate(
     noise levels, brain/bone ROI-SSIM, bone ROI-PSNR and the lesion head's Dice."""
     from clinfuse.diffusion.samplers import sample
     from clinfuse.losses.ssim import masked_ssim
-    from clinfuse.nn.lesion_head import clean_mask
     from clinfuse.nn.model import pad_to_multiple
 
     model.eval()
@@ -322,14 +321,9 @@ def validate(
         rows["val_psnr_bone"].append(_roi_psnr(fused, ct_bone, b.bone))
         if bool(b.has_lesion[0]) and bool(b.lesion.any()):
             prob = torch.sigmoid(model.lesion_head(fused_p, cond)[crop].float())
-            # the mask as fuse and evaluation make it: p >= 0.5, components below the head's
-            # min_lesion_ml removed; Dice from metrics.segmentation, as evaluation
-            pred = clean_mask(
-                prob.squeeze().cpu().numpy(),
-                b.spacing[0],
-                0.5,
-                float(model.lesion_head.min_lesion_ml),
-            )
+            # the mask as fuse and evaluation make it: p >= 0.5 cleaned by the head's own
+            # `LesionMaskRule`; Dice from metrics.segmentation, as evaluation
+            pred = model.lesion_head.mask_rule.apply(prob.squeeze().cpu().numpy(), b.spacing[0])
             rows["val_dice_lesion"].append(dice(pred, _np_mask(b.lesion)))
     out = {}
     for k, vals in rows.items():
@@ -419,7 +413,8 @@ def init_weights(model: nn.Module, path: Path) -> None:
     if not head_fits:
         weights = {k: v for k, v in weights.items() if not k.startswith("lesion_head.")}
         weights.update({k: own[k] for k in head})
-    for k in ("lesion_head.temperature", "lesion_head.min_lesion_ml"):
+    calibration = ("temperature", "min_lesion_ml", "min_component_prob")
+    for k in (f"lesion_head.{name}" for name in calibration):
         if k in own:
             weights.setdefault(k, own[k])
     load_weights(model, weights, path)
