@@ -62,10 +62,12 @@ clinfuse train-lesion --checkpoint "$INIT" --init-head "$RUNS/lesion7/lesion_hea
     --steps 10000 --val-every 1000 --lr 3e-4 --seed 1 --threads 1 --device cpu --overwrite \
     > "$RUNS/logs/lesion8.log" 2>&1 &
 wait
-# session 7 shipped best.ckpt after benchmarks/denoiser_val.py showed it better than "$INIT"
+# session 7 shipped best.ckpt after benchmarks/denoiser_val.py showed it better than "$INIT".
+# session 9: --recalibrate refits the head's temperature and mask rule (minimum size, minimum
+# mean probability of a secondary component) on the validation split; no weight changes.
 SHIP_DENOISER=${SHIP_DENOISER:-$RUNS/real3d-2mm/best.ckpt}
 clinfuse train-lesion --checkpoint "$SHIP_DENOISER" \
-    --head-from "$RUNS/lesion8/lesion_head.ckpt" --out "$RUNS/shipped" --overwrite \
-    --export "$RUNS/shipped/phantom3d-fp16.pt"
+    --head-from "$RUNS/lesion8/lesion_head.ckpt" --recalibrate --val-data "$RUNS/data3_val/all" \
+    --out "$RUNS/shipped" --overwrite --export "$RUNS/shipped/phantom3d-fp16.pt"
 python -m clinfuse.training.plot "$RUNS/real3d-2mm"
 echo "candidate: $RUNS/shipped/phantom3d-fp16.pt (compare on validation before replacing the shipped file)"
