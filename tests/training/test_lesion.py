@@ -248,6 +248,88 @@ def test_calibration_fits_the_component_filter_on_validation(monkeypatch):
     assert final["dice"] == pytest.approx(1.0) and rule.min_component_prob == chosen
 
 
+def test_hard_negatives_are_far_false_positives(monkeypatch):
+    """`_hard_negatives`: voxels the head calls lesion inside the brain, of known label and at
+    least HARD_NEGATIVE_MARGIN voxels from the labelled lesion; None for a clean case."""
+    from clinfuse.training import lesion as tl
+
+    shape = (24, 24, 24)
+    label = np.zeros(shape, np.float32)
+    label[4:8, 4:8, 4:8] = 1.0
+    valid = np.ones(shape, np.float32)
+    valid[:, :, 20:] = 0.0  # an unlabelled region
+    logit = np.full(shape, -8.0, np.float32)
+    logit[3:9, 3:9, 3:9] = 8.0  # the lesion and a one-voxel rim: its border, not a hard negative
+    logit[15:18, 15:18, 10:13] = 8.0  # a far false component: 27 voxels
+    logit[15:18, 15:18, 21:23] = 8.0  # a false component where the label is unknown
+    brain = np.ones(shape, bool)
+    src = np.zeros((3, *shape), np.float32)
+    item = tl._Item("c", src, src[0], {}, label, valid, brain, (2.0, 2.0, 2.0))
+    clean = tl._Item("d", src, src[0], {}, label, valid, brain, (2.0, 2.0, 2.0))
+    maps = iter([logit, np.where(label > 0, 8.0, -8.0).astype(np.float32)])
+    monkeypatch.setattr(tl, "predict_logits", lambda *a, **k: next(maps))
+    cfg = tl.LesionTrainConfig(patch_size=(16, 16, 16))
+    head = torch.nn.Linear(1, 1).train()
+    hard, none = tl._hard_negatives(head, [item, clean], cfg)
+    assert none is None and head.training  # the mode is restored
+    assert hard.dtype == np.float32 and int(hard.sum()) == 27 and hard[15:18, 15:18, 10:13].all()
+    # a hard-negative crop always holds its hard voxels (the 1.5x crop is centred on one)
+    tf = tl._transforms(cfg, hard=True)
+    tf.set_random_state(seed=0)
+    img = np.zeros((7, *shape), np.float32)
+    sample = {"img": img, "label": label[None], "valid": valid[None], "hard": hard[None]}
+    for _ in range(5):
+        for patch in tf(sample):
+            assert tuple(patch["img"].shape[1:]) == cfg.patch_size
+            assert float(np.asarray(patch["hard"]).sum()) > 0
+
+
+def test_training_samples_hard_negatives_when_asked(base_ckpt, phantoms, tmp_path, monkeypatch):
+    """With `hard_negative_fraction` the run finds hard negatives at the start and after every
+    validation but the last, and crops about that share of its samples around them."""
+    from clinfuse.training import lesion as tl
+
+    calls: list[int] = []
+
+    def far_corner(head, items, cfg):
+        calls.append(len(items))
+        maps = []
+        for it in items:
+            m = np.zeros(it.label.shape, np.float32)
+            m[:3, :3, :3] = 1.0
+            maps.append(m)
+        return maps
+
+    crops = {"hard": 0, "plain": 0}
+    real = tl._transforms
+
+    def counting(cfg, hard=False):
+        inner = real(cfg, hard=hard)
+
+        class Counted:
+            def set_random_state(self, seed):
+                inner.set_random_state(seed=seed)
+
+            def __call__(self, sample):
+                crops["hard" if hard else "plain"] += 1
+                return inner(sample)
+
+        return Counted()
+
+    monkeypatch.setattr(tl, "_hard_negatives", far_corner)
+    monkeypatch.setattr(tl, "_transforms", counting)
+    cfg = tl.LesionTrainConfig(
+        steps=8, val_every=4, patch_size=(16, 16, 16), channels=(4, 8), hard_negative_fraction=0.5
+    )
+    said: list[str] = []
+    tl.train_lesion_head(base_ckpt, phantoms[0], phantoms[1], tmp_path / "h", cfg, log=said.append)
+    assert calls == [3, 3]  # the start and after step 4 (not after the last validation)
+    assert sum("hard negatives: 3 of 3 training cases" in m for m in said) == 2
+    assert crops["hard"] > 0 and crops["plain"] > 0 and crops["hard"] + crops["plain"] == 16
+    with pytest.raises(ClinfuseInputError, match="hard_negative_fraction"):
+        tl.LesionTrainConfig(hard_negative_fraction=1.0).validate()
+
+
 def test_train_lesion_replaces_only_the_head_and_calibrates(trained, base_ckpt):
     from clinfuse.training.checkpoint import ema_weights, load_checkpoint, read_checkpoint
 

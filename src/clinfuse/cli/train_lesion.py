@@ -38,6 +38,12 @@ def train_lesion(
         "mirror images of the fused image, MRI and CT).",
     ),
     val_every: int = typer.Option(100, "--val-every", help="Validate every N steps."),
+    hard_negatives: float = typer.Option(
+        0.0,
+        "--hard-negatives",
+        help="Share of the samples cropped around the head's own far false positives on the "
+        "training volumes (refreshed at every validation); 0 = off.",
+    ),
     seed: int = typer.Option(0, "--seed", help="Seed of patches, noise and augmentation."),
     amp: str = typer.Option(
         "auto",
@@ -126,6 +132,7 @@ def train_lesion(
         seed=seed,
         amp=amp,
         init_head=None if init_head is None else str(init_head),
+        hard_negative_fraction=hard_negatives,
     )
     dev = resolve_device(device)
     result = train_lesion_head(

@@ -61,6 +61,9 @@ MIN_ML_CHOICES = (0.0, 0.1, 0.25, 0.5)
 # faint false components of the session-8 head set the held-out phantoms' HD95 (issue 10).
 MIN_COMPONENT_PROB_CHOICES = (0.0, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
 AMP_MODES = ("auto", "bf16", "off")
+# A false positive counts as a hard negative this many voxels (or more) from a labelled lesion:
+# separate false components, not the lesion's own border (Dice already weighs that).
+HARD_NEGATIVE_MARGIN = 3
 
 
 @dataclass
@@ -100,6 +103,12 @@ class LesionTrainConfig:
     # as the initial weights, e.g. to continue a run whose loss was still falling with a new,
     # lower learning-rate schedule. Its architecture must match `inputs`/`channels`/`norm`.
     init_head: str | None = None
+    # Hard negatives (session 9): this share of the samples is cropped around the current
+    # head's false positives on the training volumes (p >= threshold inside the brain, label
+    # known, at least `HARD_NEGATIVE_MARGIN` voxels from any labelled lesion), found with the
+    # composite channel at the start and again after every validation. 0: off (the sampling
+    # stream is then exactly that of earlier runs).
+    hard_negative_fraction: float = 0.0
 
     def validate(self) -> None:
         """Raise `ClinfuseInputError` on values that cannot work."""
@@ -122,6 +131,8 @@ class LesionTrainConfig:
             raise ClinfuseInputError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
         if not 0 < self.pos_fraction < 1:
             raise ClinfuseInputError("pos_fraction must be in (0, 1)")
+        if not 0 <= self.hard_negative_fraction < 1:
+            raise ClinfuseInputError("hard_negative_fraction must be in [0, 1)")
         if self.p_composite + self.p_degraded > 1 or min(self.p_composite, self.p_degraded) < 0:
             raise ClinfuseInputError("p_composite + p_degraded must be in [0, 1]")
         if self.p_composite + self.p_degraded < 1 and not self.fused_inputs:
@@ -266,8 +277,10 @@ def _intensity_transforms() -> Any:
     )
 
 
-def _transforms(cfg: LesionTrainConfig) -> Any:
-    """Patches and spatial augmentation (every channel, its mirror and the labels alike)."""
+def _transforms(cfg: LesionTrainConfig, hard: bool = False) -> Any:
+    """Patches and spatial augmentation (every channel, its mirror and the labels alike).
+    `hard`: crop around the sample's "hard" voxels (`_hard_negatives`) instead of around
+    lesion / background voxels."""
     from monai.transforms import (
         Compose,
         RandAffined,
@@ -277,8 +290,8 @@ def _transforms(cfg: LesionTrainConfig) -> Any:
         SpatialPadd,
     )
 
-    keys = ["img", "label", "valid"]
-    pos = cfg.pos_fraction
+    keys = ["img", "label", "valid", "hard"] if hard else ["img", "label", "valid"]
+    pos = 1.0 if hard else cfg.pos_fraction
     return Compose(
         [
             SpatialPadd(
@@ -290,7 +303,7 @@ def _transforms(cfg: LesionTrainConfig) -> Any:
             # but 14,000 false voxels over sliding windows, session 3.)
             RandCropByPosNegLabeld(
                 keys=keys,
-                label_key="label",
+                label_key="hard" if hard else "label",
                 spatial_size=[int(p * 1.5) for p in cfg.patch_size],
                 pos=pos,
                 neg=1.0 - pos,
@@ -304,7 +317,7 @@ def _transforms(cfg: LesionTrainConfig) -> Any:
                 prob=0.5,
                 rotate_range=(0.17, 0.17, 0.17),
                 scale_range=(0.1, 0.1, 0.1),
-                mode=("bilinear", "nearest", "nearest"),
+                mode=("bilinear", "nearest", "nearest", "nearest")[: len(keys)],
                 padding_mode="border",
             ),
         ]
@@ -340,6 +353,28 @@ def predict_logits(
     with torch.no_grad():
         out = sliding_logits(head, f, c, roi_size, raw=raw)  # type: ignore[arg-type]
     return np.asarray(out)[0, 0]
+
+
+def _hard_negatives(
+    head: torch.nn.Module, items: Sequence[_Item], cfg: LesionTrainConfig
+) -> list[np.ndarray | None]:
+    """Per training item, the head's false positives far from any lesion (float32 0/1, the
+    crop label of `_transforms(hard=True)`), or None when it has none. Composite channel,
+    whole volume, the head's own temperature and `cfg.threshold`."""
+    from scipy import ndimage
+
+    was_training = head.training
+    head.eval()
+    out: list[np.ndarray | None] = []
+    for it in items:
+        logits = predict_logits(head, it.composite, it.sources, cfg.patch_size)
+        fp = (1.0 / (1.0 + np.exp(-logits)) >= cfg.threshold) & it.brain & it.known
+        lesion = it.label > 0.5
+        if lesion.any():
+            fp &= ~ndimage.binary_dilation(lesion, iterations=HARD_NEGATIVE_MARGIN)
+        out.append(fp.astype(np.float32) if fp.any() else None)
+    head.train(was_training)
+    return out
 
 
 def _validate(
@@ -488,6 +523,8 @@ def train_lesion_head(
     say(f"training precision: {'bf16 autocast' if use_bf16 else 'float32'} on {dev}")
     tf = _transforms(cfg)
     tf.set_random_state(seed=cfg.seed)
+    hard_tf = _transforms(cfg, hard=True)
+    hard_tf.set_random_state(seed=cfg.seed + 2)
     intensity = _intensity_transforms()
     intensity.set_random_state(seed=cfg.seed + 1)
     rng = np.random.default_rng(cfg.seed)
@@ -505,6 +542,7 @@ def train_lesion_head(
     if resume:
         saved = torch.load(last_path, map_location=dev, weights_only=False)
         saved["config"].setdefault("amp", "off")  # runs from before --amp trained in float32
+        saved["config"].setdefault("hard_negative_fraction", 0.0)  # ... before session 9
         if saved["config"] != cfg_record:
             diff = sorted(k for k in cfg_record if saved["config"].get(k) != cfg_record[k])
             raise ClinfuseInputError(
@@ -517,18 +555,39 @@ def train_lesion_head(
         best = (float(saved["best"][0]), int(saved["best"][1]), saved["best"][2])
         first, elapsed = int(saved["step"]) + 1, float(saved["seconds"])
         tf.set_random_state(seed=cfg.seed + first)
+        hard_tf.set_random_state(seed=cfg.seed + 2 + first)
         intensity.set_random_state(seed=cfg.seed + 1 + first)
         rng = np.random.default_rng([cfg.seed, first])
         say(f"resumed from step {first - 1} ({last_path})")
     start = time.perf_counter() - elapsed
     running, counted, skipped = 0.0, 0, 0
+    hard_maps: list[np.ndarray | None] = [None] * len(train_items)
+
+    def refresh_hard_negatives() -> None:
+        hard_maps[:] = _hard_negatives(head, train_items, cfg)
+        found = [h for h in hard_maps if h is not None]
+        say(
+            f"hard negatives: {len(found)} of {len(train_items)} training cases, "
+            f"{int(sum(h.sum() for h in found))} false-positive voxels"
+        )
+
+    if cfg.hard_negative_fraction > 0:
+        refresh_hard_negatives()
     head.train()
     for step in range(first, cfg.steps + 1):
         imgs, labels, valids = [], [], []
         for _ in range(cfg.cases_per_step):
-            it = train_items[int(rng.integers(len(train_items)))]
+            k = int(rng.integers(len(train_items)))
+            it = train_items[k]
             img = _sample_inputs(it, cfg, rng, intensity)
-            for s in tf({"img": img, "label": it.label[None], "valid": it.valid[None]}):
+            sample = {"img": img, "label": it.label[None], "valid": it.valid[None]}
+            hard = hard_maps[k]
+            # (no draw at all when the option is off: earlier runs' sampling is unchanged)
+            if hard is not None and rng.random() < cfg.hard_negative_fraction:
+                patches = hard_tf({**sample, "hard": hard[None]})
+            else:
+                patches = tf(sample)
+            for s in patches:
                 imgs.append(torch.as_tensor(np.asarray(s["img"])))
                 labels.append(torch.as_tensor(np.asarray(s["label"])))
                 valids.append(torch.as_tensor(np.asarray(s["valid"])))
@@ -597,6 +656,8 @@ def train_lesion_head(
                 f"{row['seconds']:.0f} s"
                 + (f"; {skipped} non-finite updates skipped so far" if skipped else "")
             )
+            if cfg.hard_negative_fraction > 0 and step < cfg.steps:
+                refresh_hard_negatives()  # the head has moved: find its false positives again
 
     head.load_state_dict(best[2])
     head.window.fill_(int(max(cfg.patch_size)))
