@@ -42,7 +42,10 @@ def trained(base_ckpt, phantoms, tmp_path_factory):
     args = ["train-lesion", "--checkpoint", str(base_ckpt), "--data", str(phantoms[0])]
     args += ["--val-data", str(phantoms[1]), "--out", str(out), "--steps", "30"]
     args += ["--val-every", "10", "--patch", "16", "--device", "cpu", "--threads", "1"]
-    args += ["--export", str(out / "slim.pt")]
+    # float32: on a CPU with native bf16 the autocast forward of this random head gives a NaN
+    # loss now and then (skipped, not applied); a 10-step window of skips made the loss
+    # column NaN and `test_train_lesion_learns` flaky (session 9)
+    args += ["--amp", "off", "--export", str(out / "slim.pt")]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "temperature" in result.output
