@@ -3,8 +3,8 @@ a component-confidence filter (`clean_mask`, `LesionMaskRule`).
 
 numpy / scipy only (MONAI's `RemoveSmallObjects` imported on use), so the evaluation harness and
 the pipeline can carry a head's rule without importing torch. The confidence filter is written
-here: MONAI's component transforms filter by size or keep the largest component, not by a
-component's probability.
+here: MONAI's component transforms filter by size (`RemoveSmallObjects`) or keep the largest
+component (`KeepLargestConnectedComponent`), not by a component's probability.
 """
 
 from __future__ import annotations
@@ -29,11 +29,9 @@ def clean_mask(
     `min_component_prob`, except the most probable one (largest summed probability): a lesion
     mask a reader would draw, without isolated false-positive specks or faint far blobs.
 
-    The confidence filter is written here (scipy `ndimage.label` / `mean` / `sum`): MONAI's
-    component transforms filter by size (`RemoveSmallObjects`) or keep the largest
-    (`KeepLargestConnectedComponent`), not by a component's probability. It never empties a
-    mask: a weak single lesion stays, and only secondary components that the head itself
-    doubts go (issue 10: such components, tens of mm from the lesion, set the HD95)."""
+    The confidence filter (scipy `ndimage.label` / `mean` / `sum`) never empties a mask: a weak
+    single lesion stays, and only secondary components that the head itself doubts go (issue
+    10: such components, tens of mm from the lesion, set the HD95)."""
     from monai.transforms import RemoveSmallObjects
     from scipy import ndimage
 

@@ -26,8 +26,12 @@ recipe; only the choice of the fused channel and the mirror channels are ours:
   validation split's brain voxels, then the post-processing (`nn.lesion_mask.LesionMaskRule`)
   chosen on the same split by Dice: the smallest kept component (`min_lesion_ml`), then the mean
   probability a secondary component needs to stay (`min_component_prob`). All are stored in the
-  head (buffers), so every user of the head applies them. `recalibrate_lesion_head` refits them
-  for a trained head without training it.
+  head (buffers), so every user of the head applies them. `transplant_lesion_head(...,
+  recalibrate_on=VAL)` (`train-lesion --head-from --recalibrate`) refits them for a trained
+  head without training it.
+- **Hard negatives** (optional, `hard_negative_fraction`): a share of the patches is cropped
+  around the head's own far false positives on the training volumes, found again after every
+  validation.
 
 Never trained on the project's test heads (`clinfuse.phantom.realhead.TEST_CASE_NAMES`).
 The output is the given fusion checkpoint with this head in place of its old one.
