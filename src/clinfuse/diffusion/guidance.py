@@ -333,7 +333,7 @@ def predicted_mask(
 ) -> torch.Tensor:
     """The head's probability `(B, 1, *S)` as a lesion mask: kept inside `brain` (`(1|B, 1,
     *S)`), thresholded and cleaned by the head's own `LesionMaskRule` (small and doubtful
-    secondary components removed: `nn.lesion_head.clean_mask`), per item. Bool, on `prob`'s
+    secondary components removed: `nn.lesion_mask.clean_mask`), per item. Bool, on `prob`'s
     device."""
     inside = (prob * brain.to(prob.dtype)).detach().float().cpu().numpy()
     rule = head_mask_rule(model)

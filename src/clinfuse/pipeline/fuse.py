@@ -79,7 +79,7 @@ class FusionResult:
 
     def lesion_mask(self) -> np.ndarray:
         """The predicted lesion mask: `lesion_prob` >= 0.5 cleaned by the head's own
-        `LesionMaskRule` (`nn.lesion_head.clean_mask`, as guidance and evaluation make it)."""
+        `LesionMaskRule` (`nn.lesion_mask.clean_mask`, as guidance and evaluation make it)."""
         return self.mask_rule.apply(self.lesion_prob, self.prepared.spacing, 0.5)
 
 
