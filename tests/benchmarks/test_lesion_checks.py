@@ -1,0 +1,38 @@
+"""benchmarks/lesion_checks.py minsize: the rule table on validation cases."""
+
+import importlib.util
+from pathlib import Path
+
+import torch
+
+from _helpers import tiny_fusion_checkpoint
+
+_PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "lesion_checks.py"
+_spec = importlib.util.spec_from_file_location("bench_lesion_checks", _PATH)
+lc = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(lc)
+
+
+def test_minsize_scores_the_heads_own_rule_first(tmp_path, capsys):
+    from clinfuse.phantom import PhantomConfig, write_phantom_dataset
+    from clinfuse.training.lesion import MIN_COMPONENT_PROB_CHOICES
+
+    cfg = PhantomConfig(shape=(24, 24, 16), spacing=(3.0, 3.0, 3.0), supersample=1)
+    data = write_phantom_dataset(tmp_path / "val", 2, cfg, seed=50, contrast="T2")
+    ckpt = tiny_fusion_checkpoint(tmp_path / "tiny.pt")
+    state = torch.load(ckpt, weights_only=False)
+    for key in ("model", "ema"):
+        prefix = "module." if key == "ema" else ""
+        state[key][f"{prefix}lesion_head.min_lesion_ml"] = torch.tensor(0.25)
+        state[key][f"{prefix}lesion_head.min_component_prob"] = torch.tensor(0.8)
+    torch.save(state, ckpt)
+    assert lc.main(["minsize", str(data), "--checkpoint", str(ckpt)]) == 0
+    rows = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| ")]
+    assert rows[0].startswith("| rule | validation Dice")
+    own = "| the head's own rule (0.25 mL, secondary components of mean p >= 0.80)"
+    assert rows[1].startswith(own)
+    filt = [r for r in rows if "secondary components of mean p >=" in r]
+    assert len(filt) == 1 + len(MIN_COMPONENT_PROB_CHOICES) - 1  # the own rule + every choice > 0
+    for r in rows[1:]:
+        dice = float(r.split(" | ")[1])
+        assert 0.0 <= dice <= 1.0
