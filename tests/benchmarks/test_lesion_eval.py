@@ -38,12 +38,13 @@ def test_table_has_a_row_for_lesions_in_the_issues_size_range(tmp_path):
         _row("p2", "phantom", 0.6, 40.0),
         _row("r", "real", 0.7, 38.0),
     ]
-    head = SimpleNamespace(temperature=1.5)
+    head = SimpleNamespace(temperature=1.5, flip_tta=1)
     loaded = SimpleNamespace(path="ck.pt", sha256="0" * 64, model=SimpleNamespace(lesion_head=head))
     rule = LesionMaskRule(0.5, 0.85)
     le.write_outputs(SimpleNamespace(out=tmp_path), rows, {}, [], loaded, rule, 60.0)
     text = (tmp_path / "lesion_eval.md").read_text()
     assert "kept 0.5 mL; secondary components kept from mean probability 0.85" in text
+    assert "left-right flip averaging on" in text
     table = text.splitlines()
     body = [ln for ln in table if ln.startswith("| held-out") or ln.startswith("| real")]
     assert [ln.split(" | ")[0] for ln in body] == [

@@ -169,6 +169,48 @@ def test_head_on_a_box_matches_the_whole_volume_where_it_sees_all_of_it():
         assert not torch.allclose(head(x2, cond, box=box), part)
 
 
+def test_flip_tta_averages_the_head_over_a_left_right_mirror():
+    """`flip_tta`: in eval mode the logits are the mean over the volume and its RAS-x mirror
+    (so the prediction of a mirrored head is the mirrored prediction), box and sliding
+    windows included; training mode and a head without the flag run one pass."""
+    from clinfuse.nn.lesion_head import LesionHead, sliding_logits
+
+    torch.manual_seed(0)  # test-only: random weights
+    head = LesionHead(3, (4, 8), 1, inputs="fused+sources+mirror", norm="instance").eval()
+    x, cond = torch.randn(1, 1, 24, 16, 16), torch.randn(1, 3, 24, 16, 16)
+    with torch.no_grad():
+        plain = head(x, cond)
+        plain_flipped = head(x.flip(2), cond.flip(2))
+        assert not torch.allclose(plain.flip(2), plain_flipped)  # a random head is not symmetric
+        head.flip_tta.fill_(1)
+        assert head.flip_averaged
+        tta = head(x, cond)
+        torch.testing.assert_close(tta, 0.5 * (plain + plain_flipped.flip(2)))
+        torch.testing.assert_close(head(x.flip(2), cond.flip(2)), tta.flip(2))
+        # a box: the mirrored pass runs on the mirrored box, the same voxels come back (a
+        # window above the volume's size: the context is the whole volume, the box is exact)
+        box = (slice(3, 9), slice(4, 12), slice(0, 16))
+        head.window.fill_(32)
+        torch.testing.assert_close(head(x, cond, box=box), tta[(..., *box)])
+        # sliding windows (training validation, evaluation) average the same way
+        head.window.fill_(16)
+        slid = sliding_logits(head, x, cond, (16, 16, 16))
+        torch.testing.assert_close(head(x, cond), slid)
+        torch.testing.assert_close(
+            sliding_logits(head, x.flip(2), cond.flip(2), (16, 16, 16)), slid.flip(2)
+        )
+        head.window.fill_(0)
+        head.train()
+        assert not head.flip_averaged
+        torch.testing.assert_close(head(x, cond), plain, atol=1e-4, rtol=1e-4)
+    # checkpoints from before the flag load with it off
+    state = {k: v for k, v in head.state_dict().items() if k != "flip_tta"}
+    fresh = LesionHead(3, (4, 8), 1, inputs="fused+sources+mirror", norm="instance")
+    fresh.flip_tta.fill_(1)
+    fresh.load_state_dict(state)
+    assert int(fresh.flip_tta) == 0
+
+
 def test_clean_mask_drops_small_components():
     from clinfuse.nn.lesion_mask import clean_mask
 
@@ -489,6 +531,41 @@ def test_head_from_recalibrate_refits_only_the_calibration(trained, base_ckpt, p
     # --recalibrate belongs to --head-from
     alone = ["train-lesion", "--checkpoint", str(base_ckpt), "--recalibrate", "--out", str(out)]
     assert "--head-from" in str(CliRunner().invoke(app, alone).exception)
+
+
+def test_head_from_recalibrate_switches_flip_tta(trained, base_ckpt, phantoms, tmp_path):
+    """`--head-from H --recalibrate --flip-tta`: same weights, flip averaging on, temperature
+    and mask rule fitted to the averaged logits; switching it without a refit is refused."""
+    from clinfuse.training.checkpoint import ema_weights, load_checkpoint
+
+    out = tmp_path / "tta"
+    args = ["train-lesion", "--checkpoint", str(base_ckpt), "--head-from"]
+    args += [str(trained / "lesion_head.ckpt"), "--out", str(out), "--flip-tta"]
+    refused = CliRunner().invoke(app, args)
+    assert refused.exit_code != 0 and "recalibrate" in str(refused.exception)
+    result = CliRunner().invoke(app, [*args, "--recalibrate", "--val-data", str(phantoms[1])])
+    assert result.exit_code == 0, result.output
+    assert "flip-averaged" in result.output
+    new = load_checkpoint(out / "lesion_head.ckpt")
+    src = load_checkpoint(trained / "lesion_head.ckpt")
+    w_new, w_src = ema_weights(new.state), ema_weights(src.state)
+    for k, v in w_src.items():
+        if k.startswith("lesion_head.unet."):
+            assert torch.equal(v, w_new[k]), k
+    assert int(new.model.lesion_head.flip_tta) == 1 and int(src.model.lesion_head.flip_tta) == 0
+    assert new.state["extra"]["lesion_head"]["flip_tta"] is True
+    # the averaged logits are not the single-pass ones: the fit is redone on them
+    assert float(new.model.lesion_head.temperature) != pytest.approx(
+        float(src.model.lesion_head.temperature), abs=1e-6
+    )
+
+
+def test_flip_tta_is_for_3d_heads():
+    from clinfuse.training.lesion import LesionTrainConfig
+
+    with pytest.raises(ClinfuseInputError, match="3D"):
+        LesionTrainConfig(patch_size=(32, 32), flip_tta=True).validate()
+    LesionTrainConfig(patch_size=(32, 32, 32), flip_tta=True).validate()
 
 
 def test_train_lesion_resumes_an_interrupted_run(base_ckpt, phantoms, tmp_path):

@@ -44,6 +44,13 @@ def train_lesion(
         help="Share of the samples cropped around the head's own far false positives on the "
         "training volumes (refreshed at every validation); 0 = off.",
     ),
+    flip_tta: bool | None = typer.Option(
+        None,
+        "--flip-tta/--no-flip-tta",
+        help="Left-right flip test-time augmentation of the head (3D): its logits become the "
+        "mean over the volume and its mirror image; validation and calibration use it. "
+        "Training default: off; with --head-from it needs --recalibrate (default: keep).",
+    ),
     seed: int = typer.Option(0, "--seed", help="Seed of patches, noise and augmentation."),
     amp: str = typer.Option(
         "auto",
@@ -107,6 +114,7 @@ def train_lesion(
             checkpoint,
             target,
             recalibrate_on=val_data if recalibrate else None,
+            flip_tta=flip_tta,
             log=typer.echo,
         )
         typer.echo(f"done: {res.checkpoint} (head of {head_from})")
@@ -133,6 +141,7 @@ def train_lesion(
         amp=amp,
         init_head=None if init_head is None else str(init_head),
         hard_negative_fraction=hard_negatives,
+        flip_tta=bool(flip_tta),
     )
     dev = resolve_device(device)
     result = train_lesion_head(

@@ -28,7 +28,7 @@ trained on x̂0 of the frozen denoiser at t <= T/2 and on clean fused images
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from monai.networks.nets import UNet
@@ -96,6 +96,11 @@ class LesionHead(nn.Module):
         # Sliding-window size (voxels per axis) for volumes larger than it, in eval mode: the
         # training patch, so instance norm sees windows like its training patches. 0 = whole.
         self.register_buffer("window", torch.zeros((), dtype=torch.long))
+        # Left-right flip test-time augmentation in eval mode (`flip_averaged`): 1 = the logits
+        # are the mean of the head on the volume and on its mirror image (flipped back), as
+        # nnU-Net's mirroring at inference. Set with the calibration it was fitted with
+        # (`train-lesion --flip-tta`); 3D heads only (axis 0 is RAS x). 0 = one pass.
+        self.register_buffer("flip_tta", torch.zeros((), dtype=torch.long))
 
     def _load_from_state_dict(
         self,
@@ -112,6 +117,7 @@ class LesionHead(nn.Module):
             ("min_lesion_ml", 0.0),
             ("min_component_prob", 0.0),
             ("window", 0),
+            ("flip_tta", 0),
         )
         for name, default in defaults:
             state_dict.setdefault(prefix + name, torch.tensor(default))
@@ -129,6 +135,11 @@ class LesionHead(nn.Module):
         """True when the head must see the whole volume: its mirror images are taken before any
         window is cut (`head_inputs`), so a caller must not apply it window by window."""
         return self.inputs == "fused+sources+mirror"
+
+    @property
+    def flip_averaged(self) -> bool:
+        """True when this head averages over a left-right flip (`flip_tta`, eval mode only)."""
+        return bool(self.flip_tta) and not self.training
 
     def inputs_of(self, x0_hat: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         """The network's input channels for whole volumes (`head_inputs` for this head)."""
@@ -152,7 +163,21 @@ class LesionHead(nn.Module):
         then runs on a context region around the box (`context_box`: a margin of
         `size_multiple` voxels, at least one `window`), so the box's voxels see the same kind
         of neighbourhood as in a whole-volume pass at a fraction of its cost. Guidance uses it
-        for the lesion term, whose gradient can only move voxels inside the box."""
+        for the lesion term, whose gradient can only move voxels inside the box.
+
+        With `flip_averaged` the logits are the mean of this over the volume and over its
+        left-right mirror image (`flip_mean`), box included."""
+        if self.flip_averaged:
+            return flip_mean(self._logits, x0_hat, cond, box)
+        return self._logits(x0_hat, cond, box)
+
+    def _logits(
+        self,
+        x0_hat: torch.Tensor,
+        cond: torch.Tensor | None = None,
+        box: Sequence[slice] | None = None,
+    ) -> torch.Tensor:
+        """`forward` without the flip average: one pass."""
         win = int(self.window)
         spatial = tuple(x0_hat.shape[2:])
         inputs = self.inputs_of(x0_hat, cond)
@@ -173,6 +198,26 @@ class LesionHead(nn.Module):
             for b, c in zip(_resolved(box, spatial), ctx, strict=True)
         )
         return logits[(..., *inner)]
+
+
+def flip_mean(
+    fn: Callable[[torch.Tensor, torch.Tensor | None, Sequence[slice] | None], torch.Tensor],
+    x0_hat: torch.Tensor,
+    cond: torch.Tensor | None,
+    box: Sequence[slice] | None = None,
+) -> torch.Tensor:
+    """Left-right flip test-time augmentation of a head's logits: the mean of `fn(x0_hat, cond,
+    box)` and of `fn` on the images flipped along spatial axis 0 (RAS x), flipped back. The box
+    is mirrored with the images, so the result covers the same voxels. Differentiable."""
+    spatial = tuple(x0_hat.shape[2:])
+    fbox = None
+    if box is not None:
+        first, *rest = _resolved(box, spatial)
+        n = spatial[0]
+        fbox = (slice(n - first.stop, n - first.start), *rest)
+    direct = fn(x0_hat, cond, box)
+    mirrored = fn(x0_hat.flip(2), None if cond is None else cond.flip(2), fbox).flip(2)
+    return 0.5 * (direct + mirrored)
 
 
 def _resolved(box: Sequence[slice], spatial: Sequence[int]) -> tuple[slice, ...]:
@@ -220,11 +265,16 @@ def sliding_logits(
 ) -> torch.Tensor:
     """The head over a whole volume with MONAI `sliding_window_inference` (Gaussian-weighted
     windows of `roi_size`, the training patch): `fused` (B, 1, *S), `cond` (B, 3, *S) ->
-    logits (B, 1, *S), calibrated unless `raw`. Differentiable (guidance can use it)."""
+    logits (B, 1, *S), calibrated unless `raw`, averaged over a left-right flip when the head
+    is `flip_averaged`. Differentiable (guidance can use it)."""
     nd = fused.ndim - 2
     roi = tuple(int(r) for r in roi_size)[:nd]
-    x = head.inputs_of(fused, cond)  # mirrors (if any) from the whole volume, then windows
-    return _slide(head, x, roi, raw=raw, overlap=overlap)
+
+    def one_pass(f: torch.Tensor, c: torch.Tensor | None, _box: object = None) -> torch.Tensor:
+        x = head.inputs_of(f, c)  # mirrors (if any) from the whole volume, then windows
+        return _slide(head, x, roi, raw=raw, overlap=overlap)
+
+    return flip_mean(one_pass, fused, cond) if head.flip_averaged else one_pass(fused, cond)
 
 
 def _slide(

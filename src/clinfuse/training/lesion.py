@@ -29,6 +29,10 @@ recipe; only the choice of the fused channel and the mirror channels are ours:
   head (buffers), so every user of the head applies them. `transplant_lesion_head(...,
   recalibrate_on=VAL)` (`train-lesion --head-from --recalibrate`) refits them for a trained
   head without training it.
+- **Flip test-time augmentation** (optional, `flip_tta`, 3D): the head's logits in eval mode
+  are the mean over the volume and its left-right mirror image (`LesionHead.flip_tta`,
+  `nn.lesion_head.flip_mean`); validation, calibration and every later use then see the
+  averaged logits, so temperature and mask rule are fitted to what is applied.
 - **Hard negatives** (optional, `hard_negative_fraction`): a share of the patches is cropped
   around the head's own far false positives on the training volumes, found again after every
   validation.
@@ -113,6 +117,10 @@ class LesionTrainConfig:
     # composite channel at the start and again after every validation. 0: off (the sampling
     # stream is then exactly that of earlier runs).
     hard_negative_fraction: float = 0.0
+    # Left-right flip test-time augmentation (session 10): the head's eval-mode logits are the
+    # mean over the volume and its mirror image (`LesionHead.flip_tta`); validation,
+    # calibration and the exported head use it. Training patches are unchanged. 3D only.
+    flip_tta: bool = False
 
     def validate(self) -> None:
         """Raise `ClinfuseInputError` on values that cannot work."""
@@ -137,6 +145,10 @@ class LesionTrainConfig:
             raise ClinfuseInputError("pos_fraction must be in (0, 1)")
         if not 0 <= self.hard_negative_fraction < 1:
             raise ClinfuseInputError("hard_negative_fraction must be in [0, 1)")
+        if self.flip_tta and len(self.patch_size) != 3:
+            raise ClinfuseInputError(
+                "flip test-time augmentation flips RAS x and is for 3D heads only"
+            )
         if self.p_composite + self.p_degraded > 1 or min(self.p_composite, self.p_degraded) < 0:
             raise ClinfuseInputError("p_composite + p_degraded must be in [0, 1]")
         if self.p_composite + self.p_degraded < 1 and not self.fused_inputs:
@@ -523,6 +535,7 @@ def train_lesion_head(
     ).to(dev)
     if cfg.init_head is not None:
         _warm_start(head, cfg, spatial_dims)
+    head.flip_tta.fill_(int(cfg.flip_tta))
     use_bf16 = cfg.amp == "bf16" or (cfg.amp == "auto" and native_bf16(dev))
     say(f"training precision: {'bf16 autocast' if use_bf16 else 'float32'} on {dev}")
     tf = _transforms(cfg)
@@ -547,6 +560,7 @@ def train_lesion_head(
         saved = torch.load(last_path, map_location=dev, weights_only=False)
         saved["config"].setdefault("amp", "off")  # runs from before --amp trained in float32
         saved["config"].setdefault("hard_negative_fraction", 0.0)  # ... before session 9
+        saved["config"].setdefault("flip_tta", False)  # ... before session 10
         if saved["config"] != cfg_record:
             diff = sorted(k for k in cfg_record if saved["config"].get(k) != cfg_record[k])
             raise ClinfuseInputError(
@@ -706,6 +720,7 @@ def _fit_postprocessing(
 
 def _fitted(head: Any, rule: LesionMaskRule, final: dict[str, Any]) -> str:
     return (
+        f"{'flip-averaged, ' if bool(head.flip_tta) else ''}"
         f"temperature {float(head.temperature):.3f}, min lesion {rule.min_ml} mL, "
         f"min component probability {rule.min_component_prob} -> val Dice {final['dice']:.3f}"
     )
@@ -770,13 +785,21 @@ def _recalibrated(
     spatial_dims: int,
     val_data: str | Path,
     log: Callable[[str], None] | None,
+    flip_tta: bool | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """A trained head's weights with temperature and mask rule refitted on `val_data`, and the
-    record fields that change."""
+    """A trained head's weights with temperature and mask rule refitted on `val_data` (with
+    flip test-time augmentation switched to `flip_tta` first, unless None), and the record
+    fields that change."""
     from clinfuse.nn.lesion_head import LesionHead
 
     head = LesionHead(spatial_dims, cfg.channels, cfg.res_units, inputs=cfg.inputs, norm=cfg.norm)
     head.load_state_dict(weights)
+    if flip_tta is not None:
+        if flip_tta and spatial_dims != 3:
+            raise ClinfuseInputError(
+                "flip test-time augmentation flips RAS x and is for 3D heads only"
+            )
+        head.flip_tta.fill_(int(flip_tta))
     window = int(head.window)
     if window > 0:
         cfg = replace(cfg, patch_size=(window,) * spatial_dims)
@@ -788,6 +811,7 @@ def _recalibrated(
         "calibration": calib,
         "min_lesion_ml": rule.min_ml,
         "min_component_prob": rule.min_component_prob,
+        "flip_tta": bool(head.flip_tta),
         "val_final": final,
         "val_data": str(val_data),
         "val_cases": [i.case_id for i in val_items],
@@ -837,6 +861,7 @@ def _warm_start(head: Any, cfg: LesionTrainConfig, spatial_dims: int) -> None:
     head.temperature.fill_(1.0)
     head.min_lesion_ml.fill_(0.0)
     head.min_component_prob.fill_(0.0)
+    head.flip_tta.fill_(0)
 
 
 def transplant_lesion_head(
@@ -845,6 +870,7 @@ def transplant_lesion_head(
     out: str | Path,
     *,
     recalibrate_on: str | Path | None = None,
+    flip_tta: bool | None = None,
     log: Callable[[str], None] | None = print,
 ) -> LesionTrainResult:
     """Write `out` = `target_checkpoint` (e.g. a newer denoiser) with the lesion head of
@@ -854,12 +880,19 @@ def transplant_lesion_head(
 
     `recalibrate_on` (a validation dataset): refit the head's temperature and mask rule there
     first, as the end of training does (`_fit_postprocessing`), without changing a weight;
-    for a head trained before a post-processing option existed."""
+    for a head trained before a post-processing option existed. `flip_tta` (needs
+    `recalibrate_on`): switch the head's flip test-time augmentation on or off before the
+    refit; None keeps the head's setting."""
     from clinfuse.training.checkpoint import read_checkpoint
 
     out = Path(out)
     if out.resolve() in (Path(head_checkpoint).resolve(), Path(target_checkpoint).resolve()):
         raise ClinfuseInputError("the output would overwrite an input checkpoint", out)
+    if flip_tta is not None and recalibrate_on is None:
+        raise ClinfuseInputError(
+            "switching flip test-time augmentation changes the logits: recalibrate on a "
+            "validation dataset as well"
+        )
     src = read_checkpoint(head_checkpoint)
     record = (src.get("extra") or {}).get("lesion_head")
     if not record:
@@ -876,7 +909,7 @@ def transplant_lesion_head(
     cfg = LesionTrainConfig(inputs=inputs, channels=channels, res_units=res_units, norm=norm)
     record = {**record, "transplanted_from": str(head_checkpoint)}
     if recalibrate_on is not None:
-        head, refit = _recalibrated(head, cfg, dims[0], recalibrate_on, log)
+        head, refit = _recalibrated(head, cfg, dims[0], recalibrate_on, log, flip_tta)
         record.update(refit)
     out.parent.mkdir(parents=True, exist_ok=True)
     return _write_checkpoint(
