@@ -65,9 +65,11 @@ wait
 # session 7 shipped best.ckpt after benchmarks/denoiser_val.py showed it better than "$INIT".
 # session 9: --recalibrate refits the head's temperature and mask rule (minimum size, minimum
 # mean probability of a secondary component) on the validation split; no weight changes.
+# session 10: --flip-tta averages the head's logits over a left-right flip, fitted with it.
 SHIP_DENOISER=${SHIP_DENOISER:-$RUNS/real3d-2mm/best.ckpt}
 clinfuse train-lesion --checkpoint "$SHIP_DENOISER" \
-    --head-from "$RUNS/lesion8/lesion_head.ckpt" --recalibrate --val-data "$RUNS/data3_val/all" \
+    --head-from "$RUNS/lesion8/lesion_head.ckpt" --recalibrate --flip-tta \
+    --val-data "$RUNS/data3_val/all" \
     --out "$RUNS/shipped" --overwrite --export "$RUNS/shipped/phantom3d-fp16.pt"
 python -m clinfuse.training.plot "$RUNS/real3d-2mm"
 echo "candidate: $RUNS/shipped/phantom3d-fp16.pt (compare on validation before replacing the shipped file)"
