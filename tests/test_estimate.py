@@ -17,7 +17,7 @@ class _Net:
     def __call__(self, x, t, cond, tokens):
         return x
 
-    def lesion_head(self, x, cond, box=None, flip=None):
+    def lesion_head(self, x, cond, box=None):
         out = x
         return out if box is None else out[(..., *box)]
 
@@ -36,33 +36,6 @@ def test_ssim_calls_count_the_final_inner_steps():
     assert _calls(GuidanceConfig(n_inner=1, final_inner=30))["ssim"] == (9 + 30) * 2
     # final_inner 0: the last step takes n_inner like the others
     assert _calls(GuidanceConfig(n_inner=10))["ssim"] == 10 * 10 * 2
-    # lesion term from t <= T/2: 5 of 10 DDIM steps, forward + backward counted as 3 (one pass
-    # each: guidance calls the head with flip=False), + the final (full) head call
-    calls = _calls(GuidanceConfig(n_inner=1, final_inner=30))
-    assert calls["lesion_head"] == 1 and calls["lesion_head_guidance"] == 5 * 3
+    # lesion term from t <= T/2: 5 of 10 DDIM steps, forward + backward counted as 3, + final
+    assert _calls(GuidanceConfig(n_inner=1, final_inner=30))["lesion_head"] == 1 + 5 * 3
     assert _calls(GuidanceConfig(eta=0.0))["ssim"] == 0
-    assert _calls(GuidanceConfig(eta=0.0))["lesion_head_guidance"] == 0
-
-
-def test_guidance_head_calls_are_timed_as_one_pass():
-    """A flip-averaging head costs twice per call; guidance asks for one pass (flip=False), so
-    the estimate times the guidance calls that way and the final call in full."""
-
-    class _Flipping(_Net):
-        def __init__(self) -> None:
-            self.seen: list = []
-
-        def lesion_head(self, x, cond, box=None, flip=None):
-            self.seen.append(flip)
-            return x
-
-    net = _Flipping()
-    cond = torch.zeros(1, 3, 8, 8, 8)
-    brain = torch.zeros(1, 1, 8, 8, 8, dtype=torch.bool)
-    brain[..., :4, :, :] = True
-    out = estimate_sampling(
-        net, cond, {"brain": brain, "bone": ~brain}, steps=10, num_train_steps=1000,
-        guidance=GuidanceConfig(),
-    )  # fmt: skip
-    assert net.seen == [None, False]
-    assert {"lesion_head_s", "lesion_head_guidance_s"} <= set(out["timed"])

@@ -25,7 +25,7 @@ class _Model(torch.nn.Module):
     def forward(self, x_t, t, cond, tokens):
         return 0.5 * (cond[:, 0:1] + cond[:, 2:3]) + 0.1 * x_t
 
-    def lesion_head(self, x, cond, box=None, flip=None):
+    def lesion_head(self, x, cond, box=None):
         out = 6.0 * (x - 1.0)
         return out if box is None else out[(..., *box)]
 

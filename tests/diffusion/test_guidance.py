@@ -36,7 +36,7 @@ class AverageModel(nn.Module):
     def forward(self, x_t, t, cond, tokens):
         return 0.5 * (cond[:, 0:1] + cond[:, 2:3]) + 0.1 * x_t
 
-    def lesion_head(self, x, cond, box=None, flip=None):
+    def lesion_head(self, x, cond, box=None):
         out = 6.0 * (x - 1.0)
         return out if box is None else out[(..., *box)]
 
@@ -248,7 +248,7 @@ class _ToyHead(LesionHead):
         super().__init__(3, (8, 8))
         self.min_lesion_ml.fill_(min_ml)
 
-    def forward(self, x, cond=None, box=None, flip=None):
+    def forward(self, x, cond=None, box=None):
         out = 6.0 * (x - 1.0)
         return out if box is None else out[(..., *box)]
 
@@ -349,33 +349,15 @@ def test_inner_momentum_reaches_higher_roi_ssim_in_the_same_steps():
 
 
 class _BoxSpy(AverageModel):
-    """AverageModel that records the `box` and `flip` of every lesion-head call."""
+    """AverageModel that records the `box` of every lesion-head call."""
 
     def __init__(self) -> None:
         super().__init__()
         self.boxes: list = []
-        self.flips: list = []
 
-    def lesion_head(self, x, cond, box=None, flip=None):
+    def lesion_head(self, x, cond, box=None):
         self.boxes.append(box)
-        self.flips.append(flip)
         return super().lesion_head(x, cond, box)
-
-
-def test_guidance_runs_the_head_once_and_the_result_uses_its_full_prediction():
-    """Line 7 and the lesion term ask for one pass (`flip=False`: a flip-averaging head would
-    cost twice); the returned lesion map is the head's own default (flip-averaged if it is)."""
-    cond, masks = _case()
-    spy = _BoxSpy()
-    cfg = GuidanceConfig(eta=0.02, gamma=3.0, lesion_zone_mm=2.0, max_predicted_fraction=1.0)
-    gen = torch.Generator().manual_seed(0)
-    res = guided_sample(
-        spy, cond, masks, NoiseSchedule(1000), steps=5, guidance=cfg, generator=gen,
-        spacing=(1.0, 1.0, 1.0),
-    )  # fmt: skip
-    assert res.lesion_source.value == "predicted" and len(spy.flips) > 2
-    assert spy.flips[:-1] == [False] * (len(spy.flips) - 1)  # line 7, then the lesion term
-    assert spy.flips[-1] is None  # the final lesion map
 
 
 def test_lesion_term_runs_the_head_on_the_zones_box_only():

@@ -33,7 +33,7 @@ class WindowBiasModel(nn.Module):
         bias = 0.5 * torch.tanh(4 * tokens[:, 0, 0])
         return cond[:, :1] + bias.reshape(-1, *([1] * (cond.ndim - 1)))
 
-    def lesion_head(self, x, cond, box=None, flip=None):
+    def lesion_head(self, x, cond, box=None):
         out = 3.0 * (x - x.mean())
         return out if box is None else out[(..., *box)]
 

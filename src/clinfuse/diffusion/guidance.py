@@ -386,17 +386,13 @@ class RoiGuide:
         """Alg.1 line 7: S_lesion from the fused estimate -> the guiding mask (or a rejection)."""
         cfg, brain = self.cfg, self.brain
         box = bounding_box(brain) if cfg.lesion_crop else None
-        # One pass of the head here and in the lesion term (`flip=False`), even for a head that
-        # averages over a left-right flip: that doubles the head's cost, and these are internal
-        # steering signals (the lesion term changes no measured output: docs/BENCHMARKS.md (d));
-        # the lesion map returned (`GuidedResult.lesion_prob`) is the head's full prediction.
         with torch.no_grad():
             if box is None:
-                s_lesion = torch.sigmoid(self.model.lesion_head(x0_hat, self.cond, flip=False))
+                s_lesion = torch.sigmoid(self.model.lesion_head(x0_hat, self.cond))
             else:  # only brain voxels can be lesion: the head on the brain's box (+ context)
                 s_lesion = torch.zeros_like(x0_hat)
                 s_lesion[(..., *box)] = torch.sigmoid(
-                    self.model.lesion_head(x0_hat, self.cond, box=box, flip=False)
+                    self.model.lesion_head(x0_hat, self.cond, box=box)
                 )
         # Honesty rule: without a user mask, the guiding mask is the head's own prediction from
         # the fused estimate (a function of the inputs only), never the ground truth. Lesions
@@ -421,7 +417,7 @@ class RoiGuide:
             # the brain, so its gradient moves (nearby) brain voxels only. With `lesion_crop`
             # the head runs on the zone's box and the losses below are taken over that box.
             zin = only_inside(z, self.movable)
-            prob = torch.sigmoid(self.model.lesion_head(zin, self.cond, box=self.box, flip=False))
+            prob = torch.sigmoid(self.model.lesion_head(zin, self.cond, box=self.box))
         if self._ssim is None:  # once per run: n_inner evaluations per step reuse it
             self._ssim = prepare_ssim_terms(self.mri, self.ct_bone, self.brain, self.bone)
         return roi_loss(
@@ -521,9 +517,8 @@ def guided_sample(
     """ROI-guided DDIM sampling, Algorithm 1: `samplers.sample` with a `RoiGuide`.
     `guidance=None` or `eta=0` is plain DDIM.
 
-    model: `encode(cond)`, `model(x_t, t, cond, tokens)`,
-      `lesion_head(x, cond, box=None, flip=None)` (a `FusionModel` or
-      `diffusion.sliding.SlidingWindowModel`). cond: (B, 3, *S) =
+    model: `encode(cond)`, `model(x_t, t, cond, tokens)`, `lesion_head(x, cond, box=None)` (a
+      `FusionModel` or `diffusion.sliding.SlidingWindowModel`). cond: (B, 3, *S) =
       [mri, ct_clinical, ct_bone]; B = number of samples (different noise, same inputs).
     masks: {"brain": (1|B, 1, *S), "bone": (1|B, 1, *S)} bool.
     lesion_mask: the mask that guides the lesion term, from the user; label it "oracle" when it

@@ -122,29 +122,23 @@ class SlidingWindowModel:
         return self._slide(x_t, cond, predictor, with_coord=True)
 
     def lesion_head(
-        self,
-        x: torch.Tensor,
-        cond: torch.Tensor,
-        box: Sequence[slice] | None = None,
-        flip: bool | None = None,
+        self, x: torch.Tensor, cond: torch.Tensor, box: Sequence[slice] | None = None
     ) -> torch.Tensor:
         """Lesion logits `(B, 1, *S)` blended from windows; differentiable in `x`. With `box`,
-        the logits of that region only, from the head itself (`LesionHead.forward`); `flip`
-        overrides the head's flip averaging (passed on only when given)."""
+        the logits of that region only, from the head itself (`LesionHead.forward`)."""
         self._check(x)
-        kw: dict[str, Any] = {} if flip is None else {"flip": flip}
         if box is not None:
-            return self.model.lesion_head(x, cond, box=box, **kw)
+            return self.model.lesion_head(x, cond, box=box)
         whole_only = bool(getattr(self.model.lesion_head, "whole_volume_only", False))
         if not self.lesion_windows or whole_only or tuple(x.shape[2:]) == self.patch:
             # The head is a plain conv UNet (no tokens, no attention), so it runs on the whole
             # padded volume in one call: about 1/3 of the voxels the overlapping windows cost,
             # and guidance calls it forward + backward. Only its instance-norm statistics
             # differ from per-patch application.
-            return self.model.lesion_head(x, cond, **kw)
+            return self.model.lesion_head(x, cond)
 
         def predictor(win: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
-            return self.model.lesion_head(win, condition, **kw)
+            return self.model.lesion_head(win, condition)
 
         return self._slide(x, cond, predictor, with_coord=False)
 

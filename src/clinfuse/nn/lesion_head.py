@@ -154,7 +154,6 @@ class LesionHead(nn.Module):
         x0_hat: torch.Tensor,
         cond: torch.Tensor | None = None,
         box: Sequence[slice] | None = None,
-        flip: bool | None = None,
     ) -> torch.Tensor:
         """Calibrated logits (apply ``torch.sigmoid`` for the lesion probability). In eval mode
         a volume larger than `window` goes through `sliding_logits` with that window.
@@ -167,9 +166,8 @@ class LesionHead(nn.Module):
         for the lesion term, whose gradient can only move voxels inside the box.
 
         With `flip_averaged` the logits are the mean of this over the volume and over its
-        left-right mirror image (`flip_mean`), box included. `flip` overrides that for one call
-        (False: one pass, e.g. guidance's internal uses, docs/SPEED.md)."""
-        if self.flip_averaged if flip is None else flip:
+        left-right mirror image (`flip_mean`), box included."""
+        if self.flip_averaged:
             return flip_mean(self._logits, x0_hat, cond, box)
         return self._logits(x0_hat, cond, box)
 

@@ -127,17 +127,13 @@ class AutocastModel:
         return self._run(self.model, *args)
 
     def lesion_head(
-        self,
-        x: torch.Tensor,
-        cond: torch.Tensor,
-        box: Sequence[slice] | None = None,
-        flip: bool | None = None,
+        self, x: torch.Tensor, cond: torch.Tensor, box: Sequence[slice] | None = None
     ) -> torch.Tensor:
         """`model.lesion_head(x, cond)` under autocast, float32 logits out (`box`: the logits
-        of that region only; `flip`: the flip-averaging override; see `LesionHead.forward`)."""
-        if box is None and flip is None:
+        of that region only, see `LesionHead.forward`)."""
+        if box is None:
             return self._run(self.model.lesion_head, x, cond)
-        return self._run(functools.partial(self.model.lesion_head, box=box, flip=flip), x, cond)
+        return self._run(functools.partial(self.model.lesion_head, box=box), x, cond)
 
 
 def use_channels_last(model: Any, precision: str) -> bool:

@@ -40,8 +40,7 @@ def estimate_sampling(
     included when `net` is a `SlidingWindowModel`), one lesion-head forward and one masked-SSIM
     forward+backward (brain) on the grid of `cond`; multiplies by what the sampler calls:
     `steps` denoiser forwards; per step with t <= T/2 `lesion_inner` lesion-head forward+backward
-    passes (counted as 3 forwards; one pass each, `flip=False`, as guidance calls the head); the
-    final lesion-head call (flip-averaged when the head is); `n_inner` (mode x0; the last
+    passes (counted as 3 forwards); the final lesion-head call; `n_inner` (mode x0; the last
     step `final_inner` when set) or 1 (mode xt) brain+bone SSIM gradient steps per step.
     Returns the parts and `expected_s`.
     """
@@ -60,14 +59,11 @@ def estimate_sampling(
         parts["denoiser_s"] = _timed(lambda: net(x, t, cond, tokens[0]))
     eta = float(getattr(guidance, "eta", 0.0))
     lesion_on = eta > 0 and float(getattr(guidance, "gamma", 0.0)) > 0
-    head = guide_head = 0.0
+    head = 0.0
     if hasattr(net, "lesion_head"):
         with torch.no_grad():
             head = _timed(lambda: net.lesion_head(x, cond))
-            if lesion_on:
-                guide_head = _timed(lambda: net.lesion_head(x, cond, flip=False))
     parts["lesion_head_s"] = head
-    parts["lesion_head_guidance_s"] = guide_head
     ssim = 0.0
     roi_terms = sum(float(getattr(guidance, k, 0.0)) > 0 for k in ("alpha", "beta"))
     if eta > 0 and roi_terms:
@@ -87,15 +83,13 @@ def estimate_sampling(
     lesion_inner = int(getattr(guidance, "lesion_inner", 1)) if mode == "x0" else 1
     calls = {
         "denoiser": steps,
-        "lesion_head": 1,
-        "lesion_head_guidance": n_lesion_steps * lesion_inner * 3 if lesion_on else 0,
+        "lesion_head": 1 + (n_lesion_steps * lesion_inner * 3 if lesion_on else 0),
         "ssim": ssim_calls * roi_terms if ssim else 0,
     }
     expected = (
         parts["encode_s"]
         + calls["denoiser"] * parts["denoiser_s"]
         + calls["lesion_head"] * head
-        + calls["lesion_head_guidance"] * guide_head
         + calls["ssim"] * ssim
     )
     return {
