@@ -560,6 +560,34 @@ def test_head_from_recalibrate_switches_flip_tta(trained, base_ckpt, phantoms, t
     )
 
 
+def test_training_with_flip_tta_validates_and_exports_the_averaged_head(
+    base_ckpt, phantoms, tmp_path, monkeypatch
+):
+    """`--flip-tta` in training: validation and calibration run the flip-averaged head, and the
+    written head keeps the flag (with its calibration fitted that way)."""
+    import clinfuse.nn.lesion_head as lh
+    from clinfuse.training.checkpoint import load_checkpoint
+    from clinfuse.training.lesion import LesionTrainConfig, train_lesion_head
+
+    calls = {"n": 0}
+    real = lh.flip_mean
+
+    def counting(*args, **kwargs):
+        calls["n"] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(lh, "flip_mean", counting)
+    cfg = LesionTrainConfig(
+        steps=2, val_every=2, patch_size=(16, 16, 16), channels=(4, 8), amp="off", flip_tta=True
+    )
+    res = train_lesion_head(base_ckpt, phantoms[0], phantoms[1], tmp_path, cfg, log=None)
+    # 2 validation cases: the step's validation, calibration, final validation
+    assert calls["n"] == 3 * 2
+    new = load_checkpoint(res.checkpoint)
+    assert int(new.model.lesion_head.flip_tta) == 1
+    assert new.state["extra"]["lesion_head"]["config"]["flip_tta"] is True
+
+
 def test_flip_tta_is_for_3d_heads():
     from clinfuse.training.lesion import LesionTrainConfig
 

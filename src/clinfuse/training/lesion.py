@@ -58,6 +58,7 @@ from clinfuse.io.atomic import atomic_write
 from clinfuse.model_range import MODEL_RANGE
 from clinfuse.nn.lesion_mask import LesionMaskRule
 
+FLIP_3D_ONLY = "flip test-time augmentation flips RAS x and is for 3D heads only"
 DEFAULT_BASELINES = ("average", "weighted", "max", "laplacian", "wavelet")
 # Smallest kept component (mL), chosen on validation among these. Never above 0.5 mL, the
 # smallest lesion the head is meant to find (issue 10's size range 0.5-80 mL): in session 4 a
@@ -146,9 +147,7 @@ class LesionTrainConfig:
         if not 0 <= self.hard_negative_fraction < 1:
             raise ClinfuseInputError("hard_negative_fraction must be in [0, 1)")
         if self.flip_tta and len(self.patch_size) != 3:
-            raise ClinfuseInputError(
-                "flip test-time augmentation flips RAS x and is for 3D heads only"
-            )
+            raise ClinfuseInputError(FLIP_3D_ONLY)
         if self.p_composite + self.p_degraded > 1 or min(self.p_composite, self.p_degraded) < 0:
             raise ClinfuseInputError("p_composite + p_degraded must be in [0, 1]")
         if self.p_composite + self.p_degraded < 1 and not self.fused_inputs:
@@ -796,9 +795,7 @@ def _recalibrated(
     head.load_state_dict(weights)
     if flip_tta is not None:
         if flip_tta and spatial_dims != 3:
-            raise ClinfuseInputError(
-                "flip test-time augmentation flips RAS x and is for 3D heads only"
-            )
+            raise ClinfuseInputError(FLIP_3D_ONLY)
         head.flip_tta.fill_(int(flip_tta))
     window = int(head.window)
     if window > 0:
@@ -861,7 +858,6 @@ def _warm_start(head: Any, cfg: LesionTrainConfig, spatial_dims: int) -> None:
     head.temperature.fill_(1.0)
     head.min_lesion_ml.fill_(0.0)
     head.min_component_prob.fill_(0.0)
-    head.flip_tta.fill_(0)
 
 
 def transplant_lesion_head(
