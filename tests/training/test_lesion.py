@@ -502,10 +502,21 @@ def test_head_moves_to_another_checkpoint(trained, base_ckpt, tmp_path):
     assert again.exit_code != 0
 
 
+def _assert_same_head_weights(new, src) -> None:
+    """The lesion-head network tensors of two loaded checkpoints are identical (EMA)."""
+    from clinfuse.training.checkpoint import ema_weights
+
+    w_new, w_src = ema_weights(new.state), ema_weights(src.state)
+    keys = [k for k in w_src if k.startswith("lesion_head.unet.")]
+    assert keys
+    for k in keys:
+        assert torch.equal(w_src[k], w_new[k]), k
+
+
 def test_head_from_recalibrate_refits_only_the_calibration(trained, base_ckpt, phantoms, tmp_path):
     """`--head-from H --recalibrate --val-data V`: the head's weights move unchanged, its
     temperature and mask rule are refitted on V (as the end of training does) and recorded."""
-    from clinfuse.training.checkpoint import ema_weights, load_checkpoint
+    from clinfuse.training.checkpoint import load_checkpoint
 
     out = tmp_path / "recal"
     args = ["train-lesion", "--checkpoint", str(base_ckpt), "--head-from"]
@@ -517,10 +528,7 @@ def test_head_from_recalibrate_refits_only_the_calibration(trained, base_ckpt, p
     assert "recalibrated on 2 validation cases" in result.output
     new = load_checkpoint(out / "lesion_head.ckpt")
     src = load_checkpoint(trained / "lesion_head.ckpt")
-    w_new, w_src = ema_weights(new.state), ema_weights(src.state)
-    for k, v in w_src.items():
-        if k.startswith("lesion_head.unet."):
-            assert torch.equal(v, w_new[k]), k
+    _assert_same_head_weights(new, src)
     record = new.state["extra"]["lesion_head"]
     assert record["recalibrated"] and record["val_data"] == str(phantoms[1])
     assert record["min_component_prob"] in MIN_COMPONENT_PROB_CHOICES
@@ -536,7 +544,7 @@ def test_head_from_recalibrate_refits_only_the_calibration(trained, base_ckpt, p
 def test_head_from_recalibrate_switches_flip_tta(trained, base_ckpt, phantoms, tmp_path):
     """`--head-from H --recalibrate --flip-tta`: same weights, flip averaging on, temperature
     and mask rule fitted to the averaged logits; switching it without a refit is refused."""
-    from clinfuse.training.checkpoint import ema_weights, load_checkpoint
+    from clinfuse.training.checkpoint import load_checkpoint
 
     out = tmp_path / "tta"
     args = ["train-lesion", "--checkpoint", str(base_ckpt), "--head-from"]
@@ -548,10 +556,7 @@ def test_head_from_recalibrate_switches_flip_tta(trained, base_ckpt, phantoms, t
     assert "flip-averaged" in result.output
     new = load_checkpoint(out / "lesion_head.ckpt")
     src = load_checkpoint(trained / "lesion_head.ckpt")
-    w_new, w_src = ema_weights(new.state), ema_weights(src.state)
-    for k, v in w_src.items():
-        if k.startswith("lesion_head.unet."):
-            assert torch.equal(v, w_new[k]), k
+    _assert_same_head_weights(new, src)
     assert int(new.model.lesion_head.flip_tta) == 1 and int(src.model.lesion_head.flip_tta) == 0
     assert new.state["extra"]["lesion_head"]["flip_tta"] is True
     # the averaged logits are not the single-pass ones: the fit is redone on them
