@@ -2,15 +2,28 @@
 real volume except the two test cases, plus phantoms, all at 2 mm, in one folder.
 
     python benchmarks/build_training_data.py OUT [--per-source N] [--phantoms N]
-        [--lesion-phantoms N] [--seed S] [--keep-existing]
+        [--lesion-phantoms N] [--t1-phantoms N] [--small-phantoms N]
+        [--small-haemorrhage-phantoms N] [--ranged-phantoms N] [--seed S] [--keep-existing]
 
 OUT/real (real-anatomy pairs, `clinfuse.phantom.realhead.write_real_dataset`, seeds
-S + 1000 * source + k), OUT/phantoms (`write_phantom_dataset`, seeds 20000 + S, all five
-contrasts, lesion kinds cycled) and, with `--lesion-phantoms`, OUT/lesion_phantoms (seeds
-30000 + S, all five contrasts, one ischaemic lesion of 0.5-80 mL each: more of the lesions the
-lesion head misses, issue 10) are written, then OUT/all/manifest.csv lists them all (paths
-relative to OUT/all). `--keep-existing` reuses a part whose manifest.csv is already there (a
-part copied or linked from an earlier build with the same options).
+S + 1000 * source + k) and OUT/phantoms (`write_phantom_dataset`, seeds 20000 + S, all five
+contrasts, lesion kinds cycled) are written, and with the options, parts of phantoms with one
+lesion each in issue 10's sizes, for the lesion head:
+- `--lesion-phantoms`: OUT/lesion_phantoms, seeds 30000 + S, all five contrasts, ischaemic,
+  0.5-80 mL;
+- `--t1-phantoms`: OUT/t1_phantoms, seeds 40000 + S, T1 only, ischaemic, 0.5-80 mL (the
+  subtlest contrast);
+- `--small-phantoms`: OUT/small_phantoms, seeds 41000 + S, all five contrasts, ischaemic,
+  0.5-5 mL;
+- `--small-haemorrhage-phantoms`: OUT/small_haemorrhage_phantoms, seeds 42000 + S, all five
+  contrasts, haemorrhagic, 0.5-5 mL;
+- `--ranged-phantoms`: OUT/ranged_phantoms, seeds 60000 + S, all five contrasts, ischaemic /
+  haemorrhagic / none cycled, 0.5-80 mL: the held-out lesion sets' design plus lesion-free
+  cases, used with `--seed 500` for validation (docs/TRAINING.md, session 11).
+Then OUT/all/manifest.csv lists them all (paths relative to OUT/all). `--keep-existing`
+reuses a part whose manifest.csv is already there (a part copied or linked from an earlier
+build with the same options). Training (`--seed 0`) and validation (`--seed 500`) seeds are
+disjoint, and both from the held-out phantoms (7000-7211).
 """
 
 from __future__ import annotations
@@ -33,6 +46,10 @@ def main() -> None:
     ap.add_argument("--per-source", type=int, default=8)
     ap.add_argument("--phantoms", type=int, default=20)
     ap.add_argument("--lesion-phantoms", type=int, default=0)
+    ap.add_argument("--t1-phantoms", type=int, default=0)
+    ap.add_argument("--small-phantoms", type=int, default=0)
+    ap.add_argument("--small-haemorrhage-phantoms", type=int, default=0)
+    ap.add_argument("--ranged-phantoms", type=int, default=0)
     ap.add_argument("--keep-existing", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--spacing", type=float, default=2.0)
@@ -56,21 +73,32 @@ def main() -> None:
         )
     s = args.spacing
     cfg = PhantomConfig(shape=(96, 96, 72), spacing=(s, s, s))
-    parts = [("real", None), ("phantoms", (cfg, 20000, args.phantoms, "mixed"))]
-    if args.lesion_phantoms > 0:
-        ranged = replace(cfg, lesion_ml=(0.5, 80.0))
-        parts.append(("lesion_phantoms", (ranged, 30000, args.lesion_phantoms, "ischaemic")))
+    ranged = replace(cfg, lesion_ml=(0.5, 80.0))
+    small = replace(cfg, lesion_ml=(0.5, 5.0))
+    # part: (config, first seed, count, lesion kind(s), contrast); a part of count 0 is left out
+    phantom_parts = [
+        ("phantoms", (cfg, 20000, args.phantoms, "mixed", "all")),
+        ("lesion_phantoms", (ranged, 30000, args.lesion_phantoms, "ischaemic", "all")),
+        ("t1_phantoms", (ranged, 40000, args.t1_phantoms, "ischaemic", "T1")),
+        ("small_phantoms", (small, 41000, args.small_phantoms, "ischaemic", "all")),
+        (
+            "small_haemorrhage_phantoms",
+            (small, 42000, args.small_haemorrhage_phantoms, "haemorrhagic", "all"),
+        ),
+        ("ranged_phantoms", (ranged, 60000, args.ranged_phantoms, "mixed", "all")),
+    ]
+    parts = [("real", None)] + [(part, spec) for part, spec in phantom_parts if spec[2] > 0]
     for part, spec in parts:
         if spec is None or not todo(part):
             continue
-        base, seed0, n, lesion = spec
+        base, seed0, n, lesion, contrast = spec
         write_phantom_dataset(
             out / part,
             n,
             base,
             seed0 + args.seed,
             overwrite=True,
-            contrast="all",
+            contrast=contrast,
             lesion=lesion,
             progress=lambda i, cid: print(f"{time.time() - t0:7.1f}s phantom {cid}", flush=True),
         )

@@ -329,6 +329,31 @@ def test_hard_negatives_are_far_false_positives(monkeypatch):
             assert float(np.asarray(patch["hard"]).sum()) > 0
 
 
+def test_lesion_free_crops_are_background_patches_without_monai_warnings():
+    """A lesion-free sample gives background patches; MONAI's "Num foregrounds 0" warning
+    (one per lesion-free case and step in every training log) is silenced, and only that."""
+    import warnings
+
+    from clinfuse.training import lesion as tl
+
+    cfg = tl.LesionTrainConfig(patch_size=(16, 16, 16))
+    tf = tl._transforms(cfg)
+    tf.set_random_state(seed=0)
+    shape = (24, 24, 24)
+    empty = np.zeros((1, *shape), np.float32)
+    sample = {"img": np.ones((7, *shape), np.float32), "label": empty, "valid": empty + 1}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        patches = tl._crop(tf, sample)
+        warnings.warn("another warning", UserWarning, stacklevel=1)
+    assert len(patches) == cfg.samples_per_case
+    assert all(tuple(p["img"].shape[1:]) == cfg.patch_size for p in patches)
+    assert not any(float(np.asarray(p["label"]).sum()) for p in patches)
+    assert [str(w.message) for w in caught] == ["another warning"]
+    with pytest.warns(UserWarning, match="Num foregrounds 0"):  # what MONAI does unwrapped
+        tf(sample)
+
+
 def test_training_samples_hard_negatives_when_asked(base_ckpt, phantoms, tmp_path, monkeypatch):
     """With `hard_negative_fraction` the run finds hard negatives at the start and after every
     validation but the last, and crops about that share of its samples around them."""

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import csv
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -339,6 +340,16 @@ def _transforms(cfg: LesionTrainConfig, hard: bool = False) -> Any:
     )
 
 
+def _crop(tf: Any, sample: dict[str, Any]) -> Any:
+    """`tf(sample)` (a `_transforms` pipeline). On a lesion-free sample MONAI's
+    `RandCropByPosNegLabeld` warns "Num foregrounds 0 ... setting pos_ratio to 0" for every
+    crop; background-only crops are what a lesion-free case should give, so that one warning
+    is silenced here (it printed once per lesion-free case and step)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Num foregrounds 0", category=UserWarning)
+        return tf(sample)
+
+
 def _sample_inputs(
     item: _Item, cfg: LesionTrainConfig, rng: np.random.Generator, intensity: Any
 ) -> np.ndarray:
@@ -601,9 +612,9 @@ def train_lesion_head(
             hard = hard_maps[k]
             # (no draw at all when the option is off: earlier runs' sampling is unchanged)
             if hard is not None and rng.random() < cfg.hard_negative_fraction:
-                patches = hard_tf({**sample, "hard": hard[None]})
+                patches = _crop(hard_tf, {**sample, "hard": hard[None]})
             else:
-                patches = tf(sample)
+                patches = _crop(tf, sample)
             for s in patches:
                 imgs.append(torch.as_tensor(np.asarray(s["img"])))
                 labels.append(torch.as_tensor(np.asarray(s["label"])))
