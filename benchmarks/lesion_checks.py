@@ -11,7 +11,8 @@ benchmarks/lesion_eval.py instead of a dataset.
 `minsize`: on VALIDATION cases only, the head's Dice (threshold 0.5, composite as the fused
 channel) and HD95 for several minimum component sizes, for keeping only components at least
 a fraction of the largest one, and for the confidence filter `training.lesion` fits (secondary
-components kept from a mean probability: `nn.lesion_mask.clean_mask`). Voxels of unknown label
+components kept from a mean probability: `nn.lesion_mask.clean_mask`); first the head's own
+rule case by case and summed over real-anatomy pairs and phantoms. Voxels of unknown label
 (the manifest's `ignore` column) are left out of both masks, as in training's validation. Never
 run it on the test heads (the loader refuses them).
 """
@@ -62,6 +63,43 @@ def contrast(args: argparse.Namespace) -> None:
     print(f"\n{weak} of {len(rows)} lesions differ from their ring by < 0.5 SD in the MRI")
 
 
+def per_case(probs: list[np.ndarray], items: list[Any], rule: Any) -> None:
+    """The head's own rule case by case, then summed over the real-anatomy pairs and over the
+    phantoms (cases whose id contains "phantom": build_training_data.py's phantom parts):
+    Dice, lesions with a prediction, HD95 over them, and the predicted mL on lesion-free cases
+    ("false mL")."""
+    from clinfuse.metrics.segmentation import dice, hd95
+
+    groups: dict[str, dict[str, list[float]]] = {}
+    print("| case | lesion mL | predicted mL | Dice | HD95 mm |")
+    print("|---|---|---|---|---|")
+    for p, it in zip(probs, items, strict=True):
+        m = rule(p, it) & it.known
+        gt = (it.label > 0.5) & it.known
+        ml = float(np.prod(it.spacing)) / 1000.0
+        g = groups.setdefault("phantoms" if "phantom" in it.case_id else "real-anatomy pairs", {})
+        if not gt.any():
+            g.setdefault("false_ml", []).append(float(m.sum()) * ml)
+            print(f"| {it.case_id} | 0 | {m.sum() * ml:.2f} | | |")
+            continue
+        d = float(dice(m, gt))
+        h = float(hd95(m, gt, it.spacing)) if m.any() else float("nan")
+        g.setdefault("dice", []).append(d)
+        g.setdefault("hd95", []).append(h)
+        print(f"| {it.case_id} | {gt.sum() * ml:.2f} | {m.sum() * ml:.2f} | {d:.3f} | {h:.1f} |")
+    print("\n| cases | lesions | Dice | with a prediction | HD95 mm over them | false mL |")
+    print("|---|---|---|---|---|---|")
+    for name, g in sorted(groups.items()):
+        hs = [h for h in g.get("hd95", []) if h == h]
+        fp = g.get("false_ml", [])
+        print(
+            f"| {name} | {len(g.get('dice', []))} | {np.mean(g.get('dice', [np.nan])):.3f} | "
+            f"{len(hs)} | {np.mean(hs) if hs else float('nan'):.1f} | "
+            f"{sum(fp):.2f} over {len(fp)} |"
+        )
+    print()
+
+
 def minsize(args: argparse.Namespace) -> None:
     import torch
 
@@ -91,9 +129,11 @@ def minsize(args: argparse.Namespace) -> None:
                 hs.append(hd95(m, gt, it.spacing))
         return f"{np.mean(ds):.3f} | {np.mean(hs) if hs else float('nan'):.1f} ({len(hs)})"
 
+    own_rule = head.mask_rule
+    per_case(probs, items, lambda p, it: own_rule.apply(p, it.spacing))
     print("| rule | validation Dice | HD95 mm (cases with a prediction) |")
     print("|---|---|---|")
-    own = head.mask_rule
+    own = own_rule
     print(
         f"| the head's own rule ({own.min_ml:.2f} mL, secondary components of mean p >= "
         f"{own.min_component_prob:.2f}) | " + score(lambda p, it: own.apply(p, it.spacing)) + " |"

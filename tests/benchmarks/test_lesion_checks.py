@@ -27,7 +27,13 @@ def test_minsize_scores_the_heads_own_rule_first(tmp_path, capsys):
         state[key][f"{prefix}lesion_head.min_component_prob"] = torch.tensor(0.8)
     torch.save(state, ckpt)
     assert lc.main(["minsize", str(data), "--checkpoint", str(ckpt)]) == 0
-    rows = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| ")]
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| ")]
+    # first the own rule case by case, then by kind of case (both cases are phantoms)
+    assert lines[0] == "| case | lesion mL | predicted mL | Dice | HD95 mm |"
+    assert [ln.split(" | ")[0] for ln in lines[1:3]] == ["| phantom_000", "| phantom_001"]
+    assert lines[3].startswith("| cases | lesions | Dice | with a prediction")
+    assert lines[4].startswith("| phantoms | ") and "real-anatomy" not in "".join(lines)
+    rows = lines[lines.index(next(ln for ln in lines if ln.startswith("| rule |"))) :]
     assert rows[0].startswith("| rule | validation Dice")
     own = "| the head's own rule (0.25 mL, secondary components of mean p >= 0.80)"
     assert rows[1].startswith(own)
