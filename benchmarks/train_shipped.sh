@@ -27,6 +27,13 @@ mkdir -p "$RUNS/logs"
     "$RUNS/data3" --per-source 8 --phantoms 20
 [ -f "$RUNS/data3_val/all/manifest.csv" ] || python "$REPO/benchmarks/build_training_data.py" \
     "$RUNS/data3_val" --per-source 2 --phantoms 6 --seed 500
+# session 11: the validation split the shipped head's calibration is fitted on = data3_val + 48
+# phantoms with 0.5-80 mL lesions (seeds 60500-60547; data3_val's parts are reused as built)
+[ -f "$RUNS/val11/all/manifest.csv" ] || { mkdir -p "$RUNS/val11" &&
+    ln -sfn "$RUNS/data3_val/real" "$RUNS/val11/real" &&
+    ln -sfn "$RUNS/data3_val/phantoms" "$RUNS/val11/phantoms" &&
+    python "$REPO/benchmarks/build_training_data.py" "$RUNS/val11" --per-source 2 --phantoms 6 \
+        --seed 500 --ranged-phantoms 48 --keep-existing; }
 [ -f "$RUNS/data4/all/manifest.csv" ] || python "$REPO/benchmarks/build_training_data.py" \
     "$RUNS/data4" --per-source 24 --phantoms 60
 [ -f "$RUNS/data5/all/manifest.csv" ] || python "$REPO/benchmarks/build_training_data.py" \
@@ -66,10 +73,12 @@ wait
 # session 9: --recalibrate refits the head's temperature and mask rule (minimum size, minimum
 # mean probability of a secondary component) on the validation split; no weight changes.
 # session 10: --flip-tta averages the head's logits over a left-right flip, fitted with it.
+# session 11: the calibration is fitted on RUNS/val11 (66 cases, 48 lesions) instead of
+# data3_val (18 cases, 16 lesions).
 SHIP_DENOISER=${SHIP_DENOISER:-$RUNS/real3d-2mm/best.ckpt}
 clinfuse train-lesion --checkpoint "$SHIP_DENOISER" \
     --head-from "$RUNS/lesion8/lesion_head.ckpt" --recalibrate --flip-tta \
-    --val-data "$RUNS/data3_val/all" \
+    --val-data "$RUNS/val11/all" \
     --out "$RUNS/shipped" --overwrite --export "$RUNS/shipped/phantom3d-fp16.pt"
 python -m clinfuse.training.plot "$RUNS/real3d-2mm"
 echo "candidate: $RUNS/shipped/phantom3d-fp16.pt (compare on validation before replacing the shipped file)"
