@@ -63,27 +63,37 @@ def contrast(args: argparse.Namespace) -> None:
     print(f"\n{weak} of {len(rows)} lesions differ from their ring by < 0.5 SD in the MRI")
 
 
+def scored(probs: list[np.ndarray], items: list[Any], rule: Any) -> Any:
+    """Per case: (item, mask, reference, Dice, HD95) under `rule(prob, item)`, voxels of
+    unknown label left out; Dice and HD95 are None on a lesion-free case, HD95 nan when the
+    mask is empty."""
+    from clinfuse.metrics.segmentation import dice, hd95
+
+    for p, it in zip(probs, items, strict=True):
+        m = rule(p, it) & it.known
+        gt = (it.label > 0.5) & it.known
+        if not it.label.any():
+            yield it, m, gt, None, None
+            continue
+        h = float(hd95(m, gt, it.spacing)) if m.any() else float("nan")
+        yield it, m, gt, float(dice(m, gt)), h
+
+
 def per_case(probs: list[np.ndarray], items: list[Any], rule: Any) -> None:
     """The head's own rule case by case, then summed over the real-anatomy pairs and over the
     phantoms (cases whose id contains "phantom": build_training_data.py's phantom parts):
     Dice, lesions with a prediction, HD95 over them, and the predicted mL on lesion-free cases
     ("false mL")."""
-    from clinfuse.metrics.segmentation import dice, hd95
-
     groups: dict[str, dict[str, list[float]]] = {}
     print("| case | lesion mL | predicted mL | Dice | HD95 mm |")
     print("|---|---|---|---|---|")
-    for p, it in zip(probs, items, strict=True):
-        m = rule(p, it) & it.known
-        gt = (it.label > 0.5) & it.known
+    for it, m, gt, d, h in scored(probs, items, rule):
         ml = float(np.prod(it.spacing)) / 1000.0
         g = groups.setdefault("phantoms" if "phantom" in it.case_id else "real-anatomy pairs", {})
-        if not gt.any():
+        if d is None:
             g.setdefault("false_ml", []).append(float(m.sum()) * ml)
             print(f"| {it.case_id} | 0 | {m.sum() * ml:.2f} | | |")
             continue
-        d = float(dice(m, gt))
-        h = float(hd95(m, gt, it.spacing)) if m.any() else float("nan")
         g.setdefault("dice", []).append(d)
         g.setdefault("hd95", []).append(h)
         print(f"| {it.case_id} | {gt.sum() * ml:.2f} | {m.sum() * ml:.2f} | {d:.3f} | {h:.1f} |")
@@ -103,7 +113,6 @@ def per_case(probs: list[np.ndarray], items: list[Any], rule: Any) -> None:
 def minsize(args: argparse.Namespace) -> None:
     import torch
 
-    from clinfuse.metrics.segmentation import dice, hd95
     from clinfuse.nn.lesion_mask import clean_mask
     from clinfuse.pipeline import load_model
     from clinfuse.training.lesion import MIN_COMPONENT_PROB_CHOICES, load_items, predict_logits
@@ -118,22 +127,15 @@ def minsize(args: argparse.Namespace) -> None:
         ]
 
     def score(rule: Any) -> str:
-        ds, hs = [], []
-        for p, it in zip(probs, items, strict=True):
-            if not it.label.any():
-                continue
-            m = rule(p, it) & it.known
-            gt = (it.label > 0.5) & it.known
-            ds.append(dice(m, gt))
-            if m.any():
-                hs.append(hd95(m, gt, it.spacing))
-        return f"{np.mean(ds):.3f} | {np.mean(hs) if hs else float('nan'):.1f} ({len(hs)})"
+        rows = [(d, h) for _, _, _, d, h in scored(probs, items, rule) if d is not None]
+        hs = [h for _, h in rows if h == h]
+        dice_mean = np.mean([d for d, _ in rows])
+        return f"{dice_mean:.3f} | {np.mean(hs) if hs else float('nan'):.1f} ({len(hs)})"
 
-    own_rule = head.mask_rule
-    per_case(probs, items, lambda p, it: own_rule.apply(p, it.spacing))
+    own = head.mask_rule
+    per_case(probs, items, lambda p, it: own.apply(p, it.spacing))
     print("| rule | validation Dice | HD95 mm (cases with a prediction) |")
     print("|---|---|---|")
-    own = own_rule
     print(
         f"| the head's own rule ({own.min_ml:.2f} mL, secondary components of mean p >= "
         f"{own.min_component_prob:.2f}) | " + score(lambda p, it: own.apply(p, it.spacing)) + " |"
