@@ -256,7 +256,9 @@ def write_outputs(args, rows, calib, grows, loaded, rule, seconds) -> None:
                 w = csv.DictWriter(fh, fieldnames=list(data[0]))
                 w.writeheader()
                 w.writerows(data)
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    head = subprocess.run(  # the repository's commit, wherever the command is run from
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    )
     cmd = "python benchmarks/lesion_eval.py " + " ".join(sys.argv[1:])
     lines = [
         "# Lesion head benchmark",

@@ -1,6 +1,7 @@
 """benchmarks/lesion_eval.py: the segmentation scores and the table it writes."""
 
 import importlib.util
+import subprocess
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -31,7 +32,8 @@ def test_seg_scores_measure_volume_and_flag_an_empty_prediction():
     assert e["no_prediction"] and e["dice"] == 0.0 and np.isnan(e["hd95"])
 
 
-def test_table_has_a_row_for_lesions_in_the_issues_size_range(tmp_path):
+def test_table_has_a_row_for_lesions_in_the_issues_size_range(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # outside the repository: the code field is still its commit
     rows = [
         _row("p0", "phantom", 0.0, 0.2),  # a lacune below 0.5 mL
         _row("p1", "phantom", 0.8, 5.0),
@@ -45,6 +47,13 @@ def test_table_has_a_row_for_lesions_in_the_issues_size_range(tmp_path):
     text = (tmp_path / "lesion_eval.md").read_text()
     assert "kept 0.5 mL; secondary components kept from mean probability 0.85" in text
     assert "left-right flip averaging on" in text
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"],
+        cwd=_PATH.parents[1],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    assert f"(code {commit}, 1 min)" in text
     table = text.splitlines()
     body = [ln for ln in table if ln.startswith("| held-out") or ln.startswith("| real")]
     assert [ln.split(" | ")[0] for ln in body] == [
