@@ -20,7 +20,10 @@ lesion each in issue 10's sizes, for the lesion head:
 - `--ranged-phantoms`: OUT/ranged_phantoms, seeds 60000 + S, all five contrasts, ischaemic /
   haemorrhagic / none cycled, 0.5-80 mL: the held-out lesion sets' design plus lesion-free
   cases, used with `--seed 500` for validation (docs/TRAINING.md, session 11).
-Then OUT/all/manifest.csv lists them all (paths relative to OUT/all). `--keep-existing`
+Then OUT/all/manifest.csv lists them all (paths relative to OUT/all), and
+OUT/all_phantoms/manifest.csv every phantom part (all but OUT/real): with OUT/real, the two
+data sets of `clinfuse train-lesion --data OUT/real --data OUT/all_phantoms --data-share ...`
+(real anatomy keeps its share of the samples however many phantoms there are). `--keep-existing`
 reuses a part whose manifest.csv is already there (a part copied or linked from an earlier
 build with the same options). Training (`--seed 0`) and validation (`--seed 500`) seeds are
 disjoint, and both from the held-out phantoms (7000-7211).
@@ -102,9 +105,16 @@ def main() -> None:
             lesion=lesion,
             progress=lambda i, cid: print(f"{time.time() - t0:7.1f}s phantom {cid}", flush=True),
         )
-    # One manifest over every part; each phantom is its own patient.
+    write_union(out, [p for p, _ in parts], "all")
+    write_union(out, [p for p, _ in parts if p != "real"], "all_phantoms")
+    print(f"{time.time() - t0:7.1f}s wrote {out / 'all'} and {out / 'all_phantoms'}")
+
+
+def write_union(out: Path, parts: list[str], name: str) -> None:
+    """OUT/NAME/manifest.csv over the given parts (paths relative to it); each phantom is its
+    own patient."""
     rows = []
-    for part, _ in parts:
+    for part in parts:
         with open(out / part / "manifest.csv", newline="") as f:
             for row in csv.DictReader(f):
                 rel = {
@@ -116,13 +126,12 @@ def main() -> None:
                 rel["patient_id"] = rel.get("patient_id") or rel["case_id"]
                 rows.append(rel)
     cols = ["case_id", "mri", "ct", "brain", "bone", "lesion", "ignore", "patient_id"]
-    (out / "all").mkdir(parents=True, exist_ok=True)
-    with open(out / "all" / "manifest.csv", "w", newline="") as f:
+    (out / name).mkdir(parents=True, exist_ok=True)
+    with open(out / name / "manifest.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
         w.writeheader()
         for r in rows:
             w.writerow({c: r.get(c, "") for c in cols})
-    print(f"{time.time() - t0:7.1f}s wrote {len(rows)} cases to {out / 'all' / 'manifest.csv'}")
 
 
 if __name__ == "__main__":

@@ -24,13 +24,26 @@ def test_lesion_phantoms_and_keep_existing(tmp_path: Path) -> None:
     cmd = [sys.executable, str(SCRIPT), str(out), "--phantoms", "1", "--lesion-phantoms", "2"]
     subprocess.run([*cmd, "--keep-existing"], check=True, capture_output=True, text=True)
     assert not any((out / "real").glob("*/mri.nii.gz"))  # not rebuilt
+    # a real-anatomy case (its files are not read here) is in `all`, not in `all_phantoms`
+    with open(out / "real" / "manifest.csv", "a", newline="") as f:
+        csv.writer(f).writerow(["vm_t1_000", "a/mri.nii.gz", "a/ct.nii.gz", "", "", "", "vm"])
+    subprocess.run([*cmd, "--keep-existing"], check=True, capture_output=True, text=True)
+    with open(out / "all" / "manifest.csv", newline="") as f:
+        first = next(csv.DictReader(f))
+    assert (first["case_id"], first["mri"], first["patient_id"]) == (
+        "vm_t1_000",
+        "../real/a/mri.nii.gz",
+        "vm",
+    )
     refs = list(load_dataset(out / "all"))
     ids = [r.case_id for r in refs]
     assert ids == [
+        "vm_t1_000",
         "phantoms_phantom_000",
         "lesion_phantoms_phantom_000",
         "lesion_phantoms_phantom_001",
     ]
+    assert [r.case_id for r in load_dataset(out / "all_phantoms")] == ids[1:]
     for k in range(2):
         truth = json.loads(
             (out / "lesion_phantoms" / f"phantom_{k:03d}" / "truth.json").read_text()
@@ -72,3 +85,6 @@ def test_parts_for_the_lesion_heads_weak_spots(tmp_path: Path) -> None:
         assert all(lo <= t["lesion_volume_ml"] <= hi for t in truths)
     ids = [r.case_id for r in load_dataset(out / "all")]
     assert len(ids) == 5 and ids[0] == "t1_phantoms_phantom_000"
+    # every phantom part without the real-anatomy part: the second data set of a share-weighted
+    # `train-lesion --data OUT/real --data OUT/all_phantoms`
+    assert [r.case_id for r in load_dataset(out / "all_phantoms")] == ids

@@ -466,6 +466,72 @@ def test_ignore_mask_removes_unknown_labels(tmp_path):
     shutil.rmtree(ds)
 
 
+def test_case_sampler_gives_each_data_set_its_share():
+    """With shares, a data set is drawn by its share whatever its size, then a case uniformly
+    inside it; without, every case is equally likely and the stream is `rng.integers`' own
+    (earlier runs sample exactly as before)."""
+    from clinfuse.training.lesion import _case_sampler
+
+    sizes = [10, 90]
+    draw = _case_sampler(sizes, (0.5, 0.5), np.random.default_rng(0))
+    ks = np.array([draw() for _ in range(4000)])
+    assert 0.47 < np.mean(ks < 10) < 0.53  # uniform would give 0.10
+    assert set(ks[ks < 10]) == set(range(10)) and set(ks[ks >= 10]) == set(range(10, 100))
+    plain = _case_sampler(sizes, None, np.random.default_rng(1))
+    ref = np.random.default_rng(1)
+    assert [plain() for _ in range(50)] == [int(ref.integers(100)) for _ in range(50)]
+
+
+def test_train_lesion_samples_several_data_sets_by_share(
+    base_ckpt, phantoms, tmp_path, monkeypatch
+):
+    """`--data A --data B --data-share ...`: both data sets are loaded, the run samples them
+    by share (here all of B, so A's cases are never cropped) and records both."""
+    from clinfuse.training import lesion as tl
+
+    sizes_seen: list[list[int]] = []
+    drawn: list[int] = []
+    real = tl._case_sampler
+
+    def spy(sizes, shares, rng):
+        sizes_seen.append(list(sizes))
+        inner = real(sizes, shares, rng)
+
+        def draw():
+            drawn.append(inner())
+            return drawn[-1]
+
+        return draw
+
+    monkeypatch.setattr(tl, "_case_sampler", spy)
+    out = tmp_path / "h"
+    args = ["train-lesion", "--checkpoint", str(base_ckpt), "--data", str(phantoms[0])]
+    args += ["--data", str(phantoms[1]), "--data-share", "1e-9", "--data-share", "0.999999999"]
+    args += ["--val-data", str(phantoms[1]), "--out", str(out), "--steps", "3", "--patch", "16"]
+    args += ["--val-every", "3", "--device", "cpu", "--threads", "1", "--amp", "off"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "5 training cases" in result.output and "data shares:" in result.output
+    # items: A's 3 cases, then B's 2 (indices 3, 4); 3 steps of 2 cases, all from B
+    assert sizes_seen == [[3, 2]] and len(drawn) == 6 and set(drawn) <= {3, 4}
+    rec = torch.load(out / "lesion_head.ckpt", weights_only=False)["extra"]["lesion_head"]
+    assert rec["data"] == [str(phantoms[0]), str(phantoms[1])]
+    assert rec["config"]["data_shares"] == [1e-9, 0.999999999]
+    bad = CliRunner().invoke(app, [*args, "--data-share", "0.5", "--overwrite"])
+    assert isinstance(bad.exception, ClinfuseInputError) and "one each" in str(bad.exception)
+    with pytest.raises(ClinfuseInputError, match="sum to 1"):
+        tl.LesionTrainConfig(data_shares=(0.5, 0.6)).validate()
+    with pytest.raises(ClinfuseInputError, match="2 training data sets"):
+        tl.train_lesion_head(
+            base_ckpt,
+            [phantoms[0], phantoms[1]],
+            phantoms[1],
+            tmp_path / "o",
+            tl.LesionTrainConfig(steps=1, data_shares=(1.0,)),
+            log=None,
+        )
+
+
 def test_train_lesion_user_errors(base_ckpt, phantoms, trained, tmp_path):
     from clinfuse.training.lesion import LesionTrainConfig, train_lesion_head
 

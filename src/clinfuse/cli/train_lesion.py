@@ -14,7 +14,17 @@ def train_lesion(
     checkpoint: Path = typer.Option(
         ..., "--checkpoint", help="The fusion checkpoint that receives the new head."
     ),
-    data: Path = typer.Option(None, "--data", help="Training cases with lesion masks."),
+    data: list[Path] = typer.Option(
+        None,
+        "--data",
+        help="Training cases with lesion masks; repeat for several data sets (see --data-share).",
+    ),
+    data_share: list[float] = typer.Option(
+        None,
+        "--data-share",
+        help="With several --data: the share of sampled cases each gives, in the same order "
+        "(e.g. real-anatomy pairs 0.5, phantoms 0.5). Default: every case equally likely.",
+    ),
     val_data: Path = typer.Option(
         None,
         "--val-data",
@@ -124,8 +134,12 @@ def train_lesion(
         return
     if recalibrate:
         raise ClinfuseInputError("--recalibrate goes with --head-from (a trained head)")
-    if data is None or val_data is None:
+    if not data or val_data is None:
         raise ClinfuseInputError("--data and --val-data are needed to train (or pass --head-from)")
+    if data_share and len(data_share) != len(data):
+        raise ClinfuseInputError(
+            f"{len(data_share)} --data-share values for {len(data)} --data sets: give one each"
+        )
     if patch < 16:
         raise ClinfuseInputError(f"--patch must be >= 16 voxels, got {patch}")
     cfg = LesionTrainConfig(
@@ -142,11 +156,12 @@ def train_lesion(
         init_head=None if init_head is None else str(init_head),
         hard_negative_fraction=hard_negatives,
         flip_tta=bool(flip_tta),
+        data_shares=tuple(data_share) if data_share else None,
     )
     dev = resolve_device(device)
     result = train_lesion_head(
         checkpoint,
-        data,
+        data[0] if len(data) == 1 else data,
         val_data,
         out,
         cfg,
