@@ -466,6 +466,47 @@ def test_ignore_mask_removes_unknown_labels(tmp_path):
     shutil.rmtree(ds)
 
 
+def test_item_cache_memory_maps_prepared_cases_and_notices_changed_files(tmp_path, monkeypatch):
+    """`load_items(cache=...)`: the same arrays as without a cache, memory-mapped from .npy
+    files; a second load reads them without preparing anything; a changed input file (or
+    other baselines) gives a new entry; writing to a loaded item never changes the cache."""
+    import shutil
+
+    from clinfuse.phantom import PhantomConfig, write_phantom_dataset
+    from clinfuse.training import lesion as tl
+
+    cfg = PhantomConfig(shape=(24, 24, 16), spacing=(3.0, 3.0, 3.0), supersample=1)
+    ds = write_phantom_dataset(tmp_path / "ds", 2, cfg, seed=3)
+    cache = tmp_path / "cache"
+    plain = tl.load_items(ds, ("average",))
+    cached = tl.load_items(ds, ("average",), cache=cache)
+    assert len(list(cache.iterdir())) == 2
+    for a, b in zip(plain, cached, strict=True):
+        assert isinstance(b.sources, np.memmap) and isinstance(b.baselines["average"], np.memmap)
+        assert (a.case_id, a.spacing) == (b.case_id, b.spacing)
+        for name in ("sources", "composite", "label", "valid", "brain"):
+            np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+        np.testing.assert_array_equal(a.baselines["average"], b.baselines["average"])
+
+    def no_preparing(*args, **kwargs):
+        raise AssertionError("prepared again")
+
+    with monkeypatch.context() as m:
+        m.setattr("clinfuse.preprocess.pipeline.preprocess_case", no_preparing)
+        again = tl.load_items(ds, ("average",), cache=cache)
+    again[0].label[...] = 7.0  # copy-on-write: the run's view only
+    np.testing.assert_array_equal(
+        tl.load_items(ds, ("average",), cache=cache)[0].label, plain[0].label
+    )
+    # another input file (same name, new content) and other baselines: new entries
+    shutil.copy(ds / "phantom_001" / "mri.nii.gz", ds / "phantom_000" / "mri.nii.gz")
+    changed = tl.load_items(ds, ("average",), cache=cache)
+    assert not np.array_equal(changed[0].sources, plain[0].sources)
+    tl.load_items(ds, ("average", "max"), cache=cache)
+    assert len(list(cache.iterdir())) == 5
+    assert not list(cache.glob(".tmp-*"))
+
+
 def test_case_sampler_gives_each_data_set_its_share():
     """With shares, a data set is drawn by its share whatever its size, then a case uniformly
     inside it; without, every case is equally likely and the stream is `rng.integers`' own
@@ -509,9 +550,12 @@ def test_train_lesion_samples_several_data_sets_by_share(
     args += ["--data", str(phantoms[1]), "--data-share", "1e-9", "--data-share", "0.999999999"]
     args += ["--val-data", str(phantoms[1]), "--out", str(out), "--steps", "3", "--patch", "16"]
     args += ["--val-every", "3", "--device", "cpu", "--threads", "1", "--amp", "off"]
+    args += ["--cache", str(tmp_path / "cache")]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "5 training cases" in result.output and "data shares:" in result.output
+    # 5 training cases with their baselines, 2 validation cases without: 7 cached items
+    assert len(list((tmp_path / "cache").glob("phantom_*"))) == 7
     # items: A's 3 cases, then B's 2 (indices 3, 4); 3 steps of 2 cases, all from B
     assert sizes_seen == [[3, 2]] and len(drawn) == 6 and set(drawn) <= {3, 4}
     rec = torch.load(out / "lesion_head.ckpt", weights_only=False)["extra"]["lesion_head"]

@@ -71,6 +71,12 @@ def train_lesion(
     export: Path = typer.Option(
         None, "--export", help="Also write a slim float16 copy here (for shipping)."
     ),
+    cache: Path = typer.Option(
+        None,
+        "--cache",
+        help="Keep the prepared cases in this folder and memory-map them: the run holds only "
+        "what it reads, and a later run on the same files skips the preparation.",
+    ),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     threads: int = typer.Option(None, "--threads", help="CPU threads for torch."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace earlier outputs."),
@@ -169,6 +175,7 @@ def train_lesion(
         overwrite=overwrite,
         resume=resume,
         log=typer.echo,
+        cache=cache,
     )
     typer.echo(
         f"done: {result.checkpoint} (best step {result.best_step}, val Dice "

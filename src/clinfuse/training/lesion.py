@@ -217,14 +217,90 @@ def _ignore_paths(data: Path) -> dict[str, Path]:
     }
 
 
+# Bump when what `load_items` computes for a case changes (preprocessing, training target,
+# baselines, item fields): cached items of another version are then prepared again.
+ITEM_CACHE_VERSION = 1
+_ITEM_ARRAYS = ("sources", "composite", "label", "valid", "brain")
+
+
+def _item_key(ref: Any, fused_inputs: Sequence[str], feather_sigma: float, extra: Any) -> str:
+    """What a cached item depends on: its files (resolved path, size, modification time), the
+    baselines, the target's feathering and `ITEM_CACHE_VERSION`."""
+    import hashlib
+
+    h = hashlib.sha256()
+    files = sorted(ref.paths.items()) + ([("ignore", extra)] if extra is not None else [])
+    for role, path in files:
+        st = Path(path).stat()
+        h.update(f"{role}={Path(path).resolve()}:{st.st_size}:{st.st_mtime_ns};".encode())
+    h.update(
+        f"{ref.case_id}|{ref.ct_kind}|{list(fused_inputs)}|{feather_sigma}|"
+        f"{ITEM_CACHE_VERSION}".encode()
+    )
+    return h.hexdigest()[:20]
+
+
+def _save_item(item: _Item, folder: Path) -> None:
+    """Write an item as one .npy per array plus meta.json; the folder appears whole or not at
+    all (written under a temporary name, then renamed)."""
+    import json
+    import shutil
+    import uuid
+
+    tmp = folder.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{folder.name}")
+    tmp.mkdir(parents=True)
+    try:
+        for name in _ITEM_ARRAYS:
+            np.save(tmp / f"{name}.npy", getattr(item, name))
+        for k, arr in enumerate(item.baselines.values()):
+            np.save(tmp / f"baseline{k}.npy", arr)
+        meta = {
+            "case_id": item.case_id,
+            "baselines": list(item.baselines),
+            "spacing": list(item.spacing),
+        }
+        (tmp / "meta.json").write_text(json.dumps(meta))
+        try:
+            tmp.rename(folder)
+        except OSError:  # another run wrote the same item meanwhile: keep theirs
+            if not (folder / "meta.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _open_item(folder: Path) -> _Item:
+    """A cached item, its arrays memory-mapped copy-on-write ("c": the run may modify its view,
+    the file never changes), so only the pages a step reads take memory."""
+    import json
+
+    meta = json.loads((folder / "meta.json").read_text())
+
+    def arr(name: str) -> np.ndarray:
+        return np.load(folder / f"{name}.npy", mmap_mode="c")
+
+    return _Item(
+        case_id=meta["case_id"],
+        baselines={n: arr(f"baseline{k}") for k, n in enumerate(meta["baselines"])},
+        spacing=tuple(float(x) for x in meta["spacing"]),
+        **{n: arr(n) for n in _ITEM_ARRAYS},
+    )
+
+
 def load_items(
     data: str | Path,
     fused_inputs: Sequence[str],
     feather_sigma: float = 1.0,
     log: Callable[[str], None] | None = None,
+    cache: str | Path | None = None,
 ) -> list[_Item]:
     """Every case of a dataset (any `load_dataset` layout), prepared in model range, with its
-    baselines' fused images precomputed. Cases without a lesion mask count as lesion-free."""
+    baselines' fused images precomputed. Cases without a lesion mask count as lesion-free.
+
+    `cache`: a folder where each prepared case is kept as .npy files (`_save_item`) and from
+    which it is memory-mapped (`_open_item`): a run then holds only the pages it reads instead
+    of every case (about 30 MB per 96x96x72 case with five baselines), and a later run on the
+    same, unchanged files skips the preparation (`_item_key`). Entries are never deleted."""
     from clinfuse.baselines import BASELINES
     from clinfuse.io.dataset import load_dataset
     from clinfuse.io.nifti import load_nifti
@@ -241,6 +317,13 @@ def load_items(
             raise ClinfuseInputError(
                 f"case {ref.case_id!r} is one of the project's test heads: never trained on", data
             )
+        folder = None
+        if cache is not None:
+            key = _item_key(ref, fused_inputs, feather_sigma, ignores.get(ref.case_id))
+            folder = Path(cache) / f"{ref.case_id}-{key}"
+            if (folder / "meta.json").is_file():
+                items.append(_open_item(folder))
+                continue
         prep = preprocess_case(ref.load())
         label = (
             np.zeros(prep.shape, np.float32)
@@ -267,6 +350,9 @@ def load_items(
                 tuple(float(s) for s in prep.spacing),
             )
         )
+        if folder is not None:
+            _save_item(items[-1], folder)
+            items[-1] = _open_item(folder)
         if log is not None:
             log(f"loaded {ref.case_id} {prep.shape} lesion {int(label.sum())} voxels")
     if not items:
@@ -528,6 +614,7 @@ def train_lesion_head(
     overwrite: bool = False,
     resume: bool = False,
     log: Callable[[str], None] | None = print,
+    cache: str | Path | None = None,
 ) -> LesionTrainResult:
     """Train a lesion head reading [fused, mri, ct, ct_bone] (and, by default, their mirror
     images: `LesionTrainConfig.inputs`) and place it into `checkpoint`.
@@ -535,7 +622,8 @@ def train_lesion_head(
     data / val_data: datasets with lesion masks (`clinfuse synth`, `realhead` pairs); the
     validation split selects the step, fits the temperature and the minimum lesion size.
     `data` may be several data sets; `cfg.data_shares` then sets the share of sampled cases
-    each gives (else all cases are equally likely).
+    each gives (else all cases are equally likely). `cache`: keep the prepared training and
+    validation cases there, memory-mapped (`load_items`).
     Writes `OUT/lesion_head.ckpt` (the input checkpoint with the new head) and
     `OUT/lesion_metrics.csv`; at every validation also `OUT/lesion_last.pt` (head, optimizer,
     schedule, metrics, best state), from which `resume=True` continues an interrupted run with
@@ -573,9 +661,9 @@ def train_lesion_head(
         raise ClinfuseInputError(
             f"{len(cfg.data_shares)} data shares for {len(data_sets)} training data sets"
         )
-    parts = [load_items(d, cfg.fused_inputs, log=None) for d in data_sets]
+    parts = [load_items(d, cfg.fused_inputs, log=None, cache=cache) for d in data_sets]
     train_items = [it for part in parts for it in part]
-    val_items = load_items(val_data, (), log=None)
+    val_items = load_items(val_data, (), log=None, cache=cache)
     say(
         f"{len(train_items)} training cases ({sum(bool(i.label.any()) for i in train_items)} "
         f"with a lesion), {len(val_items)} validation cases"
