@@ -142,10 +142,6 @@ def train_lesion(
         raise ClinfuseInputError("--recalibrate goes with --head-from (a trained head)")
     if not data or val_data is None:
         raise ClinfuseInputError("--data and --val-data are needed to train (or pass --head-from)")
-    if data_share and len(data_share) != len(data):
-        raise ClinfuseInputError(
-            f"{len(data_share)} --data-share values for {len(data)} --data sets: give one each"
-        )
     if patch < 16:
         raise ClinfuseInputError(f"--patch must be >= 16 voxels, got {patch}")
     cfg = LesionTrainConfig(
