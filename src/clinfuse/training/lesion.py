@@ -661,12 +661,14 @@ def train_lesion_head(
         raise ClinfuseInputError(
             f"{len(cfg.data_shares)} data shares for {len(data_sets)} training data sets"
         )
+    t_load = time.perf_counter()
     parts = [load_items(d, cfg.fused_inputs, log=None, cache=cache) for d in data_sets]
     train_items = [it for part in parts for it in part]
     val_items = load_items(val_data, (), log=None, cache=cache)
     say(
         f"{len(train_items)} training cases ({sum(bool(i.label.any()) for i in train_items)} "
-        f"with a lesion), {len(val_items)} validation cases"
+        f"with a lesion), {len(val_items)} validation cases, ready in "
+        f"{time.perf_counter() - t_load:.0f} s" + ("" if cache is None else f" (cache {cache})")
     )
     if cfg.data_shares is not None:
         say(
