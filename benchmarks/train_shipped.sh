@@ -16,7 +16,8 @@
 #     in bf16 where the CPU has it, so a rerun is comparable, not identical), then session 6's
 #     continuation from that head (--init-head) on the 3x larger RUNS/data4, 10000 steps, then
 #     session 7's continuation of that at half the learning rate, then session 8's continuation
-#     on RUNS/data5 (data4 plus 96 phantoms with 0.5-80 mL ischaemic lesions; the shipped head).
+#     on RUNS/data5 (data4 plus 96 phantoms with 0.5-80 mL ischaemic lesions), then session
+#     12's on RUNS/data6 (real-anatomy pairs and phantoms at half the samples each; shipped).
 # Each run writes RUN/{config.yaml,split.json,metrics.csv,tb/,last.ckpt,best.ckpt}.
 set -euo pipefail
 RUNS=${1:-/work/runs}
@@ -38,6 +39,14 @@ mkdir -p "$RUNS/logs"
     "$RUNS/data4" --per-source 24 --phantoms 60
 [ -f "$RUNS/data5/all/manifest.csv" ] || python "$REPO/benchmarks/build_training_data.py" \
     "$RUNS/data5" --per-source 24 --phantoms 60 --lesion-phantoms 96
+# session 11: data6 = data5 (its three parts reused as built) + 150 phantoms for the head's weak
+# spots; session 12 trains on OUT/real and OUT/all_phantoms (every phantom part) with shares
+[ -f "$RUNS/data6/all_phantoms/manifest.csv" ] || { mkdir -p "$RUNS/data6" &&
+    for part in real phantoms lesion_phantoms; do
+        ln -sfn "$RUNS/data5/$part" "$RUNS/data6/$part"; done &&
+    python "$REPO/benchmarks/build_training_data.py" "$RUNS/data6" --per-source 24 \
+        --phantoms 60 --lesion-phantoms 96 --t1-phantoms 60 --small-phantoms 60 \
+        --small-haemorrhage-phantoms 30 --keep-existing; }
 INIT="$RUNS/phantom3d-session2.pt"
 [ -f "$INIT" ] || git -C "$REPO" show 845e954:src/clinfuse/checkpoints/phantom3d.pt > "$INIT"
 
@@ -63,11 +72,18 @@ clinfuse train-lesion --checkpoint "$INIT" --init-head "$RUNS/lesion6/lesion_hea
     --steps 10000 --val-every 1000 --lr 5e-4 --threads 1 --device cpu --overwrite \
     > "$RUNS/logs/lesion7.log" 2>&1 &&
 # session 8: continued from the session-7 head on data5 = data4 + 96 phantoms with one ischaemic
-# lesion of 0.5-80 mL each (~76 min, one thread; the shipped head)
+# lesion of 0.5-80 mL each (~76 min, one thread)
 clinfuse train-lesion --checkpoint "$INIT" --init-head "$RUNS/lesion7/lesion_head.ckpt" \
     --data "$RUNS/data5/all" --val-data "$RUNS/data3_val/all" --out "$RUNS/lesion8" \
     --steps 10000 --val-every 1000 --lr 3e-4 --seed 1 --threads 1 --device cpu --overwrite \
-    > "$RUNS/logs/lesion8.log" 2>&1 &
+    > "$RUNS/logs/lesion8.log" 2>&1 &&
+# session 12: continued from the session-8 head on data6, real-anatomy pairs and phantoms at half
+# the samples each, flip-averaged, validated and calibrated on val11 (~52 min; the shipped head)
+clinfuse train-lesion --checkpoint "$INIT" --init-head "$RUNS/lesion8/lesion_head.ckpt" \
+    --data "$RUNS/data6/real" --data "$RUNS/data6/all_phantoms" --data-share 0.5 \
+    --data-share 0.5 --val-data "$RUNS/val11/all" --out "$RUNS/lesion12" --steps 6000 \
+    --val-every 1000 --lr 3e-4 --seed 4 --threads 2 --flip-tta --device cpu --overwrite \
+    > "$RUNS/logs/lesion12.log" 2>&1 &
 wait
 # session 7 shipped best.ckpt after benchmarks/denoiser_val.py showed it better than "$INIT".
 # session 9: --recalibrate refits the head's temperature and mask rule (minimum size, minimum
@@ -75,10 +91,10 @@ wait
 # session 10: --flip-tta averages the head's logits over a left-right flip, fitted with it.
 # session 11: the calibration is fitted on RUNS/val11 (66 cases, 48 lesions) instead of
 # data3_val (18 cases, 16 lesions).
+# session 12: the session-12 head, with the calibration its run fitted on val11.
 SHIP_DENOISER=${SHIP_DENOISER:-$RUNS/real3d-2mm/best.ckpt}
 clinfuse train-lesion --checkpoint "$SHIP_DENOISER" \
-    --head-from "$RUNS/lesion8/lesion_head.ckpt" --recalibrate --flip-tta \
-    --val-data "$RUNS/val11/all" \
+    --head-from "$RUNS/lesion12/lesion_head.ckpt" \
     --out "$RUNS/shipped" --overwrite --export "$RUNS/shipped/phantom3d-fp16.pt"
 python -m clinfuse.training.plot "$RUNS/real3d-2mm"
 echo "candidate: $RUNS/shipped/phantom3d-fp16.pt (compare on validation before replacing the shipped file)"
