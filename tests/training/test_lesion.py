@@ -527,7 +527,8 @@ def test_train_lesion_samples_several_data_sets_by_share(
     base_ckpt, phantoms, tmp_path, monkeypatch
 ):
     """`--data A --data B --data-share ...`: both data sets are loaded, the run samples them
-    by share (here all of B, so A's cases are never cropped) and records both."""
+    by share (here all of B, so A's cases are never cropped) and records both; `--cache`
+    keeps the prepared training and validation cases."""
     from clinfuse.training import lesion as tl
 
     sizes_seen: list[list[int]] = []
