@@ -223,13 +223,16 @@ ITEM_CACHE_VERSION = 1
 _ITEM_ARRAYS = ("sources", "composite", "label", "valid", "brain")
 
 
-def _item_key(ref: Any, fused_inputs: Sequence[str], feather_sigma: float, extra: Any) -> str:
-    """What a cached item depends on: its files (resolved path, size, modification time), the
-    baselines, the target's feathering and `ITEM_CACHE_VERSION`."""
+def _item_key(
+    ref: Any, fused_inputs: Sequence[str], feather_sigma: float, ignore: Path | None
+) -> str:
+    """What a cached item depends on: its files (resolved path, size, modification time; the
+    manifest's `ignore` mask too), the baselines, the target's feathering and
+    `ITEM_CACHE_VERSION`."""
     import hashlib
 
     h = hashlib.sha256()
-    files = sorted(ref.paths.items()) + ([("ignore", extra)] if extra is not None else [])
+    files = sorted(ref.paths.items()) + ([("ignore", ignore)] if ignore is not None else [])
     for role, path in files:
         st = Path(path).stat()
         h.update(f"{role}={Path(path).resolve()}:{st.st_size}:{st.st_mtime_ns};".encode())
