@@ -575,6 +575,46 @@ def test_train_lesion_samples_several_data_sets_by_share(
         )
 
 
+def test_dice_per_sample_weighs_a_small_lesion_like_a_large_one(
+    base_ckpt, phantoms, tmp_path, monkeypatch
+):
+    """`--dice-per-sample` builds MONAI's DiceCE with a Dice per patch and records it. Per
+    patch, missing a small lesion beside a found large one costs half the Dice term (over the
+    batch: almost nothing), and a lesion-free patch adds a near-constant term without gradient."""
+    import monai.losses
+
+    big, small = torch.zeros(2, 1, 8, 8, 8), torch.zeros(2, 1, 8, 8, 8)
+    big[0, :, :6, :6, :6] = 1  # 216 voxels, predicted
+    small[1, :, 0, 0, 0] = 1  # 1 voxel, missed
+    y = big + small
+    logits = torch.where(big > 0, 20.0, -20.0)
+    per = monai.losses.DiceLoss(sigmoid=True, batch=False)(logits, y)
+    whole = monai.losses.DiceLoss(sigmoid=True, batch=True)(logits, y)
+    assert per.item() == pytest.approx(0.5, abs=1e-3) and whole.item() < 0.01
+    empty = torch.full((1, 1, 8, 8, 8), -10.0, requires_grad=True)
+    term = monai.losses.DiceLoss(sigmoid=True, batch=False)(empty, torch.zeros(1, 1, 8, 8, 8))
+    term.backward()
+    assert term.item() > 0.99 and float(empty.grad.abs().max()) < 1e-3
+
+    built: list[bool] = []
+    real = monai.losses.DiceCELoss
+
+    def spy(*args, **kwargs):
+        built.append(kwargs["batch"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(monai.losses, "DiceCELoss", spy)
+    out = tmp_path / "h"
+    args = ["train-lesion", "--checkpoint", str(base_ckpt), "--data", str(phantoms[0])]
+    args += ["--val-data", str(phantoms[1]), "--out", str(out), "--steps", "2", "--patch", "16"]
+    args += ["--val-every", "2", "--device", "cpu", "--threads", "1", "--amp", "off"]
+    result = CliRunner().invoke(app, [*args, "--dice-per-sample"])
+    assert result.exit_code == 0, result.exception
+    assert built == [False]
+    rec = torch.load(out / "lesion_head.ckpt", weights_only=False)["extra"]["lesion_head"]
+    assert rec["config"]["dice_per_sample"] is True
+
+
 def test_train_lesion_user_errors(base_ckpt, phantoms, trained, tmp_path):
     from clinfuse.training.lesion import LesionTrainConfig, train_lesion_head
 

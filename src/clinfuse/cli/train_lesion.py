@@ -61,6 +61,12 @@ def train_lesion(
         "mean over the volume and its mirror image; validation and calibration use it. "
         "Training default: off; with --head-from it needs --recalibrate (default: keep).",
     ),
+    dice_per_sample: bool = typer.Option(
+        False,
+        "--dice-per-sample/--dice-batch",
+        help="Dice term of the DiceCE loss per patch (a small lesion's patch weighs as much as "
+        "a large one's) or over the whole batch (default, every earlier run).",
+    ),
     seed: int = typer.Option(0, "--seed", help="Seed of patches, noise and augmentation."),
     amp: str = typer.Option(
         "auto",
@@ -159,6 +165,7 @@ def train_lesion(
         hard_negative_fraction=hard_negatives,
         flip_tta=bool(flip_tta),
         data_shares=tuple(data_share) if data_share else None,
+        dice_per_sample=dice_per_sample,
     )
     dev = resolve_device(device)
     result = train_lesion_head(

@@ -18,8 +18,10 @@ recipe; only the choice of the fused channel and the mirror channels are ours:
   the ROI-composite target (what x0-prediction learns), a degraded composite (Gaussian blur and
   noise: how x̂0 looks at t <= T/2) or a classical baseline's fused image, so the same head reads
   x̂0 while guiding and any method's fused image when evaluating.
-- **Loss**: MONAI `DiceCELoss` (sigmoid, batch Dice). Voxels whose label is unknown (a training
-  volume with a real, unlabelled lesion: the `ignore` manifest column) are removed from the loss.
+- **Loss**: MONAI `DiceCELoss` (sigmoid; one Dice over the batch, or per patch with
+  `dice_per_sample`, which weighs small lesions like large ones). Voxels whose label is unknown
+  (a training volume with a real, unlabelled lesion: the `ignore` manifest column) are removed
+  from the loss.
 - **Validation**: whole held-out volumes with `sliding_window_inference`, Dice at 0.5 after
   `clean_mask` post-processing; the best step is kept.
 - **Calibration**: temperature scaling (`metrics.calibration.fit_temperature`) fitted on the
@@ -132,6 +134,12 @@ class LesionTrainConfig:
     # runs). Session 12: with 450 cases of which 144 are real-anatomy pairs, uniform sampling
     # gave real anatomy 32% of the samples against 48% in the 300-case data it replaced.
     data_shares: tuple[float, ...] | None = None
+    # Dice term of the loss per sample (session 13): MONAI's `batch=False`, the Dice of each
+    # patch averaged over the patches, so a patch holding a 0.5 mL lesion weighs as much as one
+    # holding 80 mL; a lesion-free patch then adds a near-constant term with almost no
+    # gradient (its false positives are left to the cross-entropy). False: one Dice over the
+    # whole batch (`batch=True`, every earlier run), where small lesions barely count.
+    dice_per_sample: bool = False
 
     def validate(self) -> None:
         """Raise `ClinfuseInputError` on values that cannot work."""
@@ -705,7 +713,7 @@ def train_lesion_head(
     sched = torch.optim.lr_scheduler.OneCycleLR(
         opt, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.05
     )
-    loss_fn = DiceCELoss(sigmoid=True, batch=True)
+    loss_fn = DiceCELoss(sigmoid=True, batch=not cfg.dice_per_sample)
     columns = ["step", "loss", "lr", "seconds", "val_dice", "val_fp_voxels_lesion_free"]
     rows: list[dict[str, Any]] = []
     best: tuple[float, int, dict[str, torch.Tensor]] = (-1.0, 0, {})
@@ -718,6 +726,7 @@ def train_lesion_head(
         saved["config"].setdefault("hard_negative_fraction", 0.0)  # ... before session 9
         saved["config"].setdefault("flip_tta", False)  # ... before session 10
         saved["config"].setdefault("data_shares", None)  # ... before session 12
+        saved["config"].setdefault("dice_per_sample", False)  # ... before session 13
         if saved["config"] != cfg_record:
             diff = sorted(k for k in cfg_record if saved["config"].get(k) != cfg_record[k])
             raise ClinfuseInputError(
