@@ -12,7 +12,7 @@ benchmarks/lesion_eval.py instead of a dataset.
 channel) and HD95 for several minimum component sizes, for keeping only components at least
 a fraction of the largest one, and for the confidence filter `training.lesion` fits (secondary
 components kept from a mean probability: `nn.lesion_mask.clean_mask`); first the head's own
-rule case by case and summed over real-anatomy pairs and phantoms. Voxels of unknown label
+rule case by case, summed over real-anatomy pairs and phantoms, and by lesion size. Voxels of unknown label
 (the manifest's `ignore` column) are left out of both masks, as in training's validation. Never
 run it on the test heads (the loader refuses them).
 """
@@ -26,6 +26,10 @@ from typing import Any
 
 import numpy as np
 from scipy import ndimage
+
+# Lesion-size bins (mL) of the minsize per-case summary: below issue 10's range, small,
+# medium, large.
+SIZE_BINS_ML = (0.0, 0.5, 2.0, 10.0, 1000.0)
 
 
 def lesion_contrast(prep: Any) -> dict[str, float]:
@@ -83,8 +87,9 @@ def per_case(probs: list[np.ndarray], items: list[Any], rule: Any) -> None:
     """The head's own rule case by case, then summed over the real-anatomy pairs and over the
     phantoms (cases whose id contains "phantom": build_training_data.py's phantom parts):
     Dice, lesions with a prediction, HD95 over them, and the predicted mL on lesion-free cases
-    ("false mL")."""
+    ("false mL"); then Dice by lesion size (`SIZE_BINS_ML`)."""
     groups: dict[str, dict[str, list[float]]] = {}
+    by_size: list[tuple[float, float]] = []  # (lesion mL, Dice)
     print("| case | lesion mL | predicted mL | Dice | HD95 mm |")
     print("|---|---|---|---|---|")
     for it, m, gt, d, h in scored(probs, items, rule):
@@ -96,6 +101,7 @@ def per_case(probs: list[np.ndarray], items: list[Any], rule: Any) -> None:
             continue
         g.setdefault("dice", []).append(d)
         g.setdefault("hd95", []).append(h)
+        by_size.append((float(gt.sum()) * ml, d))
         print(f"| {it.case_id} | {gt.sum() * ml:.2f} | {m.sum() * ml:.2f} | {d:.3f} | {h:.1f} |")
     print("\n| cases | lesions | Dice | with a prediction | HD95 mm over them | false mL |")
     print("|---|---|---|---|---|---|")
@@ -107,6 +113,13 @@ def per_case(probs: list[np.ndarray], items: list[Any], rule: Any) -> None:
             f"{len(hs)} | {np.mean(hs) if hs else float('nan'):.1f} | "
             f"{sum(fp):.2f} over {len(fp)} |"
         )
+    print("\n| lesion size | lesions | Dice | Dice 0 (missed) |")
+    print("|---|---|---|---|")
+    for lo, hi in zip(SIZE_BINS_ML[:-1], SIZE_BINS_ML[1:], strict=True):
+        ds = [d for v, d in by_size if lo <= v < hi]
+        if ds:
+            missed = sum(d == 0 for d in ds)
+            print(f"| {lo:g}-{hi:g} mL | {len(ds)} | {np.mean(ds):.3f} | {missed} |")
     print()
 
 

@@ -33,6 +33,16 @@ def test_minsize_scores_the_heads_own_rule_first(tmp_path, capsys):
     assert [ln.split(" | ")[0] for ln in lines[1:3]] == ["| phantom_000", "| phantom_001"]
     assert lines[3].startswith("| cases | lesions | Dice | with a prediction")
     assert lines[4].startswith("| phantoms | ") and "real-anatomy" not in "".join(lines)
+    # then Dice by lesion size: every lesion case in the bin of its volume, with its Dice
+    cases = [ln.split(" | ") for ln in lines[1:3] if ln.split(" | ")[3].strip()]
+    assert lines[5] == "| lesion size | lesions | Dice | Dice 0 (missed) |"
+    size_rows = [ln.split(" | ") for ln in lines[6:] if " mL | " in ln and ln[2].isdigit()]
+    assert sum(int(r[1]) for r in size_rows) == len(cases) > 0
+    for r in size_rows:
+        lo, hi = (float(v) for v in r[0].strip("| mL").split("-"))
+        ds = [float(c[3]) for c in cases if lo <= float(c[1]) < hi]
+        assert int(r[1]) == len(ds) and abs(float(r[2]) - sum(ds) / len(ds)) < 1e-3
+        assert int(r[3].strip(" |")) == sum(d == 0 for d in ds)
     rows = lines[lines.index(next(ln for ln in lines if ln.startswith("| rule |"))) :]
     assert rows[0].startswith("| rule | validation Dice")
     own = "| the head's own rule (0.25 mL, secondary components of mean p >= 0.80)"
