@@ -12,9 +12,9 @@ benchmarks/lesion_eval.py instead of a dataset.
 channel) and HD95 for several minimum component sizes, for keeping only components at least
 a fraction of the largest one, and for the confidence filter `training.lesion` fits (secondary
 components kept from a mean probability: `nn.lesion_mask.clean_mask`); first the head's own
-rule case by case, summed over real-anatomy pairs and phantoms, and by lesion size. Voxels of unknown label
-(the manifest's `ignore` column) are left out of both masks, as in training's validation. Never
-run it on the test heads (the loader refuses them).
+rule case by case, summed over real-anatomy pairs and phantoms, and by lesion size. Voxels of
+unknown label (the manifest's `ignore` column) are left out of both masks, as in training's
+validation. Never run it on the test heads (the loader refuses them).
 """
 
 from __future__ import annotations
