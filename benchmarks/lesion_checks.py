@@ -11,7 +11,8 @@ benchmarks/lesion_eval.py instead of a dataset.
 `minsize`: on VALIDATION cases only, the head's Dice (threshold 0.5, composite as the fused
 channel) and HD95 for several minimum component sizes, for keeping only components at least
 a fraction of the largest one, and for the confidence filter `training.lesion` fits (secondary
-components kept from a mean probability: `nn.lesion_mask.clean_mask`); first the head's own
+components kept from a mean probability: `nn.lesion_mask.clean_mask`; after the head's own
+minimum size, so these are the rules its calibration chose among); first the head's own
 rule case by case, summed over real-anatomy pairs and phantoms, and by lesion size. Voxels of
 unknown label (the manifest's `ignore` column) are left out of both masks, as in training's
 validation. Never run it on the test heads (the loader refuses them).
@@ -174,10 +175,12 @@ def minsize(args: argparse.Namespace) -> None:
             + score(lambda p, it, f=frac: relative(p, it, f))
             + " |"
         )
+    # The filter choices after the head's own minimum: the rules its calibration chose among,
+    # so the row of its own filter repeats the first row.
     for q in MIN_COMPONENT_PROB_CHOICES[1:]:
         print(
-            f"| 0.5 mL, then secondary components of mean p >= {q:g} | "
-            + score(lambda p, it, q=q: clean_mask(p, it.spacing, 0.5, 0.5, q))
+            f"| {own.min_ml:g} mL, then secondary components of mean p >= {q:g} | "
+            + score(lambda p, it, q=q: clean_mask(p, it.spacing, 0.5, own.min_ml, q))
             + " |"
         )
 

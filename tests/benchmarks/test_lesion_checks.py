@@ -49,6 +49,11 @@ def test_minsize_scores_the_heads_own_rule_first(tmp_path, capsys):
     assert rows[1].startswith(own)
     filt = [r for r in rows if "secondary components of mean p >=" in r]
     assert len(filt) == 1 + len(MIN_COMPONENT_PROB_CHOICES) - 1  # the own rule + every choice > 0
+    # the filter rows follow the head's own minimum: its own filter's row is its own rule
+    same = [
+        r for r in filt if r.startswith("| 0.25 mL, then secondary components of mean p >= 0.8 |")
+    ]
+    assert len(same) == 1 and same[0].split(" | ")[1:] == rows[1].split(" | ")[1:]
     for r in rows[1:]:
         dice = float(r.split(" | ")[1])
         assert 0.0 <= dice <= 1.0
