@@ -6,8 +6,9 @@
 
 `contrast`: per case with a lesion, how far the lesion stands out in the prepared MRI and CT:
 (lesion mean - mean of a 3-voxel ring around it inside the brain) / the ring's standard
-deviation, and the lesion volume. `--held-out N` uses the held-out phantoms of
-benchmarks/lesion_eval.py instead of a dataset.
+deviation, the lesion volume, and the percentile of the lesion's mean MRI among the other brain
+voxels (a dark T1 / ADC infarct sits low, a bright T2 / FLAIR / DWI one high). `--held-out N`
+uses the held-out phantoms of benchmarks/lesion_eval.py instead of a dataset.
 `minsize`: on VALIDATION cases only, the head's Dice (threshold 0.5, composite as the fused
 channel) and HD95 for several minimum component sizes, for keeping only components at least
 a fraction of the largest one, and for the confidence filter `training.lesion` fits (secondary
@@ -41,6 +42,10 @@ def lesion_contrast(prep: Any) -> dict[str, float]:
     for i, name in ((0, "mri"), (1, "ct")):
         a, r = stack[i][les], stack[i][ring]
         out[name] = float((a.mean() - r.mean()) / (r.std() + 1e-6))
+    # Where the lesion's mean MRI lies among the rest of the brain (% of voxels below it):
+    # free of the ring's make-up (a ring through CSF shifts the ring contrast) and of scale.
+    rest = stack[0][np.asarray(prep.brain, bool) & ~les]
+    out["mri_pct"] = float(100.0 * np.mean(rest < stack[0][les].mean())) if rest.size else 0.0
     return out
 
 
@@ -56,14 +61,20 @@ def contrast(args: argparse.Namespace) -> None:
 
         preps = [preprocess_case(ref.load()) for ref in load_dataset(args.data)]
     rows = []
-    print("| case | lesion mL | MRI contrast (ring SD) | CT contrast (ring SD) |")
-    print("|---|---|---|---|")
+    print(
+        "| case | lesion mL | MRI contrast (ring SD) | CT contrast (ring SD) "
+        "| MRI percentile in the brain |"
+    )
+    print("|---|---|---|---|---|")
     for p in preps:
         if p.lesion is None or not np.any(p.lesion):
             continue
         c = lesion_contrast(p)
         rows.append(c)
-        print(f"| {p.case_id} | {c['ml']:.1f} | {c['mri']:+.2f} | {c['ct']:+.2f} |")
+        print(
+            f"| {p.case_id} | {c['ml']:.1f} | {c['mri']:+.2f} | {c['ct']:+.2f} "
+            f"| {c['mri_pct']:.0f} |"
+        )
     weak = sum(abs(c["mri"]) < 0.5 for c in rows)
     print(f"\n{weak} of {len(rows)} lesions differ from their ring by < 0.5 SD in the MRI")
 

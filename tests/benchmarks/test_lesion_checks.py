@@ -57,3 +57,21 @@ def test_minsize_scores_the_heads_own_rule_first(tmp_path, capsys):
     for r in rows[1:]:
         dice = float(r.split(" | ")[1])
         assert 0.0 <= dice <= 1.0
+
+
+def test_contrast_places_a_dark_and_a_bright_infarct_in_the_brain(tmp_path, capsys):
+    """The MRI percentile column: an ischaemic lesion sits low among the brain's voxels on ADC
+    (dark) and high on DWI (bright), whatever its ring is made of."""
+    from clinfuse.phantom import PhantomConfig, write_phantom_dataset
+
+    cfg = PhantomConfig(shape=(48, 48, 40), spacing=(3.0, 3.0, 3.0), supersample=1)
+    pct = {}
+    for seq in ("ADC", "DWI"):
+        data = write_phantom_dataset(
+            tmp_path / seq, 1, cfg, seed=3, contrast=seq, lesion="ischaemic"
+        )
+        assert lc.main(["contrast", str(data)]) == 0
+        lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| ")]
+        assert lines[0].endswith("| MRI percentile in the brain |") and len(lines) == 2
+        pct[seq] = float(lines[1].split(" | ")[-1].strip(" |"))
+    assert 0 <= pct["ADC"] < 30 and 70 < pct["DWI"] <= 100
