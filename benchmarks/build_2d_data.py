@@ -48,7 +48,13 @@ import numpy as np
 from clinfuse.io.dataset import load_dataset
 from clinfuse.io.nifti import load_nifti, save_nifti
 from clinfuse.phantom import PhantomConfig, write_phantom_dataset
-from clinfuse.phantom.realhead import TRAINING_SOURCES, RealSource, write_real_dataset
+from clinfuse.phantom.realhead import (
+    REALHEAD_VERSION,
+    REALHEAD_VERSIONS,
+    TRAINING_SOURCES,
+    RealSource,
+    write_real_dataset,
+)
 
 VOLUMES = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "volumes"
 # Openly licensed real volumes (MIT, CC BY 3.0): the only real anatomy of a shipped 2D model.
@@ -235,6 +241,7 @@ def build(
     orientation: str = "display",
     display_ct: float = 0.5,
     log: Any = print,
+    realhead_version: str = REALHEAD_VERSION,
 ) -> Path:
     """Write the 2D dataset to `out` and return `out/all/manifest.csv` (see the module doc)."""
     t0 = time.time()
@@ -251,6 +258,7 @@ def build(
             sources=sources,
             spacing=spacing,
             overwrite=True,
+            version=realhead_version,
             progress=lambda cid: log(f"{time.time() - t0:7.1f}s real {cid}"),
         )
         parts.append((out / "3d" / "real", ""))
@@ -304,6 +312,12 @@ def main() -> None:
     ap.add_argument("--orientation", choices=("display", "ras"), default="display")
     ap.add_argument("--display-ct", type=float, default=0.5, help="share of 8-bit display CTs")
     ap.add_argument("--root", type=Path, default=VOLUMES)
+    ap.add_argument(
+        "--realhead-version",
+        choices=REALHEAD_VERSIONS,
+        default=REALHEAD_VERSION,
+        help="real-anatomy generator version (1: the shipped open2d model's data)",
+    )
     args = ap.parse_args()
     build(
         args.out,
@@ -317,6 +331,7 @@ def main() -> None:
         orientation=args.orientation,
         display_ct=args.display_ct,
         log=lambda s: print(s, flush=True),
+        realhead_version=args.realhead_version,
     )
 
 

@@ -4,6 +4,7 @@ real volume except the two test cases, plus phantoms, all at 2 mm, in one folder
     python benchmarks/build_training_data.py OUT [--per-source N] [--phantoms N]
         [--lesion-phantoms N] [--t1-phantoms N] [--small-phantoms N]
         [--small-haemorrhage-phantoms N] [--ranged-phantoms N] [--seed S] [--keep-existing]
+        [--realhead-version 1|2]
 
 OUT/real (real-anatomy pairs, `clinfuse.phantom.realhead.write_real_dataset`, seeds
 S + 1000 * source + k) and OUT/phantoms (`write_phantom_dataset`, seeds 20000 + S, all five
@@ -26,7 +27,9 @@ data sets of `clinfuse train-lesion --data OUT/real --data OUT/all_phantoms --da
 (real anatomy keeps its share of the samples however many phantoms there are). `--keep-existing`
 reuses a part whose manifest.csv is already there (a part copied or linked from an earlier
 build with the same options). Training (`--seed 0`) and validation (`--seed 500`) seeds are
-disjoint, and both from the held-out phantoms (7000-7211).
+disjoint, and both from the held-out phantoms (7000-7211). `--realhead-version 1` rebuilds the
+real-anatomy pairs exactly as sessions 11-14 made them (every data set named in docs/TRAINING.md
+up to session 14, and the shipped checkpoint's); the default is the current generator.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from clinfuse.phantom import PhantomConfig, write_phantom_dataset
-from clinfuse.phantom.realhead import write_real_dataset
+from clinfuse.phantom.realhead import REALHEAD_VERSION, REALHEAD_VERSIONS, write_real_dataset
 
 VOLUMES = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "volumes"
 
@@ -57,6 +60,12 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--spacing", type=float, default=2.0)
     ap.add_argument("--root", type=Path, default=VOLUMES)
+    ap.add_argument(
+        "--realhead-version",
+        choices=REALHEAD_VERSIONS,
+        default=REALHEAD_VERSION,
+        help="real-anatomy generator version (1: the data of sessions 11-14)",
+    )
     args = ap.parse_args()
     t0 = time.time()
     out = args.out
@@ -72,6 +81,7 @@ def main() -> None:
             args.seed,
             spacing=args.spacing,
             overwrite=True,
+            version=args.realhead_version,
             progress=lambda cid: print(f"{time.time() - t0:7.1f}s real {cid}", flush=True),
         )
     s = args.spacing

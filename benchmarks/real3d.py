@@ -85,12 +85,14 @@ def build_cases(data: Path = DATA, seed: int = SEED) -> list[RealTestCase]:
     real = load_real_mri(
         s3 / "t1.nii.gz", brain=s3 / "intracranial_mask.nii.gz", bone=s3 / "skull_mask.nii.gz"
     )
-    cfg = RealHeadConfig(contrast="T1", spacing=None, lesion="none", augment=False)
+    # Generator version 1: the test cases stay as every published table built them (version 2
+    # changed the MRI-derived masks and the tissue classes of T1 sources).
+    cfg = RealHeadConfig(contrast="T1", spacing=None, lesion="none", augment=False, version="1")
     ph = generate_real_pair(real, cfg, seed, case_id="seg3d_t1")
     out.append(RealTestCase("seg3d_t1", ph.case, "given skull + intracranial masks"))
     st = data / "clinical_stroke_t2_lesion"
     real = load_real_mri(st / "t2.nii.gz", lesion=st / "lesion_mask.nii.gz")
-    cfg = RealHeadConfig(contrast="T2", spacing=None, lesion="none", augment=False)
+    cfg = RealHeadConfig(contrast="T2", spacing=None, lesion="none", augment=False, version="1")
     ph = generate_real_pair(real, cfg, seed, case_id="stroke_t2")
     out.append(
         RealTestCase(

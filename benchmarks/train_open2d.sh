@@ -13,7 +13,8 @@ RUNS=${1:-/work/runs}
 STEPS=${2:-3000}
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 mkdir -p "$RUNS/logs"
-[ -f "$RUNS/data2d/all/manifest.csv" ] || python "$REPO/benchmarks/build_2d_data.py" "$RUNS/data2d"
+[ -f "$RUNS/data2d/all/manifest.csv" ] || python "$REPO/benchmarks/build_2d_data.py" "$RUNS/data2d" \
+    --realhead-version 1
 if [ -f "$RUNS/open2d/last.ckpt" ]; then ARGS=(--resume "$RUNS/open2d/last.ckpt");
 else ARGS=(--config open2d); fi
 clinfuse train "${ARGS[@]}" --data "$RUNS/data2d/all" --out "$RUNS/open2d" --device cpu \

@@ -25,26 +25,26 @@ STEPS=${2:-1004}
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 mkdir -p "$RUNS/logs"
 [ -f "$RUNS/data3/all/manifest.csv" ] || python "$REPO/benchmarks/build_training_data.py" \
-    "$RUNS/data3" --per-source 8 --phantoms 20
+    "$RUNS/data3" --realhead-version 1 --per-source 8 --phantoms 20
 [ -f "$RUNS/data3_val/all/manifest.csv" ] || python "$REPO/benchmarks/build_training_data.py" \
-    "$RUNS/data3_val" --per-source 2 --phantoms 6 --seed 500
+    "$RUNS/data3_val" --realhead-version 1 --per-source 2 --phantoms 6 --seed 500
 # session 11: the validation split the shipped head's calibration is fitted on = data3_val + 48
 # phantoms with 0.5-80 mL lesions (seeds 60500-60547; data3_val's parts are reused as built)
 [ -f "$RUNS/val11/all/manifest.csv" ] || { mkdir -p "$RUNS/val11" &&
     ln -sfn "$RUNS/data3_val/real" "$RUNS/val11/real" &&
     ln -sfn "$RUNS/data3_val/phantoms" "$RUNS/val11/phantoms" &&
-    python "$REPO/benchmarks/build_training_data.py" "$RUNS/val11" --per-source 2 --phantoms 6 \
+    python "$REPO/benchmarks/build_training_data.py" "$RUNS/val11" --realhead-version 1 --per-source 2 --phantoms 6 \
         --seed 500 --ranged-phantoms 48 --keep-existing; }
 [ -f "$RUNS/data4/all/manifest.csv" ] || python "$REPO/benchmarks/build_training_data.py" \
-    "$RUNS/data4" --per-source 24 --phantoms 60
+    "$RUNS/data4" --realhead-version 1 --per-source 24 --phantoms 60
 [ -f "$RUNS/data5/all/manifest.csv" ] || python "$REPO/benchmarks/build_training_data.py" \
-    "$RUNS/data5" --per-source 24 --phantoms 60 --lesion-phantoms 96
+    "$RUNS/data5" --realhead-version 1 --per-source 24 --phantoms 60 --lesion-phantoms 96
 # session 11: data6 = data5 (its three parts reused as built) + 150 phantoms for the head's weak
 # spots; session 12 trains on OUT/real and OUT/all_phantoms (every phantom part) with shares
 [ -f "$RUNS/data6/all_phantoms/manifest.csv" ] || { mkdir -p "$RUNS/data6" &&
     for part in real phantoms lesion_phantoms; do
         ln -sfn "$RUNS/data5/$part" "$RUNS/data6/$part"; done &&
-    python "$REPO/benchmarks/build_training_data.py" "$RUNS/data6" --per-source 24 \
+    python "$REPO/benchmarks/build_training_data.py" "$RUNS/data6" --realhead-version 1 --per-source 24 \
         --phantoms 60 --lesion-phantoms 96 --t1-phantoms 60 --small-phantoms 60 \
         --small-haemorrhage-phantoms 30 --keep-existing; }
 INIT="$RUNS/phantom3d-session2.pt"

@@ -16,6 +16,7 @@ from clinfuse.phantom.realhead import (
     RealSource,
     generate_real_pair,
     load_real_mri,
+    tissue_memberships,
     write_real_dataset,
 )
 
@@ -81,8 +82,14 @@ def test_same_seed_same_pair_and_augmentation_runs(chris):
     ],
 )
 def test_lesion_contrast_per_sequence(chris, contrast, kind, brighter):
+    # 5-40 mL: a lesion of many 4 mm voxels, so partial volume at its border cannot decide.
     cfg = RealHeadConfig(
-        contrast="T1", output_contrast=contrast, spacing=4.0, lesion=kind, augment=False
+        contrast="T1",
+        output_contrast=contrast,
+        spacing=4.0,
+        lesion=kind,
+        lesion_ml=(5.0, 40.0),
+        augment=False,
     )
     ph = generate_real_pair(chris, cfg, seed=1)
     c = ph.case
@@ -152,3 +159,47 @@ def test_synth_real_command(tmp_path):
     assert truth["mri_contrast"] == "FLAIR" and truth["seed"] == 4
     bad = CliRunner().invoke(app, [*args[:6], "--output-contrasts", "PD"])
     assert bad.exit_code != 0
+
+
+VISIBLE_MALE = VOLUMES / "visible_male_head" / "mri_t1.nii.gz"
+
+
+@pytest.mark.parametrize("seed", [1, 3])
+def test_visible_male_t1_infarct_is_dark_from_version_2(seed):
+    """Version 1's intracranial mask took in the orbits' fat on this 5 mm-slice T1 and its
+    white-matter centre became that bright tail, so an ischaemic T1 lesion came out bright;
+    version 2 paints it darker than nearly all of the brain, as on every other source."""
+    real = load_real_mri(VISIBLE_MALE)
+
+    def percentile(version: str) -> tuple[float, float]:
+        cfg = RealHeadConfig(contrast="T1", lesion="ischaemic", augment=False, version=version)
+        c = generate_real_pair(real, cfg, seed=seed).case
+        other = c.mri[c.brain & ~c.lesion]
+        ml = float(c.brain.sum()) * float(np.prod(c.spacing)) / 1000.0
+        return 100.0 * float((other < c.mri[c.lesion].mean()).mean()), ml
+
+    p1, ml1 = percentile("1")
+    p2, ml2 = percentile("2")
+    assert p1 > 50.0 and ml1 > 2300.0  # the fault, kept reproducible for old data
+    assert p2 < 25.0 and ml2 < 2000.0
+
+
+def test_tissue_centres_ignore_a_bright_tail_when_asked():
+    rng = np.random.default_rng(0)
+    # CSF / GM / WM at 25 / 70 / 100 (T1 order), plus 4 % fat at 250 inside the mask.
+    vals = np.concatenate(
+        [rng.normal(m, 4.0, n) for m, n in ((25, 2000), (70, 4000), (100, 4000), (250, 400))]
+    ).astype(np.float32)
+    mri = vals.reshape(1, 1, -1)
+    mask = np.ones_like(mri, dtype=bool)
+    _, plain = tissue_memberships(mri, mask, "T1")
+    p, trimmed = tissue_memberships(mri, mask, "T1", trim_bright=True)
+    assert plain[2] > 110.0  # the fat tail pulled "white matter" up
+    np.testing.assert_allclose(trimmed, [25.0, 70.0, 100.0], atol=2.0)
+    np.testing.assert_allclose(p.sum(axis=0), 1.0, atol=1e-5)  # the fat still has memberships
+    assert p[2, 0, 0, -1] > 0.99
+
+
+def test_unknown_generator_version_is_refused():
+    with pytest.raises(ClinfuseInputError, match="realhead version"):
+        RealHeadConfig(version="3")

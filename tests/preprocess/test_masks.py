@@ -144,3 +144,35 @@ def test_bad_input_is_a_user_error(call):
 def test_totalsegmentator_missing_is_explained():
     with pytest.raises(ClinfuseInputError, match="TotalSegmentator is not installed"):
         totalsegmentator_masks(np.zeros((8, 8, 8)), np.eye(4))
+
+
+@pytest.mark.skipif(not (DATA / "volumes").is_dir(), reason="shared real data not present")
+def test_mri_brain_mask_stops_at_the_orbits_on_a_thick_slice_t1():
+    """visible_male (5 mm slices): the orbital roof is thinner than a slice, so the mask of
+    sessions 1-14 (`core_mm=5, rim_mm=0`, no contrast) ran into the orbits' fat and the face;
+    told the sequence is T1, the fat is left out and the deeper core cuts the face off."""
+    from clinfuse.phantom.realhead import _resample, load_real_mri
+
+    r = _resample(load_real_mri(DATA / "volumes" / "visible_male_head" / "mri_t1.nii.gz"), 2.0)
+    ml = 8.0 / 1000.0  # one 2 mm voxel in mL
+    old = mri_brain_mask(r.mri, r.spacing, core_mm=5.0, rim_mm=0.0)
+    new = mri_brain_mask(r.mri, r.spacing, contrast="T1")
+    assert old.sum() * ml > 2300.0
+    assert 1500.0 < new.sum() * ml < 2050.0
+    # What the new mask drops is bright (orbital and facial fat) or below the brain.
+    dropped = old & ~new
+    fat = r.mri[dropped] > np.percentile(r.mri[new], 95)
+    low = np.nonzero(dropped)[2] < np.percentile(np.nonzero(new)[2], 20)
+    assert (fat | low).mean() > 0.6
+
+
+@pytest.mark.parametrize("contrast", ["T2", "ADC"])
+def test_mri_brain_mask_keeps_bright_csf(contrast):
+    """Bright CSF (T2, ADC) stays in the mask: the bright band is left out only on T1/FLAIR."""
+    c = generate_phantom(PhantomConfig(mri_contrast=contrast), 4).case
+    told = mri_brain_mask(c.mri, c.spacing, contrast=contrast)
+    np.testing.assert_array_equal(told, mri_brain_mask(c.mri, c.spacing))
+    assert dice(told, c.brain) >= 0.9
+    if contrast == "ADC":  # CSF is the brightest class by far: the band would cut the rim off
+        banded = mri_brain_mask(c.mri, c.spacing, contrast="T1")
+        assert dice(banded, c.brain) < dice(told, c.brain) - 0.05

@@ -48,10 +48,15 @@ from clinfuse.errors import ClinfuseInputError
 from clinfuse.io.case import Case
 from clinfuse.io.nifti import load_nifti
 from clinfuse.phantom.generate import Phantom
-from clinfuse.preprocess.masks import ball, largest_component, mri_brain_mask
+from clinfuse.preprocess.masks import FAT_BRIGHTEST, ball, largest_component, mri_brain_mask
 from clinfuse.preprocess.resample import grid_with_spacing, resample_to_grid
 
-REALHEAD_VERSION = "1"
+# Version 2 (session 15): the intracranial mask leaves out the fat of the orbits and face on
+# T1/FLAIR sources and erodes deeper before regrowing (`mri_brain_mask(contrast=...)`), and the
+# tissue classes ignore a bright tail (`tissue_memberships(trim_bright=True)`). Version 1 (the
+# data of sessions 11-14 and of the shipped checkpoint) stays reproducible with `version="1"`.
+REALHEAD_VERSION = "2"
+REALHEAD_VERSIONS = ("1", "2")
 CONTRASTS = ("T1", "T2", "FLAIR", "DWI", "ADC")
 LESION_KINDS = ("ischaemic", "haemorrhagic", "none")
 # The test cases of the project: never a source of training pairs (README "real data" rule).
@@ -119,8 +124,13 @@ class RealHeadConfig:
     rotate_deg: float = 8.0
     scale: float = 0.06
     elastic: bool = True
+    version: str = REALHEAD_VERSION  # generator version ("1" rebuilds data made before session 15)
 
     def __post_init__(self) -> None:
+        if self.version not in REALHEAD_VERSIONS:
+            raise ClinfuseInputError(
+                f"realhead version must be one of {REALHEAD_VERSIONS}, got {self.version!r}"
+            )
         if self.contrast not in CONTRASTS:
             raise ClinfuseInputError(f"contrast must be one of {CONTRASTS}, got {self.contrast!r}")
         if self.output_contrast is not None and self.output_contrast not in CONTRASTS:
@@ -230,6 +240,13 @@ def head_mask(mri: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
     return ndimage.binary_fill_holes(head)
 
 
+def _mri_intracranial(mri: np.ndarray, spacing: Sequence[float], cfg: RealHeadConfig) -> np.ndarray:
+    """The automatic intracranial mask of generator version `cfg.version` (see REALHEAD_VERSION)."""
+    if cfg.version == "1":
+        return mri_brain_mask(mri, spacing, core_mm=5.0, rim_mm=0.0)
+    return mri_brain_mask(mri, spacing, contrast=cfg.contrast)
+
+
 def cut_below_foramen(intracranial: np.ndarray, fraction: float = 0.2) -> np.ndarray:
     """Drop the part of an MRI-derived intracranial mask that leaks down the neck: below the
     largest axial cross-section, the first slice whose area falls under `fraction` of it is the
@@ -266,9 +283,14 @@ def skull_shell(
 
 
 def tissue_memberships(
-    mri: np.ndarray, intracranial: np.ndarray, contrast: str
+    mri: np.ndarray, intracranial: np.ndarray, contrast: str, trim_bright: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
     """Soft CSF/GM/WM memberships inside the intracranial mask from a 1-D three-class k-means.
+
+    `trim_bright`: fit the k-means without values above the upper Tukey fence (Q3 + 1.5 IQR),
+    for sequences whose brightest tissue class is a large one (T1: white matter), so a bright
+    tail of fat or marrow that the mask took in cannot become the white-matter centre; every
+    voxel still gets memberships.
 
     Returns (p (3, *S) float32 summing to 1 inside the mask and 0 outside, class centres in MRI
     units ordered CSF, GM, WM by the sequence's known order (`CLASS_MEANS`)).
@@ -276,6 +298,9 @@ def tissue_memberships(
     vals = mri[intracranial].astype(np.float64)
     if vals.size < 30:
         raise ClinfuseInputError("intracranial mask is (almost) empty; cannot find tissue classes")
+    if trim_bright:
+        q1, q3 = np.percentile(vals, [25.0, 75.0])
+        vals = vals[vals <= q3 + 1.5 * (q3 - q1)]
     c = np.percentile(vals, [15.0, 50.0, 85.0])
     for _ in range(30):
         lab = np.argmin(np.abs(vals[:, None] - c[None, :]), axis=1)
@@ -506,7 +531,7 @@ def generate_real_pair(
         lesion_given = r.lesion
         head = head_mask(mri, sp)
         intracranial = (
-            r.brain if r.brain is not None else cut_below_foramen(mri_brain_mask(mri, sp))
+            r.brain if r.brain is not None else cut_below_foramen(_mri_intracranial(mri, sp, cfg))
         )
         if r.bone is not None:
             bone = r.bone & ~intracranial
@@ -516,7 +541,8 @@ def generate_real_pair(
     brain = intracranial & ~bone
 
     # 2. Tissue classes inside the skull (from the input contrast), optional re-painting.
-    p, centres = tissue_memberships(mri, brain, cfg.contrast)
+    trim = cfg.version != "1" and cfg.contrast in FAT_BRIGHTEST
+    p, centres = tissue_memberships(mri, brain, cfg.contrast, trim_bright=trim)
     wm = float(centres[2])
     contrast = cfg.mri_contrast
     if cfg.output_contrast is not None and cfg.output_contrast != cfg.contrast:
@@ -613,7 +639,7 @@ def generate_real_pair(
     vox_ml = float(np.prod(sp)) / 1000.0
     truth: dict[str, Any] = {
         "generator": "realhead",
-        "realhead_version": REALHEAD_VERSION,
+        "realhead_version": cfg.version,
         "seed": seed if isinstance(seed, int) else None,
         "source_mri": real.source,
         "config": cfg.to_dict(),
@@ -760,6 +786,7 @@ def write_real_dataset(
     augment: bool = True,
     overwrite: bool = False,
     progress: Any = None,
+    version: str = REALHEAD_VERSION,
 ) -> Path:
     """Write `n_per_source` augmented pairs of every source to `<out>/<name>_<k>/` plus
     `manifest.csv` (the phantom layout, so `clinfuse train` reads it). Case k of source s uses
@@ -802,6 +829,7 @@ def write_real_dataset(
                 lesion_side=src.lesion_side,
                 skull=src.skull,
                 augment=augment,
+                version=version,
             )
             case_id = f"{src.name}_{k:03d}"
             ph = generate_real_pair(real, cfg, rng, case_id=case_id)
