@@ -148,14 +148,14 @@ def test_totalsegmentator_missing_is_explained():
 
 @pytest.mark.skipif(not (DATA / "volumes").is_dir(), reason="shared real data not present")
 def test_mri_brain_mask_stops_at_the_orbits_on_a_thick_slice_t1():
-    """visible_male (5 mm slices): the orbital roof is thinner than a slice, so the mask of
-    sessions 1-14 (`core_mm=5, rim_mm=0`, no contrast) ran into the orbits' fat and the face;
-    told the sequence is T1, the fat is left out and the deeper core cuts the face off."""
+    """visible_male (5 mm slices): the orbital roof is thinner than a slice, so the plain mask
+    (unknown contrast) runs into the orbits' fat and the face; told the sequence is T1, the fat
+    is left out and the deeper core cuts the face off."""
     from clinfuse.phantom.realhead import _resample, load_real_mri
 
     r = _resample(load_real_mri(DATA / "volumes" / "visible_male_head" / "mri_t1.nii.gz"), 2.0)
     ml = 8.0 / 1000.0  # one 2 mm voxel in mL
-    old = mri_brain_mask(r.mri, r.spacing, core_mm=5.0, rim_mm=0.0)
+    old = mri_brain_mask(r.mri, r.spacing)
     new = mri_brain_mask(r.mri, r.spacing, contrast="T1")
     assert old.sum() * ml > 2300.0
     assert 1500.0 < new.sum() * ml < 2050.0
@@ -168,7 +168,8 @@ def test_mri_brain_mask_stops_at_the_orbits_on_a_thick_slice_t1():
 
 @pytest.mark.parametrize("contrast", ["T2", "ADC"])
 def test_mri_brain_mask_keeps_bright_csf(contrast):
-    """Bright CSF (T2, ADC) stays in the mask: the bright band is left out only on T1/FLAIR."""
+    """Bright CSF (T2, ADC) stays in the mask: the bright band is left out only on T1/FLAIR,
+    and every other sequence gets the plain mask of an unknown contrast."""
     c = generate_phantom(PhantomConfig(mri_contrast=contrast), 4).case
     told = mri_brain_mask(c.mri, c.spacing, contrast=contrast)
     np.testing.assert_array_equal(told, mri_brain_mask(c.mri, c.spacing))

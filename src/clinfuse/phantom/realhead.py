@@ -243,7 +243,7 @@ def head_mask(mri: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
 def _mri_intracranial(mri: np.ndarray, spacing: Sequence[float], cfg: RealHeadConfig) -> np.ndarray:
     """The automatic intracranial mask of generator version `cfg.version` (see REALHEAD_VERSION)."""
     if cfg.version == "1":
-        return mri_brain_mask(mri, spacing, core_mm=5.0, rim_mm=0.0)
+        return mri_brain_mask(mri, spacing)
     return mri_brain_mask(mri, spacing, contrast=cfg.contrast)
 
 
