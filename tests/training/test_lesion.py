@@ -940,3 +940,64 @@ def test_non_finite_updates_are_skipped_not_applied(base_ckpt, phantoms, tmp_pat
         assert np.isfinite(float(next(csv.DictReader(fh))["loss"]))
     weights = read_checkpoint(res.checkpoint)["model"]
     assert all(torch.isfinite(v).all() for k, v in weights.items() if "lesion_head" in k)
+
+
+def test_pick_rule_by_dice_or_by_hd95_among_the_near_best():
+    from clinfuse.training.lesion import RuleScore, _pick_rule
+
+    # session 14's per-patch head, roughly: a loose filter wins Dice by 0.001 with far components
+    table = {
+        0.0: RuleScore(0.700, 20.0, 48),
+        0.65: RuleScore(0.711, 16.5, 48),
+        0.9: RuleScore(0.710, 12.7, 48),
+        0.95: RuleScore(0.709, 9.0, 46),  # near in Dice, but drops two lesions
+    }
+    assert _pick_rule(table, 0.0) == 0.65
+    assert _pick_rule(table, 0.003) == 0.9
+    assert _pick_rule(table, 0.05) == 0.9  # never at the cost of a lesion found
+    ties = {0.0: RuleScore(0.5, 3.0, 2), 0.5: RuleScore(0.5, 3.0, 2)}
+    assert _pick_rule(ties, 0.0) == 0.0 and _pick_rule(ties, 0.01) == 0.0
+    no_lesion = {0.0: RuleScore(float("nan"), float("nan"), 0), 0.5: RuleScore(0.1, 1.0, 1)}
+    assert _pick_rule(no_lesion, 0.0) == 0.0 and _pick_rule(no_lesion, 0.01) == 0.0
+
+
+def test_calibration_records_hd95_and_picks_by_it(monkeypatch):
+    from dataclasses import replace
+
+    import clinfuse.metrics.calibration as cal
+    import clinfuse.training.lesion as tl
+
+    shape = (32, 32, 32)
+    label = np.zeros(shape, np.float32)
+    label[4:12, 4:12, 4:12] = 1
+    logits = np.full(shape, -8.0, np.float32)
+    logits[5:12, 4:12, 4:12] = 8.0  # the lesion, a little under-segmented
+    logits[26:29, 26:29, 26:29] = 0.3  # far, faint false component (27 voxels of 8 mm^3)
+    brain = np.ones(shape, bool)
+    src = np.zeros((3, *shape), np.float32)
+    items = [tl._Item("c", src, src[0], {}, label, np.ones(shape, np.float32), brain, (2.0,) * 3)]
+    monkeypatch.setattr(tl, "predict_logits", lambda *a, **k: logits)
+    monkeypatch.setattr(cal, "fit_temperature", lambda z, y: 1.0)
+    head = torch.nn.Linear(1, 1)
+    cfg = tl.LesionTrainConfig(patch_size=(16, 16, 16))
+    _, _, plain = tl._calibrate(head, items, cfg)
+    assert "hd95_by_min_ml" not in plain and plain["rule_dice_tolerance"] == 0.0
+    _, rule, rec = tl._calibrate(head, items, replace(cfg, rule_dice_tolerance=0.01))
+    hd, found = rec["hd95_by_min_ml"], rec["found_by_min_ml"]
+    assert hd["0.0"] > 20.0 > hd["0.25"] and found["0.0"] == found["0.25"] == 1
+    table = {float(k): tl.RuleScore(rec["dice_by_min_ml"][k], hd[k], found[k]) for k in hd}
+    assert rule.min_ml == tl._pick_rule(table, 0.01) > 0.0
+    pred = rule.apply(1 / (1 + np.exp(-logits)), (2.0, 2.0, 2.0), 0.5)
+    assert not pred[20:, 20:, 20:].any() and pred[6:10, 6:10, 6:10].all()
+
+
+def test_rule_criterion_needs_a_recalibration(tmp_path):
+    from clinfuse.training.lesion import transplant_lesion_head
+
+    with pytest.raises(ClinfuseInputError, match="recalibrat"):
+        transplant_lesion_head(
+            tmp_path / "head.ckpt",
+            tmp_path / "base.ckpt",
+            tmp_path / "out.ckpt",
+            rule_dice_tolerance=0.003,
+        )

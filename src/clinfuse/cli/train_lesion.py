@@ -67,6 +67,13 @@ def train_lesion(
         help="Dice term of the DiceCE loss per patch (a small lesion's patch weighs as much as "
         "a large one's) or over the whole batch (default, every earlier run).",
     ),
+    rule_dice_tolerance: float = typer.Option(
+        0.0,
+        "--rule-dice-tolerance",
+        help="Calibration of the lesion-mask rule: 0 = by validation Dice alone (default, every "
+        "earlier head); > 0 = the lowest mean HD95 among the rules within this much of the best "
+        "Dice that find as many lesions.",
+    ),
     seed: int = typer.Option(0, "--seed", help="Seed of patches, noise and augmentation."),
     amp: str = typer.Option(
         "auto",
@@ -137,6 +144,7 @@ def train_lesion(
             target,
             recalibrate_on=val_data if recalibrate else None,
             flip_tta=flip_tta,
+            rule_dice_tolerance=rule_dice_tolerance,
             log=typer.echo,
         )
         typer.echo(f"done: {res.checkpoint} (head of {head_from})")
@@ -166,6 +174,7 @@ def train_lesion(
         flip_tta=bool(flip_tta),
         data_shares=tuple(data_share) if data_share else None,
         dice_per_sample=dice_per_sample,
+        rule_dice_tolerance=rule_dice_tolerance,
     )
     dev = resolve_device(device)
     result = train_lesion_head(

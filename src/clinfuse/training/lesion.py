@@ -54,7 +54,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -140,6 +140,12 @@ class LesionTrainConfig:
     # gradient (its false positives are left to the cross-entropy). False: one Dice over the
     # whole batch (`batch=True`, every earlier run), where small lesions barely count.
     dice_per_sample: bool = False
+    # How the calibration picks the mask rule (session 15): 0 = by validation Dice alone (every
+    # earlier head). > 0: among the rules whose Dice is within this of the best and that leave
+    # at least as many lesions with a prediction, the one with the lowest mean HD95 over the
+    # lesions with a prediction (session 14: a loose filter won by 0.001 Dice and kept far
+    # components that cost 4 mm HD95).
+    rule_dice_tolerance: float = 0.0
 
     def validate(self) -> None:
         """Raise `ClinfuseInputError` on values that cannot work."""
@@ -164,6 +170,8 @@ class LesionTrainConfig:
             raise ClinfuseInputError("pos_fraction must be in (0, 1)")
         if not 0 <= self.hard_negative_fraction < 1:
             raise ClinfuseInputError("hard_negative_fraction must be in [0, 1)")
+        if not 0 <= self.rule_dice_tolerance < 1:
+            raise ClinfuseInputError("rule_dice_tolerance must be in [0, 1)")
         if self.flip_tta and len(self.patch_size) != 3:
             raise ClinfuseInputError(FLIP_3D_ONLY)
         if self.data_shares is not None and (
@@ -540,14 +548,15 @@ def _validate(
 def _calibrate(
     head: torch.nn.Module, items: Sequence[_Item], cfg: LesionTrainConfig
 ) -> tuple[float, LesionMaskRule, dict[str, Any]]:
-    """Temperature on the validation brains, then the mask rule by Dice: the minimum component
-    size, then (with it) the secondary components' minimum mean probability."""
+    """Temperature on the validation brains, then the mask rule: the minimum component size,
+    then (with it) the secondary components' minimum mean probability, each by validation Dice
+    (`cfg.rule_dice_tolerance` > 0: by HD95 among the near-best in Dice, `_pick_rule`)."""
     from clinfuse.metrics.calibration import (
         calibration_scores,
         fit_temperature,
         lesion_neighbourhood,
     )
-    from clinfuse.metrics.segmentation import dice
+    from clinfuse.metrics.segmentation import dice, hd95
 
     head.eval()
     logits = [
@@ -569,31 +578,69 @@ def _calibrate(
         scores[name] = {region: {"ece": c.ece, "brier": c.brier} for region, c in cal.items()}
     probs = [1 / (1 + np.exp(-lg / temp)) * it.brain for lg, it in zip(logits, items, strict=True)]
 
-    def mean_dice(rule: LesionMaskRule) -> float:
-        ds = [
-            float(
-                dice(
-                    rule.apply(p, it.spacing, cfg.threshold) & it.known,
-                    (it.label > 0.5) & it.known,
-                )
-            )
-            for p, it in zip(probs, items, strict=True)
-            if it.label.any()
-        ]
-        return float(np.mean(ds)) if ds else float("nan")
+    with_hd95 = cfg.rule_dice_tolerance > 0
 
-    # NaN (no lesion case) compares False everywhere: then the first choice (0) is kept
-    by_ml = {ml: mean_dice(LesionMaskRule(ml)) for ml in MIN_ML_CHOICES}
-    best_ml = max(by_ml, key=lambda k: (by_ml[k], -k))
-    by_prob = {q: mean_dice(LesionMaskRule(best_ml, q)) for q in MIN_COMPONENT_PROB_CHOICES}
-    best_prob = max(by_prob, key=lambda k: (by_prob[k], -k))
-    record = {
+    def score(rule: LesionMaskRule) -> RuleScore:
+        ds, hds = [], []
+        for p, it in zip(probs, items, strict=True):
+            if not it.label.any():
+                continue
+            pred = rule.apply(p, it.spacing, cfg.threshold) & it.known
+            gt = (it.label > 0.5) & it.known
+            ds.append(float(dice(pred, gt)))
+            if with_hd95 and pred.any() and gt.any():
+                hds.append(float(hd95(pred, gt, it.spacing)))
+        return RuleScore(
+            float(np.mean(ds)) if ds else float("nan"),
+            float(np.mean(hds)) if hds else float("nan"),
+            len(hds),
+        )
+
+    tol = cfg.rule_dice_tolerance
+    by_ml = {ml: score(LesionMaskRule(ml)) for ml in MIN_ML_CHOICES}
+    best_ml = _pick_rule(by_ml, tol)
+    by_prob = {q: score(LesionMaskRule(best_ml, q)) for q in MIN_COMPONENT_PROB_CHOICES}
+    best_prob = _pick_rule(by_prob, tol)
+    record: dict[str, Any] = {
         "temperature": temp,
         "validation_calibration": scores,
-        "dice_by_min_ml": {str(k): v for k, v in by_ml.items()},
-        "dice_by_min_component_prob": {str(k): v for k, v in by_prob.items()},
+        "dice_by_min_ml": {str(k): v.dice for k, v in by_ml.items()},
+        "dice_by_min_component_prob": {str(k): v.dice for k, v in by_prob.items()},
+        "rule_dice_tolerance": tol,
     }
+    if with_hd95:
+        for name, table in (("min_ml", by_ml), ("min_component_prob", by_prob)):
+            record[f"hd95_by_{name}"] = {str(k): v.hd95 for k, v in table.items()}
+            record[f"found_by_{name}"] = {str(k): v.found for k, v in table.items()}
     return temp, LesionMaskRule(best_ml, best_prob), record
+
+
+class RuleScore(NamedTuple):
+    """A mask rule on the validation cases with a lesion: mean Dice, mean HD95 (mm) over the
+    lesions it leaves a prediction on (NaN if not measured), and how many those are."""
+
+    dice: float
+    hd95: float
+    found: int
+
+
+def _pick_rule(table: dict[float, RuleScore], tolerance: float) -> float:
+    """The choice (a key of `table`, lowest first) the calibration keeps.
+
+    `tolerance` 0: the best Dice, ties to the lowest choice (the filter that removes least).
+    Otherwise: among the choices within `tolerance` of the best Dice that leave at least as many
+    lesions with a prediction as the best-Dice choice, the lowest mean HD95 (ties: lowest).
+    NaN Dice (no lesion case) compares False everywhere: the first choice is kept.
+    """
+    best = max(table, key=lambda k: (table[k].dice, -k))
+    if tolerance <= 0 or table[best].dice != table[best].dice:
+        return best
+    near = [
+        k
+        for k, v in table.items()
+        if v.dice >= table[best].dice - tolerance and v.found >= table[best].found
+    ]
+    return min(near, key=lambda k: (table[k].hd95, k))
 
 
 def _case_sampler(
@@ -1035,6 +1082,7 @@ def transplant_lesion_head(
     *,
     recalibrate_on: str | Path | None = None,
     flip_tta: bool | None = None,
+    rule_dice_tolerance: float = 0.0,
     log: Callable[[str], None] | None = print,
 ) -> LesionTrainResult:
     """Write `out` = `target_checkpoint` (e.g. a newer denoiser) with the lesion head of
@@ -1057,6 +1105,8 @@ def transplant_lesion_head(
             "switching flip test-time augmentation changes the logits: recalibrate on a "
             "validation dataset as well"
         )
+    if rule_dice_tolerance > 0 and recalibrate_on is None:
+        raise ClinfuseInputError("a rule criterion only applies when recalibrating (--recalibrate)")
     src = read_checkpoint(head_checkpoint)
     record = (src.get("extra") or {}).get("lesion_head")
     if not record:
@@ -1070,7 +1120,14 @@ def transplant_lesion_head(
             f"a {dims[0]}D head cannot go into a {dims[1]}D model", target_checkpoint
         )
     (_, inputs, channels, res_units, norm), head = _head_of(src)
-    cfg = LesionTrainConfig(inputs=inputs, channels=channels, res_units=res_units, norm=norm)
+    cfg = LesionTrainConfig(
+        inputs=inputs,
+        channels=channels,
+        res_units=res_units,
+        norm=norm,
+        rule_dice_tolerance=rule_dice_tolerance,
+    )
+    cfg.validate()
     record = {**record, "transplanted_from": str(head_checkpoint)}
     if recalibrate_on is not None:
         head, refit = _recalibrated(head, cfg, dims[0], recalibrate_on, log, flip_tta)
