@@ -30,7 +30,7 @@ DIPLOE_HU = 250.0  # below the diploe range (300-700 HU), above any soft tissue 
 BONE_HALF_MAX_RANGE = (300.0, 700.0)  # clamp of the per-voxel half-maximum threshold
 SHELL_HU = 150.0  # above blood (50-90 HU): the densest thing that is still brain
 DISPLAY_BONE_LEVEL = 200  # 8-bit display-windowed CT: bone saturates near 255, brain ~90-150
-BRIGHT_TAIL = 1.6  # x median of the deep head: fat on T1 and CSF on T2 lie above, WM below
+BRIGHT_TAIL = 1.6  # x median of the deep head: fat on T1/FLAIR lies above, brain below
 CORE_MM = 8.0  # erosion radius of the MRI-only brain core (3D)
 FAT_BRIGHTEST = ("T1", "FLAIR")  # sequences on which fat outshines every intracranial tissue
 
@@ -267,7 +267,9 @@ def mri_brain_mask(
     face off below the skull base where the orbital roof is thinner than a slice (5 mm-slice
     T1, visible_male: 2381 -> 1924 mL); a last 2 mm grows into the whole tissue (partial
     volume next to fat) before filling holes. Unknown contrast (`None`, as in `fuse`) and
-    every other sequence keep the plain steps: on the phantoms they score higher.
+    every other sequence keep the plain steps: on the phantoms they score higher. (Measured on
+    T1 heads; FLAIR is included by the sequence's physics, no FLAIR head with a skull was at
+    hand.)
     """
     x = _check_image(mri, spacing, "MRI")
     sm = ndimage.gaussian_filter(x, sigma=[1.0 / s for s in spacing])
