@@ -1,8 +1,9 @@
-"""Two checks behind docs/TRAINING.md and docs/BENCHMARKS.md (d) (issue 10), one command each.
+"""Three checks behind docs/TRAINING.md and docs/BENCHMARKS.md (d) (issue 10), one command each.
 
     python benchmarks/lesion_checks.py contrast DATA            # a dataset folder / manifest
     python benchmarks/lesion_checks.py contrast --held-out 6 [--first-seed 7000]
     python benchmarks/lesion_checks.py minsize VAL_DATA [--checkpoint CKPT]
+    python benchmarks/lesion_checks.py paired VAL_DATA --checkpoint NEW --against OLD
 
 `contrast`: per case with a lesion, how far the lesion stands out in the prepared MRI and CT:
 (lesion mean - mean of a 3-voxel ring around it inside the brain) / the ring's standard
@@ -17,6 +18,12 @@ minimum size, so these are the rules its calibration chose among); first the hea
 rule case by case, summed over real-anatomy pairs and phantoms, and by lesion size. Voxels of
 unknown label (the manifest's `ignore` column) are left out of both masks, as in training's
 validation. Never run it on the test heads (the loader refuses them).
+`paired`: two heads on the same VALIDATION cases, each under its own rule, lesion by lesion:
+Dice over every lesion with a paired Wilcoxon test, lesions each one finds, mean HD95 over the
+lesions **both** find (a head that finds a lesion the other misses is not charged its HD95
+there; those lesions are listed apart), and the false mL on each lesion-free case. Session 15's
+shipping rule compared HD95 over each head's own found lesions, which charges a head for
+finding more; this is the comparison a rule should name (docs/TRAINING.md, session 15).
 """
 
 from __future__ import annotations
@@ -135,21 +142,30 @@ def per_case(probs: list[np.ndarray], items: list[Any], rule: Any) -> None:
     print()
 
 
-def minsize(args: argparse.Namespace) -> None:
+def head_probs(checkpoint: Path | None, items: list[Any]) -> tuple[Any, list[np.ndarray]]:
+    """The checkpoint's lesion head (shipped if None) and its calibrated probability on each
+    case, composite as the fused channel, zero outside the brain."""
     import torch
 
-    from clinfuse.nn.lesion_mask import clean_mask
     from clinfuse.pipeline import load_model
-    from clinfuse.training.lesion import MIN_COMPONENT_PROB_CHOICES, load_items, predict_logits
+    from clinfuse.training.lesion import predict_logits
 
-    head = load_model(args.checkpoint, 3, "cpu").model.lesion_head.eval()
+    head = load_model(checkpoint, 3, "cpu").model.lesion_head.eval()
     window = (int(head.window),) * 3
-    items = load_items(args.data, ())
     with torch.no_grad():
         probs = [
             1 / (1 + np.exp(-predict_logits(head, it.composite, it.sources, window))) * it.brain
             for it in items
         ]
+    return head, probs
+
+
+def minsize(args: argparse.Namespace) -> None:
+    from clinfuse.nn.lesion_mask import clean_mask
+    from clinfuse.training.lesion import MIN_COMPONENT_PROB_CHOICES, load_items
+
+    items = load_items(args.data, ())
+    head, probs = head_probs(args.checkpoint, items)
 
     def score(rule: Any) -> str:
         rows = [(d, h) for _, _, _, d, h in scored(probs, items, rule) if d is not None]
@@ -196,6 +212,86 @@ def minsize(args: argparse.Namespace) -> None:
         )
 
 
+def paired_summary(
+    new: list[tuple[Any, ...]], old: list[tuple[Any, ...]], ml_per_voxel: list[float]
+) -> dict[str, Any]:
+    """Lesion-by-lesion comparison of two `scored` lists over the same cases (new against old):
+    Dice over every lesion (paired Wilcoxon), lesions found by each, mean HD95 over the lesions
+    both find, the cases only one finds, and the false mL of each on the lesion-free cases."""
+    from clinfuse.evaluation.stats import paired_wilcoxon
+
+    dn, do, both, only_new, only_old, false_new, false_old = [], [], [], [], [], [], []
+    for (it, mn, _, d_new, h_new), (it_o, mo, _, d_old, h_old), ml in zip(
+        new, old, ml_per_voxel, strict=True
+    ):
+        if it.case_id != it_o.case_id:
+            raise ValueError(f"the two lists differ at {it.case_id} / {it_o.case_id}")
+        if d_new is None:
+            false_new.append((it.case_id, float(mn.sum()) * ml))
+            false_old.append((it.case_id, float(mo.sum()) * ml))
+            continue
+        dn.append(d_new)
+        do.append(d_old)
+        found_new, found_old = h_new == h_new, h_old == h_old
+        if found_new and found_old:
+            both.append((h_new, h_old))
+        elif found_new:
+            only_new.append((it.case_id, d_new, h_new))
+        elif found_old:
+            only_old.append((it.case_id, d_old, h_old))
+    return {
+        "dice": paired_wilcoxon("dice", np.array(do), np.array(dn)),
+        "found": (len(both) + len(only_new), len(both) + len(only_old)),
+        "both": len(both),
+        "hd95_both": (
+            float(np.mean([h for h, _ in both])) if both else float("nan"),
+            float(np.mean([h for _, h in both])) if both else float("nan"),
+        ),
+        "only_new": only_new,
+        "only_old": only_old,
+        "false_new": [(c, v) for c, v in false_new if v > 0],
+        "false_old": [(c, v) for c, v in false_old if v > 0],
+        "lesion_free": len(false_new),
+    }
+
+
+def paired(args: argparse.Namespace) -> None:
+    from clinfuse.training.lesion import load_items
+
+    items = load_items(args.data, ())
+    heads = {}
+    for name, ck in (("new", args.checkpoint), ("old", args.against)):
+        head, probs = head_probs(ck, items)
+        rule = head.mask_rule
+        heads[name] = list(scored(probs, items, lambda p, it, r=rule: r.apply(p, it.spacing)))
+    ml = [float(np.prod(it.spacing)) / 1000.0 for it in items]
+    s = paired_summary(heads["new"], heads["old"], ml)
+    t = s["dice"]
+    print(f"new: {args.checkpoint or 'shipped'}; old: {args.against or 'shipped'}\n")
+    print("| | new | old |")
+    print("|---|---|---|")
+    print(
+        f"| Dice over {t.n} lesions | {t.mean:.3f} | {t.ref_mean:.3f} |\n"
+        f"| Dice, new - old (paired Wilcoxon p) | {t.mean_diff:+.3f} (p = {t.p_value:.3g}) | |\n"
+        f"| lesions with a prediction | {s['found'][0]} | {s['found'][1]} |\n"
+        f"| HD95 mm over the {s['both']} lesions both find | {s['hd95_both'][0]:.1f} | "
+        f"{s['hd95_both'][1]:.1f} |"
+    )
+
+    def false_ml(key: str) -> str:
+        fp = s[f"false_{key}"]
+        cases = ", ".join(f"{c} {v:.2f}" for c, v in fp) or "none"
+        return f"{sum(v for _, v in fp):.2f} ({cases})"
+
+    def only(key: str) -> str:
+        rows = s[f"only_{key}"]
+        return ", ".join(f"{c} (Dice {d:.2f}, HD95 {h:.1f} mm)" for c, d, h in rows) or "none"
+
+    n_free = s["lesion_free"]
+    print(f"| false mL on {n_free} lesion-free cases | {false_ml('new')} | {false_ml('old')} |")
+    print(f"| lesions only this head finds | {only('new')} | {only('old')} |")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -206,10 +302,14 @@ def main(argv: list[str] | None = None) -> int:
     m = sub.add_parser("minsize")
     m.add_argument("data", type=Path)
     m.add_argument("--checkpoint", type=Path, default=None)
+    pr = sub.add_parser("paired")
+    pr.add_argument("data", type=Path)
+    pr.add_argument("--checkpoint", type=Path, default=None, help="the new head (shipped if unset)")
+    pr.add_argument("--against", type=Path, default=None, help="the old head (shipped if unset)")
     args = ap.parse_args(argv)
     if args.cmd == "contrast" and not (args.data or args.held_out):
         ap.error("contrast needs DATA or --held-out N")
-    {"contrast": contrast, "minsize": minsize}[args.cmd](args)
+    {"contrast": contrast, "minsize": minsize, "paired": paired}[args.cmd](args)
     return 0
 
 

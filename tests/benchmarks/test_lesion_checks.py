@@ -75,3 +75,56 @@ def test_contrast_places_a_dark_and_a_bright_infarct_in_the_brain(tmp_path, caps
         assert lines[0].endswith("| MRI percentile in the brain |") and len(lines) == 2
         pct[seq] = float(lines[1].split(" | ")[-1].strip(" |"))
     assert 0 <= pct["ADC"] < 30 and 70 < pct["DWI"] <= 100
+
+
+def test_paired_summary_charges_hd95_only_on_lesions_both_heads_find():
+    """A lesion only the new head finds is listed apart, not averaged into its HD95; false mL
+    is counted per lesion-free case for each head."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    def row(case, mask_voxels, dice, hd):
+        it = SimpleNamespace(case_id=case)
+        return (it, np.ones(mask_voxels, bool), None, dice, hd)
+
+    nan = float("nan")
+    new = [
+        row("a", 5, 0.8, 2.0),
+        row("b", 5, 0.6, 4.0),
+        row("c", 3, 0.5, 80.0),  # found by the new head only, far away
+        row("free", 4, None, None),
+    ]
+    old = [
+        row("a", 5, 0.7, 3.0),
+        row("b", 5, 0.5, 6.0),
+        row("c", 0, 0.0, nan),
+        row("free", 0, None, None),
+    ]
+    s = lc.paired_summary(new, old, [0.5] * 4)
+    assert s["found"] == (3, 2) and s["both"] == 2
+    assert s["hd95_both"] == (3.0, 4.5)
+    assert s["only_new"] == [("c", 0.5, 80.0)] and s["only_old"] == []
+    assert s["false_new"] == [("free", 2.0)] and s["false_old"] == [] and s["lesion_free"] == 1
+    assert s["dice"].n == 3 and abs(s["dice"].mean_diff - (0.1 + 0.1 + 0.5) / 3) < 1e-9
+
+
+def test_paired_of_a_head_with_itself_is_a_tie(tmp_path, capsys):
+    from clinfuse.phantom import PhantomConfig, write_phantom_dataset
+
+    cfg = PhantomConfig(shape=(24, 24, 16), spacing=(3.0, 3.0, 3.0), supersample=1)
+    data = write_phantom_dataset(tmp_path / "val", 2, cfg, seed=50, contrast="T2")
+    ckpt = tiny_fusion_checkpoint(tmp_path / "tiny.pt")
+    args = ["paired", str(data), "--checkpoint", str(ckpt), "--against", str(ckpt)]
+    assert lc.main(args) == 0
+    rows = {
+        ln.split(" | ")[0].strip("| "): ln.split(" | ")[1:]
+        for ln in capsys.readouterr().out.splitlines()
+        if ln.startswith("| ")
+    }
+    dice = next(v for k, v in rows.items() if k.startswith("Dice over"))
+    assert dice[0] == dice[1].strip(" |")
+    assert rows["Dice, new - old (paired Wilcoxon p)"][0].startswith("+0.000 (p = 1)")
+    found = rows["lesions with a prediction"]
+    assert found[0] == found[1].strip(" |")
+    assert rows["lesions only this head finds"] == ["none", "none |"]
