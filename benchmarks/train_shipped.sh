@@ -17,7 +17,10 @@
 #     continuation from that head (--init-head) on the 3x larger RUNS/data4, 10000 steps, then
 #     session 7's continuation of that at half the learning rate, then session 8's continuation
 #     on RUNS/data5 (data4 plus 96 phantoms with 0.5-80 mL ischaemic lesions), then session
-#     12's on RUNS/data6 (real-anatomy pairs and phantoms at half the samples each; shipped).
+#     12's on RUNS/data6 (real-anatomy pairs and phantoms at half the samples each), then
+#     session 15's (per-patch Dice) from session 12's exported head on RUNS/data6v2 (the same
+#     recipe with the real-anatomy generator's version 2) and session 16's continuation of it
+#     with hard negatives (shipped since session 17), both calibrated on RUNS/val11v2.
 # Each run writes RUN/{config.yaml,split.json,metrics.csv,tb/,last.ckpt,best.ckpt}.
 set -euo pipefail
 RUNS=${1:-/work/runs}
@@ -47,6 +50,12 @@ mkdir -p "$RUNS/logs"
     python "$REPO/benchmarks/build_training_data.py" "$RUNS/data6" --realhead-version 1 --per-source 24 \
         --phantoms 60 --lesion-phantoms 96 --t1-phantoms 60 --small-phantoms 60 \
         --small-haemorrhage-phantoms 30 --keep-existing; }
+# session 15: the same recipes with the real-anatomy generator's version 2 (the default)
+[ -f "$RUNS/data6v2/all_phantoms/manifest.csv" ] || python "$REPO/benchmarks/build_training_data.py" \
+    "$RUNS/data6v2" --per-source 24 --phantoms 60 --lesion-phantoms 96 --t1-phantoms 60 \
+    --small-phantoms 60 --small-haemorrhage-phantoms 30
+[ -f "$RUNS/val11v2/all/manifest.csv" ] || python "$REPO/benchmarks/build_training_data.py" \
+    "$RUNS/val11v2" --per-source 2 --phantoms 6 --seed 500 --ranged-phantoms 48
 INIT="$RUNS/phantom3d-session2.pt"
 [ -f "$INIT" ] || git -C "$REPO" show 845e954:src/clinfuse/checkpoints/phantom3d.pt > "$INIT"
 
@@ -83,7 +92,24 @@ clinfuse train-lesion --checkpoint "$INIT" --init-head "$RUNS/lesion8/lesion_hea
     --data "$RUNS/data6/real" --data "$RUNS/data6/all_phantoms" --data-share 0.5 \
     --data-share 0.5 --val-data "$RUNS/val11/all" --out "$RUNS/lesion12" --steps 6000 \
     --val-every 1000 --lr 3e-4 --seed 4 --threads 2 --flip-tta --device cpu --overwrite \
-    > "$RUNS/logs/lesion12.log" 2>&1 &
+    > "$RUNS/logs/lesion12.log" 2>&1 &&
+# session 12's head as it was shipped (float16): sessions 15-16 start from that file
+clinfuse train-lesion --checkpoint "$INIT" --head-from "$RUNS/lesion12/lesion_head.ckpt" \
+    --out "$RUNS/lesion12x" --overwrite --export "$RUNS/lesion12x/phantom3d-fp16.pt" &&
+# session 15: per-patch Dice on data6v2, calibrated on val11v2 by the HD95-aware criterion (~40 min)
+clinfuse train-lesion --checkpoint "$INIT" --init-head "$RUNS/lesion12x/phantom3d-fp16.pt" \
+    --data "$RUNS/data6v2/real" --data "$RUNS/data6v2/all_phantoms" --data-share 0.5 \
+    --data-share 0.5 --val-data "$RUNS/val11v2/all" --out "$RUNS/lesion15" --steps 6000 \
+    --val-every 1000 --lr 3e-4 --seed 8 --threads 2 --flip-tta --cache "$RUNS/cache15" \
+    --dice-per-sample --amp off --rule-dice-tolerance 0.003 --device cpu --overwrite \
+    > "$RUNS/logs/lesion15.log" 2>&1 &&
+# session 16: continued 3000 steps with hard negatives at half the learning rate (~33 min; shipped)
+clinfuse train-lesion --checkpoint "$INIT" --init-head "$RUNS/lesion15/lesion_head.ckpt" \
+    --data "$RUNS/data6v2/real" --data "$RUNS/data6v2/all_phantoms" --data-share 0.5 \
+    --data-share 0.5 --val-data "$RUNS/val11v2/all" --out "$RUNS/lesion16" --steps 3000 \
+    --val-every 1000 --lr 1.5e-4 --seed 9 --threads 2 --flip-tta --cache "$RUNS/cache15" \
+    --dice-per-sample --amp off --rule-dice-tolerance 0.003 --hard-negatives 0.25 --device cpu \
+    --overwrite > "$RUNS/logs/lesion16.log" 2>&1 &
 wait
 # session 7 shipped best.ckpt after benchmarks/denoiser_val.py showed it better than "$INIT".
 # session 9: --recalibrate refits the head's temperature and mask rule (minimum size, minimum
@@ -92,9 +118,10 @@ wait
 # session 11: the calibration is fitted on RUNS/val11 (66 cases, 48 lesions) instead of
 # data3_val (18 cases, 16 lesions).
 # session 12: the session-12 head, with the calibration its run fitted on val11.
+# session 17: the session-16 head, with the calibration its run fitted on val11v2.
 SHIP_DENOISER=${SHIP_DENOISER:-$RUNS/real3d-2mm/best.ckpt}
 clinfuse train-lesion --checkpoint "$SHIP_DENOISER" \
-    --head-from "$RUNS/lesion12/lesion_head.ckpt" \
+    --head-from "$RUNS/lesion16/lesion_head.ckpt" \
     --out "$RUNS/shipped" --overwrite --export "$RUNS/shipped/phantom3d-fp16.pt"
 python -m clinfuse.training.plot "$RUNS/real3d-2mm"
 echo "candidate: $RUNS/shipped/phantom3d-fp16.pt (compare on validation before replacing the shipped file)"
