@@ -3,8 +3,8 @@ real volume except the two test cases, plus phantoms, all at 2 mm, in one folder
 
     python benchmarks/build_training_data.py OUT [--per-source N] [--phantoms N]
         [--lesion-phantoms N] [--t1-phantoms N] [--small-phantoms N]
-        [--small-haemorrhage-phantoms N] [--ranged-phantoms N] [--seed S] [--keep-existing]
-        [--realhead-version 1|2]
+        [--small-haemorrhage-phantoms N] [--ranged-phantoms N] [--lesion-free-real N] [--seed S]
+        [--keep-existing] [--realhead-version 1|2]
 
 OUT/real (real-anatomy pairs, `clinfuse.phantom.realhead.write_real_dataset`, seeds
 S + 1000 * source + k) and OUT/phantoms (`write_phantom_dataset`, seeds 20000 + S, all five
@@ -20,9 +20,12 @@ lesion each in issue 10's sizes, for the lesion head:
   contrasts, haemorrhagic, 0.5-5 mL;
 - `--ranged-phantoms`: OUT/ranged_phantoms, seeds 60000 + S, all five contrasts, ischaemic /
   haemorrhagic / none cycled, 0.5-80 mL: the held-out lesion sets' design plus lesion-free
-  cases, used with `--seed 500` for validation (docs/TRAINING.md, session 11).
+  cases, used with `--seed 500` for validation (docs/TRAINING.md, session 11);
+- `--lesion-free-real`: OUT/real_lesion_free, N real-anatomy pairs per source with no inserted
+  lesion (seeds S + 900 + 1000 * source + k; C-STAR's own unlabelled lesion stays unknown, as
+  in OUT/real): where a head's false lesions on real anatomy show (session 17).
 Then OUT/all/manifest.csv lists them all (paths relative to OUT/all), and
-OUT/all_phantoms/manifest.csv every phantom part (all but OUT/real): with OUT/real, the two
+OUT/all_phantoms/manifest.csv every phantom part (all but the real parts): with OUT/real, the two
 data sets of `clinfuse train-lesion --data OUT/real --data OUT/all_phantoms --data-share ...`
 (real anatomy keeps its share of the samples however many phantoms there are). `--keep-existing`
 reuses a part whose manifest.csv is already there (a part copied or linked from an earlier
@@ -46,6 +49,10 @@ from clinfuse.phantom.realhead import REALHEAD_VERSION, REALHEAD_VERSIONS, write
 VOLUMES = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "volumes"
 
 
+LESION_FREE_REAL = "real_lesion_free"
+LESION_FREE_SEED_OFFSET = 900  # real pairs use seeds S + 1000 * source + k, k < 900
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("out", type=Path)
@@ -56,6 +63,13 @@ def main() -> None:
     ap.add_argument("--small-phantoms", type=int, default=0)
     ap.add_argument("--small-haemorrhage-phantoms", type=int, default=0)
     ap.add_argument("--ranged-phantoms", type=int, default=0)
+    ap.add_argument(
+        "--lesion-free-real",
+        type=int,
+        default=0,
+        help="N lesion-free real-anatomy pairs per source in OUT/real_lesion_free (seeds "
+        "S + 900 + 1000 * source + k): where a head's false lesions on real anatomy show",
+    )
     ap.add_argument("--keep-existing", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--spacing", type=float, default=2.0)
@@ -84,6 +98,18 @@ def main() -> None:
             version=args.realhead_version,
             progress=lambda cid: print(f"{time.time() - t0:7.1f}s real {cid}", flush=True),
         )
+    if args.lesion_free_real > 0 and todo(LESION_FREE_REAL):
+        write_real_dataset(
+            out / LESION_FREE_REAL,
+            args.root,
+            args.lesion_free_real,
+            args.seed + LESION_FREE_SEED_OFFSET,
+            spacing=args.spacing,
+            lesion_cycle=("none",),
+            overwrite=True,
+            version=args.realhead_version,
+            progress=lambda cid: print(f"{time.time() - t0:7.1f}s lesion-free {cid}", flush=True),
+        )
     s = args.spacing
     cfg = PhantomConfig(shape=(96, 96, 72), spacing=(s, s, s))
     ranged = replace(cfg, lesion_ml=(0.5, 80.0))
@@ -100,7 +126,9 @@ def main() -> None:
         ),
         ("ranged_phantoms", (ranged, 60000, args.ranged_phantoms, "mixed", "all")),
     ]
-    parts = [("real", None)] + [(part, spec) for part, spec in phantom_parts if spec[2] > 0]
+    real_parts = ["real"] + ([LESION_FREE_REAL] if args.lesion_free_real > 0 else [])
+    parts = [(p, None) for p in real_parts]
+    parts += [(part, spec) for part, spec in phantom_parts if spec[2] > 0]
     for part, spec in parts:
         if spec is None or not todo(part):
             continue
@@ -116,7 +144,7 @@ def main() -> None:
             progress=lambda i, cid: print(f"{time.time() - t0:7.1f}s phantom {cid}", flush=True),
         )
     write_union(out, [p for p, _ in parts], "all")
-    write_union(out, [p for p, _ in parts if p != "real"], "all_phantoms")
+    write_union(out, [p for p, _ in parts if p not in real_parts], "all_phantoms")
     print(f"{time.time() - t0:7.1f}s wrote {out / 'all'} and {out / 'all_phantoms'}")
 
 

@@ -88,3 +88,31 @@ def test_parts_for_the_lesion_heads_weak_spots(tmp_path: Path) -> None:
     # every phantom part without the real-anatomy part: the second data set of a share-weighted
     # `train-lesion --data OUT/real --data OUT/all_phantoms`
     assert [r.case_id for r in load_dataset(out / "all_phantoms")] == ids
+
+
+def test_lesion_free_real_part(tmp_path: Path) -> None:
+    """`--lesion-free-real`: real-anatomy pairs with no inserted lesion, one per source here, at
+    their own seeds (S + 900 + 1000 * source + k, apart from OUT/real's), listed in `all` but
+    not in `all_phantoms`: where a lesion head's false lesions on real anatomy show."""
+    out = tmp_path / "data"
+    (out / "real").mkdir(parents=True)
+    with open(out / "real" / "manifest.csv", "w", newline="") as f:
+        csv.writer(f).writerow(["case_id", "mri", "ct", "brain", "bone", "lesion", "patient_id"])
+    cmd = [sys.executable, str(SCRIPT), str(out), "--phantoms", "1", "--keep-existing"]
+    cmd += ["--lesion-free-real", "1", "--seed", "7"]
+    subprocess.run(cmd, check=True, capture_output=True, text=True)
+    truths = [
+        json.loads(p.read_text()) for p in sorted((out / "real_lesion_free").glob("*/truth.json"))
+    ]
+    assert len(truths) >= 4  # one pair per source MRI (chris, C-STAR's sequences, RIRE, VM)
+    assert {t["source_name"] for t in truths} >= {"chris_t1", "rire_t1", "vm_t1"}
+    for t in truths:
+        assert t["config"]["lesion"] == "none" and t["lesions"] == []
+        assert t["lesion_volume_ml"] == 0.0 and t["mask_voxels"]["lesion"] == 0
+        assert t["seed"] % 1000 == 7 + 900  # never a seed of OUT/real (k < 900)
+        assert "seg3d" not in t["source_name"] and "clinical_stroke" not in t["source_name"]
+    ids = [r.case_id for r in load_dataset(out / "all")]
+    # prefixed by the part's name, so never the same id as OUT/real's pair of that source and k
+    assert sorted(ids[:-1]) == sorted(f"real_lesion_free_{t['case_id']}" for t in truths)
+    assert ids[-1] == "phantoms_phantom_000"
+    assert [r.case_id for r in load_dataset(out / "all_phantoms")] == ["phantoms_phantom_000"]
