@@ -179,7 +179,9 @@ def minsize(args: argparse.Namespace) -> None:
     print("|---|---|---|")
     print(
         f"| the head's own rule ({own.min_ml:.2f} mL, secondary components of mean p >= "
-        f"{own.min_component_prob:.2f}) | " + score(lambda p, it: own.apply(p, it.spacing)) + " |"
+        f"{own.min_component_prob:.2f}, lesion gate {own.min_lesion_prob:.2f}) | "
+        + score(lambda p, it: own.apply(p, it.spacing))
+        + " |"
     )
     for ml in (0.5, 1.0, 2.0, 3.0, 5.0, 10.0):
         print(

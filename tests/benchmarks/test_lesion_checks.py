@@ -45,7 +45,9 @@ def test_minsize_scores_the_heads_own_rule_first(tmp_path, capsys):
         assert int(r[3].strip(" |")) == sum(d == 0 for d in ds)
     rows = lines[lines.index(next(ln for ln in lines if ln.startswith("| rule |"))) :]
     assert rows[0].startswith("| rule | validation Dice")
-    own = "| the head's own rule (0.25 mL, secondary components of mean p >= 0.80)"
+    own = (
+        "| the head's own rule (0.25 mL, secondary components of mean p >= 0.80, lesion gate 0.00)"
+    )
     assert rows[1].startswith(own)
     filt = [r for r in rows if "secondary components of mean p >=" in r]
     assert len(filt) == 1 + len(MIN_COMPONENT_PROB_CHOICES) - 1  # the own rule + every choice > 0

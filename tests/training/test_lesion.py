@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from clinfuse.cli import app
 from clinfuse.errors import ClinfuseInputError
-from clinfuse.training.lesion import MIN_COMPONENT_PROB_CHOICES
+from clinfuse.training.lesion import MIN_COMPONENT_PROB_CHOICES, MIN_LESION_PROB_CHOICES
 
 
 @pytest.fixture(scope="module")
@@ -291,6 +291,97 @@ def test_calibration_fits_the_component_filter_on_validation(monkeypatch):
     # ties go to the weakest filter that reaches the best Dice
     assert all(by_prob[str(q)] < 1.0 for q in MIN_COMPONENT_PROB_CHOICES if q < chosen)
     assert final["dice"] == pytest.approx(1.0) and rule.min_component_prob == chosen
+
+
+def test_clean_mask_lesion_gate_empties_a_doubtful_case():
+    """`min_lesion_prob`: when the most probable component's mean probability is below the
+    gate the mask is empty (no lesion reported); a confident lesion keeps its mask and its
+    faint secondary components are still judged by `min_component_prob`."""
+    from clinfuse.nn.lesion_mask import LesionMaskRule, clean_mask
+
+    sp = (2.0, 2.0, 2.0)
+    faint = np.zeros((20, 20, 20), np.float32)
+    faint[4:8, 4:8, 4:8] = 0.7  # a single 0.5 mL component of mean p 0.7
+    assert clean_mask(faint, sp, min_lesion_prob=0.65).sum() == 64
+    assert not clean_mask(faint, sp, min_lesion_prob=0.75).any()
+    assert not LesionMaskRule(0.0, 0.0, 0.75).apply(faint, sp).any()
+    lesion = faint.copy()
+    lesion[10:18, 10:18, 10:18] = 0.95  # the lesion (most probable); the faint one is secondary
+    kept = clean_mask(lesion, sp, min_lesion_prob=0.75)
+    assert kept.sum() == 512 + 64  # the gate looks at the primary component only
+    both = clean_mask(lesion, sp, min_component_prob=0.8, min_lesion_prob=0.75)
+    assert both.sum() == 512
+    assert LesionMaskRule(0.0, 0.8, 0.75).apply(lesion, sp).sum() == 512
+    assert LesionMaskRule().min_lesion_prob == 0.0  # off by default
+
+
+def test_calibration_fits_the_lesion_gate_by_the_brats_convention(monkeypatch):
+    """With `lesion_gate` the calibration fits `min_lesion_prob` by the mean Dice over every
+    validation case (lesion-free: 1 when empty): a faint false lesion on the lesion-free cases
+    and confident true lesions give a gate between the two, carried by the head's buffer;
+    without it (the default) there is no gate."""
+    from clinfuse.nn.lesion_head import LesionHead
+    from clinfuse.training import lesion as tl
+
+    shape = (24, 24, 24)
+    label = np.zeros(shape, np.float32)
+    label[3:9, 3:9, 3:9] = 1.0
+    with_lesion = np.full(shape, -8.0, np.float32)
+    with_lesion[3:9, 3:9, 3:9] = 3.0  # p 0.95
+    lesion_free = np.full(shape, -8.0, np.float32)
+    lesion_free[14:18, 14:18, 14:18] = 0.4  # p 0.6: a 0.5 mL false lesion
+    logits = {"a": with_lesion, "b": with_lesion, "c": lesion_free}
+
+    def item(name: str) -> tl._Item:
+        lab = label if name != "c" else np.zeros(shape, np.float32)
+        return tl._Item(
+            name,
+            np.full((3, *shape), ord(name), np.float32),
+            np.zeros(shape, np.float32),
+            {},
+            lab,
+            np.ones(shape, np.float32),
+            np.ones(shape, bool),
+            (2.0, 2.0, 2.0),
+        )
+
+    items = [item(n) for n in "abc"]
+
+    def predict(head: object, composite: np.ndarray, sources: np.ndarray, *a, **k) -> np.ndarray:
+        return logits[chr(int(sources[0, 0, 0, 0]))]  # each item's sources carry its name
+
+    monkeypatch.setattr(tl, "predict_logits", predict)
+    import clinfuse.metrics.calibration as calibration
+
+    monkeypatch.setattr(calibration, "fit_temperature", lambda z, y: 1.0)  # p as written
+    cfg = tl.LesionTrainConfig(patch_size=(16, 16, 16), channels=(4, 8))
+    head = LesionHead(3, (4, 8), 1, inputs=cfg.inputs)
+    rule, calib, final = tl._fit_postprocessing(head, items, cfg)
+    assert rule.min_lesion_prob == 0.0 and "gate_by_min_lesion_prob" not in calib
+    assert final["lesion_free_cases_with_a_prediction"] == 1
+    gated = tl.LesionTrainConfig(patch_size=(16, 16, 16), channels=(4, 8), lesion_gate=True)
+    rule, calib, final = tl._fit_postprocessing(head, items, gated)
+    table = calib["gate_by_min_lesion_prob"]
+    assert table["0.0"]["false_ml"] == pytest.approx(0.512) and table["0.0"]["found"] == 2
+    chosen = rule.min_lesion_prob
+    assert tl.MIN_LESION_PROB_CHOICES[0] < chosen <= 0.95
+    assert float(head.min_lesion_prob) == pytest.approx(chosen)
+    assert table[str(chosen)]["dice_all"] == pytest.approx(1.0)
+    assert final["lesion_free_cases_with_a_prediction"] == 0 and final["dice"] > 0.9
+    # ties go to the lowest gate that reaches the best mean Dice
+    assert all(table[str(g)]["dice_all"] < 1.0 for g in tl.MIN_LESION_PROB_CHOICES if g < chosen)
+
+
+def test_pick_gate_trades_found_lesions_against_false_ones():
+    from clinfuse.training.lesion import GateScore, _pick_gate
+
+    table = {
+        0.0: GateScore(0.70, 0.75, 46, 3.0),
+        0.7: GateScore(0.74, 0.74, 45, 0.9),
+        0.8: GateScore(0.74, 0.72, 43, 0.0),  # same over every case: the lower gate wins
+        0.9: GateScore(0.60, 0.55, 30, 0.0),
+    }
+    assert _pick_gate(table) == 0.7
 
 
 def test_hard_negatives_are_far_false_positives(monkeypatch):
@@ -710,6 +801,19 @@ def test_head_from_recalibrate_refits_only_the_calibration(trained, base_ckpt, p
     assert float(head.min_component_prob) == pytest.approx(record["min_component_prob"])
     # same weights, same validation cases: the same temperature as the training run fitted
     assert float(head.temperature) == pytest.approx(float(src.model.lesion_head.temperature))
+    assert float(head.min_lesion_prob) == 0.0 and record["min_lesion_prob"] == 0.0  # no gate
+    gated = CliRunner().invoke(
+        app,
+        [*args, "--recalibrate", "--val-data", str(phantoms[1]), "--lesion-gate", "--overwrite"],
+    )
+    assert gated.exit_code == 0, gated.output
+    assert "lesion gate" in gated.output
+    record = load_checkpoint(out / "lesion_head.ckpt").state["extra"]["lesion_head"]
+    assert "gate_by_min_lesion_prob" in record["calibration"]
+    assert record["min_lesion_prob"] in MIN_LESION_PROB_CHOICES
+    # a gate without --recalibrate is refused
+    refused = CliRunner().invoke(app, [*args, "--lesion-gate", "--overwrite"])
+    assert refused.exit_code != 0 and "--recalibrate" in str(refused.exception)
     # --recalibrate belongs to --head-from
     alone = ["train-lesion", "--checkpoint", str(base_ckpt), "--recalibrate", "--out", str(out)]
     assert "--head-from" in str(CliRunner().invoke(app, alone).exception)

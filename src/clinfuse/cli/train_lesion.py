@@ -74,6 +74,13 @@ def train_lesion(
         "earlier head); > 0 = the lowest mean HD95 among the rules within this much of the best "
         "Dice that find as many lesions.",
     ),
+    lesion_gate: bool = typer.Option(
+        False,
+        "--lesion-gate/--no-lesion-gate",
+        help="Calibration also fits a case-level gate: no lesion is reported when the most "
+        "probable component's mean probability is below it, chosen by the mean Dice over every "
+        "validation case (lesion-free ones: 1 if nothing is marked, else 0). Default: no gate.",
+    ),
     seed: int = typer.Option(0, "--seed", help="Seed of patches, noise and augmentation."),
     amp: str = typer.Option(
         "auto",
@@ -145,6 +152,7 @@ def train_lesion(
             recalibrate_on=val_data if recalibrate else None,
             flip_tta=flip_tta,
             rule_dice_tolerance=rule_dice_tolerance,
+            lesion_gate=lesion_gate,
             log=typer.echo,
         )
         typer.echo(f"done: {res.checkpoint} (head of {head_from})")
@@ -175,6 +183,7 @@ def train_lesion(
         data_shares=tuple(data_share) if data_share else None,
         dice_per_sample=dice_per_sample,
         rule_dice_tolerance=rule_dice_tolerance,
+        lesion_gate=lesion_gate,
     )
     dev = resolve_device(device)
     result = train_lesion_head(
@@ -193,7 +202,8 @@ def train_lesion(
         f"done: {result.checkpoint} (best step {result.best_step}, val Dice "
         f"{result.best_dice:.3f}; temperature {result.temperature:.3f}, minimum lesion "
         f"{result.min_lesion_ml} mL, minimum component probability "
-        f"{result.min_component_prob:.2f}; final val Dice "
+        f"{result.min_component_prob:.2f}, lesion gate {result.min_lesion_prob:.2f}; "
+        "final val Dice "
         f"{result.val.get('dice', float('nan')):.3f})"
     )
     if export is not None:

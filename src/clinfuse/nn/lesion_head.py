@@ -88,11 +88,13 @@ class LesionHead(nn.Module):
         # `temperature` divides the logits (temperature scaling fitted on a validation split,
         # 1 = uncalibrated), `min_lesion_ml` is the smallest connected component `clean_mask`
         # keeps and `min_component_prob` the mean probability a component other than the most
-        # probable one needs to stay (`LesionMaskRule`). Checkpoints from before they existed
-        # load with 1, 0 and 0.
+        # probable one needs to stay, `min_lesion_prob` the mean probability the most probable
+        # one needs for the head to report a lesion at all (`LesionMaskRule`). Checkpoints from
+        # before they existed load with 1, 0, 0 and 0.
         self.register_buffer("temperature", torch.ones(()))
         self.register_buffer("min_lesion_ml", torch.zeros(()))
         self.register_buffer("min_component_prob", torch.zeros(()))
+        self.register_buffer("min_lesion_prob", torch.zeros(()))
         # Sliding-window size (voxels per axis) for volumes larger than it, in eval mode: the
         # training patch, so instance norm sees windows like its training patches. 0 = whole.
         self.register_buffer("window", torch.zeros((), dtype=torch.long))
@@ -116,6 +118,7 @@ class LesionHead(nn.Module):
             ("temperature", 1.0),
             ("min_lesion_ml", 0.0),
             ("min_component_prob", 0.0),
+            ("min_lesion_prob", 0.0),
             ("window", 0),
             ("flip_tta", 0),
         )
@@ -128,7 +131,9 @@ class LesionHead(nn.Module):
     @property
     def mask_rule(self) -> LesionMaskRule:
         """How this head's probability becomes a lesion mask (its fitted post-processing)."""
-        return LesionMaskRule(float(self.min_lesion_ml), float(self.min_component_prob))
+        return LesionMaskRule(
+            float(self.min_lesion_ml), float(self.min_component_prob), float(self.min_lesion_prob)
+        )
 
     @property
     def whole_volume_only(self) -> bool:

@@ -22,6 +22,7 @@ def clean_mask(
     threshold: float = 0.5,
     min_ml: float = 0.0,
     min_component_prob: float = 0.0,
+    min_lesion_prob: float = 0.0,
 ) -> np.ndarray:
     """Threshold a lesion probability map, drop connected components (26-connected in 3D)
     smaller than `min_ml` millilitres (MONAI `RemoveSmallObjects`, size in voxels from the
@@ -31,7 +32,10 @@ def clean_mask(
 
     The confidence filter (scipy `ndimage.label` / `mean` / `sum`) never empties a mask: a weak
     single lesion stays, and only secondary components that the head itself doubts go (issue
-    10: such components, tens of mm from the lesion, set the HD95)."""
+    10: such components, tens of mm from the lesion, set the HD95). `min_lesion_prob` is the
+    case-level gate that may: when the most probable component's mean probability is below
+    it, the head is taken to have found no lesion and the mask is empty (session 18: on
+    lesion-free real anatomy a head's only component was a faint 0.1-1.3 mL blob)."""
     from monai.transforms import RemoveSmallObjects
     from scipy import ndimage
 
@@ -47,15 +51,19 @@ def clean_mask(
             warnings.simplefilter("ignore", FutureWarning)
             out = RemoveSmallObjects(min_size=min_vox, connectivity=mask.ndim)(mask[None])
         mask = np.asarray(out)[0].astype(bool)
-    if min_component_prob <= 0 or not mask.any():
+    if (min_component_prob <= 0 and min_lesion_prob <= 0) or not mask.any():
         return mask
     labels, n = ndimage.label(mask, structure=np.ones((3,) * mask.ndim, dtype=bool))
-    if n < 2:
-        return mask
     index = np.arange(1, n + 1)
     p64 = prob.astype(np.float64)
-    keep = np.asarray(ndimage.mean(p64, labels, index)) >= min_component_prob
-    keep[int(np.argmax(ndimage.sum(p64, labels, index)))] = True
+    means = np.asarray(ndimage.mean(p64, labels, index))
+    primary = int(np.argmax(ndimage.sum(p64, labels, index)))
+    if means[primary] < min_lesion_prob:
+        return np.zeros_like(mask)
+    if min_component_prob <= 0 or n < 2:
+        return mask
+    keep = means >= min_component_prob
+    keep[primary] = True
     return np.isin(labels, index[keep])
 
 
@@ -63,15 +71,19 @@ def clean_mask(
 class LesionMaskRule:
     """How a lesion head's probability becomes the mask that guides, is written and is
     scored (`clean_mask` at a threshold): components below `min_ml` mL go, then secondary
-    components whose mean probability is below `min_component_prob`. Both are fitted on the
-    validation split with the head (`training.lesion`) and travel with it as buffers
-    (`LesionHead.mask_rule`); the default keeps every component."""
+    components whose mean probability is below `min_component_prob`, then everything when the
+    most probable component's mean probability is below `min_lesion_prob` (no lesion found).
+    All are fitted on the validation split with the head (`training.lesion`) and travel with
+    it as buffers (`LesionHead.mask_rule`); the default keeps every component."""
 
     min_ml: float = 0.0
     min_component_prob: float = 0.0
+    min_lesion_prob: float = 0.0
 
     def apply(
         self, prob: np.ndarray, spacing: Sequence[float], threshold: float = 0.5
     ) -> np.ndarray:
         """The mask of `prob` (bool, same shape)."""
-        return clean_mask(prob, spacing, threshold, self.min_ml, self.min_component_prob)
+        return clean_mask(
+            prob, spacing, threshold, self.min_ml, self.min_component_prob, self.min_lesion_prob
+        )

@@ -27,7 +27,10 @@ recipe; only the choice of the fused channel and the mirror channels are ours:
 - **Calibration**: temperature scaling (`metrics.calibration.fit_temperature`) fitted on the
   validation split's brain voxels, then the post-processing (`nn.lesion_mask.LesionMaskRule`)
   chosen on the same split by Dice: the smallest kept component (`min_lesion_ml`), then the mean
-  probability a secondary component needs to stay (`min_component_prob`). All are stored in the
+  probability a secondary component needs to stay (`min_component_prob`), and with
+  `lesion_gate` the mean probability the most probable component needs for any lesion to be
+  reported (`min_lesion_prob`, chosen by the mean Dice over every validation case with the
+  BraTS convention for lesion-free ones: 1 for an empty mask, 0 otherwise). All are stored in the
   head (buffers), so every user of the head applies them. `transplant_lesion_head(...,
   recalibrate_on=VAL)` (`train-lesion --head-from --recalibrate`) refits them for a trained
   head without training it.
@@ -75,6 +78,10 @@ MIN_ML_CHOICES = (0.0, 0.1, 0.25, 0.5)
 # among these (0 = off; ties go to the lowest, the filter that removes least). Session 9: far,
 # faint false components of the session-8 head set the held-out phantoms' HD95 (issue 10).
 MIN_COMPONENT_PROB_CHOICES = (0.0, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
+# Mean probability the most probable component needs for the head to report a lesion at all
+# (`lesion_gate`; 0 = off). Session 18: on lesion-free real anatomy the session-16 head's only
+# component had mean probability 0.61-0.81, its true lesions mostly above 0.83.
+MIN_LESION_PROB_CHOICES = (0.0, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9)
 AMP_MODES = ("auto", "bf16", "off")
 # A false positive counts as a hard negative this many voxels (or more) from a labelled lesion:
 # separate false components, not the lesion's own border (Dice already weighs that).
@@ -146,6 +153,12 @@ class LesionTrainConfig:
     # lesions with a prediction (session 14: a loose filter won by 0.001 Dice and kept far
     # components that cost 4 mm HD95).
     rule_dice_tolerance: float = 0.0
+    # Fit a case-level gate as well (session 18, `min_lesion_prob`): after the rule above, the
+    # gate that maximises the mean Dice over every validation case, lesion-free ones scored by
+    # the BraTS convention (1 when the mask is empty, 0 otherwise), ties to the lowest gate.
+    # It trades a doubtful small lesion found against a false lesion on a healthy head, in the
+    # proportion of lesion-free cases in the validation split. False: no gate (every earlier head).
+    lesion_gate: bool = False
 
     def validate(self) -> None:
         """Raise `ClinfuseInputError` on values that cannot work."""
@@ -198,6 +211,7 @@ class LesionTrainResult:
     min_lesion_ml: float
     min_component_prob: float = 0.0
     val: dict[str, Any] = field(default_factory=dict)
+    min_lesion_prob: float = 0.0
 
 
 @dataclass
@@ -529,7 +543,7 @@ def _validate(
     from clinfuse.metrics.segmentation import dice
 
     head.eval()
-    dices, fp = [], []
+    dices, fp, false_cases = [], [], 0
     for it in items:
         logits = predict_logits(head, it.composite, it.sources, cfg.patch_size)
         prob = 1.0 / (1.0 + np.exp(-logits)) * it.brain
@@ -538,10 +552,12 @@ def _validate(
             dices.append(float(dice(pred, (it.label > 0.5) & it.known)))
         else:
             fp.append(int(pred.sum()))
+            false_cases += bool(pred.any())
     head.train()
     return {
         "dice": float(np.mean(dices)) if dices else float("nan"),
         "fp_voxels_lesion_free": float(np.mean(fp)) if fp else float("nan"),
+        "lesion_free_cases_with_a_prediction": false_cases,
     }
 
 
@@ -550,7 +566,8 @@ def _calibrate(
 ) -> tuple[float, LesionMaskRule, dict[str, Any]]:
     """Temperature on the validation brains, then the mask rule: the minimum component size,
     then (with it) the secondary components' minimum mean probability, each by validation Dice
-    (`cfg.rule_dice_tolerance` > 0: by HD95 among the near-best in Dice, `_pick_rule`)."""
+    (`cfg.rule_dice_tolerance` > 0: by HD95 among the near-best in Dice, `_pick_rule`); then,
+    with `cfg.lesion_gate`, the case-level gate (`_pick_gate`)."""
     from clinfuse.metrics.calibration import (
         calibration_scores,
         fit_temperature,
@@ -612,7 +629,58 @@ def _calibrate(
         for name, table in (("min_ml", by_ml), ("min_component_prob", by_prob)):
             record[f"hd95_by_{name}"] = {str(k): v.hd95 for k, v in table.items()}
             record[f"found_by_{name}"] = {str(k): v.found for k, v in table.items()}
-    return temp, LesionMaskRule(best_ml, best_prob), record
+    best_gate = 0.0
+    if cfg.lesion_gate:
+        gates = {}
+        for g in MIN_LESION_PROB_CHOICES:
+            rule = LesionMaskRule(best_ml, best_prob, g)
+            gates[g] = _gate_score(
+                [
+                    rule.apply(p, it.spacing, cfg.threshold) & it.known
+                    for p, it in zip(probs, items, strict=True)
+                ],
+                items,
+            )
+        best_gate = _pick_gate(gates)
+        record["gate_by_min_lesion_prob"] = {str(k): v._asdict() for k, v in gates.items()}
+    return temp, LesionMaskRule(best_ml, best_prob, best_gate), record
+
+
+class GateScore(NamedTuple):
+    """A mask rule over every validation case: mean Dice with lesion-free cases scored 1 when
+    the mask is empty and 0 otherwise (the BraTS convention), mean Dice over the cases with a
+    lesion, how many of those keep a prediction, and the false mL on the lesion-free cases."""
+
+    dice_all: float
+    dice_lesion: float
+    found: int
+    false_ml: float
+
+
+def _gate_score(preds: Sequence[np.ndarray], items: Sequence[_Item]) -> GateScore:
+    from clinfuse.metrics.segmentation import dice
+
+    with_lesion, lesion_free, found, false_ml = [], [], 0, 0.0
+    for pred, it in zip(preds, items, strict=True):
+        if it.label.any():
+            with_lesion.append(float(dice(pred, (it.label > 0.5) & it.known)))
+            found += bool(pred.any())
+        else:
+            lesion_free.append(0.0 if pred.any() else 1.0)
+            false_ml += float(pred.sum()) * float(np.prod(it.spacing)) / 1000.0
+    every = with_lesion + lesion_free
+    return GateScore(
+        float(np.mean(every)) if every else float("nan"),
+        float(np.mean(with_lesion)) if with_lesion else float("nan"),
+        found,
+        false_ml,
+    )
+
+
+def _pick_gate(table: dict[float, GateScore]) -> float:
+    """The gate with the best mean Dice over every case (`GateScore.dice_all`), ties to the
+    lowest (the gate that removes least); NaN (no case) keeps the first choice."""
+    return max(table, key=lambda k: (table[k].dice_all, -k))
 
 
 class RuleScore(NamedTuple):
@@ -912,6 +980,7 @@ def train_lesion_head(
             "calibration": calib,
             "min_lesion_ml": rule.min_ml,
             "min_component_prob": rule.min_component_prob,
+            "min_lesion_prob": rule.min_lesion_prob,
             "val_final": final,
             "val_cases": [i.case_id for i in val_items],
             "seconds": time.perf_counter() - start,
@@ -929,6 +998,7 @@ def _fit_postprocessing(
     head.temperature.fill_(temp)
     head.min_lesion_ml.fill_(rule.min_ml)
     head.min_component_prob.fill_(rule.min_component_prob)
+    head.min_lesion_prob.fill_(rule.min_lesion_prob)
     return rule, calib, _validate(head, val_items, cfg, rule)
 
 
@@ -936,7 +1006,9 @@ def _fitted(head: Any, rule: LesionMaskRule, final: dict[str, Any]) -> str:
     return (
         f"{'flip-averaged, ' if bool(head.flip_tta) else ''}"
         f"temperature {float(head.temperature):.3f}, min lesion {rule.min_ml} mL, "
-        f"min component probability {rule.min_component_prob} -> val Dice {final['dice']:.3f}"
+        f"min component probability {rule.min_component_prob}, lesion gate "
+        f"{rule.min_lesion_prob} -> val Dice {final['dice']:.3f}, lesion-free cases with a "
+        f"prediction {final.get('lesion_free_cases_with_a_prediction', 0)}"
     )
 
 
@@ -990,6 +1062,7 @@ def _write_checkpoint(
         float(record["min_lesion_ml"]),
         float(record.get("min_component_prob", 0.0)),
         dict(record["val_final"]),
+        float(record.get("min_lesion_prob", 0.0)),
     )
 
 
@@ -1023,6 +1096,7 @@ def _recalibrated(
         "calibration": calib,
         "min_lesion_ml": rule.min_ml,
         "min_component_prob": rule.min_component_prob,
+        "min_lesion_prob": rule.min_lesion_prob,
         "flip_tta": bool(head.flip_tta),
         "val_final": final,
         "val_data": str(val_data),
@@ -1073,6 +1147,7 @@ def _warm_start(head: Any, cfg: LesionTrainConfig, spatial_dims: int) -> None:
     head.temperature.fill_(1.0)
     head.min_lesion_ml.fill_(0.0)
     head.min_component_prob.fill_(0.0)
+    head.min_lesion_prob.fill_(0.0)
 
 
 def transplant_lesion_head(
@@ -1083,6 +1158,7 @@ def transplant_lesion_head(
     recalibrate_on: str | Path | None = None,
     flip_tta: bool | None = None,
     rule_dice_tolerance: float = 0.0,
+    lesion_gate: bool = False,
     log: Callable[[str], None] | None = print,
 ) -> LesionTrainResult:
     """Write `out` = `target_checkpoint` (e.g. a newer denoiser) with the lesion head of
@@ -1105,8 +1181,10 @@ def transplant_lesion_head(
             "switching flip test-time augmentation changes the logits: recalibrate on a "
             "validation dataset as well"
         )
-    if rule_dice_tolerance > 0 and recalibrate_on is None:
-        raise ClinfuseInputError("a rule criterion only applies when recalibrating (--recalibrate)")
+    if (rule_dice_tolerance > 0 or lesion_gate) and recalibrate_on is None:
+        raise ClinfuseInputError(
+            "a rule criterion or gate only applies when recalibrating (--recalibrate)"
+        )
     src = read_checkpoint(head_checkpoint)
     record = (src.get("extra") or {}).get("lesion_head")
     if not record:
@@ -1126,6 +1204,7 @@ def transplant_lesion_head(
         res_units=res_units,
         norm=norm,
         rule_dice_tolerance=rule_dice_tolerance,
+        lesion_gate=lesion_gate,
     )
     cfg.validate()
     record = {**record, "transplanted_from": str(head_checkpoint)}

@@ -413,7 +413,7 @@ def init_weights(model: nn.Module, path: Path) -> None:
     if not head_fits:
         weights = {k: v for k, v in weights.items() if not k.startswith("lesion_head.")}
         weights.update({k: own[k] for k in head})
-    calibration = ("temperature", "min_lesion_ml", "min_component_prob")
+    calibration = ("temperature", "min_lesion_ml", "min_component_prob", "min_lesion_prob")
     for k in (f"lesion_head.{name}" for name in calibration):
         if k in own:
             weights.setdefault(k, own[k])
