@@ -12,6 +12,7 @@ from clinfuse.diffusion.guidance import (
     guided_sample,
     list_presets,
     load_preset,
+    predicted_mask,
     uncertainty_blend,
 )
 from clinfuse.diffusion.schedule import NoiseSchedule
@@ -170,6 +171,33 @@ def test_implausibly_large_predicted_mask_is_rejected():
     assert all(h.get("lesion") != h.get("lesion") for h in res.history)  # no lesion term ran
     with pytest.raises(ClinfuseInputError, match="max_predicted_fraction"):
         GuidanceConfig(max_predicted_fraction=0.0).validate()
+
+
+def test_doubtful_predicted_mask_does_not_guide():
+    """`lesion_guide_min_prob`: a guiding mask whose most probable component's mean head
+    probability is below the gate is rejected (no lesion term); at or below the threshold it
+    never is (every kept voxel is >= 0.5)."""
+    base = {"eta": 0.02, "gamma": 3.0, "max_predicted_fraction": 1.0}
+    res = _run(AverageModel(), GuidanceConfig(**base, lesion_guide_min_prob=0.5))
+    assert res.lesion_source == "predicted" and bool(res.lesion_target.any())
+    line7 = [h for h in res.history if "rejected_as_doubtful" in h]
+    assert len(line7) == 1 and line7[0]["rejected_as_doubtful"] == 0.0
+    res = _run(AverageModel(), GuidanceConfig(**base, lesion_guide_min_prob=0.9999))
+    assert res.lesion_source == "rejected" and res.lesion_target is None
+    assert [h["rejected_as_doubtful"] for h in res.history if "rejected_as_doubtful" in h] == [1.0]
+    assert all(h.get("lesion") != h.get("lesion") for h in res.history)  # no lesion term ran
+    with pytest.raises(ClinfuseInputError, match="lesion_guide_min_prob"):
+        GuidanceConfig(lesion_guide_min_prob=1.0).validate()
+
+
+def test_predicted_mask_gate_empties_a_faint_item():
+    prob = torch.zeros(2, 1, 8, 8, 8)
+    prob[0, :, 1:4, 1:4, 1:4] = 0.95  # a confident lesion
+    prob[1, :, 1:4, 1:4, 1:4] = 0.6  # a faint one
+    brain = torch.ones(1, 1, 8, 8, 8, dtype=torch.bool)
+    mask = predicted_mask(prob, brain, (2.0, 2.0, 2.0), 0.5, AverageModel(), min_lesion_prob=0.8)
+    assert int(mask[0].sum()) == 27 and not bool(mask[1].any())
+    assert int(predicted_mask(prob, brain, (2.0, 2.0, 2.0), 0.5, AverageModel())[1].sum()) == 27
 
 
 @pytest.mark.parametrize("mode", ["x0", "xt"])

@@ -113,6 +113,14 @@ class GuidanceConfig:
     # otherwise repaint large parts of the brain (measured: brain ROI-SSIM 0.994 -> 0.716 on a
     # phantom where the head called ~25 % of the brain lesion). 1.0 disables the gate.
     max_predicted_fraction: float = 0.1
+    # Specificity gate on the *predicted* guiding mask (session 18): the lesion term guides only
+    # when the mask's most probable component has a mean head probability of at least this;
+    # otherwise it stays off (source "rejected"). The lesion map that is written and scored
+    # keeps the head's own rule: this only decides whether a doubtful prediction may change
+    # the image. On lesion-free real anatomy the shipped head's false lesions had mean
+    # probability 0.61-0.81 (docs/TRAINING.md, session 18), and guiding by one cost brain
+    # ROI-SSIM. 0 disables the gate (every preset before session 18).
+    lesion_guide_min_prob: float = 0.0
     # The lesion term moves only brain voxels within this distance (mm) of the guiding mask: it
     # sharpens the lesion and its border, it does not repaint distant brain to silence the head's
     # false positives there (measured on one phantom: brain ROI-SSIM 0.716 with the whole brain
@@ -169,6 +177,8 @@ class GuidanceConfig:
             raise ClinfuseInputError("lesion_zone_mm must be >= 0", source)
         if not 0.0 < self.max_predicted_fraction <= 1.0:
             raise ClinfuseInputError("max_predicted_fraction must be in (0, 1]", source)
+        if not 0.0 <= self.lesion_guide_min_prob < 1.0:
+            raise ClinfuseInputError("lesion_guide_min_prob must be in [0, 1)", source)
 
     def weights_at(self, t: int, num_train: int) -> tuple[float, float, float]:
         """(alpha, beta, gamma) at timestep t, with terms outside their window set to 0."""
@@ -330,13 +340,19 @@ def predicted_mask(
     spacing: Sequence[float],
     threshold: float,
     model: Any,
+    min_lesion_prob: float = 0.0,
 ) -> torch.Tensor:
     """The head's probability `(B, 1, *S)` as a lesion mask: kept inside `brain` (`(1|B, 1,
     *S)`), thresholded and cleaned by the head's own `LesionMaskRule` (small and doubtful
     secondary components removed: `nn.lesion_mask.clean_mask`), per item. Bool, on `prob`'s
-    device."""
+    device. `min_lesion_prob` raises the rule's case-level gate to at least this (an item whose
+    most probable component is fainter gets an empty mask)."""
+    from dataclasses import replace as _replace
+
     inside = (prob * brain.to(prob.dtype)).detach().float().cpu().numpy()
     rule = head_mask_rule(model)
+    if min_lesion_prob > rule.min_lesion_prob:
+        rule = _replace(rule, min_lesion_prob=min_lesion_prob)
     mask = np.zeros(inside.shape, dtype=bool)
     for b in range(inside.shape[0]):
         mask[b, 0] = rule.apply(inside[b, 0], spacing, threshold)
@@ -402,11 +418,24 @@ class RoiGuide:
         target = predicted_mask(s_lesion, brain, self.spacing, cfg.lesion_threshold, self.model)
         self.needs_line7 = False
         frac = float(target.sum()) / max(1.0, float(brain.expand_as(target).sum()))
-        if frac > cfg.max_predicted_fraction:  # implausible: guide nothing rather than FPs
+        doubtful = False
+        if cfg.lesion_guide_min_prob > 0 and bool(target.any()):
+            gated = predicted_mask(
+                s_lesion,
+                brain,
+                self.spacing,
+                cfg.lesion_threshold,
+                self.model,
+                min_lesion_prob=cfg.lesion_guide_min_prob,
+            )
+            doubtful = not bool(gated.any())  # every sample of the case (items share it)
+        if frac > cfg.max_predicted_fraction or doubtful:
+            # implausible (too large) or doubtful (too faint): guide nothing rather than FPs
             self.target, self.source = None, LesionSource.rejected
         else:
             self.target, self.source = target, LesionSource.predicted
-        return {"predicted_fraction": frac}  # share of the brain, logged
+        # share of the brain and whether the specificity gate rejected it, logged
+        return {"predicted_fraction": frac, "rejected_as_doubtful": float(doubtful)}
 
     def _objective(
         self, z: torch.Tensor, w: tuple[float, float, float]
