@@ -4,6 +4,7 @@
     python benchmarks/lesion_checks.py contrast --held-out 6 [--first-seed 7000]
     python benchmarks/lesion_checks.py minsize VAL_DATA [--checkpoint CKPT]
     python benchmarks/lesion_checks.py paired VAL_DATA --checkpoint NEW --against OLD
+    python benchmarks/lesion_checks.py components VAL_DATA [--checkpoint CKPT]
 
 `contrast`: per case with a lesion, how far the lesion stands out in the prepared MRI and CT:
 (lesion mean - mean of a 3-voxel ring around it inside the brain) / the ring's standard
@@ -24,6 +25,10 @@ lesions **both** find (a head that finds a lesion the other misses is not charge
 there; those lesions are listed apart), and the false mL on each lesion-free case. Session 15's
 shipping rule compared HD95 over each head's own found lesions, which charges a head for
 finding more; this is the comparison a rule should name (docs/TRAINING.md, session 15).
+`components`: every connected component of the head's mask under its own rule on VALIDATION
+cases, true (touching the labelled lesion) or false, with its volume and mean probability:
+how far the head's confidence separates its false lesions from its true ones (the case-level
+gate's question, docs/TRAINING.md, session 18).
 """
 
 from __future__ import annotations
@@ -294,6 +299,40 @@ def paired(args: argparse.Namespace) -> None:
     print(f"| lesions only this head finds | {only('new')} | {only('old')} |")
 
 
+def component_rows(
+    probs: list[np.ndarray], items: list[Any], rule: Any
+) -> list[tuple[str, bool, float, float]]:
+    """(case, true?, mL, mean probability) of every component of each case's mask under `rule`
+    (26-connected in 3D), only voxels of known label; true = it touches the labelled lesion."""
+    rows = []
+    for p, it in zip(probs, items, strict=True):
+        mask = rule.apply(p, it.spacing) & it.known
+        labels, n = ndimage.label(mask, structure=np.ones((3,) * mask.ndim, dtype=bool))
+        gt = (it.label > 0.5) & it.known
+        vox_ml = float(np.prod(it.spacing)) / 1000.0
+        for i in range(1, n + 1):
+            c = labels == i
+            rows.append((it.case_id, bool((c & gt).any()), c.sum() * vox_ml, float(p[c].mean())))
+    return rows
+
+
+def components(args: argparse.Namespace) -> None:
+    from clinfuse.training.lesion import load_items
+
+    items = load_items(args.data, ())
+    head, probs = head_probs(args.checkpoint, items)
+    rows = component_rows(probs, items, head.mask_rule)
+    true_p = sorted(p for _, t, _, p in rows if t)
+    print(f"head: {args.checkpoint or 'shipped'}\n")
+    print(f"true components: {len(true_p)}; mean probability, lowest first: ")
+    print(", ".join(f"{p:.2f}" for p in true_p) + "\n")
+    print("| false component (case) | mL | mean probability |")
+    print("|---|---|---|")
+    for case, true, ml, p in rows:
+        if not true:
+            print(f"| {case} | {ml:.2f} | {p:.2f} |")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -308,10 +347,14 @@ def main(argv: list[str] | None = None) -> int:
     pr.add_argument("data", type=Path)
     pr.add_argument("--checkpoint", type=Path, default=None, help="the new head (shipped if unset)")
     pr.add_argument("--against", type=Path, default=None, help="the old head (shipped if unset)")
+    co = sub.add_parser("components")
+    co.add_argument("data", type=Path)
+    co.add_argument("--checkpoint", type=Path, default=None)
     args = ap.parse_args(argv)
     if args.cmd == "contrast" and not (args.data or args.held_out):
         ap.error("contrast needs DATA or --held-out N")
-    {"contrast": contrast, "minsize": minsize, "paired": paired}[args.cmd](args)
+    run = {"contrast": contrast, "minsize": minsize, "paired": paired, "components": components}
+    run[args.cmd](args)
     return 0
 
 

@@ -159,6 +159,9 @@ class Ours:
         self.loaded = load_model(checkpoint, 3, "cpu")
         self.preset = preset
         self.window = window
+        # the lesion head on the last fuse: what guided the lesion term, and the volumes of the
+        # guiding mask and of the written (predicted) lesion mask, in mL
+        self.lesion: dict[str, Any] = {}
 
     def __call__(self, prepared: PreparedCase) -> np.ndarray:
         from clinfuse.pipeline import fuse_prepared
@@ -171,6 +174,13 @@ class Ours:
             patch_size=self.loaded.patch_size,
             window=self.window,
         )
+        vox_ml = float(np.prod(prepared.spacing)) / 1000.0
+        guide = res.lesion_guide
+        self.lesion = {
+            "source": str(res.lesion_source),
+            "guide_ml": 0.0 if guide is None else float(np.sum(guide)) * vox_ml,
+            "predicted_ml": float(res.lesion_mask().sum()) * vox_ml,
+        }
         return np.asarray(res.fused, dtype=np.float32)
 
 
@@ -265,6 +275,7 @@ def run(
                         if ours is None:
                             ours = Ours(checkpoint, window=window)
                         fused = ours(prep)
+                        info["cases"][tc.name].setdefault("ours_lesion", {})[scen] = ours.lesion
                     else:
                         fused = fns[m](prep)
                     secs = time.perf_counter() - t1
@@ -383,6 +394,12 @@ def tables(result: dict[str, Any], command: str, ours_label: str) -> str:
                     f"Automatic vs exact masks, Dice ({key.split('_')[-1]}): brain "
                     f"{d['brain']:.3f}, bone {d['bone']:.3f}."
                 )
+        for scen_name, les in inf.get("ours_lesion", {}).items():
+            lines.append(
+                f"Ours' lesion head ({scen_name}): the lesion term was guided by "
+                f"'{les['source']}' ({les['guide_ml']:.1f} mL); written lesion mask "
+                f"{les['predicted_ml']:.1f} mL."
+            )
         lines.append("")
         for prefix, where in (("", "2 mm model grid"), ("native_", "native spacing")):
             scen = [s for s in ("exact", "auto", "misreg2") if _find(rows, case, s, methods[0])]

@@ -130,3 +130,32 @@ def test_paired_of_a_head_with_itself_is_a_tie(tmp_path, capsys):
     found = rows["lesions with a prediction"]
     assert found[0] == found[1].strip(" |")
     assert rows["lesions only this head finds"] == ["none", "none |"]
+
+
+def test_component_rows_split_true_from_false_components():
+    """`components`: each component of the mask under the rule, true when it touches the
+    labelled lesion, with its volume and mean probability; unknown-label voxels left out."""
+    import numpy as np
+
+    from clinfuse.nn.lesion_mask import LesionMaskRule
+
+    class Item:
+        case_id = "c"
+        spacing = (2.0, 2.0, 2.0)
+        label = np.zeros((20, 20, 20), np.float32)
+        known = np.ones((20, 20, 20), bool)
+
+    it = Item()
+    it.label[2:6, 2:6, 2:6] = 1.0
+    it.known = it.known.copy()
+    it.known[15:20, 0:5, 0:5] = False  # an unlabelled region: a prediction there is not scored
+    p = np.zeros((20, 20, 20), np.float32)
+    p[2:6, 2:6, 2:6] = 0.9  # the lesion found
+    p[12:14, 12:14, 12:14] = 0.6  # a faint false component of 8 voxels = 0.064 mL
+    p[16:18, 1:3, 1:3] = 0.95  # inside the unknown region
+    rows = lc.component_rows([p], [it], LesionMaskRule())
+    assert [(c, t) for c, t, _, _ in rows] == [("c", True), ("c", False)]
+    assert abs(rows[0][2] - 64 * 0.008) < 1e-9 and abs(rows[0][3] - 0.9) < 1e-6
+    assert abs(rows[1][2] - 0.064) < 1e-9 and abs(rows[1][3] - 0.6) < 1e-6
+    # the head's rule applies first: a gate above the lesion's mean empties the case
+    assert lc.component_rows([p], [it], LesionMaskRule(0.0, 0.0, 0.95)) == []

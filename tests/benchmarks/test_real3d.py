@@ -59,3 +59,24 @@ def test_small_run_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     md = r3.tables(res, "python benchmarks/real3d.py", "ours")
     assert "| composite | 1.000 / 1.000 |" in md and "Robustness" in md and "rigid MI" in md
     assert len(list(tmp_path.glob("*.npy"))) == len(res["rows"])  # cached fusions
+
+
+def test_ours_records_what_guided_its_lesion_term(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Ours' row comes with its lesion head's record per scenario: the guiding source and the
+    guiding and written lesion volumes (mL), also printed above the tables."""
+    from _helpers import tiny_fusion_checkpoint
+
+    case = generate_phantom(PhantomConfig(shape=(32, 36, 32), spacing=(4.0, 4.0, 4.0)), 2).case
+    monkeypatch.setattr(r3, "build_cases", lambda: [r3.RealTestCase("ph", case, "phantom")])
+    monkeypatch.setattr(r3, "GRID_MM", 4.0)
+    ckpt = str(tiny_fusion_checkpoint(tmp_path / "tiny.pt"))
+    res = r3.run(
+        ["ours"], ["exact"], [], tmp_path / "work", native=False, checkpoint=ckpt,
+        log=lambda s: None,
+    )  # fmt: skip
+    les = res["info"]["cases"]["ph"]["ours_lesion"]["exact"]
+    assert les["source"] in ("predicted", "rejected", "none")
+    assert les["guide_ml"] >= 0.0 and les["predicted_ml"] >= 0.0
+    assert les["source"] == "predicted" or les["guide_ml"] == 0.0  # no guide without a mask
+    md = r3.tables(res, "python benchmarks/real3d.py", "ours")
+    assert f"Ours' lesion head (exact): the lesion term was guided by '{les['source']}'" in md

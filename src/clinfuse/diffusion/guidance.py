@@ -347,12 +347,10 @@ def predicted_mask(
     secondary components removed: `nn.lesion_mask.clean_mask`), per item. Bool, on `prob`'s
     device. `min_lesion_prob` raises the rule's case-level gate to at least this (an item whose
     most probable component is fainter gets an empty mask)."""
-    from dataclasses import replace as _replace
-
     inside = (prob * brain.to(prob.dtype)).detach().float().cpu().numpy()
     rule = head_mask_rule(model)
     if min_lesion_prob > rule.min_lesion_prob:
-        rule = _replace(rule, min_lesion_prob=min_lesion_prob)
+        rule = replace(rule, min_lesion_prob=min_lesion_prob)
     mask = np.zeros(inside.shape, dtype=bool)
     for b in range(inside.shape[0]):
         mask[b, 0] = rule.apply(inside[b, 0], spacing, threshold)
@@ -415,20 +413,14 @@ class RoiGuide:
         # are intracranial: the predicted mask is kept inside the brain mask (an input), as a
         # user mask must be (pipeline.fuse.check_lesion_in_brain); then, as every mask made
         # from the head, it is cleaned by the head's `LesionMaskRule` (`predicted_mask`).
-        target = predicted_mask(s_lesion, brain, self.spacing, cfg.lesion_threshold, self.model)
+        # The specificity gate (`lesion_guide_min_prob`) empties a doubtful item's mask; only
+        # when nothing is left is the ungated mask made, to log whether the gate emptied it.
+        args = (s_lesion, brain, self.spacing, cfg.lesion_threshold, self.model)
+        target = predicted_mask(*args, min_lesion_prob=cfg.lesion_guide_min_prob)
         self.needs_line7 = False
         frac = float(target.sum()) / max(1.0, float(brain.expand_as(target).sum()))
-        doubtful = False
-        if cfg.lesion_guide_min_prob > 0 and bool(target.any()):
-            gated = predicted_mask(
-                s_lesion,
-                brain,
-                self.spacing,
-                cfg.lesion_threshold,
-                self.model,
-                min_lesion_prob=cfg.lesion_guide_min_prob,
-            )
-            doubtful = not bool(gated.any())  # every sample of the case (items share it)
+        doubtful = cfg.lesion_guide_min_prob > 0 and not bool(target.any())
+        doubtful = doubtful and bool(predicted_mask(*args).any())
         if frac > cfg.max_predicted_fraction or doubtful:
             # implausible (too large) or doubtful (too faint): guide nothing rather than FPs
             self.target, self.source = None, LesionSource.rejected
