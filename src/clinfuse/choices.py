@@ -32,3 +32,25 @@ class Choice(str, Enum):
             raise ClinfuseInputError(
                 f"{what} must be one of {allowed}, got {value!r}", source
             ) from None
+
+
+# The MRI sequences the package knows (phantom contrasts, the lesion head's sequence slots,
+# `fuse --mri-contrast`), in the order of the head's slots.
+MRI_CONTRASTS: tuple[str, ...] = ("T1", "T2", "ADC", "FLAIR", "DWI")
+UNKNOWN_CONTRAST = "unknown"
+
+
+def parse_mri_contrast(value: object, source: str | Path | None = None) -> str | None:
+    """An MRI sequence name as its canonical spelling (`MRI_CONTRASTS`, case-insensitive), or
+    None for an unknown sequence (None, "" or "unknown"). Anything else is a
+    `ClinfuseInputError` naming `source` and listing the choices."""
+    if value is None:
+        return None
+    text = str(value).strip()
+    if text == "" or text.lower() == UNKNOWN_CONTRAST:
+        return None
+    for name in MRI_CONTRASTS:
+        if text.lower() == name.lower():
+            return name
+    allowed = ", ".join((*MRI_CONTRASTS, UNKNOWN_CONTRAST))
+    raise ClinfuseInputError(f"MRI contrast must be one of {allowed}, got {value!r}", source)

@@ -44,8 +44,16 @@ def train_lesion(
     inputs: str = typer.Option(
         "fused+sources+mirror",
         "--inputs",
-        help="What the head reads: fused+sources, or fused+sources+mirror (plus the left-right "
-        "mirror images of the fused image, MRI and CT).",
+        help="What the head reads: fused+sources, fused+sources+mirror (plus the left-right "
+        "mirror images of the fused image, MRI and CT) or fused+sources+mirror+contrast (plus "
+        "the MRI in the slot of its sequence, from each case's mri_contrast; --init-head may "
+        "then be a head without slots: it starts as that head).",
+    ),
+    contrast_dropout: float = typer.Option(
+        0.25,
+        "--contrast-dropout",
+        help="With +contrast: share of training samples whose MRI sequence is hidden, so the "
+        "head also works when the sequence is not given.",
     ),
     val_every: int = typer.Option(100, "--val-every", help="Validate every N steps."),
     hard_negatives: float = typer.Option(
@@ -184,6 +192,7 @@ def train_lesion(
         dice_per_sample=dice_per_sample,
         rule_dice_tolerance=rule_dice_tolerance,
         lesion_gate=lesion_gate,
+        contrast_dropout=contrast_dropout,
     )
     dev = resolve_device(device)
     result = train_lesion_head(

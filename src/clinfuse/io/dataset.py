@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from clinfuse.choices import parse_mri_contrast
 from clinfuse.errors import ClinfuseInputError
 from clinfuse.io.case import MASK_ROLES, Case, CtKind
 from clinfuse.io.dicom import load_dicom_series
@@ -256,7 +257,28 @@ def _is_case_folder(folder: Path) -> bool:
 
 def _case_from_folder(folder: Path) -> CaseRef:
     paths = {r: p for r in ROLES if (p := _role_file(folder, r)) is not None}
-    return CaseRef(case_id=folder.name, paths=paths)
+    return CaseRef(case_id=folder.name, paths=paths, meta=_contrast_meta(truth_contrast(folder)))
+
+
+def truth_contrast(folder: Path) -> str | None:
+    """The MRI sequence a generated case records in its `truth.json` (phantoms:
+    `config.mri_contrast`; real-anatomy pairs: `mri_contrast`), or None when the folder has no
+    such file or it says nothing. A malformed file is a `ClinfuseInputError` naming it."""
+    path = folder / "truth.json"
+    if not path.is_file():
+        return None
+    try:
+        truth = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ClinfuseInputError(f"cannot read truth file ({err})", path) from err
+    value = truth.get("mri_contrast") if isinstance(truth, dict) else None
+    if value is None and isinstance(truth, dict) and isinstance(truth.get("config"), dict):
+        value = truth["config"].get("mri_contrast")
+    return parse_mri_contrast(value, path)
+
+
+def _contrast_meta(contrast: str | None) -> dict[str, Any]:
+    return {} if contrast is None else {"mri_contrast": contrast}
 
 
 def _nifti_files(folder: Path) -> list[Path]:
@@ -298,7 +320,10 @@ def _apis_case(folder: Path) -> CaseRef:
         )
     if lesion:
         picked["lesion"] = lesion[0]
-    return CaseRef(case_id=folder.name, paths=picked, meta={"layout": "apis"})
+    # APIS's MRI is the ADC map (`APIS_MRI_KEYS`)
+    return CaseRef(
+        case_id=folder.name, paths=picked, meta={"layout": "apis", "mri_contrast": "ADC"}
+    )
 
 
 def _resolve(base: Path, value: str | None) -> Path | None:
@@ -327,7 +352,9 @@ def _read_manifest_rows(path: Path) -> list[dict[str, Any]]:
 
 def _manifest(path: Path, rows: list[dict[str, Any]]) -> list[CaseRef]:
     """Manifest with columns case_id, mri, ct, brain, bone, lesion (paths relative to the
-    manifest; empty = absent) and optional ct_kind (hu|display) and patient_id."""
+    manifest; empty = absent) and optional ct_kind (hu|display), patient_id and mri_contrast
+    (the MRI sequence: T1, T2, ADC, FLAIR, DWI or unknown; an empty or missing value falls back
+    to a `truth.json` beside the MRI file, `truth_contrast`)."""
     if not rows:
         raise ClinfuseInputError("manifest has no rows", path)
     missing = [c for c in ("case_id", "mri", "ct") if c not in rows[0]]
@@ -352,7 +379,21 @@ def _manifest(path: Path, rows: list[dict[str, Any]]) -> list[CaseRef]:
         if kind not in ("hu", "display"):
             raise ClinfuseInputError(f"case {cid!r}: ct_kind must be hu or display", path)
         pid = str(row.get("patient_id") or "").strip() or None
-        refs.append(CaseRef(case_id=cid, paths=paths, ct_kind=kind, patient_id=pid))  # type: ignore[arg-type]
+        given = str(row.get("mri_contrast") or "").strip()
+        contrast = (
+            parse_mri_contrast(given, f"{path} (case {cid!r}, column mri_contrast)")
+            if given
+            else truth_contrast(paths["mri"].parent)
+        )
+        refs.append(
+            CaseRef(
+                case_id=cid,
+                paths=paths,
+                ct_kind=kind,  # type: ignore[arg-type]
+                patient_id=pid,
+                meta=_contrast_meta(contrast),
+            )
+        )
     return refs
 
 

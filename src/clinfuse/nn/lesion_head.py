@@ -18,6 +18,16 @@ What it reads (``inputs``):
   on the *whole* volume before any window or patch is cut (`head_inputs`), so a sliding window
   still compares each voxel with its real contralateral twin. Written here: MONAI has no
   mid-sagittal mirror transform.
+- ``"fused+sources+mirror+contrast"`` (session 19): those seven channels plus one "sequence
+  slot" per MRI sequence (`MRI_CONTRASTS`: T1, T2, ADC, FLAIR, DWI). The MRI goes into the slot
+  of its sequence and the other slots are zero; an unknown sequence leaves every slot zero
+  (missing-modality zero filling, as multi-sequence segmentation networks treat an absent
+  channel). The same bright spot then means different things on a T1 and on a T2 head: an
+  ischaemic lesion is dark on T1 and ADC and bright on T2, FLAIR and DWI, and the heads
+  without it marked T2/FLAIR-like bright deep white matter on lesion-free T1 anatomy as lesion
+  (session 18). The slots carry the image, not a constant: a constant channel would be
+  removed by the first instance norm. Which sequence a case is comes from the caller
+  (`told_contrast`: `fuse --mri-contrast`, a dataset's `mri_contrast`), never from the image.
 
 Why x̂0 and not x_t: at sampling time the head runs on the fused *estimate* of the clean image
 (Algorithm 1 line 7 at t = T/2, and the lesion term from T/2 on); x_t at T/2 is half noise. It is
@@ -28,16 +38,29 @@ trained on x̂0 of the frozen denoiser at t <= T/2 and on clean fused images
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
 
 import torch
 from monai.networks.nets import UNet
 from torch import nn
 
+from clinfuse.choices import MRI_CONTRASTS, parse_mri_contrast
 from clinfuse.nn.lesion_mask import LesionMaskRule
 
-LESION_INPUTS = ("fused", "fused+sources", "fused+sources+mirror")
-IN_CHANNELS = {"fused": 1, "fused+sources": 4, "fused+sources+mirror": 7}
+LESION_INPUTS = (
+    "fused",
+    "fused+sources",
+    "fused+sources+mirror",
+    "fused+sources+mirror+contrast",
+)
+IN_CHANNELS = {
+    "fused": 1,
+    "fused+sources": 4,
+    "fused+sources+mirror": 7,
+    "fused+sources+mirror+contrast": 7 + len(MRI_CONTRASTS),
+}
 MIRRORED = (0, 1, 2)  # channels of [fused, mri, ct, ct_bone] that get a mirror image
 PRIOR = 0.01  # initial lesion probability of every voxel
 
@@ -68,6 +91,9 @@ class LesionHead(nn.Module):
             raise ValueError(f"inputs must be one of {LESION_INPUTS}, got {inputs!r}")
         self.inputs = inputs
         self.size_multiple = 2 ** (len(channels) - 1)
+        # The MRI sequence of the case being read (a `MRI_CONTRASTS` name or None = unknown);
+        # only heads reading "+contrast" use it. Set around a use with `told_contrast`.
+        self.mri_contrast: str | None = None
         self.unet = UNet(
             spatial_dims=spatial_dims,
             in_channels=IN_CHANNELS[inputs],
@@ -136,10 +162,15 @@ class LesionHead(nn.Module):
         )
 
     @property
+    def reads_contrast(self) -> bool:
+        """True when the head has sequence slots (`told_contrast` changes its output)."""
+        return self.inputs.endswith("+contrast")
+
+    @property
     def whole_volume_only(self) -> bool:
         """True when the head must see the whole volume: its mirror images are taken before any
         window is cut (`head_inputs`), so a caller must not apply it window by window."""
-        return self.inputs == "fused+sources+mirror"
+        return "+mirror" in self.inputs
 
     @property
     def flip_averaged(self) -> bool:
@@ -147,8 +178,9 @@ class LesionHead(nn.Module):
         return bool(self.flip_tta) and not self.training
 
     def inputs_of(self, x0_hat: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
-        """The network's input channels for whole volumes (`head_inputs` for this head)."""
-        return head_inputs(self.inputs, x0_hat, cond)
+        """The network's input channels for whole volumes (`head_inputs` for this head, with
+        its `mri_contrast`)."""
+        return head_inputs(self.inputs, x0_hat, cond, self.mri_contrast)
 
     def raw_logits(self, x0_hat: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         """The network's logits before temperature scaling (what training optimises)."""
@@ -336,12 +368,53 @@ def mirror_channels(x: torch.Tensor, channels: Sequence[int] = MIRRORED) -> torc
     return torch.cat([x, torch.stack(out)], dim=1)
 
 
-def head_inputs(inputs: str, x0_hat: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+def head_inputs(
+    inputs: str,
+    x0_hat: torch.Tensor,
+    cond: torch.Tensor | None,
+    contrast: str | None = None,
+) -> torch.Tensor:
     """The network input of a head reading `inputs` on whole volumes: x̂0 (B, 1, *S) alone, or
-    with the sources `cond` (B, 3, *S), or with the sources and the mirror images."""
+    with the sources `cond` (B, 3, *S), or with the sources and the mirror images, and then
+    (mode "+contrast") the sequence slots of `contrast` (`contrast_slots`; None = unknown)."""
     if inputs == "fused":
         return x0_hat
     if cond is None:
         raise ValueError("this lesion head reads the sources too: pass cond")
     x = torch.cat([x0_hat, cond], dim=1)
-    return mirror_channels(x) if inputs == "fused+sources+mirror" else x
+    if "+mirror" in inputs:
+        x = mirror_channels(x)
+    if inputs.endswith("+contrast"):
+        x = torch.cat([x, contrast_slots(cond[:, :1], contrast)], dim=1)
+    return x
+
+
+def contrast_slots(mri: torch.Tensor, contrast: str | None) -> torch.Tensor:
+    """The sequence slots of the "+contrast" head: (B, len(MRI_CONTRASTS), *S), the MRI `mri`
+    (B, 1, *S) in the slot of `contrast` and zeros elsewhere (all zero when it is None)."""
+    name = parse_mri_contrast(contrast)
+    slots = torch.zeros(
+        (mri.shape[0], len(MRI_CONTRASTS), *mri.shape[2:]), dtype=mri.dtype, device=mri.device
+    )
+    if name is not None:
+        k = MRI_CONTRASTS.index(name)
+        slots = torch.cat([slots[:, :k], mri, slots[:, k + 1 :]], dim=1)
+    return slots
+
+
+@contextmanager
+def told_contrast(module: Any, contrast: str | None) -> Iterator[None]:
+    """Within the block, the lesion head of `module` (a `LesionHead`, or a model holding one as
+    `lesion_head`) reads the case as MRI sequence `contrast` (None = unknown); restored after.
+    No effect on heads without sequence slots. A bad name is a `ClinfuseInputError`."""
+    name = parse_mri_contrast(contrast)
+    head = module if isinstance(module, LesionHead) else getattr(module, "lesion_head", None)
+    if not isinstance(head, LesionHead):
+        yield
+        return
+    before = head.mri_contrast
+    head.mri_contrast = name
+    try:
+        yield
+    finally:
+        head.mri_contrast = before

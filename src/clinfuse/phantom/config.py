@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+from clinfuse.choices import MRI_CONTRASTS
 from clinfuse.errors import ClinfuseInputError
 
 MriContrast = Literal["T1", "T2", "ADC", "FLAIR", "DWI"]
 LesionKind = Literal["ischaemic", "haemorrhagic", "none"]
-MRI_CONTRASTS: tuple[str, ...] = ("T1", "T2", "ADC", "FLAIR", "DWI")
 # What `--contrast mixed` cycles through (kept at three so existing seeded datasets, the demo
 # and the benchmark phantoms keep their contrasts); `--contrast all` cycles all five.
 MIXED_CONTRASTS: tuple[str, ...] = ("T1", "T2", "ADC")

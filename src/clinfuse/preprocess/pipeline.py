@@ -14,6 +14,7 @@ import nibabel as nib
 import numpy as np
 
 import clinfuse
+from clinfuse.choices import parse_mri_contrast
 from clinfuse.errors import ClinfuseInputError
 from clinfuse.io.atomic import write_text_atomic
 from clinfuse.io.case import MASK_ROLES, Case
@@ -264,6 +265,11 @@ def _into_model_range(w: _Work) -> PreparedCase:
         ct_bone = ct_clin.copy()  # HU cannot be recovered: one image serves both channels
         record["ct"] = {"kind": "display", "mapping": "0..255 -> [-2, 2] linear, both channels"}
     record["patient_id"] = str(case.meta.get("patient_id", case.case_id))
+    # the MRI sequence, when known (`fuse --mri-contrast`, a dataset's mri_contrast): the
+    # sequence-aware lesion head reads it (`PreparedCase.mri_contrast`)
+    record["mri_contrast"] = parse_mri_contrast(
+        case.meta.get("mri_contrast"), case.sources.get("mri")
+    )
     assert w.grid_aff is not None
     return PreparedCase(
         case_id=case.case_id,

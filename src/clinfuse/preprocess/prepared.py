@@ -44,6 +44,13 @@ class PreparedCase:
         cols = np.linalg.norm(np.asarray(self.affine, dtype=np.float64)[:3, :3], axis=0)
         return tuple(float(c) for c in cols[: self.ndim])
 
+    @property
+    def mri_contrast(self) -> str | None:
+        """The MRI sequence (`choices.MRI_CONTRASTS`) when the user or the dataset said it,
+        else None (unknown)."""
+        value = self.record.get("mri_contrast")
+        return None if value is None else str(value)
+
     def stack(self) -> np.ndarray:
         """Conditioning channels `[mri, ct, ct_bone]`, shape (3, *spatial), float32."""
         return np.stack([self.mri, self.ct, self.ct_bone]).astype(np.float32)

@@ -159,6 +159,11 @@ class LesionTrainConfig:
     # It trades a doubtful small lesion found against a false lesion on a healthy head, in the
     # proportion of lesion-free cases in the validation split. False: no gate (every earlier head).
     lesion_gate: bool = False
+    # Heads with sequence slots (`inputs` "...+contrast", session 19): the share of training
+    # samples whose MRI sequence is hidden (every slot zero), so the head also learns to work
+    # when the user does not say the sequence. Each case's sequence comes from its dataset
+    # (`mri_contrast`: manifest column or truth.json); cases without one are always unknown.
+    contrast_dropout: float = 0.25
 
     def validate(self) -> None:
         """Raise `ClinfuseInputError` on values that cannot work."""
@@ -183,6 +188,8 @@ class LesionTrainConfig:
             raise ClinfuseInputError("pos_fraction must be in (0, 1)")
         if not 0 <= self.hard_negative_fraction < 1:
             raise ClinfuseInputError("hard_negative_fraction must be in [0, 1)")
+        if not 0 <= self.contrast_dropout <= 1:
+            raise ClinfuseInputError("contrast_dropout must be in [0, 1]")
         if not 0 <= self.rule_dice_tolerance < 1:
             raise ClinfuseInputError("rule_dice_tolerance must be in [0, 1)")
         if self.flip_tta and len(self.patch_size) != 3:
@@ -226,6 +233,7 @@ class _Item:
     valid: np.ndarray  # (*S) float32: 0 where the label is unknown
     brain: np.ndarray  # (*S) bool
     spacing: tuple[float, ...]
+    mri_contrast: str | None = None  # the dataset's MRI sequence (None: unknown); not cached
 
     @property
     def known(self) -> np.ndarray:
@@ -351,11 +359,12 @@ def load_items(
                 f"case {ref.case_id!r} is one of the project's test heads: never trained on", data
             )
         folder = None
+        contrast = ref.meta.get("mri_contrast")
         if cache is not None:
             key = _item_key(ref, fused_inputs, feather_sigma, ignores.get(ref.case_id))
             folder = Path(cache) / f"{ref.case_id}-{key}"
             if (folder / "meta.json").is_file():
-                items.append(_open_item(folder))
+                items.append(replace(_open_item(folder), mri_contrast=contrast))
                 continue
         prep = preprocess_case(ref.load())
         label = (
@@ -386,6 +395,7 @@ def load_items(
         if folder is not None:
             _save_item(items[-1], folder)
             items[-1] = _open_item(folder)
+        items[-1].mri_contrast = contrast
         if log is not None:
             log(f"loaded {ref.case_id} {prep.shape} lesion {int(label.sum())} voxels")
     if not items:
@@ -488,13 +498,19 @@ def _sample_inputs(
     item: _Item, cfg: LesionTrainConfig, rng: np.random.Generator, intensity: Any
 ) -> np.ndarray:
     """The whole-volume network input of one training sample: a fused channel, the sources,
-    intensity augmentation, then (mode "+mirror") the mirror images (`head_inputs`)."""
+    intensity augmentation, then (mode "+mirror") the mirror images and (mode "+contrast") the
+    sequence slots of the item's sequence, hidden in `cfg.contrast_dropout` of the samples
+    (`head_inputs`)."""
     from clinfuse.nn.lesion_head import head_inputs
 
     img = np.concatenate([_fused_channel(item, cfg, rng)[None], item.sources])
     img = np.asarray(intensity({"img": img})["img"], np.float32)
     x = torch.from_numpy(np.ascontiguousarray(img))[None]
-    return head_inputs(cfg.inputs, x[:, :1], x[:, 1:])[0].numpy()
+    contrast = None
+    # (no draw for heads without slots: earlier runs' sampling stream is unchanged)
+    if cfg.inputs.endswith("+contrast") and rng.random() >= cfg.contrast_dropout:
+        contrast = item.mri_contrast
+    return head_inputs(cfg.inputs, x[:, :1], x[:, 1:], contrast)[0].numpy()
 
 
 def predict_logits(
@@ -503,14 +519,15 @@ def predict_logits(
     sources: np.ndarray,
     roi_size: Sequence[int],
     raw: bool = False,
+    contrast: str | None = None,
 ) -> np.ndarray:
     """Logits of the head on a whole volume (`nn.lesion_head.sliding_logits`), numpy in/out
-    (`raw`: before temperature scaling)."""
-    from clinfuse.nn.lesion_head import sliding_logits
+    (`raw`: before temperature scaling; `contrast`: the MRI sequence, for heads that read it)."""
+    from clinfuse.nn.lesion_head import sliding_logits, told_contrast
 
     f = torch.from_numpy(np.ascontiguousarray(fused, np.float32))[None, None]
     c = torch.from_numpy(np.ascontiguousarray(sources, np.float32))[None]
-    with torch.no_grad():
+    with torch.no_grad(), told_contrast(head, contrast):
         out = sliding_logits(head, f, c, roi_size, raw=raw)  # type: ignore[arg-type]
     return np.asarray(out)[0, 0]
 
@@ -527,7 +544,9 @@ def _hard_negatives(
     head.eval()
     out: list[np.ndarray | None] = []
     for it in items:
-        logits = predict_logits(head, it.composite, it.sources, cfg.patch_size)
+        logits = predict_logits(
+            head, it.composite, it.sources, cfg.patch_size, contrast=it.mri_contrast
+        )
         fp = (1.0 / (1.0 + np.exp(-logits)) >= cfg.threshold) & it.brain & it.known
         lesion = it.label > 0.5
         if lesion.any():
@@ -545,7 +564,9 @@ def _validate(
     head.eval()
     dices, fp, false_cases = [], [], 0
     for it in items:
-        logits = predict_logits(head, it.composite, it.sources, cfg.patch_size)
+        logits = predict_logits(
+            head, it.composite, it.sources, cfg.patch_size, contrast=it.mri_contrast
+        )
         prob = 1.0 / (1.0 + np.exp(-logits)) * it.brain
         pred = rule.apply(prob, it.spacing, cfg.threshold) & it.known
         if it.label.any():
@@ -577,7 +598,8 @@ def _calibrate(
 
     head.eval()
     logits = [
-        predict_logits(head, it.composite, it.sources, cfg.patch_size, raw=True) for it in items
+        predict_logits(head, it.composite, it.sources, cfg.patch_size, True, it.mri_contrast)
+        for it in items
     ]
     sel = [it.brain & it.known for it in items]
     z = np.concatenate([lg[m] for lg, m in zip(logits, sel, strict=True)])
@@ -842,6 +864,7 @@ def train_lesion_head(
         saved["config"].setdefault("flip_tta", False)  # ... before session 10
         saved["config"].setdefault("data_shares", None)  # ... before session 12
         saved["config"].setdefault("dice_per_sample", False)  # ... before session 13
+        saved["config"].setdefault("contrast_dropout", cfg_record["contrast_dropout"])
         if saved["config"] != cfg_record:
             diff = sorted(k for k in cfg_record if saved["config"].get(k) != cfg_record[k])
             raise ClinfuseInputError(
@@ -1137,6 +1160,9 @@ def _warm_start(head: Any, cfg: LesionTrainConfig, spatial_dims: int) -> None:
     assert src is not None
     have, weights = _head_of(read_checkpoint(src))
     want = (spatial_dims, cfg.inputs, tuple(cfg.channels), cfg.res_units, cfg.norm)
+    if have != want and have == (*want[:1], _without_contrast(cfg.inputs), *want[2:]):
+        weights = _with_sequence_slots(head, weights)  # the same head, plus zero slot weights
+        have = want
     if have != want:
         raise ClinfuseInputError(
             "its lesion head (dims, inputs, channels, residual units, norm) is "
@@ -1148,6 +1174,33 @@ def _warm_start(head: Any, cfg: LesionTrainConfig, spatial_dims: int) -> None:
     head.min_lesion_ml.fill_(0.0)
     head.min_component_prob.fill_(0.0)
     head.min_lesion_prob.fill_(0.0)
+
+
+def _without_contrast(inputs: str) -> str:
+    return inputs.removesuffix("+contrast") if inputs.endswith("+contrast") else ""
+
+
+def _with_sequence_slots(
+    head: torch.nn.Module, weights: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """A head's weights widened for `head`'s extra input channels (the sequence slots): every
+    tensor whose shape differs from `head`'s only in axis 1 (the first layer's input channels)
+    gets zeros for the new channels, so the widened head starts computing exactly what the
+    old one did, whatever the slots hold."""
+    target = head.state_dict()
+    out = {}
+    for k, v in weights.items():
+        want = target.get(k)
+        if (
+            want is not None
+            and want.ndim == v.ndim >= 2
+            and want.shape[1] > v.shape[1]
+            and want.shape[:1] + want.shape[2:] == v.shape[:1] + v.shape[2:]
+        ):
+            pad = torch.zeros((v.shape[0], want.shape[1] - v.shape[1], *v.shape[2:]), dtype=v.dtype)
+            v = torch.cat([v, pad], dim=1)
+        out[k] = v
+    return out
 
 
 def transplant_lesion_head(
