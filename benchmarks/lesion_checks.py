@@ -147,9 +147,12 @@ def per_case(probs: list[np.ndarray], items: list[Any], rule: Any) -> None:
     print()
 
 
-def head_probs(checkpoint: Path | None, items: list[Any]) -> tuple[Any, list[np.ndarray]]:
+def head_probs(
+    checkpoint: Path | None, items: list[Any], hide_contrast: bool = False
+) -> tuple[Any, list[np.ndarray]]:
     """The checkpoint's lesion head (shipped if None) and its calibrated probability on each
-    case, composite as the fused channel, zero outside the brain."""
+    case, composite as the fused channel, zero outside the brain. A head with sequence slots
+    is told each case's MRI sequence (`mri_contrast`), unless `hide_contrast`."""
     import torch
 
     from clinfuse.pipeline import load_model
@@ -157,11 +160,12 @@ def head_probs(checkpoint: Path | None, items: list[Any]) -> tuple[Any, list[np.
 
     head = load_model(checkpoint, 3, "cpu").model.lesion_head.eval()
     window = (int(head.window),) * 3
+    probs = []
     with torch.no_grad():
-        probs = [
-            1 / (1 + np.exp(-predict_logits(head, it.composite, it.sources, window))) * it.brain
-            for it in items
-        ]
+        for it in items:
+            told = None if hide_contrast else it.mri_contrast
+            logits = predict_logits(head, it.composite, it.sources, window, contrast=told)
+            probs.append(1 / (1 + np.exp(-logits)) * it.brain)
     return head, probs
 
 
@@ -268,13 +272,14 @@ def paired(args: argparse.Namespace) -> None:
     items = load_items(args.data, ())
     heads = {}
     for name, ck in (("new", args.checkpoint), ("old", args.against)):
-        head, probs = head_probs(ck, items)
+        head, probs = head_probs(ck, items, args.hide_contrast)
         rule = head.mask_rule
         heads[name] = list(scored(probs, items, lambda p, it, r=rule: r.apply(p, it.spacing)))
     ml = [float(np.prod(it.spacing)) / 1000.0 for it in items]
     s = paired_summary(heads["new"], heads["old"], ml)
     t = s["dice"]
-    print(f"new: {args.checkpoint or 'shipped'}; old: {args.against or 'shipped'}\n")
+    hidden = "; sequence not told (--hide-contrast)" if args.hide_contrast else ""
+    print(f"new: {args.checkpoint or 'shipped'}; old: {args.against or 'shipped'}{hidden}\n")
     print("| | new | old |")
     print("|---|---|---|")
     print(
@@ -320,7 +325,7 @@ def components(args: argparse.Namespace) -> None:
     from clinfuse.training.lesion import load_items
 
     items = load_items(args.data, ())
-    head, probs = head_probs(args.checkpoint, items)
+    head, probs = head_probs(args.checkpoint, items, args.hide_contrast)
     rows = component_rows(probs, items, head.mask_rule)
     true_p = sorted(p for _, t, _, p in rows if t)
     print(f"head: {args.checkpoint or 'shipped'}\n")
@@ -347,9 +352,12 @@ def main(argv: list[str] | None = None) -> int:
     pr.add_argument("data", type=Path)
     pr.add_argument("--checkpoint", type=Path, default=None, help="the new head (shipped if unset)")
     pr.add_argument("--against", type=Path, default=None, help="the old head (shipped if unset)")
+    hide = "heads with sequence slots are not told the cases' MRI sequence (unknown)"
+    pr.add_argument("--hide-contrast", action="store_true", help=hide)
     co = sub.add_parser("components")
     co.add_argument("data", type=Path)
     co.add_argument("--checkpoint", type=Path, default=None)
+    co.add_argument("--hide-contrast", action="store_true", help=hide)
     args = ap.parse_args(argv)
     if args.cmd == "contrast" and not (args.data or args.held_out):
         ap.error("contrast needs DATA or --held-out N")

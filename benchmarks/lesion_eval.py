@@ -79,12 +79,13 @@ def real_stroke(spacing: float = 2.0) -> tuple[str, Any, Any]:
 
 
 def head_prob(model: Any, fused: np.ndarray, prep: Any) -> np.ndarray:
-    from clinfuse.nn.lesion_head import sliding_logits
+    from clinfuse.nn.lesion_head import sliding_logits, told_contrast
 
     head = model.lesion_head
     f = torch.from_numpy(np.ascontiguousarray(fused, np.float32))[None, None]
     c = torch.from_numpy(np.ascontiguousarray(prep.stack(), np.float32))[None]
-    with torch.no_grad():
+    # a head with sequence slots is told the case's sequence (phantom / real T2: known)
+    with torch.no_grad(), told_contrast(head, prep.mri_contrast):
         logits = sliding_logits(head, f, c if head.inputs != "fused" else None)
     prob = torch.sigmoid(logits)[0, 0].numpy()
     return prob * prep.brain

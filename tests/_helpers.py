@@ -71,9 +71,10 @@ def make_training_case(
     )
 
 
-def tiny_fusion_checkpoint(path):  # noqa: ANN001, ANN201 (a Path in, the Path out)
+def tiny_fusion_checkpoint(path, lesion_inputs=None):  # noqa: ANN001, ANN201 (Path in/out)
     """A random `ci-tiny` 3D checkpoint at `path` whose output depends on x_t (MONAI
-    zero-initialises the output conv, so every weight is nudged); seeded, test-only."""
+    zero-initialises the output conv, so every weight is nudged); seeded, test-only.
+    `lesion_inputs`: what its lesion head reads (default: ci-tiny's)."""
     import torch
     from torch.optim.swa_utils import AveragedModel
 
@@ -81,7 +82,8 @@ def tiny_fusion_checkpoint(path):  # noqa: ANN001, ANN201 (a Path in, the Path o
     from clinfuse.training.config import resolve_config
 
     torch.manual_seed(0)  # test-only: the random initial weights of the tiny model
-    cfg = resolve_config("ci-tiny")
+    extra = [] if lesion_inputs is None else [f"model.lesion_inputs={lesion_inputs}"]
+    cfg = resolve_config("ci-tiny", extra)
     model = build_model(cfg.model)
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():

@@ -343,3 +343,37 @@ def test_predicted_lesion_mask_uses_the_heads_mask_rule(checkpoint, case_files):
     assert mask_rule_of(predict) == LesionMaskRule()  # nothing loaded yet
     assert predict(prep.mri, prep).shape == SHAPE
     assert mask_rule_of(predict) == LesionMaskRule()  # the tiny head keeps every component
+
+
+def test_the_mri_sequence_reaches_a_slotted_lesion_head(case_files, tmp_path):
+    """`fuse_case(mri_contrast=...)` / `fuse --mri-contrast`: recorded in run.json and read by
+    a lesion head with sequence slots (its probability changes with the sequence)."""
+    from typer.testing import CliRunner
+
+    from clinfuse.cli import app
+
+    ckpt = tiny_fusion_checkpoint(
+        tmp_path / "slotted.pt", lesion_inputs="fused+sources+mirror+contrast"
+    )
+    files = dict(mri=case_files["mri"], ct=case_files["ct"])
+    runs = {
+        c: fuse_case(files, checkpoint=ckpt, steps=1, overrides=FAST, mri_contrast=c)
+        for c in ("T1", "T2", None)
+    }
+    assert runs["T1"].record["mri_contrast"] == {"given": "T1", "read_by_lesion_head": True}
+    assert runs[None].record["mri_contrast"]["given"] is None
+    assert not np.allclose(runs["T1"].lesion_prob, runs["T2"].lesion_prob)
+    assert not np.allclose(runs["T1"].lesion_prob, runs[None].lesion_prob)
+    head = load_model(ckpt, 3).model.lesion_head
+    assert head.reads_contrast and head.mri_contrast is None  # nothing left set on the model
+    # the CLI: a bad name is refused before any output exists; a good one lands in run.json
+    out = tmp_path / "run"
+    base = ["fuse", "--mri", str(files["mri"]), "--ct", str(files["ct"]), "--steps", "1"]
+    base += ["--checkpoint", str(ckpt), "--out", str(out), "--device", "cpu", "--n-inner", "1"]
+    res = CliRunner().invoke(app, [*base, "--mri-contrast", "PD"])
+    assert isinstance(res.exception, ClinfuseInputError) and "FLAIR" in str(res.exception)
+    assert not out.exists()
+    res = CliRunner().invoke(app, [*base, "--mri-contrast", "flair"])
+    assert res.exit_code == 0, res.output
+    run = json.loads((out / "run.json").read_text())
+    assert run["mri_contrast"] == {"given": "FLAIR", "read_by_lesion_head": True}

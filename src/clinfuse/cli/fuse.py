@@ -55,6 +55,12 @@ def fuse(
     lesion: Path | None = typer.Option(
         None, "--lesion", help="Lesion mask that guides (else the lesion head predicts it)."
     ),
+    mri_contrast: str | None = typer.Option(
+        None,
+        "--mri-contrast",
+        help="The MRI's sequence: T1, T2, FLAIR, DWI, ADC or unknown (the default). The lesion "
+        "head reads it: an ischaemic lesion is dark on T1/ADC, bright on T2/FLAIR/DWI.",
+    ),
     preset: str = typer.Option(
         "stroke", "--preset", help="Disease preset: stroke, hemorrhage, trauma, tumour."
     ),
@@ -155,8 +161,11 @@ def fuse(
         if value is not None:
             option = "--" + key.replace("_", "-")
             guidance = load_preset(guidance, {key: value}, overrides_source=option)
+    from clinfuse.choices import parse_mri_contrast
     from clinfuse.errors import ClinfuseInputError
     from clinfuse.nn.precision import set_threads
+
+    parse_mri_contrast(mri_contrast, "--mri-contrast")  # a bad name fails before any work
 
     paths = {"mri": mri, "ct": ct, "brain": brain, "bone": bone, "lesion": lesion}
     if prepared is not None:
@@ -194,6 +203,7 @@ def fuse(
                 register=register,
                 detail=detail,
                 output_units=output_units.value,
+                mri_contrast=mri_contrast,
             )
         result.record["threads"] = n_threads
         write_outputs(result, out_dir, overwrite=overwrite, inputs=inputs)

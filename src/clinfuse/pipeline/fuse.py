@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from clinfuse.choices import Choice
+from clinfuse.choices import Choice, parse_mri_contrast
 from clinfuse.diffusion import DEFAULT_STEPS
 from clinfuse.errors import ClinfuseInputError
 from clinfuse.io.case import Case
@@ -135,20 +135,12 @@ def fuse_prepared(
     (docs/SPEED.md: what bf16 changes in ROI-SSIM, measured). `channels_last`: sample with a
     channels_last_3d copy of the model (None: exactly when bf16 runs on a CPU 3D model, where it
     is faster; float32 is slower with it).
-    """
-    import torch
 
-    from clinfuse.baselines.composite import roi_composite
-    from clinfuse.diffusion.guidance import (
-        guided_sample,
-        head_mask_rule,
-        load_preset,
-        uncertainty_blend,
-    )
-    from clinfuse.diffusion.schedule import NoiseSchedule
-    from clinfuse.diffusion.sliding import SlidingWindowModel, pad_to, padded_shape
-    from clinfuse.model_range import MODEL_RANGE
-    from clinfuse.nn.precision import AutocastModel, for_sampling
+    A head with sequence slots reads the case's MRI sequence (`prepared.mri_contrast`; unknown
+    when None) throughout.
+    """
+    from clinfuse.diffusion.guidance import load_preset
+    from clinfuse.nn.lesion_head import told_contrast
 
     cfg = load_preset(guidance if guidance is not None else preset, overrides)
     lesion = LesionMode.parse(lesion, "lesion")
@@ -161,6 +153,54 @@ def fuse_prepared(
     if steps < 1:
         raise ClinfuseInputError(f"steps must be >= 1, got {steps}")
     lesion_mask = _lesion_for(prepared, lesion)
+    with told_contrast(model, prepared.mri_contrast):  # the sequence-aware head reads it
+        return _fuse_prepared(
+            prepared,
+            model,
+            cfg,
+            preset=preset,
+            steps=steps,
+            samples=samples,
+            seed=seed,
+            lesion=lesion,
+            lesion_mask=lesion_mask,
+            patch_size=patch_size,
+            window=window,
+            overlap=overlap,
+            progress=progress,
+            precision=precision,
+            channels_last=channels_last,
+        )
+
+
+def _fuse_prepared(
+    prepared: PreparedCase,
+    model: Any,
+    cfg: GuidanceConfig,
+    *,
+    preset: str,
+    steps: int,
+    samples: int,
+    seed: int,
+    lesion: LesionMode,
+    lesion_mask: np.ndarray | None,
+    patch_size: tuple[int, ...] | None,
+    window: WindowMode,
+    overlap: float,
+    progress: ProgressFn | None,
+    precision: str,
+    channels_last: bool | None,
+) -> FusionResult:
+    """`fuse_prepared` once its options are checked (the head told the case's sequence)."""
+    import torch
+
+    from clinfuse.baselines.composite import roi_composite
+    from clinfuse.diffusion.guidance import guided_sample, head_mask_rule, uncertainty_blend
+    from clinfuse.diffusion.schedule import NoiseSchedule
+    from clinfuse.diffusion.sliding import SlidingWindowModel, pad_to, padded_shape
+    from clinfuse.model_range import MODEL_RANGE
+    from clinfuse.nn.precision import AutocastModel, for_sampling
+
     t0 = time.perf_counter()
     device = next(model.parameters()).device
     shape = prepared.shape
@@ -252,6 +292,11 @@ def fuse_prepared(
         "sliding_window": {"patch": list(patch_size), "overlap": overlap} if sliding else None,
         "padded_grid": list(grid),
         "mask_source": dict(prepared.mask_source),
+        # the MRI sequence as given (None: unknown) and whether this model's head reads it
+        "mri_contrast": {
+            "given": prepared.mri_contrast,
+            "read_by_lesion_head": bool(getattr(model.lesion_head, "reads_contrast", False)),
+        },
         "guidance_history": res.history,
         "estimate": estimate,
     }
@@ -376,6 +421,7 @@ def fuse_case(
     register: bool = False,
     detail: bool = True,
     output_units: OutputUnits | str = OutputUnits.model,
+    mri_contrast: str | None = None,
 ) -> FusionResult:
     """Fuse one case: load, preprocess (missing masks automatic), guided sampling, map back.
 
@@ -394,7 +440,10 @@ def fuse_case(
     bone-window CT in the skull). `register`: rigid CT->MRI registration first (SimpleITK;
     the transform is in run.json). `output_units`: "model" (default; the model range shown as
     [0, 1], `native.DISPLAY_RANGE`) or "source" (HU in the bone mask, MRI units elsewhere).
-    `result.fused_native` holds the output on the MRI's grid in those units.
+    `result.fused_native` holds the output on the MRI's grid in those units. `mri_contrast`:
+    the MRI sequence (`choices.MRI_CONTRASTS`, `fuse --mri-contrast`), read by a lesion head
+    with sequence slots; None keeps what the case says (a dataset's `mri_contrast`), else
+    unknown.
     """
     from clinfuse.diffusion.guidance import load_preset
     from clinfuse.nn.precision import resolve_precision
@@ -414,7 +463,15 @@ def fuse_case(
     units = OutputUnits.parse(output_units, "--output-units")
     device = resolve_device(device)
     resolve_precision(precision, device)  # a bad value fails before any work
+    contrast = parse_mri_contrast(mri_contrast, "--mri-contrast")
     loaded_case = _case_from(case_or_paths)
+    if mri_contrast is not None:  # said by the caller: replaces what the case says
+        if isinstance(loaded_case, PreparedCase):
+            loaded_case = replace(
+                loaded_case, record={**loaded_case.record, "mri_contrast": contrast}
+            )
+        else:
+            loaded_case = replace(loaded_case, meta={**loaded_case.meta, "mri_contrast": contrast})
     case: Case | None = None
     if isinstance(loaded_case, PreparedCase):
         if spacing is not None or register:

@@ -112,10 +112,12 @@ def lesion_probability(model: Any, fused: np.ndarray, prepared: PreparedCase) ->
 
     The image is padded (replicate) to the model's size multiple; the probability is kept
     inside the case's brain mask (lesions are intracranial; the mask is an input, not the
-    reference). Heads that also read the sources get `prepared.stack()` as well.
+    reference). Heads that also read the sources get `prepared.stack()` as well, heads with
+    sequence slots the case's MRI sequence (`prepared.mri_contrast`).
     """
     import torch
 
+    from clinfuse.nn.lesion_head import told_contrast
     from clinfuse.nn.model import pad_to_multiple
 
     device = next(model.parameters()).device
@@ -123,7 +125,7 @@ def lesion_probability(model: Any, fused: np.ndarray, prepared: PreparedCase) ->
     x = torch.as_tensor(np.asarray(fused, np.float32), device=device)[None, None]
     x, crop = pad_to_multiple(x, multiple)
     cond, _ = pad_to_multiple(torch.as_tensor(prepared.stack(), device=device)[None], multiple)
-    with torch.no_grad():
+    with torch.no_grad(), told_contrast(model, prepared.mri_contrast):
         prob = torch.sigmoid(model.lesion_head(x, cond))[crop][0, 0].float().cpu().numpy()
     return prob * prepared.brain.astype(np.float32)
 
