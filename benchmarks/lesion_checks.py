@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -304,21 +305,42 @@ def paired(args: argparse.Namespace) -> None:
     print(f"| lesions only this head finds | {only('new')} | {only('old')} |")
 
 
-def component_rows(
+def component_masks(
     probs: list[np.ndarray], items: list[Any], rule: Any
-) -> list[tuple[str, bool, float, float]]:
-    """(case, true?, mL, mean probability) of every component of each case's mask under `rule`
-    (26-connected in 3D), only voxels of known label; true = it touches the labelled lesion."""
-    rows = []
+) -> Iterator[tuple[Any, np.ndarray, np.ndarray, bool]]:
+    """(item, probability, component mask, true?) for every component of each case's mask
+    under `rule` (26-connected in 3D), only voxels of known label; true = it touches the
+    labelled lesion."""
     for p, it in zip(probs, items, strict=True):
         mask = rule.apply(p, it.spacing) & it.known
         labels, n = ndimage.label(mask, structure=np.ones((3,) * mask.ndim, dtype=bool))
         gt = (it.label > 0.5) & it.known
-        vox_ml = float(np.prod(it.spacing)) / 1000.0
         for i in range(1, n + 1):
             c = labels == i
-            rows.append((it.case_id, bool((c & gt).any()), c.sum() * vox_ml, float(p[c].mean())))
-    return rows
+            yield it, p, c, bool((c & gt).any())
+
+
+def component_rows(
+    probs: list[np.ndarray], items: list[Any], rule: Any
+) -> list[tuple[str, bool, float, float]]:
+    """(case, true?, mL, mean probability) of every component (`component_masks`)."""
+    return [
+        (it.case_id, true, c.sum() * float(np.prod(it.spacing)) / 1000.0, float(p[c].mean()))
+        for it, p, c, true in component_masks(probs, items, rule)
+    ]
+
+
+def component_look(mask: np.ndarray, item: Any) -> tuple[float, float, float]:
+    """How a predicted component looks in the sources: the percentile of its mean MRI among
+    the case's brain voxels, its median CT in HU (the clinical-window channel mapped back) and
+    its mean depth inside the brain mask (mm from the mask's edge)."""
+    from clinfuse.preprocess.windowing import CLINICAL_WINDOW, invert_window
+
+    mri, ct, brain = item.sources[0], item.sources[1], np.asarray(item.brain, bool)
+    pct = 100.0 * float((mri[brain] < float(mri[mask].mean())).mean())
+    hu = float(np.median(invert_window(ct[mask], CLINICAL_WINDOW)))
+    depth = ndimage.distance_transform_edt(brain, sampling=item.spacing)
+    return pct, hu, float(depth[mask].mean())
 
 
 def components(args: argparse.Namespace) -> None:
@@ -331,11 +353,21 @@ def components(args: argparse.Namespace) -> None:
     print(f"head: {args.checkpoint or 'shipped'}\n")
     print(f"true components: {len(true_p)}; mean probability, lowest first: ")
     print(", ".join(f"{p:.2f}" for p in true_p) + "\n")
-    print("| false component (case) | mL | mean probability |")
-    print("|---|---|---|")
-    for case, true, ml, p in rows:
-        if not true:
-            print(f"| {case} | {ml:.2f} | {p:.2f} |")
+    print(
+        "| false component (case) | sequence | mL | mean probability | MRI percentile in brain "
+        "| CT HU (median) | depth in brain mm |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for it, p, c, true in component_masks(probs, items, head.mask_rule):
+        if true:
+            continue
+        ml = c.sum() * float(np.prod(it.spacing)) / 1000.0
+        pct, hu, depth = component_look(c, it)
+        seq, mean_p = it.mri_contrast or "unknown", float(p[c].mean())
+        print(
+            f"| {it.case_id} | {seq} | {ml:.2f} | {mean_p:.2f} | {pct:.0f} | {hu:.0f} "
+            f"| {depth:.0f} |"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

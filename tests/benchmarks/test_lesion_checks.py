@@ -159,3 +159,29 @@ def test_component_rows_split_true_from_false_components():
     assert abs(rows[1][2] - 0.064) < 1e-9 and abs(rows[1][3] - 0.6) < 1e-6
     # the head's rule applies first: a gate above the lesion's mean empties the case
     assert lc.component_rows([p], [it], LesionMaskRule(0.0, 0.0, 0.95)) == []
+
+
+def test_component_look_reports_mri_percentile_ct_hu_and_depth():
+    """`components`' look columns: a dark, CSF-dense component deep in a cubic brain."""
+    import numpy as np
+
+    from clinfuse.preprocess.windowing import CLINICAL_WINDOW, apply_window
+
+    class Item:
+        spacing = (2.0, 2.0, 2.0)
+
+    it = Item()
+    brain = np.zeros((20, 20, 20), bool)
+    brain[2:18, 2:18, 2:18] = True
+    mri = np.where(brain, 1.0, -2.0).astype(np.float32)
+    hu = np.where(brain, 30.0, -1000.0)
+    comp = np.zeros_like(brain)
+    comp[9:11, 9:11, 9:11] = True
+    mri[comp] = 0.2  # darker than every other brain voxel
+    hu[comp] = 8.0  # CSF-like
+    it.sources = np.stack([mri, apply_window(hu, CLINICAL_WINDOW), mri])
+    it.brain = brain
+    pct, ct_hu, depth = lc.component_look(comp, it)
+    assert pct == 0.0
+    assert abs(ct_hu - 8.0) < 0.5
+    assert 14.0 <= depth <= 18.0  # 7-8 voxels of 2 mm from the brain's edge
