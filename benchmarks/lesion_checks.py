@@ -343,6 +343,76 @@ def component_look(mask: np.ndarray, item: Any) -> tuple[float, float, float]:
     return pct, hu, float(depth[mask].mean())
 
 
+# The rigid mirror-plane search of `best_mirror_plane` (degrees): yaw turns about the S axis
+# (the x-y plane), roll about the A axis (the x-z plane); the head's own mirror is the shift-only
+# plane of `mid_sagittal_shift` (yaw = roll = 0).
+PLANE_YAWS = tuple(range(-12, 13, 2))
+PLANE_ROLLS = tuple(range(-12, 13, 4))
+
+
+def _tilted(a: np.ndarray, yaw: float, roll: float, order: int = 1) -> np.ndarray:
+    """`a` turned by `yaw` (x-y plane) then `roll` (x-z plane) degrees about the volume's centre."""
+    out = np.asarray(a, np.float32)
+    if yaw:
+        out = ndimage.rotate(out, yaw, axes=(0, 1), reshape=False, order=order, mode="nearest")
+    if roll:
+        out = ndimage.rotate(out, roll, axes=(0, 2), reshape=False, order=order, mode="nearest")
+    return out
+
+
+def _twin(a: np.ndarray, shift: int) -> np.ndarray:
+    import torch
+
+    from clinfuse.nn.lesion_head import mirror
+
+    return mirror(torch.from_numpy(np.ascontiguousarray(a)), shift, 0).numpy()
+
+
+def best_mirror_plane(mri: np.ndarray, brain: np.ndarray) -> tuple[float, float, float, int]:
+    """The left-right mirror plane that makes the MRI most symmetric inside the brain: the
+    (correlation of the MRI with its mirror image, yaw, roll, shift) maximising that correlation
+    over `PLANE_YAWS` x `PLANE_ROLLS`, the shift from `mid_sagittal_shift` of the turned MRI. A
+    coarse grid search, a diagnostic of the head's shift-only mirror (yaw = roll = 0), not an
+    estimator the head uses."""
+    import torch
+
+    from clinfuse.nn.lesion_head import mid_sagittal_shift
+
+    best = (-2.0, 0.0, 0.0, 0)
+    for yaw in PLANE_YAWS:
+        for roll in PLANE_ROLLS:
+            m = _tilted(mri, yaw, roll)
+            b = _tilted(brain.astype(np.float32), yaw, roll, order=0) > 0.5
+            shift = mid_sagittal_shift(torch.from_numpy(np.ascontiguousarray(m)))
+            both = b & (_twin(b.astype(np.float32), shift) > 0.5)
+            if both.sum() < 10:
+                continue
+            corr = float(np.corrcoef(m[both], _twin(m, shift)[both])[0, 1])
+            if corr > best[0]:
+                best = (corr, float(yaw), float(roll), int(shift))
+    return best
+
+
+def twin_difference(
+    mask: np.ndarray, item: Any, plane: tuple[float, float, float, int]
+) -> tuple[float, float, float]:
+    """Mean |MRI - its contralateral twin| over `mask` with the head's shift-only mirror and
+    with the rigid `plane` (`best_mirror_plane`), and over the whole brain with the head's."""
+    import torch
+
+    from clinfuse.nn.lesion_head import mid_sagittal_shift
+
+    mri, brain = np.asarray(item.sources[0], np.float32), np.asarray(item.brain, bool)
+    s0 = mid_sagittal_shift(torch.from_numpy(np.ascontiguousarray(mri)))
+    diff = np.abs(mri - _twin(mri, s0))
+    _, yaw, roll, shift = plane
+    turned = _tilted(mri, yaw, roll)
+    inside = _tilted(mask.astype(np.float32), yaw, roll, order=0) > 0.5
+    rigid = np.abs(turned - _twin(turned, shift))
+    at_rigid = float(rigid[inside].mean()) if inside.any() else float("nan")
+    return float(diff[mask].mean()), at_rigid, float(diff[brain].mean())
+
+
 def components(args: argparse.Namespace) -> None:
     from clinfuse.training.lesion import load_items
 
@@ -353,21 +423,33 @@ def components(args: argparse.Namespace) -> None:
     print(f"head: {args.checkpoint or 'shipped'}\n")
     print(f"true components: {len(true_p)}; mean probability, lowest first: ")
     print(", ".join(f"{p:.2f}" for p in true_p) + "\n")
+    twin_cols = (
+        " | MRI-twin, head's mirror (brain mean) | MRI-twin, best rigid plane | plane yaw/roll"
+    )
     print(
         "| false component (case) | sequence | mL | mean probability | MRI percentile in brain "
-        "| CT HU (median) | depth in brain mm |"
+        "| CT HU (median) | depth in brain mm" + (twin_cols if args.twin else "") + " |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|" + ("---|---|---|" if args.twin else ""))
+    planes: dict[str, tuple[float, float, float, int]] = {}
     for it, p, c, true in component_masks(probs, items, head.mask_rule):
         if true:
             continue
         ml = c.sum() * float(np.prod(it.spacing)) / 1000.0
         pct, hu, depth = component_look(c, it)
         seq, mean_p = it.mri_contrast or "unknown", float(p[c].mean())
-        print(
-            f"| {it.case_id} | {seq} | {ml:.2f} | {mean_p:.2f} | {pct:.0f} | {hu:.0f} "
-            f"| {depth:.0f} |"
+        row = (
+            f"| {it.case_id} | {seq} | {ml:.2f} | {mean_p:.2f} | {pct:.0f} | {hu:.0f} | {depth:.0f}"
         )
+        if args.twin:
+            if it.case_id not in planes:
+                planes[it.case_id] = best_mirror_plane(it.sources[0], np.asarray(it.brain, bool))
+            plane = planes[it.case_id]
+            head_d, rigid_d, brain_d = twin_difference(c, it, plane)
+            row += (
+                f" | {head_d:.2f} ({brain_d:.2f}) | {rigid_d:.2f} | {plane[1]:.0f}/{plane[2]:.0f}"
+            )
+        print(row + " |")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -390,6 +472,12 @@ def main(argv: list[str] | None = None) -> int:
     co.add_argument("data", type=Path)
     co.add_argument("--checkpoint", type=Path, default=None)
     co.add_argument("--hide-contrast", action="store_true", help=hide)
+    co.add_argument(
+        "--twin",
+        action="store_true",
+        help="also: how much each false component differs from its contralateral twin with the "
+        "head's shift-only mirror and with the best rigid (yaw/roll) mirror plane",
+    )
     args = ap.parse_args(argv)
     if args.cmd == "contrast" and not (args.data or args.held_out):
         ap.error("contrast needs DATA or --held-out N")

@@ -185,3 +185,35 @@ def test_component_look_reports_mri_percentile_ct_hu_and_depth():
     assert pct == 0.0
     assert abs(ct_hu - 8.0) < 0.5
     assert 14.0 <= depth <= 18.0  # 7-8 voxels of 2 mm from the brain's edge
+
+
+def test_best_mirror_plane_undoes_a_tilt_the_heads_mirror_misses():
+    """`components --twin`: on a left-right symmetric head turned by 10 degrees of yaw, the
+    head's shift-only mirror pairs a ventricle with tissue, the best rigid plane (about -10
+    degrees) pairs it with its twin again."""
+    import numpy as np
+
+    idx = np.indices((40, 40, 24)).astype(np.float64)
+    c = [19.5, 19.5, 11.5]
+    r = np.sqrt(
+        ((idx[0] - c[0]) / 16) ** 2 + ((idx[1] - c[1]) / 17) ** 2 + ((idx[2] - c[2]) / 10) ** 2
+    )
+    brain = r < 1.0
+    mri = np.where(brain, 1.0, -2.0)
+    for side in (-1, 1):  # two symmetric "ventricles", off the midline and off-centre in y
+        v = ((idx[0] - c[0] - side * 5) ** 2 + (idx[1] - c[1] - 6) ** 2 + (idx[2] - c[2]) ** 2) < 9
+        mri[v] = -0.5
+    tilted = lc._tilted(mri, 10, 0)
+    brain_t = lc._tilted(brain.astype(np.float32), 10, 0, order=0) > 0.5
+
+    class Item:
+        spacing = (2.0, 2.0, 2.0)
+
+    it = Item()
+    it.sources = np.stack([tilted, tilted, tilted]).astype(np.float32)
+    it.brain = brain_t
+    corr, yaw, roll, shift = lc.best_mirror_plane(tilted, brain_t)
+    assert yaw == -10 and roll == 0 and corr > 0.9
+    ventricles = brain_t & (tilted < 0.0) & (tilted > -1.0)
+    head_d, rigid_d, _ = lc.twin_difference(ventricles, it, (corr, yaw, roll, shift))
+    assert head_d > 0.5 and rigid_d < 0.5 * head_d
