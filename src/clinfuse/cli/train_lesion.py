@@ -55,6 +55,12 @@ def train_lesion(
         help="With +contrast: share of training samples whose MRI sequence is hidden, so the "
         "head also works when the sequence is not given.",
     ),
+    tilt_deg: float = typer.Option(
+        0.0,
+        "--tilt-deg",
+        help="Turn each training sample's whole volume by a random yaw and roll of up to this "
+        "many degrees before the mirror images are taken (tilted heads; 0 = off, the default).",
+    ),
     val_every: int = typer.Option(100, "--val-every", help="Validate every N steps."),
     hard_negatives: float = typer.Option(
         0.0,
@@ -193,6 +199,7 @@ def train_lesion(
         rule_dice_tolerance=rule_dice_tolerance,
         lesion_gate=lesion_gate,
         contrast_dropout=contrast_dropout,
+        tilt_deg=tilt_deg,
     )
     dev = resolve_device(device)
     result = train_lesion_head(

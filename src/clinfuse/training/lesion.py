@@ -164,6 +164,13 @@ class LesionTrainConfig:
     # when the user does not say the sequence. Each case's sequence comes from its dataset
     # (`mri_contrast`: manifest column or truth.json); cases without one are always unknown.
     contrast_dropout: float = 0.25
+    # Whole-volume tilt (session 19, degrees; 0 = off): every sample's volume (fused channel,
+    # sources, label, known-label map) is turned by a yaw and a roll drawn in [-tilt_deg,
+    # tilt_deg] about its centre before the mirror channels are taken, so the head sees the
+    # left-right asymmetry a tilted head gives its shift-only mirror without a lesion there
+    # (phantoms are generated upright; real heads are not). Patch rotation (RandAffined)
+    # comes after the mirrors and cannot show this.
+    tilt_deg: float = 0.0
 
     def validate(self) -> None:
         """Raise `ClinfuseInputError` on values that cannot work."""
@@ -188,6 +195,8 @@ class LesionTrainConfig:
             raise ClinfuseInputError("pos_fraction must be in (0, 1)")
         if not 0 <= self.hard_negative_fraction < 1:
             raise ClinfuseInputError("hard_negative_fraction must be in [0, 1)")
+        if not 0 <= self.tilt_deg <= 45:
+            raise ClinfuseInputError("tilt_deg must be in [0, 45] degrees")
         if not 0 <= self.contrast_dropout <= 1:
             raise ClinfuseInputError("contrast_dropout must be in [0, 1]")
         if not 0 <= self.rule_dice_tolerance < 1:
@@ -494,23 +503,74 @@ def _crop(tf: Any, sample: dict[str, Any]) -> Any:
         return tf(sample)
 
 
+def tilt_volumes(arrays: np.ndarray, yaw: float, roll: float, nearest_from: int) -> np.ndarray:
+    """`arrays` (C, X, Y, Z) turned by `yaw` degrees in the x-y plane and `roll` in the x-z plane
+    about the volume's centre (voxel axes, isotropic voxels assumed), trilinear for channels
+    `< nearest_from` and nearest-neighbour for the rest (masks); outside the volume: each
+    channel's edge value (border padding)."""
+    import math
+
+    import torch.nn.functional as F
+
+    a, b = math.radians(yaw), math.radians(roll)
+    rz = torch.tensor(
+        [[math.cos(a), -math.sin(a), 0.0], [math.sin(a), math.cos(a), 0.0], [0.0, 0.0, 1.0]]
+    )
+    ry = torch.tensor(
+        [[math.cos(b), 0.0, -math.sin(b)], [0.0, 1.0, 0.0], [math.sin(b), 0.0, math.cos(b)]]
+    )
+    rot = (ry @ rz).to(torch.float32)
+    x = torch.from_numpy(np.ascontiguousarray(arrays, np.float32))[None]
+    shape = x.shape[2:]
+    # affine_grid works in (z, y, x) order of the last three axes, normalised to [-1, 1]: turn
+    # in voxel units by scaling with the axis lengths, so the turn is rigid on an anisotropic box
+    size = torch.tensor([float(shape[2]), float(shape[1]), float(shape[0])])
+    perm = torch.tensor([[0, 0, 1], [0, 1, 0], [1, 0, 0]], dtype=torch.float32)  # xyz <-> zyx
+    r_zyx = perm @ rot @ perm
+    theta = torch.diag(1.0 / size) @ r_zyx @ torch.diag(size)
+    grid = F.affine_grid(
+        torch.cat([theta, torch.zeros(3, 1)], dim=1)[None], list(x.shape), align_corners=False
+    )
+    smooth = F.grid_sample(
+        x[:, :nearest_from], grid, mode="bilinear", padding_mode="border", align_corners=False
+    )
+    near = F.grid_sample(
+        x[:, nearest_from:], grid, mode="nearest", padding_mode="border", align_corners=False
+    )
+    return torch.cat([smooth, near], dim=1)[0].numpy()
+
+
 def _sample_inputs(
-    item: _Item, cfg: LesionTrainConfig, rng: np.random.Generator, intensity: Any
-) -> np.ndarray:
-    """The whole-volume network input of one training sample: a fused channel, the sources,
-    intensity augmentation, then (mode "+mirror") the mirror images and (mode "+contrast") the
-    sequence slots of the item's sequence, hidden in `cfg.contrast_dropout` of the samples
-    (`head_inputs`)."""
+    item: _Item,
+    cfg: LesionTrainConfig,
+    rng: np.random.Generator,
+    intensity: Any,
+    hard: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """One training sample on the whole volume: the network input (a fused channel, the
+    sources, intensity augmentation, with `cfg.tilt_deg` a random whole-volume tilt, then (mode
+    "+mirror") the mirror images and (mode "+contrast") the sequence slots of the item's
+    sequence, hidden in `cfg.contrast_dropout` of the samples; `head_inputs`), and the label,
+    known-label and (if given) hard-negative maps (1, *S) on the same grid."""
     from clinfuse.nn.lesion_head import head_inputs
 
     img = np.concatenate([_fused_channel(item, cfg, rng)[None], item.sources])
     img = np.asarray(intensity({"img": img})["img"], np.float32)
+    label, valid = np.asarray(item.label)[None], np.asarray(item.valid)[None]
+    hard_map = None if hard is None else np.asarray(hard)[None]
+    if cfg.tilt_deg > 0:  # (no draw when off: earlier runs' sampling stream is unchanged)
+        yaw, roll = (float(v) for v in rng.uniform(-cfg.tilt_deg, cfg.tilt_deg, 2))
+        n = img.shape[0]
+        masks = [label, valid] + ([] if hard_map is None else [hard_map])
+        out = tilt_volumes(np.concatenate([img, *masks]), yaw, roll, nearest_from=n)
+        img, label, valid = out[:n], out[n : n + 1], out[n + 1 : n + 2]
+        hard_map = None if hard_map is None else out[n + 2 :]
     x = torch.from_numpy(np.ascontiguousarray(img))[None]
     contrast = None
     # (no draw for heads without slots: earlier runs' sampling stream is unchanged)
     if cfg.inputs.endswith("+contrast") and rng.random() >= cfg.contrast_dropout:
         contrast = item.mri_contrast
-    return head_inputs(cfg.inputs, x[:, :1], x[:, 1:], contrast)[0].numpy()
+    return head_inputs(cfg.inputs, x[:, :1], x[:, 1:], contrast)[0].numpy(), label, valid, hard_map
 
 
 def predict_logits(
@@ -865,6 +925,7 @@ def train_lesion_head(
         saved["config"].setdefault("data_shares", None)  # ... before session 12
         saved["config"].setdefault("dice_per_sample", False)  # ... before session 13
         saved["config"].setdefault("contrast_dropout", cfg_record["contrast_dropout"])
+        saved["config"].setdefault("tilt_deg", 0.0)  # ... before session 19
         if saved["config"] != cfg_record:
             diff = sorted(k for k in cfg_record if saved["config"].get(k) != cfg_record[k])
             raise ClinfuseInputError(
@@ -902,12 +963,11 @@ def train_lesion_head(
         for _ in range(cfg.cases_per_step):
             k = next_case()
             it = train_items[k]
-            img = _sample_inputs(it, cfg, rng, intensity)
-            sample = {"img": img, "label": it.label[None], "valid": it.valid[None]}
-            hard = hard_maps[k]
+            img, label, valid, hard = _sample_inputs(it, cfg, rng, intensity, hard_maps[k])
+            sample = {"img": img, "label": label, "valid": valid}
             # (no draw at all when the option is off: earlier runs' sampling is unchanged)
             if hard is not None and rng.random() < cfg.hard_negative_fraction:
-                patches = _crop(hard_tf, {**sample, "hard": hard[None]})
+                patches = _crop(hard_tf, {**sample, "hard": hard})
             else:
                 patches = _crop(tf, sample)
             for s in patches:
