@@ -71,9 +71,11 @@ def test_told_contrast_changes_a_slotted_head_only_and_is_restored():
     plain = LesionHead(3, (4, 8), 1, inputs="fused+sources+mirror").eval()
     holder = torch.nn.Module()
     holder.lesion_head = plain
-    with torch.no_grad(), told_contrast(holder, "FLAIR"):
-        assert plain.mri_contrast == "FLAIR"
-        torch.testing.assert_close(plain(x0, cond), plain(x0, cond))
+    with torch.no_grad():
+        untold = plain(x0, cond)
+        with told_contrast(holder, "FLAIR"):
+            assert plain.mri_contrast == "FLAIR"
+            torch.testing.assert_close(plain(x0, cond), untold)
     assert plain.mri_contrast is None
 
 

@@ -504,40 +504,20 @@ def _crop(tf: Any, sample: dict[str, Any]) -> Any:
 
 
 def tilt_volumes(arrays: np.ndarray, yaw: float, roll: float, nearest_from: int) -> np.ndarray:
-    """`arrays` (C, X, Y, Z) turned by `yaw` degrees in the x-y plane and `roll` in the x-z plane
-    about the volume's centre (voxel axes, isotropic voxels assumed), trilinear for channels
-    `< nearest_from` and nearest-neighbour for the rest (masks); outside the volume: each
-    channel's edge value (border padding)."""
+    """`arrays` (C, X, Y, Z) turned by `yaw` degrees in the x-y plane (about z) and `roll` in the
+    x-z plane (about y) about the volume's centre with MONAI's `Rotate` (voxel axes), bilinear
+    for channels `< nearest_from` and nearest-neighbour for the rest (masks); outside the volume
+    each channel's edge value (border padding)."""
     import math
 
-    import torch.nn.functional as F
+    from monai.transforms import Rotate
 
-    a, b = math.radians(yaw), math.radians(roll)
-    rz = torch.tensor(
-        [[math.cos(a), -math.sin(a), 0.0], [math.sin(a), math.cos(a), 0.0], [0.0, 0.0, 1.0]]
-    )
-    ry = torch.tensor(
-        [[math.cos(b), 0.0, -math.sin(b)], [0.0, 1.0, 0.0], [math.sin(b), 0.0, math.cos(b)]]
-    )
-    rot = (ry @ rz).to(torch.float32)
-    x = torch.from_numpy(np.ascontiguousarray(arrays, np.float32))[None]
-    shape = x.shape[2:]
-    # affine_grid works in (z, y, x) order of the last three axes, normalised to [-1, 1]: turn
-    # in voxel units by scaling with the axis lengths, so the turn is rigid on an anisotropic box
-    size = torch.tensor([float(shape[2]), float(shape[1]), float(shape[0])])
-    perm = torch.tensor([[0, 0, 1], [0, 1, 0], [1, 0, 0]], dtype=torch.float32)  # xyz <-> zyx
-    r_zyx = perm @ rot @ perm
-    theta = torch.diag(1.0 / size) @ r_zyx @ torch.diag(size)
-    grid = F.affine_grid(
-        torch.cat([theta, torch.zeros(3, 1)], dim=1)[None], list(x.shape), align_corners=False
-    )
-    smooth = F.grid_sample(
-        x[:, :nearest_from], grid, mode="bilinear", padding_mode="border", align_corners=False
-    )
-    near = F.grid_sample(
-        x[:, nearest_from:], grid, mode="nearest", padding_mode="border", align_corners=False
-    )
-    return torch.cat([smooth, near], dim=1)[0].numpy()
+    angle = (0.0, math.radians(roll), math.radians(yaw))
+    out = []
+    for part, mode in ((arrays[:nearest_from], "bilinear"), (arrays[nearest_from:], "nearest")):
+        turn = Rotate(angle, keep_size=True, mode=mode, padding_mode="border")
+        out.append(np.asarray(turn(np.ascontiguousarray(part, np.float32)), np.float32))
+    return np.concatenate(out)
 
 
 def _sample_inputs(
