@@ -45,9 +45,12 @@ def train_lesion(
         "fused+sources+mirror",
         "--inputs",
         help="What the head reads: fused+sources, fused+sources+mirror (plus the left-right "
-        "mirror images of the fused image, MRI and CT) or fused+sources+mirror+contrast (plus "
-        "the MRI in the slot of its sequence, from each case's mri_contrast; --init-head may "
-        "then be a head without slots: it starts as that head).",
+        "mirror images of the fused image, MRI and CT about a left-right shift plane), "
+        "fused+sources+rigid-mirror (the same, about each MRI's rigid mid-sagittal plane: yaw, "
+        "roll and offset; --init-head may be a fused+sources+mirror head) or "
+        "fused+sources+mirror+contrast (plus the MRI in the slot of its sequence, from each "
+        "case's mri_contrast; --init-head may then be a head without slots: it starts as that "
+        "head).",
     ),
     contrast_dropout: float = typer.Option(
         0.25,

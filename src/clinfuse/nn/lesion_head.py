@@ -28,6 +28,12 @@ What it reads (``inputs``):
   (session 18). The slots carry the image, not a constant: a constant channel would be
   removed by the first instance norm. Which sequence a case is comes from the caller
   (`told_contrast`: `fuse --mri-contrast`, a dataset's `mri_contrast`), never from the image.
+- ``"fused+sources+rigid-mirror"`` (session 20): the seven channels of ``"+mirror"``, the
+  mirror images taken about a *rigid* mid-sagittal plane (yaw, roll and offset, estimated from
+  the MRI: `clinfuse.nn.symmetry`) instead of a left-right shift. Real heads sit turned and
+  tilted in their volumes; the shift-only mirror then compares a voxel with the wrong twin, and
+  that asymmetry was where most false lesions on lesion-free real heads lay (session 19). Same
+  channels as ``"+mirror"``, so a ``"+mirror"`` head is a warm start for it.
 
 Why x̂0 and not x_t: at sampling time the head runs on the fused *estimate* of the clean image
 (Algorithm 1 line 7 at t = T/2, and the lesion term from T/2 on); x_t at T/2 is half noise. It is
@@ -48,18 +54,21 @@ from torch import nn
 
 from clinfuse.choices import MRI_CONTRASTS, parse_mri_contrast
 from clinfuse.nn.lesion_mask import LesionMaskRule
+from clinfuse.nn.symmetry import MirrorPlane, plane_of, reflect
 
 LESION_INPUTS = (
     "fused",
     "fused+sources",
     "fused+sources+mirror",
     "fused+sources+mirror+contrast",
+    "fused+sources+rigid-mirror",
 )
 IN_CHANNELS = {
     "fused": 1,
     "fused+sources": 4,
     "fused+sources+mirror": 7,
     "fused+sources+mirror+contrast": 7 + len(MRI_CONTRASTS),
+    "fused+sources+rigid-mirror": 7,
 }
 MIRRORED = (0, 1, 2)  # channels of [fused, mri, ct, ct_bone] that get a mirror image
 PRIOR = 0.01  # initial lesion probability of every voxel
@@ -170,7 +179,7 @@ class LesionHead(nn.Module):
     def whole_volume_only(self) -> bool:
         """True when the head must see the whole volume: its mirror images are taken before any
         window is cut (`head_inputs`), so a caller must not apply it window by window."""
-        return "+mirror" in self.inputs
+        return reads_mirror(self.inputs)
 
     @property
     def flip_averaged(self) -> bool:
@@ -358,13 +367,30 @@ def mirror(x: torch.Tensor, shift: int, axis: int) -> torch.Tensor:
     return x.index_select(axis, idx)
 
 
-def mirror_channels(x: torch.Tensor, channels: Sequence[int] = MIRRORED) -> torch.Tensor:
+def reads_mirror(inputs: str) -> bool:
+    """True for the input modes with mirror channels (shift-only or rigid)."""
+    return "+mirror" in inputs or "+rigid-mirror" in inputs
+
+
+def mirror_channels(
+    x: torch.Tensor,
+    channels: Sequence[int] = MIRRORED,
+    rigid: bool = False,
+    planes: Sequence[MirrorPlane] | None = None,
+) -> torch.Tensor:
     """`x` (B, C, *S) with the left-right mirror images of `channels` appended (B, C + k, *S).
-    The plane comes from channel 1 (the MRI) of each item; axis 0 of the volume is RAS x."""
+    The plane comes from channel 1 (the MRI) of each item; axis 0 of the volume is RAS x.
+    `rigid`: about each item's rigid mid-sagittal plane (`planes`, one per item, or estimated
+    with `plane_of`), reflected with `grid_sample`; else the shift-only mirror
+    (`mid_sagittal_shift`)."""
     out = []
     for b in range(x.shape[0]):
-        s = mid_sagittal_shift(x[b, 1])
-        out.append(mirror(x[b, list(channels)], s, axis=1))
+        if rigid:
+            plane = planes[b] if planes is not None else plane_of(x[b, 1])
+            out.append(reflect(x[b, list(channels)], plane))
+        else:
+            s = mid_sagittal_shift(x[b, 1])
+            out.append(mirror(x[b, list(channels)], s, axis=1))
     return torch.cat([x, torch.stack(out)], dim=1)
 
 
@@ -373,17 +399,19 @@ def head_inputs(
     x0_hat: torch.Tensor,
     cond: torch.Tensor | None,
     contrast: str | None = None,
+    planes: Sequence[MirrorPlane] | None = None,
 ) -> torch.Tensor:
     """The network input of a head reading `inputs` on whole volumes: x̂0 (B, 1, *S) alone, or
-    with the sources `cond` (B, 3, *S), or with the sources and the mirror images, and then
+    with the sources `cond` (B, 3, *S), or with the sources and the mirror images (mode
+    "+rigid-mirror": about `planes`, one per item, or each MRI's estimated plane), and then
     (mode "+contrast") the sequence slots of `contrast` (`contrast_slots`; None = unknown)."""
     if inputs == "fused":
         return x0_hat
     if cond is None:
         raise ValueError("this lesion head reads the sources too: pass cond")
     x = torch.cat([x0_hat, cond], dim=1)
-    if "+mirror" in inputs:
-        x = mirror_channels(x)
+    if reads_mirror(inputs):
+        x = mirror_channels(x, rigid="+rigid-mirror" in inputs, planes=planes)
     if inputs.endswith("+contrast"):
         x = torch.cat([x, contrast_slots(cond[:, :1], contrast)], dim=1)
     return x

@@ -533,6 +533,7 @@ def _sample_inputs(
     sequence, hidden in `cfg.contrast_dropout` of the samples; `head_inputs`), and the label,
     known-label and (if given) hard-negative maps (1, *S) on the same grid."""
     from clinfuse.nn.lesion_head import head_inputs
+    from clinfuse.nn.symmetry import plane_of
 
     img = np.concatenate([_fused_channel(item, cfg, rng)[None], item.sources])
     img = np.asarray(intensity({"img": img})["img"], np.float32)
@@ -546,11 +547,16 @@ def _sample_inputs(
         img, label, valid = out[:n], out[n : n + 1], out[n + 1 : n + 2]
         hard_map = None if hard_map is None else out[n + 2 :]
     x = torch.from_numpy(np.ascontiguousarray(img))[None]
+    planes = None
+    if "+rigid-mirror" in cfg.inputs and cfg.tilt_deg == 0:
+        # the plane of the item's own MRI (remembered by content), not of its augmented copy
+        planes = [plane_of(torch.from_numpy(np.ascontiguousarray(item.sources[0])))]
     contrast = None
     # (no draw for heads without slots: earlier runs' sampling stream is unchanged)
     if cfg.inputs.endswith("+contrast") and rng.random() >= cfg.contrast_dropout:
         contrast = item.mri_contrast
-    return head_inputs(cfg.inputs, x[:, :1], x[:, 1:], contrast)[0].numpy(), label, valid, hard_map
+    inputs = head_inputs(cfg.inputs, x[:, :1], x[:, 1:], contrast, planes)[0].numpy()
+    return inputs, label, valid, hard_map
 
 
 def predict_logits(
@@ -1203,6 +1209,8 @@ def _warm_start(head: Any, cfg: LesionTrainConfig, spatial_dims: int) -> None:
     if have != want and have == (*want[:1], _without_contrast(cfg.inputs), *want[2:]):
         weights = _with_sequence_slots(head, weights)  # the same head, plus zero slot weights
         have = want
+    if have != want and have == (*want[:1], _shift_mirror(cfg.inputs), *want[2:]):
+        have = want  # the same channels, mirrored about a rigid plane instead of a shift
     if have != want:
         raise ClinfuseInputError(
             "its lesion head (dims, inputs, channels, residual units, norm) is "
@@ -1218,6 +1226,11 @@ def _warm_start(head: Any, cfg: LesionTrainConfig, spatial_dims: int) -> None:
 
 def _without_contrast(inputs: str) -> str:
     return inputs.removesuffix("+contrast") if inputs.endswith("+contrast") else ""
+
+
+def _shift_mirror(inputs: str) -> str:
+    """The shift-only mode with the channels of a "+rigid-mirror" mode ("" for other modes)."""
+    return inputs.replace("+rigid-mirror", "+mirror") if "+rigid-mirror" in inputs else ""
 
 
 def _with_sequence_slots(
