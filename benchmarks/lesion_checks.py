@@ -1,10 +1,11 @@
-"""Three checks behind docs/TRAINING.md and docs/BENCHMARKS.md (d) (issue 10), one command each.
+"""Checks behind docs/TRAINING.md and docs/BENCHMARKS.md (d) (issue 10), one command each.
 
     python benchmarks/lesion_checks.py contrast DATA            # a dataset folder / manifest
     python benchmarks/lesion_checks.py contrast --held-out 6 [--first-seed 7000]
     python benchmarks/lesion_checks.py minsize VAL_DATA [--checkpoint CKPT]
     python benchmarks/lesion_checks.py paired VAL_DATA --checkpoint NEW --against OLD
-    python benchmarks/lesion_checks.py components VAL_DATA [--checkpoint CKPT]
+    python benchmarks/lesion_checks.py components VAL_DATA [--checkpoint CKPT] [--twin]
+    python benchmarks/lesion_checks.py planes DATA
 
 `contrast`: per case with a lesion, how far the lesion stands out in the prepared MRI and CT:
 (lesion mean - mean of a 3-voxel ring around it inside the brain) / the ring's standard
@@ -29,6 +30,9 @@ finding more; this is the comparison a rule should name (docs/TRAINING.md, sessi
 cases, true (touching the labelled lesion) or false, with its volume and mean probability:
 how far the head's confidence separates its false lesions from its true ones (the case-level
 gate's question, docs/TRAINING.md, session 18).
+`planes`: per case, how symmetric the brain's MRI is about its mirror plane: the correlation
+with the shift-only twin of the "+mirror" heads and with the rigid plane of the
+"+rigid-mirror" heads (`clinfuse.nn.symmetry`), that plane and the time its search took.
 """
 
 from __future__ import annotations
@@ -343,74 +347,27 @@ def component_look(mask: np.ndarray, item: Any) -> tuple[float, float, float]:
     return pct, hu, float(depth[mask].mean())
 
 
-# The rigid mirror-plane search of `best_mirror_plane` (degrees): yaw turns about the S axis
-# (the x-y plane), roll about the A axis (the x-z plane); the head's own mirror is the shift-only
-# plane of `mid_sagittal_shift` (yaw = roll = 0).
-PLANE_YAWS = tuple(range(-12, 13, 2))
-PLANE_ROLLS = tuple(range(-12, 13, 4))
-
-
-def _tilted(a: np.ndarray, yaw: float, roll: float, order: int = 1) -> np.ndarray:
-    """`a` turned by `yaw` (x-y plane) then `roll` (x-z plane) degrees about the volume's centre."""
-    out = np.asarray(a, np.float32)
-    if yaw:
-        out = ndimage.rotate(out, yaw, axes=(0, 1), reshape=False, order=order, mode="nearest")
-    if roll:
-        out = ndimage.rotate(out, roll, axes=(0, 2), reshape=False, order=order, mode="nearest")
-    return out
-
-
-def _twin(a: np.ndarray, shift: int) -> np.ndarray:
+def twin_difference(mask: np.ndarray, item: Any) -> tuple[float, float, float, Any]:
+    """Mean |MRI - its contralateral twin| over `mask` with the shift-only mirror of the
+    "+mirror" heads and with the rigid mid-sagittal plane of the "+rigid-mirror" heads
+    (`clinfuse.nn.symmetry.plane_of`), the brain's mean with the shift-only mirror, and the
+    rigid plane."""
     import torch
 
-    from clinfuse.nn.lesion_head import mirror
+    from clinfuse.nn.lesion_head import mid_sagittal_shift, mirror
+    from clinfuse.nn.symmetry import plane_of, reflect
 
-    return mirror(torch.from_numpy(np.ascontiguousarray(a)), shift, 0).numpy()
-
-
-def best_mirror_plane(mri: np.ndarray, brain: np.ndarray) -> tuple[float, float, float, int]:
-    """The left-right mirror plane that makes the MRI most symmetric inside the brain: the
-    (correlation of the MRI with its mirror image, yaw, roll, shift) maximising that correlation
-    over `PLANE_YAWS` x `PLANE_ROLLS`, the shift from `mid_sagittal_shift` of the turned MRI. A
-    coarse grid search, a diagnostic of the head's shift-only mirror (yaw = roll = 0), not an
-    estimator the head uses."""
-    import torch
-
-    from clinfuse.nn.lesion_head import mid_sagittal_shift
-
-    best = (-2.0, 0.0, 0.0, 0)
-    for yaw in PLANE_YAWS:
-        for roll in PLANE_ROLLS:
-            m = _tilted(mri, yaw, roll)
-            b = _tilted(brain.astype(np.float32), yaw, roll, order=0) > 0.5
-            shift = mid_sagittal_shift(torch.from_numpy(np.ascontiguousarray(m)))
-            both = b & (_twin(b.astype(np.float32), shift) > 0.5)
-            if both.sum() < 10:
-                continue
-            corr = float(np.corrcoef(m[both], _twin(m, shift)[both])[0, 1])
-            if corr > best[0]:
-                best = (corr, float(yaw), float(roll), int(shift))
-    return best
-
-
-def twin_difference(
-    mask: np.ndarray, item: Any, plane: tuple[float, float, float, int]
-) -> tuple[float, float, float]:
-    """Mean |MRI - its contralateral twin| over `mask` with the head's shift-only mirror and
-    with the rigid `plane` (`best_mirror_plane`), and over the whole brain with the head's."""
-    import torch
-
-    from clinfuse.nn.lesion_head import mid_sagittal_shift
-
-    mri, brain = np.asarray(item.sources[0], np.float32), np.asarray(item.brain, bool)
-    s0 = mid_sagittal_shift(torch.from_numpy(np.ascontiguousarray(mri)))
-    diff = np.abs(mri - _twin(mri, s0))
-    _, yaw, roll, shift = plane
-    turned = _tilted(mri, yaw, roll)
-    inside = _tilted(mask.astype(np.float32), yaw, roll, order=0) > 0.5
-    rigid = np.abs(turned - _twin(turned, shift))
-    at_rigid = float(rigid[inside].mean()) if inside.any() else float("nan")
-    return float(diff[mask].mean()), at_rigid, float(diff[brain].mean())
+    mri = torch.from_numpy(np.ascontiguousarray(item.sources[0], np.float32))
+    brain = np.asarray(item.brain, bool)
+    shifted = (mri - mirror(mri, mid_sagittal_shift(mri), 0)).abs().numpy()
+    plane = plane_of(mri)
+    rigid = (mri - reflect(mri[None], plane)[0]).abs().numpy()
+    return (
+        float(shifted[mask].mean()),
+        float(rigid[mask].mean()),
+        float(shifted[brain].mean()),
+        plane,
+    )
 
 
 def components(args: argparse.Namespace) -> None:
@@ -423,15 +380,12 @@ def components(args: argparse.Namespace) -> None:
     print(f"head: {args.checkpoint or 'shipped'}\n")
     print(f"true components: {len(true_p)}; mean probability, lowest first: ")
     print(", ".join(f"{p:.2f}" for p in true_p) + "\n")
-    twin_cols = (
-        " | MRI-twin, head's mirror (brain mean) | MRI-twin, best rigid plane | plane yaw/roll"
-    )
+    twin_cols = " | MRI-twin, shift mirror (brain mean) | MRI-twin, rigid plane | plane yaw/roll"
     print(
         "| false component (case) | sequence | mL | mean probability | MRI percentile in brain "
         "| CT HU (median) | depth in brain mm" + (twin_cols if args.twin else "") + " |"
     )
     print("|---|---|---|---|---|---|---|" + ("---|---|---|" if args.twin else ""))
-    planes: dict[str, tuple[float, float, float, int]] = {}
     for it, p, c, true in component_masks(probs, items, head.mask_rule):
         if true:
             continue
@@ -442,14 +396,49 @@ def components(args: argparse.Namespace) -> None:
             f"| {it.case_id} | {seq} | {ml:.2f} | {mean_p:.2f} | {pct:.0f} | {hu:.0f} | {depth:.0f}"
         )
         if args.twin:
-            if it.case_id not in planes:
-                planes[it.case_id] = best_mirror_plane(it.sources[0], np.asarray(it.brain, bool))
-            plane = planes[it.case_id]
-            head_d, rigid_d, brain_d = twin_difference(c, it, plane)
+            shift_d, rigid_d, brain_d, plane = twin_difference(c, it)
             row += (
-                f" | {head_d:.2f} ({brain_d:.2f}) | {rigid_d:.2f} | {plane[1]:.0f}/{plane[2]:.0f}"
+                f" | {shift_d:.2f} ({brain_d:.2f}) | {rigid_d:.2f} "
+                f"| {plane.yaw:.0f}/{plane.roll:.0f}"
             )
         print(row + " |")
+
+
+def planes(args: argparse.Namespace) -> None:
+    """Per case: the brain's correlation of the MRI with its mirror twin under the shift-only
+    plane of the "+mirror" heads and under the rigid plane of the "+rigid-mirror" heads
+    (`clinfuse.nn.symmetry.estimate_plane`, timed), and that plane."""
+    import time
+
+    import torch
+
+    from clinfuse.nn.lesion_head import mid_sagittal_shift, mirror
+    from clinfuse.nn.symmetry import estimate_plane, reflect
+    from clinfuse.training.lesion import load_items
+
+    items = load_items(args.data, ())
+    print("| case | shift-only: brain corr | rigid: brain corr | yaw / roll deg | estimate s |")
+    print("|---|---|---|---|---|")
+    shift_c, rigid_c = [], []
+    for it in items:
+        mri = torch.from_numpy(np.ascontiguousarray(it.sources[0], np.float32))
+        brain = np.asarray(it.brain, bool)
+        t0 = time.perf_counter()
+        plane = estimate_plane(mri)
+        took = time.perf_counter() - t0
+        shifted = mirror(mri, mid_sagittal_shift(mri), 0).numpy()
+        rigid = reflect(mri[None], plane)[0].numpy()
+        m = mri.numpy()[brain]
+        a = float(np.corrcoef(m, shifted[brain])[0, 1])
+        b = float(np.corrcoef(m, rigid[brain])[0, 1])
+        shift_c.append(a)
+        rigid_c.append(b)
+        print(
+            f"| {it.case_id} | {a:.2f} | {b:.2f} "
+            f"| {plane.yaw:.1f} / {plane.roll:.1f} | {took:.2f} |"
+        )
+    if items:
+        print(f"| mean over {len(items)} | {np.mean(shift_c):.2f} | {np.mean(rigid_c):.2f} | | |")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -476,12 +465,21 @@ def main(argv: list[str] | None = None) -> int:
         "--twin",
         action="store_true",
         help="also: how much each false component differs from its contralateral twin with the "
-        "head's shift-only mirror and with the best rigid (yaw/roll) mirror plane",
+        "shift-only mirror (+mirror heads) and with the rigid mid-sagittal plane "
+        "(+rigid-mirror heads, clinfuse.nn.symmetry)",
     )
+    pl = sub.add_parser("planes")
+    pl.add_argument("data", type=Path)
     args = ap.parse_args(argv)
     if args.cmd == "contrast" and not (args.data or args.held_out):
         ap.error("contrast needs DATA or --held-out N")
-    run = {"contrast": contrast, "minsize": minsize, "paired": paired, "components": components}
+    run = {
+        "contrast": contrast,
+        "minsize": minsize,
+        "paired": paired,
+        "components": components,
+        "planes": planes,
+    }
     run[args.cmd](args)
     return 0
 

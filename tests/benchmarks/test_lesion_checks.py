@@ -187,11 +187,12 @@ def test_component_look_reports_mri_percentile_ct_hu_and_depth():
     assert 14.0 <= depth <= 18.0  # 7-8 voxels of 2 mm from the brain's edge
 
 
-def test_best_mirror_plane_undoes_a_tilt_the_heads_mirror_misses():
+def test_twin_difference_with_the_rigid_plane_undoes_a_tilt_the_shift_mirror_misses():
     """`components --twin`: on a left-right symmetric head turned by 10 degrees of yaw, the
-    head's shift-only mirror pairs a ventricle with tissue, the best rigid plane (about -10
-    degrees) pairs it with its twin again."""
+    shift-only mirror pairs a ventricle with tissue, the rigid plane (`clinfuse.nn.symmetry`,
+    about 10 degrees of yaw) pairs it with its twin again."""
     import numpy as np
+    from scipy import ndimage
 
     idx = np.indices((40, 40, 24)).astype(np.float64)
     c = [19.5, 19.5, 11.5]
@@ -203,8 +204,9 @@ def test_best_mirror_plane_undoes_a_tilt_the_heads_mirror_misses():
     for side in (-1, 1):  # two symmetric "ventricles", off the midline and off-centre in y
         v = ((idx[0] - c[0] - side * 5) ** 2 + (idx[1] - c[1] - 6) ** 2 + (idx[2] - c[2]) ** 2) < 9
         mri[v] = -0.5
-    tilted = lc._tilted(mri, 10, 0)
-    brain_t = lc._tilted(brain.astype(np.float32), 10, 0, order=0) > 0.5
+    turn = dict(angle=10, axes=(0, 1), reshape=False, mode="nearest")
+    tilted = ndimage.rotate(mri, order=1, **turn).astype(np.float32)
+    brain_t = ndimage.rotate(brain.astype(np.float32), order=0, **turn) > 0.5
 
     class Item:
         spacing = (2.0, 2.0, 2.0)
@@ -212,8 +214,23 @@ def test_best_mirror_plane_undoes_a_tilt_the_heads_mirror_misses():
     it = Item()
     it.sources = np.stack([tilted, tilted, tilted]).astype(np.float32)
     it.brain = brain_t
-    corr, yaw, roll, shift = lc.best_mirror_plane(tilted, brain_t)
-    assert yaw == -10 and roll == 0 and corr > 0.9
     ventricles = brain_t & (tilted < 0.0) & (tilted > -1.0)
-    head_d, rigid_d, _ = lc.twin_difference(ventricles, it, (corr, yaw, roll, shift))
-    assert head_d > 0.5 and rigid_d < 0.5 * head_d
+    shift_d, rigid_d, _, plane = lc.twin_difference(ventricles, it)
+    assert abs(abs(plane.yaw) - 10) <= 1.5 and abs(plane.roll) <= 1.5
+    assert shift_d > 0.5 and rigid_d < 0.5 * shift_d
+
+
+def test_planes_table_reports_both_mirrors_on_an_upright_phantom(tmp_path, capsys):
+    """`planes`: an upright phantom is about as symmetric under the rigid plane as under the
+    shift-only one, and its rigid plane is (nearly) untilted."""
+    from clinfuse.phantom import PhantomConfig, write_phantom_dataset
+
+    cfg = PhantomConfig(shape=(48, 48, 40), spacing=(3.0, 3.0, 3.0), supersample=1)
+    data = write_phantom_dataset(tmp_path / "d", 2, cfg, seed=5, contrast="T1", lesion="none")
+    assert lc.main(["planes", str(data)]) == 0
+    rows = [ln.split(" | ") for ln in capsys.readouterr().out.splitlines() if ln.startswith("| ")]
+    assert rows[0][1] == "shift-only: brain corr" and len(rows) == 1 + 2 + 1  # header, 2, mean
+    for row in rows[1:3]:
+        shift_c, rigid_c = float(row[1]), float(row[2])
+        yaw, roll = (abs(float(v)) for v in row[3].split(" / "))
+        assert rigid_c >= shift_c - 0.05 and yaw <= 3.0 and roll <= 3.0

@@ -109,6 +109,8 @@ def test_plane_of_remembers_each_volume_by_content(monkeypatch: pytest.MonkeyPat
     other[30, 30, 30] += 1.0
     plane_of(other)
     assert len(calls) == 2  # different content: estimated
+    flipped = plane_of(img.flip(0))  # remembered with the first: the flipped plane, no search
+    assert len(calls) == 2 and flipped == first.flipped(img.shape[0])
 
 
 def test_rigid_mirror_mode_has_the_shift_modes_channels_about_each_items_plane():
@@ -119,7 +121,7 @@ def test_rigid_mirror_mode_has_the_shift_modes_channels_about_each_items_plane()
     got = head_inputs("fused+sources+rigid-mirror", x, cond)
     assert got.shape == (2, 7, *mri.shape)
     p0, p1 = plane_of(mri), plane_of(mri.flip(0))
-    assert p1.yaw == pytest.approx(-p0.yaw, abs=0.6)  # the flipped head's plane turns the other way
+    assert p1 == p0.flipped(mri.shape[0])  # the flipped head's plane, turned the other way
     for b, p in enumerate((p0, p1)):
         torch.testing.assert_close(got[b, 4], reflect(x[b], p)[0])  # mirrored fused channel
     given = mirror_channels(torch.cat([x, cond], 1)[:, :4], rigid=True, planes=[p0, p0])
