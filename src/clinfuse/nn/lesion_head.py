@@ -31,9 +31,10 @@ What it reads (``inputs``):
 - ``"fused+sources+rigid-mirror"`` (session 20): the seven channels of ``"+mirror"``, the
   mirror images taken about a *rigid* mid-sagittal plane (yaw, roll and offset, estimated from
   the MRI: `clinfuse.nn.symmetry`) instead of a left-right shift. Real heads sit turned and
-  tilted in their volumes; the shift-only mirror then compares a voxel with the wrong twin, and
-  that asymmetry was where most false lesions on lesion-free real heads lay (session 19). Same
-  channels as ``"+mirror"``, so a ``"+mirror"`` head is a warm start for it.
+  tilted in their volumes; the shift-only mirror then compares a voxel with the wrong twin
+  (session 19). Same channels as ``"+mirror"``, so a ``"+mirror"`` head is a warm start for
+  it. Trained and judged in session 20 (lesion21: more lesions found, false lesions not fewer;
+  not shipped, docs/TRAINING.md).
 
 Why x̂0 and not x_t: at sampling time the head runs on the fused *estimate* of the clean image
 (Algorithm 1 line 7 at t = T/2, and the lesion term from T/2 on); x_t at T/2 is half noise. It is

@@ -2,14 +2,17 @@
 
 The lesion head's mirror channels compare each voxel with its contralateral twin. Session 4's
 mirror (`lesion_head.mid_sagittal_shift`) is a left-right shift only: on a head that is turned
-(yaw) or tilted (roll) in its volume, as real heads are, it pairs voxels with the wrong twin, and
-session 19 traced most false lesions on lesion-free real heads to that asymmetry. Here the plane
-is rigid: a unit normal tilted from the volume's x axis by a yaw (toward y) and a roll (toward z)
-and an offset, found as the plane that maximises the correlation of the MRI with its own
-reflection inside the head (the symmetry criterion of mid-sagittal plane methods, e.g. Liu,
-Collins & Rothfus 2001; Tuzikov, Colliot & Bloch 2003), by a coarse-to-fine grid search on a
-copy of about 4 mm voxels. Images are then reflected with `grid_sample`, so a gradient flows
-from the mirror channels back to the image (the guidance of x̂0 keeps it).
+(yaw) or tilted (roll) in its volume, as real heads are, it pairs voxels with the wrong twin
+(session 19). Here the plane is rigid: a unit normal tilted from the volume's x axis by a yaw
+(toward y) and a roll (toward z) and an offset, found as the plane that maximises the
+correlation of the head's voxels with their reflections (the symmetry criterion of mid-sagittal
+plane methods, e.g. Liu, Collins & Rothfus 2001; Tuzikov, Colliot & Bloch 2003) on a copy of
+about 4 mm voxels with its ~8 mm blur removed, under a weak prior toward upright, by a
+coarse-to-fine grid search. On lesion-free real pairs it doubles the brain's MRI-vs-twin
+correlation (0.28 -> 0.55, docs/TRAINING.md session 20); a head retrained on it found more
+lesions but kept its false ones, which are really asymmetric CSF-like tissue. Images are then
+reflected with `grid_sample`, so a gradient flows from the mirror channels back to the image
+(the guidance of x̂0 keeps it).
 
 Written here: MONAI, SimpleITK and scikit-image have no mid-sagittal plane estimator (a
 registration of the image to its flipped copy gives a general improper rigid map, not a plane).

@@ -549,7 +549,8 @@ def _sample_inputs(
     x = torch.from_numpy(np.ascontiguousarray(img))[None]
     planes = None
     if "+rigid-mirror" in cfg.inputs and cfg.tilt_deg == 0:
-        # the plane of the item's own MRI (remembered by content), not of its augmented copy
+        # the plane of the item's own MRI (remembered by content), not of its augmented copy;
+        # a tilted sample's plane is estimated on the tilted MRI (`head_inputs`, no planes)
         planes = [plane_of(torch.from_numpy(np.ascontiguousarray(item.sources[0])))]
     contrast = None
     # (no draw for heads without slots: earlier runs' sampling stream is unchanged)
