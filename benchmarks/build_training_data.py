@@ -4,7 +4,7 @@ real volume except the two test cases, plus phantoms, all at 2 mm, in one folder
     python benchmarks/build_training_data.py OUT [--per-source N] [--phantoms N]
         [--lesion-phantoms N] [--t1-phantoms N] [--small-phantoms N]
         [--small-haemorrhage-phantoms N] [--ranged-phantoms N] [--lesion-free-real N] [--seed S]
-        [--keep-existing] [--realhead-version 1|2]
+        [--patients P,...] [--exclude-patients P,...] [--keep-existing] [--realhead-version 1|2]
 
 OUT/real (real-anatomy pairs, `clinfuse.phantom.realhead.write_real_dataset`, seeds
 S + 1000 * source + k) and OUT/phantoms (`write_phantom_dataset`, seeds 20000 + S, all five
@@ -24,6 +24,10 @@ lesion each in issue 10's sizes, for the lesion head:
 - `--lesion-free-real`: OUT/real_lesion_free, N real-anatomy pairs per source with no inserted
   lesion (seeds S + 900 + 1000 * source + k; C-STAR's own unlabelled lesion stays unknown, as
   in OUT/real): where a head's false lesions on real anatomy show (session 17).
+`--patients` / `--exclude-patients` keep the real-anatomy parts to / away from some people
+(chris, rire001, visible_male, cstar): a person left out of training and validated on alone
+tells whether a head's behaviour on real anatomy carries to anatomy it has never seen (every
+validation set up to session 20 drew its real pairs from the training people).
 Then OUT/all/manifest.csv lists them all (paths relative to OUT/all), and
 OUT/all_phantoms/manifest.csv every phantom part (all but the real parts): with OUT/real, the two
 data sets of `clinfuse train-lesion --data OUT/real --data OUT/all_phantoms --data-share ...`
@@ -70,6 +74,18 @@ def main() -> None:
         help="N lesion-free real-anatomy pairs per source in OUT/real_lesion_free (seeds "
         "S + 900 + 1000 * source + k): where a head's false lesions on real anatomy show",
     )
+    ap.add_argument(
+        "--patients",
+        default=None,
+        help="comma-separated: real-anatomy pairs of these people only (RealSource.patient: "
+        "chris, rire001, visible_male, cstar), e.g. a validation set of a person left out",
+    )
+    ap.add_argument(
+        "--exclude-patients",
+        default="",
+        help="comma-separated: real-anatomy pairs of everyone but these people (a training "
+        "set that leaves a person out); a kept source's pairs are those of a full build",
+    )
     ap.add_argument("--keep-existing", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--spacing", type=float, default=2.0)
@@ -84,6 +100,11 @@ def main() -> None:
     t0 = time.time()
     out = args.out
 
+    who = {
+        "patients": None if args.patients is None else _names(args.patients),
+        "exclude_patients": _names(args.exclude_patients),
+    }
+
     def todo(part: str) -> bool:
         return not (args.keep_existing and (out / part / "manifest.csv").is_file())
 
@@ -97,6 +118,7 @@ def main() -> None:
             overwrite=True,
             version=args.realhead_version,
             progress=lambda cid: print(f"{time.time() - t0:7.1f}s real {cid}", flush=True),
+            **who,
         )
     if args.lesion_free_real > 0 and todo(LESION_FREE_REAL):
         write_real_dataset(
@@ -109,6 +131,7 @@ def main() -> None:
             overwrite=True,
             version=args.realhead_version,
             progress=lambda cid: print(f"{time.time() - t0:7.1f}s lesion-free {cid}", flush=True),
+            **who,
         )
     s = args.spacing
     cfg = PhantomConfig(shape=(96, 96, 72), spacing=(s, s, s))
@@ -146,6 +169,10 @@ def main() -> None:
     write_union(out, [p for p, _ in parts], "all")
     write_union(out, [p for p, _ in parts if p not in real_parts], "all_phantoms")
     print(f"{time.time() - t0:7.1f}s wrote {out / 'all'} and {out / 'all_phantoms'}")
+
+
+def _names(text: str) -> list[str]:
+    return [n.strip() for n in text.split(",") if n.strip()]
 
 
 def write_union(out: Path, parts: list[str], name: str) -> None:

@@ -116,3 +116,36 @@ def test_lesion_free_real_part(tmp_path: Path) -> None:
     assert sorted(ids[:-1]) == sorted(f"real_lesion_free_{t['case_id']}" for t in truths)
     assert ids[-1] == "phantoms_phantom_000"
     assert [r.case_id for r in load_dataset(out / "all_phantoms")] == ["phantoms_phantom_000"]
+
+
+def test_patients_split_real_anatomy_by_person_with_the_full_builds_seeds(tmp_path: Path) -> None:
+    """`--patients` / `--exclude-patients`: the real-anatomy parts keep to / away from some
+    people (a leave-one-person-out split), each kept pair at the seed a full build gives it;
+    an unknown name is refused before anything is written."""
+    import pytest
+
+    from clinfuse.errors import ClinfuseInputError
+    from clinfuse.phantom.realhead import write_real_dataset
+
+    def build(out: Path, *extra: str) -> list[dict]:
+        (out / "real").mkdir(parents=True)
+        with open(out / "real" / "manifest.csv", "w", newline="") as f:
+            csv.writer(f).writerow(["case_id", "mri", "ct", "brain", "bone", "lesion"])
+        cmd = [sys.executable, str(SCRIPT), str(out), "--phantoms", "0", "--keep-existing"]
+        cmd += ["--lesion-free-real", "1", "--seed", "3", *extra]
+        subprocess.run(cmd, check=True, capture_output=True, text=True)
+        return [
+            json.loads(p.read_text())
+            for p in sorted((out / "real_lesion_free").glob("*/truth.json"))
+        ]
+
+    only = build(tmp_path / "only", "--patients", "rire001")
+    assert [t["source_name"] for t in only] == ["rire_t1"]
+    rest = build(tmp_path / "rest", "--exclude-patients", "rire001,cstar")
+    assert {t["source_name"] for t in rest} == {"chris_t1", "vm_t1"}
+    # the seeds of a build of every source (source index kept): rire is source 1, vm source 2
+    assert only[0]["seed"] == 3 + 900 + 1000 * 1
+    assert {t["source_name"]: t["seed"] for t in rest}["vm_t1"] == 3 + 900 + 1000 * 2
+    with pytest.raises(ClinfuseInputError, match="unknown patient 'bob'"):
+        write_real_dataset(tmp_path / "bad", tmp_path, 1, 0, patients=["bob"])
+    assert not (tmp_path / "bad").exists()

@@ -36,7 +36,7 @@ arrays it is given; `clinfuse synth --from-mri` is the command.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -787,11 +787,18 @@ def write_real_dataset(
     overwrite: bool = False,
     progress: Any = None,
     version: str = REALHEAD_VERSION,
+    patients: Collection[str] | None = None,
+    exclude_patients: Collection[str] = (),
 ) -> Path:
     """Write `n_per_source` augmented pairs of every source to `<out>/<name>_<k>/` plus
     `manifest.csv` (the phantom layout, so `clinfuse train` reads it). Case k of source s uses
     `default_rng(seed + 1000 * s + k)`; its output contrast cycles through the source's
     `output_contrasts` and its lesion kind through `lesion_cycle`. The test cases are refused.
+
+    `patients` / `exclude_patients`: only the sources of those people (`RealSource.patient`) /
+    all but theirs, for splits that keep a person's anatomy out of training (leave one person
+    out). `s` stays the source's index in `sources`, so a kept source's pairs are the same as
+    in a build of every source. An unknown name is a `ClinfuseInputError`.
     """
     from clinfuse.phantom.dataset import (
         MANIFEST_COLUMNS,
@@ -801,11 +808,21 @@ def write_real_dataset(
         write_phantom_case,
     )
 
+    known = {src.patient for src in sources}
+    for name in [*(patients or ()), *exclude_patients]:
+        if name not in known:
+            raise ClinfuseInputError(
+                f"unknown patient {name!r}: the sources' patients are {sorted(known)}", Path(out)
+            )
     root = Path(root)
     out = check_out_dir(out, overwrite)
     out.mkdir(parents=True, exist_ok=True)
     rows = [",".join((*MANIFEST_COLUMNS, "ignore", "patient_id"))]
     for s, src in enumerate(sources):
+        if (patients is not None and src.patient not in patients) or (
+            src.patient in exclude_patients
+        ):
+            continue
         if is_test_case(src.mri):
             raise ClinfuseInputError(
                 "is a test case of this project: never a source of training pairs", src.mri
