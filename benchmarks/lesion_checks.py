@@ -347,25 +347,31 @@ def component_look(mask: np.ndarray, item: Any) -> tuple[float, float, float]:
     return pct, hu, float(depth[mask].mean())
 
 
-def twin_difference(mask: np.ndarray, item: Any) -> tuple[float, float, float, Any]:
-    """Mean |MRI - its contralateral twin| over `mask` with the shift-only mirror of the
-    "+mirror" heads and with the rigid mid-sagittal plane of the "+rigid-mirror" heads
-    (`clinfuse.nn.symmetry.plane_of`), the brain's mean with the shift-only mirror, and the
-    rigid plane."""
+def mri_twins(mri: np.ndarray, plane: Any = None) -> tuple[np.ndarray, np.ndarray, Any]:
+    """The MRI's contralateral twin image under the shift-only mirror of the "+mirror" heads
+    and under the rigid mid-sagittal plane of the "+rigid-mirror" heads (`plane`, else
+    `clinfuse.nn.symmetry.plane_of`), and that plane."""
     import torch
 
     from clinfuse.nn.lesion_head import mid_sagittal_shift, mirror
     from clinfuse.nn.symmetry import plane_of, reflect
 
-    mri = torch.from_numpy(np.ascontiguousarray(item.sources[0], np.float32))
-    brain = np.asarray(item.brain, bool)
-    shifted = (mri - mirror(mri, mid_sagittal_shift(mri), 0)).abs().numpy()
-    plane = plane_of(mri)
-    rigid = (mri - reflect(mri[None], plane)[0]).abs().numpy()
+    m = torch.from_numpy(np.ascontiguousarray(mri, np.float32))
+    plane = plane_of(m) if plane is None else plane
+    shifted = mirror(m, mid_sagittal_shift(m), 0).numpy()
+    return shifted, reflect(m[None], plane)[0].numpy(), plane
+
+
+def twin_difference(mask: np.ndarray, item: Any) -> tuple[float, float, float, Any]:
+    """Mean |MRI - its contralateral twin| over `mask` with the shift-only mirror and with the
+    rigid plane (`mri_twins`), the brain's mean with the shift-only mirror, and the plane."""
+    mri, brain = np.asarray(item.sources[0], np.float32), np.asarray(item.brain, bool)
+    shifted, rigid, plane = mri_twins(mri)
+    shift_d, rigid_d = np.abs(mri - shifted), np.abs(mri - rigid)
     return (
-        float(shifted[mask].mean()),
-        float(rigid[mask].mean()),
-        float(shifted[brain].mean()),
+        float(shift_d[mask].mean()),
+        float(rigid_d[mask].mean()),
+        float(shift_d[brain].mean()),
         plane,
     )
 
@@ -412,8 +418,7 @@ def planes(args: argparse.Namespace) -> None:
 
     import torch
 
-    from clinfuse.nn.lesion_head import mid_sagittal_shift, mirror
-    from clinfuse.nn.symmetry import estimate_plane, reflect
+    from clinfuse.nn.symmetry import estimate_plane
     from clinfuse.training.lesion import load_items
 
     items = load_items(args.data, ())
@@ -421,16 +426,14 @@ def planes(args: argparse.Namespace) -> None:
     print("|---|---|---|---|---|")
     shift_c, rigid_c = [], []
     for it in items:
-        mri = torch.from_numpy(np.ascontiguousarray(it.sources[0], np.float32))
+        mri = np.ascontiguousarray(it.sources[0], np.float32)
         brain = np.asarray(it.brain, bool)
         t0 = time.perf_counter()
-        plane = estimate_plane(mri)
+        plane = estimate_plane(torch.from_numpy(mri))
         took = time.perf_counter() - t0
-        shifted = mirror(mri, mid_sagittal_shift(mri), 0).numpy()
-        rigid = reflect(mri[None], plane)[0].numpy()
-        m = mri.numpy()[brain]
-        a = float(np.corrcoef(m, shifted[brain])[0, 1])
-        b = float(np.corrcoef(m, rigid[brain])[0, 1])
+        shifted, rigid, _ = mri_twins(mri, plane)
+        a = float(np.corrcoef(mri[brain], shifted[brain])[0, 1])
+        b = float(np.corrcoef(mri[brain], rigid[brain])[0, 1])
         shift_c.append(a)
         rigid_c.append(b)
         print(

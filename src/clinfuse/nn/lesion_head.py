@@ -370,7 +370,12 @@ def mirror(x: torch.Tensor, shift: int, axis: int) -> torch.Tensor:
 
 def reads_mirror(inputs: str) -> bool:
     """True for the input modes with mirror channels (shift-only or rigid)."""
-    return "+mirror" in inputs or "+rigid-mirror" in inputs
+    return "+mirror" in inputs or rigid_mirror(inputs)
+
+
+def rigid_mirror(inputs: str) -> bool:
+    """True for the input modes whose mirrors are about a rigid plane (`clinfuse.nn.symmetry`)."""
+    return "+rigid-mirror" in inputs
 
 
 def mirror_channels(
@@ -412,7 +417,7 @@ def head_inputs(
         raise ValueError("this lesion head reads the sources too: pass cond")
     x = torch.cat([x0_hat, cond], dim=1)
     if reads_mirror(inputs):
-        x = mirror_channels(x, rigid="+rigid-mirror" in inputs, planes=planes)
+        x = mirror_channels(x, rigid=rigid_mirror(inputs), planes=planes)
     if inputs.endswith("+contrast"):
         x = torch.cat([x, contrast_slots(cond[:, :1], contrast)], dim=1)
     return x

@@ -532,7 +532,7 @@ def _sample_inputs(
     "+mirror") the mirror images and (mode "+contrast") the sequence slots of the item's
     sequence, hidden in `cfg.contrast_dropout` of the samples; `head_inputs`), and the label,
     known-label and (if given) hard-negative maps (1, *S) on the same grid."""
-    from clinfuse.nn.lesion_head import head_inputs
+    from clinfuse.nn.lesion_head import head_inputs, rigid_mirror
     from clinfuse.nn.symmetry import plane_of
 
     img = np.concatenate([_fused_channel(item, cfg, rng)[None], item.sources])
@@ -548,7 +548,7 @@ def _sample_inputs(
         hard_map = None if hard_map is None else out[n + 2 :]
     x = torch.from_numpy(np.ascontiguousarray(img))[None]
     planes = None
-    if "+rigid-mirror" in cfg.inputs and cfg.tilt_deg == 0:
+    if rigid_mirror(cfg.inputs) and cfg.tilt_deg == 0:
         # the plane of the item's own MRI (remembered by content), not of its augmented copy;
         # a tilted sample's plane is estimated on the tilted MRI (`head_inputs`, no planes)
         planes = [plane_of(torch.from_numpy(np.ascontiguousarray(item.sources[0])))]
