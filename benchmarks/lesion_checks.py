@@ -23,7 +23,8 @@ validation. Never run it on the test heads (the loader refuses them).
 `paired`: two heads on the same VALIDATION cases, each under its own rule, lesion by lesion:
 Dice over every lesion with a paired Wilcoxon test, lesions each one finds, mean HD95 over the
 lesions **both** find (a head that finds a lesion the other misses is not charged its HD95
-there; those lesions are listed apart), and the false mL on each lesion-free case. Session 15's
+there; those lesions are listed apart), and the false mL on each lesion-free case; then the
+same per group of cases (real anatomy / phantom, by MRI sequence: like for like). Session 15's
 shipping rule compared HD95 over each head's own found lesions, which charges a head for
 finding more; this is the comparison a rule should name (docs/TRAINING.md, session 15).
 `components`: every connected component of the head's mask under its own rule on VALIDATION
@@ -271,6 +272,51 @@ def paired_summary(
     }
 
 
+def case_group(item: Any) -> str:
+    """The group a validation case is summed in by `paired`: phantom or real anatomy, and its
+    MRI sequence ("real T1", "phantom ADC", ...; "unknown" when the case does not say)."""
+    kind = "phantom" if "phantom" in item.case_id else "real"
+    return f"{kind} {item.mri_contrast or 'unknown'}"
+
+
+def paired_groups(
+    new: list[tuple[Any, ...]], old: list[tuple[Any, ...]], ml_per_voxel: list[float]
+) -> dict[str, dict[str, Any]]:
+    """`paired_summary`'s numbers per `case_group`, each head's own: lesions, mean Dice, lesions
+    with a prediction, lesion-free cases, their false mL and how many have any. Lesion
+    detection and false lesions depend on the sequence (a real T1 pair is not a FLAIR one), so
+    a comparison across people or sets reads like for like here."""
+    out: dict[str, dict[str, Any]] = {}
+    for (it, mn, _, d_new, h_new), (it_o, mo, _, d_old, h_old), ml in zip(
+        new, old, ml_per_voxel, strict=True
+    ):
+        if it.case_id != it_o.case_id:
+            raise ValueError(f"the two lists differ at {it.case_id} / {it_o.case_id}")
+        g = out.setdefault(
+            case_group(it),
+            {
+                "dice": ([], []),
+                "found": [0, 0],
+                "free": 0,
+                "false_ml": [0.0, 0.0],
+                "marked": [0, 0],
+            },
+        )
+        if d_new is None:
+            g["free"] += 1
+            for k, m in enumerate((mn, mo)):
+                g["false_ml"][k] += float(m.sum()) * ml
+                g["marked"][k] += bool(m.any())
+            continue
+        for k, (d, h) in enumerate(((d_new, h_new), (d_old, h_old))):
+            g["dice"][k].append(d)
+            g["found"][k] += h == h
+    for g in out.values():
+        g["lesions"] = len(g["dice"][0])
+        g["dice"] = tuple(float(np.mean(d)) if d else float("nan") for d in g["dice"])
+    return dict(sorted(out.items()))
+
+
 def paired(args: argparse.Namespace) -> None:
     from clinfuse.training.lesion import load_items
 
@@ -307,6 +353,19 @@ def paired(args: argparse.Namespace) -> None:
     n_free = s["lesion_free"]
     print(f"| false mL on {n_free} lesion-free cases | {false_ml('new')} | {false_ml('old')} |")
     print(f"| lesions only this head finds | {only('new')} | {only('old')} |")
+    print(
+        "\n| cases | lesions | Dice new / old | found new / old | lesion-free "
+        "| false mL new / old | marked new / old |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for name, g in paired_groups(heads["new"], heads["old"], ml).items():
+        free = g["free"]
+        fm, mk = g["false_ml"], g["marked"]
+        print(
+            f"| {name} | {g['lesions']} | {g['dice'][0]:.3f} / {g['dice'][1]:.3f} "
+            f"| {g['found'][0]} / {g['found'][1]} | {free} | {fm[0]:.2f} / {fm[1]:.2f} "
+            f"| {mk[0]} / {mk[1]} |"
+        )
 
 
 def component_masks(

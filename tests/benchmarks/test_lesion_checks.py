@@ -3,6 +3,7 @@
 import importlib.util
 from pathlib import Path
 
+import pytest
 import torch
 
 from _helpers import tiny_fusion_checkpoint
@@ -109,6 +110,43 @@ def test_paired_summary_charges_hd95_only_on_lesions_both_heads_find():
     assert s["only_new"] == [("c", 0.5, 80.0)] and s["only_old"] == []
     assert s["false_new"] == [("free", 2.0)] and s["false_old"] == [] and s["lesion_free"] == 1
     assert s["dice"].n == 3 and abs(s["dice"].mean_diff - (0.1 + 0.1 + 0.5) / 3) < 1e-9
+
+
+def test_paired_groups_sum_each_sequence_and_kind_apart():
+    """Per group (real / phantom, MRI sequence): lesions, each head's mean Dice and lesions
+    found, lesion-free cases, false mL and how many of them each head marks."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    def row(case, contrast, mask_voxels, dice, hd):
+        it = SimpleNamespace(case_id=case, mri_contrast=contrast)
+        return (it, np.ones(mask_voxels, bool), None, dice, hd)
+
+    nan = float("nan")
+    new = [
+        row("rire_t1_000", "T1", 5, 0.8, 2.0),
+        row("cstar_t2_000", "T2", 0, 0.0, nan),
+        row("real_lesion_free_rire_t1_000", "T1", 4, None, None),
+        row("real_lesion_free_vm_t1_000", "T1", 0, None, None),
+        row("ranged_phantoms_phantom_001", None, 3, 0.5, 4.0),
+    ]
+    old = [
+        row("rire_t1_000", "T1", 5, 0.6, 3.0),
+        row("cstar_t2_000", "T2", 2, 0.4, 5.0),
+        row("real_lesion_free_rire_t1_000", "T1", 0, None, None),
+        row("real_lesion_free_vm_t1_000", "T1", 2, None, None),
+        row("ranged_phantoms_phantom_001", None, 3, 0.5, 4.0),
+    ]
+    g = lc.paired_groups(new, old, [0.5] * 5)
+    assert list(g) == ["phantom unknown", "real T1", "real T2"]
+    t1 = g["real T1"]
+    assert t1["lesions"] == 1 and t1["dice"] == (0.8, 0.6) and t1["found"] == [1, 1]
+    assert t1["free"] == 2 and t1["false_ml"] == [2.0, 1.0] and t1["marked"] == [1, 1]
+    t2 = g["real T2"]
+    assert t2["found"] == [0, 1] and t2["dice"] == (0.0, 0.4) and t2["free"] == 0
+    with pytest.raises(ValueError, match="differ"):
+        lc.paired_groups(new, old[::-1], [0.5] * 5)
 
 
 def test_paired_of_a_head_with_itself_is_a_tie(tmp_path, capsys):
