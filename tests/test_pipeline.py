@@ -136,6 +136,8 @@ def test_fuse_case_and_write_outputs(checkpoint, case_files, tmp_path):
         ["fused.nii.gz", "lesion_prob.nii.gz", "uncertainty.nii.gz", "montage.png", "run.json"]
         # the masks actually used, beside the fused image (issue 12 item 1)
         + ["brain.nii.gz", "bone.nii.gz", "lesion_guide.nii.gz", "fused_display.png"]
+        # the head's own lesion mask and its findings table
+        + ["lesion_mask.nii.gz", "lesions.csv"]
     )
     img = nib.load(str(out / "fused.nii.gz"))
     np.testing.assert_allclose(img.affine, np.diag([*SPACING, 1.0]))
@@ -221,6 +223,10 @@ def test_cli_fuse(checkpoint, case_files, tmp_path):
     run = json.loads((out / "run.json").read_text())
     assert run["guidance"]["mode"] == "xt" and run["steps"] == 1
     assert run["lesion_source"] == "none"  # no --lesion and one step: nothing guided it
+    # the console says what the head's lesion mask holds, as run.json does
+    said = run["lesions"]
+    assert "lesion head:" in res.output
+    assert ("no lesion found" in res.output) == (said["components"] == 0)
     res = CliRunner().invoke(app, [*base, "--steps", "1"])
     assert isinstance(res.exception, ClinfuseInputError) and "overwrite" in str(res.exception)
     res = CliRunner().invoke(app, [*base, "--preset", "migraine", "--overwrite"])
@@ -343,6 +349,55 @@ def test_predicted_lesion_mask_uses_the_heads_mask_rule(checkpoint, case_files):
     assert mask_rule_of(predict) == LesionMaskRule()  # nothing loaded yet
     assert predict(prep.mri, prep).shape == SHAPE
     assert mask_rule_of(predict) == LesionMaskRule()  # the tiny head keeps every component
+
+
+def test_lesion_mask_and_findings_table_are_written(checkpoint, case_files, tmp_path):
+    """fuse writes the head's lesion mask (its own rule) on the MRI's grid and one row per
+    component in lesions.csv, most probable first, with world centroids and the doubtful flag
+    of the preset's guidance gate; run.json sums them."""
+    import csv
+
+    from clinfuse.pipeline.outputs import describe_lesions, lesion_findings
+
+    prep = _prepared(case_files, lesion=False)
+    res = fuse_prepared(
+        prep, load_model(checkpoint, 3).model, steps=1, patch_size=(16, 16, 16), overrides=FAST
+    )
+    prob = np.zeros(SHAPE, np.float32)
+    prob[6:10, 5:9, 4:8] = 0.95  # 64 voxels in the brain, confident
+    prob[13:15, 6:9, 5:8] = 0.7  # 18 voxels, doubtful under a 0.85 gate
+    res.lesion_prob = prob * prep.brain
+    kept = res.lesion_mask()
+    res.record["guidance"]["lesion_guide_min_prob"] = 0.85
+    out = write_outputs(res, tmp_path / "out")
+    mask = np.asarray(nib.load(out / "lesion_mask.nii.gz").dataobj)
+    np.testing.assert_array_equal(mask > 0, kept)
+    rows = list(csv.DictReader((out / "lesions.csv").open()))
+    vox_ml = float(np.prod(SPACING)) / 1000.0
+    assert len(rows) == len(found := lesion_findings(res)[0]) == 2
+    assert kept.sum() == 64 + 18
+    first = rows[0]
+    assert first["component"] == "1" and first["doubtful"] == "0" and rows[1]["doubtful"] == "1"
+    assert float(first["volume_ml"]) == pytest.approx(64 * vox_ml, abs=1e-3)
+    centre = np.array([7.5, 6.5, 5.5])
+    np.testing.assert_allclose(
+        [float(first[k]) for k in ("x_mm", "y_mm", "z_mm")], centre * SPACING, atol=0.06
+    )
+    run = json.loads((out / "run.json").read_text())["lesions"]
+    assert run["components"] == len(rows) and run["doubt_below"] == 0.85
+    assert run["total_ml"] == pytest.approx(sum(float(r["volume_ml"]) for r in rows), abs=1e-2)
+    doubtful = [r for r in rows if r["doubtful"] == "1"]
+    assert run["doubtful_ml"] == pytest.approx(
+        sum(float(r["volume_ml"]) for r in doubtful), abs=1e-2
+    )
+    line = describe_lesions(found, 0.85)
+    assert f"{len(rows)} component" in line and ("doubtful" in line) == bool(doubtful)
+    # nothing found: the table keeps its header, run.json says zero
+    res.lesion_prob = np.zeros(SHAPE, np.float32)
+    write_outputs(res, out, overwrite=True)
+    assert (out / "lesions.csv").read_text().count("\n") == 1
+    assert json.loads((out / "run.json").read_text())["lesions"]["total_ml"] == 0
+    assert describe_lesions([], 0.85).startswith("lesion head: no lesion found")
 
 
 def test_the_mri_sequence_reaches_a_slotted_lesion_head(case_files, tmp_path):

@@ -132,14 +132,15 @@ def fuse(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
 ) -> None:
     """Fuse one MRI/CT pair with ROI-guided diffusion; writes fused image (on the MRI's grid),
-    fused_display.png, the masks used, lesion probability, uncertainty (--samples > 1),
-    montage.png and run.json."""
+    fused_display.png, the masks used, lesion probability, the lesion head's mask and its
+    findings table (lesions.csv), uncertainty (--samples > 1), montage.png and run.json."""
     from rich.console import Console
 
     from clinfuse.cli._progress import StepLines
     from clinfuse.diffusion.guidance import load_preset
     from clinfuse.io.atomic import check_output_dir
     from clinfuse.pipeline import fuse_case, write_outputs
+    from clinfuse.pipeline.outputs import describe_lesions, lesion_findings
 
     console = Console(stderr=True)
     overrides = {
@@ -218,6 +219,8 @@ def fuse(
         f"preset {preset}, lesion guide: {result.lesion_source}) in "
         f"{t.get('total_s', 0):.1f} s -> {out_dir}"
     )
+    found, gate = lesion_findings(result)
+    console.print(describe_lesions(found, gate))
 
 
 def register(app: typer.Typer) -> None:

@@ -87,3 +87,65 @@ class LesionMaskRule:
         return clean_mask(
             prob, spacing, threshold, self.min_ml, self.min_component_prob, self.min_lesion_prob
         )
+
+
+@dataclass(frozen=True)
+class LesionComponent:
+    """One connected component of a lesion mask, as a reader's findings table lists it."""
+
+    volume_ml: float  # a 2D mask: its area as a 1 mm thick slab (mm^2 / 1000)
+    mean_prob: float  # mean lesion probability over the component
+    max_prob: float
+    centroid_mm: tuple[float, ...]  # world (scanner RAS) coordinates, mm
+    doubtful: bool  # mean probability below the doubt threshold (`lesion_components`)
+
+
+def lesion_components(
+    prob: np.ndarray,
+    mask: np.ndarray,
+    spacing: Sequence[float],
+    affine: np.ndarray | None = None,
+    doubt_below: float = 0.0,
+) -> list[LesionComponent]:
+    """The connected components (26-connected in 3D, as `clean_mask`) of a lesion `mask`, most
+    probable first (largest summed probability: the one `clean_mask` never drops), each with
+    its volume, mean and maximum probability, centroid in world mm (`affine`: voxel -> RAS mm,
+    4x4; a 2D mask is read as the slice k = 0; None: voxel index times `spacing`) and whether
+    it is doubtful: mean probability below `doubt_below` (the guidance presets' specificity
+    gate, `GuidanceConfig.lesion_guide_min_prob`: below it a prediction does not steer the
+    fused image; 0 = nothing is doubtful). A 2D mask's volume is its area as a 1 mm slab."""
+    from scipy import ndimage
+
+    mask = np.asarray(mask, bool)
+    prob = np.asarray(prob, np.float64)
+    if mask.shape != prob.shape:
+        raise ValueError(f"mask {mask.shape} and probability {prob.shape} differ in shape")
+    if not mask.any():
+        return []
+    labels, n = ndimage.label(mask, structure=np.ones((3,) * mask.ndim, dtype=bool))
+    index = np.arange(1, n + 1)
+    sums = np.asarray(ndimage.sum(prob, labels, index), np.float64)
+    counts = np.asarray(ndimage.sum(mask, labels, index), np.float64)
+    maxes = np.asarray(ndimage.maximum(prob, labels, index), np.float64)
+    centres = np.asarray(ndimage.center_of_mass(mask, labels, index), np.float64).reshape(n, -1)
+    vox_ml = float(np.prod(np.asarray(spacing, dtype=np.float64))) / 1000.0
+    if affine is None:
+        world = centres * np.asarray(spacing, dtype=np.float64)
+    else:
+        ijk = np.zeros((n, 3))
+        ijk[:, : mask.ndim] = centres
+        aff = np.asarray(affine, np.float64)
+        world = ijk @ aff[:3, :3].T + aff[:3, 3]
+    out = []
+    for i in np.argsort(-sums, kind="stable"):
+        mean = float(sums[i] / counts[i])
+        out.append(
+            LesionComponent(
+                volume_ml=float(counts[i]) * vox_ml,
+                mean_prob=mean,
+                max_prob=float(maxes[i]),
+                centroid_mm=tuple(float(v) for v in world[i]),
+                doubtful=doubt_below > 0 and mean < doubt_below,
+            )
+        )
+    return out

@@ -1,5 +1,5 @@
-"""The output folder of `clinfuse fuse`: fused image, lesion probability, uncertainty, montage
-and run.json, written atomically (`write_outputs`)."""
+"""The output folder of `clinfuse fuse`: fused image, lesion probability, lesion mask and its
+findings table, uncertainty, montage and run.json, written atomically (`write_outputs`)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from clinfuse.nn.lesion_mask import LesionComponent, lesion_components
 from clinfuse.pipeline.fuse import FusionResult
 from clinfuse.preprocess.prepared import PreparedCase
 
@@ -90,6 +91,80 @@ def _on_native(prepared: PreparedCase) -> PreparedCase:
     return replace(prepared, mri=dummy, affine=affine)
 
 
+LESION_TABLE_COLUMNS = (
+    "component",
+    "volume_ml",
+    "mean_prob",
+    "max_prob",
+    "x_mm",
+    "y_mm",
+    "z_mm",
+    "doubtful",
+)
+
+
+def lesion_findings(
+    result: FusionResult, predicted: np.ndarray | None = None
+) -> tuple[list[LesionComponent], float]:
+    """The components of the head's lesion mask (`result.lesion_mask()`, or `predicted` when
+    already made) and the doubt threshold they were judged by: the run's guidance gate
+    `lesion_guide_min_prob` (0 when the preset has none)."""
+    mask = result.lesion_mask() if predicted is None else predicted
+    gate = float(result.record.get("guidance", {}).get("lesion_guide_min_prob", 0.0))
+    p = result.prepared
+    return lesion_components(result.lesion_prob, mask, p.spacing, p.affine, gate), gate
+
+
+def lesion_summary(found: list[LesionComponent], doubt_below: float) -> dict[str, Any]:
+    """run.json's `lesions`: how many components the head's lesion mask has, their total mL,
+    the mL of those at or above the doubt threshold (`confident_ml`) and below it, the
+    threshold, and where the table is."""
+    doubtful = sum(c.volume_ml for c in found if c.doubtful)
+    total = sum(c.volume_ml for c in found)
+    return {
+        "components": len(found),
+        "total_ml": round(total, 3),
+        "confident_ml": round(total - doubtful, 3),
+        "doubtful_ml": round(doubtful, 3),
+        "doubt_below": doubt_below,
+        "table": "lesions.csv",
+    }
+
+
+def describe_lesions(found: list[LesionComponent], doubt_below: float) -> str:
+    """One line for the console: what the head's lesion mask holds (`lesion_findings`)."""
+    if not found:
+        return "lesion head: no lesion found (lesions.csv is empty)"
+    total = sum(c.volume_ml for c in found)
+    n = len(found)
+    line = f"lesion head: {n} component{'s' if n > 1 else ''}, {total:.1f} mL"
+    doubtful = [c for c in found if c.doubtful]
+    if doubtful:
+        ml = sum(c.volume_ml for c in doubtful)
+        line += (
+            f"; {len(doubtful)} doubtful ({ml:.1f} mL, mean probability < {doubt_below:.2f}: "
+            "did not steer the fusion)"
+        )
+    return line + " -> lesion_mask.nii.gz, lesions.csv"
+
+
+def _write_lesion_table(path: Path, found: list[LesionComponent]) -> None:
+    """lesions.csv: one row per component of the written lesion mask, most probable first
+    (`nn.lesion_mask.lesion_components`); only the header when the head found nothing."""
+    import csv
+
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(LESION_TABLE_COLUMNS)
+        for i, c in enumerate(found, 1):
+            xyz = [*c.centroid_mm, 0.0, 0.0][:3]
+            w.writerow(
+                [i, f"{c.volume_ml:.3f}", f"{c.mean_prob:.3f}", f"{c.max_prob:.3f}"]
+                + [f"{v:.1f}" for v in xyz]
+                + [int(c.doubtful)]
+            )
+
+
 def _write_all(result: FusionResult, folder: Path) -> list[str]:
     """Write every output file into `folder` (a fresh temp folder); return the names."""
     from clinfuse.io.nifti import save_nifti
@@ -136,7 +211,13 @@ def _write_all(result: FusionResult, folder: Path) -> list[str]:
         )
         names.append("fused_display.png")
     maps = {"lesion_prob": result.lesion_prob, "uncertainty": result.uncertainty}
-    masks = {"brain": p.brain, "bone": p.bone, "lesion_guide": result.lesion_guide}
+    predicted = result.lesion_mask()
+    masks = {
+        "brain": p.brain,
+        "bone": p.bone,
+        "lesion_guide": result.lesion_guide,
+        "lesion_mask": predicted,
+    }
     for name, value in [*maps.items(), *masks.items()]:
         if value is None or p.ndim != 3 and name not in maps:
             continue
@@ -146,7 +227,7 @@ def _write_all(result: FusionResult, folder: Path) -> list[str]:
     panels = {"MRI": p.mri, "CT (bone window)": p.ct_bone, "fused": result.fused}
     if result.uncertainty is not None:
         panels["uncertainty (std)"] = result.uncertainty
-    overlay = {"predicted lesion": result.lesion_mask()}
+    overlay = {"predicted lesion": predicted}
     if p.lesion is not None and result.lesion_source in ("user", "oracle"):
         overlay[f"{result.lesion_source} lesion"] = p.lesion
     save_montage(
@@ -157,8 +238,12 @@ def _write_all(result: FusionResult, folder: Path) -> list[str]:
         title=f"{result.case_id}: {result.record.get('preset', '')}",
     )
     names.append("montage.png")
+    found, gate = lesion_findings(result, predicted)
+    _write_lesion_table(folder / "lesions.csv", found)
+    names.append("lesions.csv")
     run = {
         **result.record,
+        "lesions": lesion_summary(found, gate),
         "case_id": result.case_id,
         "timings": result.timings,
         "versions": _versions(),
