@@ -174,12 +174,19 @@ class Ours:
             patch_size=self.loaded.patch_size,
             window=self.window,
         )
+        from clinfuse.pipeline.outputs import lesion_findings, lesion_summary
+
         vox_ml = float(np.prod(prepared.spacing)) / 1000.0
         guide = res.lesion_guide
+        found, gate = lesion_findings(res)
+        summary = lesion_summary(found, gate)  # what fuse's run.json / lesions.csv say
         self.lesion = {
             "source": str(res.lesion_source),
             "guide_ml": 0.0 if guide is None else float(np.sum(guide)) * vox_ml,
             "predicted_ml": float(res.lesion_mask().sum()) * vox_ml,
+            "components": summary["components"],
+            "doubtful_ml": summary["doubtful_ml"],
+            "doubt_below": gate,
         }
         return np.asarray(res.fused, dtype=np.float32)
 
@@ -398,7 +405,13 @@ def tables(result: dict[str, Any], command: str, ours_label: str) -> str:
             lines.append(
                 f"Ours' lesion head ({scen_name}): the lesion term was guided by "
                 f"'{les['source']}' ({les['guide_ml']:.1f} mL); written lesion mask "
-                f"{les['predicted_ml']:.1f} mL."
+                f"{les['predicted_ml']:.1f} mL"
+                + (
+                    f" in {les['components']} component(s), {les['doubtful_ml']:.1f} mL of "
+                    f"them doubtful (mean probability < {les['doubt_below']:.2f}; lesions.csv)."
+                    if "components" in les
+                    else "."
+                )
             )
         lines.append("")
         for prefix, where in (("", "2 mm model grid"), ("native_", "native spacing")):

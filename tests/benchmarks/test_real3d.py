@@ -62,8 +62,9 @@ def test_small_run_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
 
 def test_ours_records_what_guided_its_lesion_term(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """Ours' row comes with its lesion head's record per scenario: the guiding source and the
-    guiding and written lesion volumes (mL), also printed above the tables."""
+    """Ours' row comes with its lesion head's record per scenario: the guiding source, the
+    guiding and written lesion volumes (mL) and the written mask's components and doubtful mL,
+    also printed above the tables."""
     from _helpers import tiny_fusion_checkpoint
 
     case = generate_phantom(PhantomConfig(shape=(32, 36, 32), spacing=(4.0, 4.0, 4.0)), 2).case
@@ -78,5 +79,8 @@ def test_ours_records_what_guided_its_lesion_term(tmp_path: Path, monkeypatch: p
     assert les["source"] in ("predicted", "rejected", "none")
     assert les["guide_ml"] >= 0.0 and les["predicted_ml"] >= 0.0
     assert les["source"] == "predicted" or les["guide_ml"] == 0.0  # no guide without a mask
+    # the findings fuse writes (lesions.csv): components and their doubtful share
+    assert les["components"] >= (les["predicted_ml"] > 0) and les["doubt_below"] == 0.85
+    assert 0.0 <= les["doubtful_ml"] <= les["predicted_ml"] + 1e-3
     md = r3.tables(res, "python benchmarks/real3d.py", "ours")
     assert f"Ours' lesion head (exact): the lesion term was guided by '{les['source']}'" in md
