@@ -6,6 +6,7 @@
     python benchmarks/lesion_checks.py paired VAL_DATA --checkpoint NEW --against OLD
     python benchmarks/lesion_checks.py components VAL_DATA [--checkpoint CKPT] [--twin]
     python benchmarks/lesion_checks.py planes DATA
+    python benchmarks/lesion_checks.py small [--checkpoint CKPT ...] [--sequences T1,ADC] [--n 4]
 
 `contrast`: per case with a lesion, how far the lesion stands out in the prepared MRI and CT:
 (lesion mean - mean of a 3-voxel ring around it inside the brain) / the ring's standard
@@ -34,6 +35,10 @@ gate's question, docs/TRAINING.md, session 18).
 `planes`: per case, how symmetric the brain's MRI is about its mirror plane: the correlation
 with the shift-only twin of the "+mirror" heads and with the rigid plane of the
 "+rigid-mirror" heads (`clinfuse.nn.symmetry`), that plane and the time its search took.
+`small`: small lesions (0.4-0.8 mL ischaemic by default; issue 10's range starts at 0.5) on
+fresh phantoms per MRI sequence, seeds 80000 + 100 k + i (no training, validation or held-out
+set uses them): how high each head's probability gets inside the lesion, whether its own rule
+keeps a mask there (Dice, predicted mL), found and mean Dice per sequence.
 """
 
 from __future__ import annotations
@@ -503,6 +508,71 @@ def planes(args: argparse.Namespace) -> None:
         print(f"| mean over {len(items)} | {np.mean(shift_c):.2f} | {np.mean(rigid_c):.2f} | | |")
 
 
+def small_lesion_phantoms(
+    sequences: list[str], n: int, first_seed: int, ml: tuple[float, float], kind: str
+) -> Iterator[tuple[str, int, Any]]:
+    """(sequence, seed, prepared case) of `n` phantoms per MRI sequence at 2 mm, one `kind`
+    lesion each, redrawn into `ml` (PhantomConfig.lesion_ml); sequence k uses seeds
+    first_seed + 100 * k + i."""
+    from clinfuse.phantom import PhantomConfig, generate_phantom
+    from clinfuse.preprocess.pipeline import preprocess_case
+
+    for k, seq in enumerate(sequences):
+        for i in range(n):
+            seed = first_seed + 100 * k + i
+            cfg = PhantomConfig(
+                shape=(96, 96, 72),
+                spacing=(2.0,) * 3,
+                mri_contrast=seq,  # type: ignore[arg-type]
+                lesion=kind,  # type: ignore[arg-type]
+                lesion_ml=ml,
+            )
+            yield seq, seed, preprocess_case(generate_phantom(cfg, seed).case)
+
+
+def small(args: argparse.Namespace) -> None:
+    """Small lesions by MRI sequence: fresh phantoms (seeds from --first-seed, 80000 by default,
+    which no training, validation or held-out set uses), composite as the fused channel; per
+    case and head the highest and mean probability inside the lesion, Dice under the head's
+    own rule and the predicted mL; then per sequence and head: lesions found, mean Dice."""
+    from clinfuse.baselines.composite import roi_composite
+    from clinfuse.metrics.segmentation import dice
+    from clinfuse.pipeline import load_model
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from lesion_eval import head_prob
+
+    names = [str(c) for c in args.checkpoint] or ["shipped"]
+    models = [load_model(c, 3, "cpu").model for c in (args.checkpoint or [None])]
+    print(f"heads: {', '.join(names)}; {args.kind} lesions {args.ml[0]:g}-{args.ml[1]:g} mL\n")
+    print(
+        "| sequence | seed | lesion mL | "
+        + " | ".join(f"{h}: max / mean p, Dice, mL" for h in names)
+        + " |"
+    )
+    print("|---|---|---|" + "---|" * len(names))
+    summary: dict[tuple[str, str], list[float]] = {}
+    seqs = [s.strip() for s in args.sequences.split(",") if s.strip()]
+    for seq, seed, prep in small_lesion_phantoms(
+        seqs, args.n, args.first_seed, tuple(args.ml), args.kind
+    ):
+        fused = roi_composite(prep.mri, prep.ct_bone, prep.brain, prep.bone)
+        gt = np.asarray(prep.lesion) > 0.5
+        ml = float(np.prod(prep.spacing)) / 1000.0
+        cells = []
+        for name, model in zip(names, models, strict=True):
+            p = head_prob(model, fused, prep)
+            m = model.lesion_head.mask_rule.apply(p, prep.spacing, 0.5)
+            d = float(dice(m, gt))
+            summary.setdefault((seq, name), []).append(d)
+            cells.append(f"{p[gt].max():.2f} / {p[gt].mean():.2f}, {d:.2f}, {m.sum() * ml:.2f}")
+        print(f"| {seq} | {seed} | {gt.sum() * ml:.2f} | " + " | ".join(cells) + " |")
+    print("\n| sequence | head | found | mean Dice |")
+    print("|---|---|---|---|")
+    for (seq, name), ds in summary.items():
+        print(f"| {seq} | {name} | {sum(d > 0 for d in ds)} of {len(ds)} | {np.mean(ds):.3f} |")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -532,6 +602,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     pl = sub.add_parser("planes")
     pl.add_argument("data", type=Path)
+    sm = sub.add_parser("small")
+    sm.add_argument("--checkpoint", type=Path, action="append", default=[])
+    sm.add_argument("--sequences", default="T1,T2,FLAIR,DWI,ADC")
+    sm.add_argument("--n", type=int, default=4)
+    sm.add_argument("--first-seed", type=int, default=80000)
+    sm.add_argument("--ml", type=float, nargs=2, default=(0.4, 0.8))
+    sm.add_argument("--kind", default="ischaemic", choices=("ischaemic", "haemorrhagic"))
     args = ap.parse_args(argv)
     if args.cmd == "contrast" and not (args.data or args.held_out):
         ap.error("contrast needs DATA or --held-out N")
@@ -541,6 +618,7 @@ def main(argv: list[str] | None = None) -> int:
         "paired": paired,
         "components": components,
         "planes": planes,
+        "small": small,
     }
     run[args.cmd](args)
     return 0

@@ -272,3 +272,32 @@ def test_planes_table_reports_both_mirrors_on_an_upright_phantom(tmp_path, capsy
         shift_c, rigid_c = float(row[1]), float(row[2])
         yaw, roll = (abs(float(v)) for v in row[3].split(" / "))
         assert rigid_c >= shift_c - 0.05 and yaw <= 3.0 and roll <= 3.0
+
+
+def test_small_reports_each_sequence_and_head(tmp_path, capsys, monkeypatch):
+    """`small`: per case the head's probability inside the lesion, its Dice and mL, then found
+    and mean Dice per sequence and head; each sequence on its own seeds."""
+    from clinfuse.phantom import PhantomConfig, generate_phantom
+    from clinfuse.preprocess.pipeline import preprocess_case
+
+    seen = []
+
+    def tiny(sequences, n, first_seed, ml, kind):
+        for k, seq in enumerate(sequences):
+            for i in range(n):
+                seed = first_seed + 100 * k + i
+                seen.append((seq, seed, ml, kind))
+                cfg = PhantomConfig(
+                    shape=(24, 24, 16), spacing=(3.0,) * 3, supersample=1, mri_contrast=seq
+                )
+                yield seq, seed, preprocess_case(generate_phantom(cfg, seed).case)
+
+    monkeypatch.setattr(lc, "small_lesion_phantoms", tiny)
+    ckpt = tiny_fusion_checkpoint(tmp_path / "tiny.pt")
+    args = ["small", "--checkpoint", str(ckpt), "--sequences", "T2,ADC", "--n", "1"]
+    assert lc.main(args) == 0
+    assert seen == [("T2", 80000, (0.4, 0.8), "ischaemic"), ("ADC", 80100, (0.4, 0.8), "ischaemic")]
+    out = capsys.readouterr().out
+    rows = [ln for ln in out.splitlines() if ln.startswith("| T2 |") or ln.startswith("| ADC |")]
+    assert len(rows) == 4  # one case row and one summary row per sequence
+    assert any("of 1 |" in r and str(ckpt) in r for r in rows)
