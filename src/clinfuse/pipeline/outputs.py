@@ -142,8 +142,8 @@ def describe_lesions(found: list[LesionComponent], doubt_below: float) -> str:
     if doubtful:
         ml = sum(c.volume_ml for c in doubtful)
         line += (
-            f"; {len(doubtful)} doubtful ({ml:.1f} mL, mean probability < {doubt_below:.2f}: "
-            "did not steer the fusion)"
+            f"; {len(doubtful)} doubtful ({ml:.1f} mL, mean probability below the preset's "
+            f"guidance gate {doubt_below:.2f})"
         )
     return line + " -> lesion_mask.nii.gz, lesions.csv"
 
