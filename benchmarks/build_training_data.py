@@ -3,7 +3,8 @@ real volume except the two test cases, plus phantoms, all at 2 mm, in one folder
 
     python benchmarks/build_training_data.py OUT [--per-source N] [--phantoms N]
         [--lesion-phantoms N] [--t1-phantoms N] [--small-phantoms N]
-        [--small-haemorrhage-phantoms N] [--ranged-phantoms N] [--lesion-free-real N] [--seed S]
+        [--small-haemorrhage-phantoms N] [--small-adc-phantoms N] [--ranged-phantoms N]
+        [--lesion-free-real N] [--seed S]
         [--patients P,...] [--exclude-patients P,...] [--keep-existing] [--realhead-version 1|2]
 
 OUT/real (real-anatomy pairs, `clinfuse.phantom.realhead.write_real_dataset`, seeds
@@ -18,6 +19,9 @@ lesion each in issue 10's sizes, for the lesion head:
   0.5-5 mL;
 - `--small-haemorrhage-phantoms`: OUT/small_haemorrhage_phantoms, seeds 42000 + S, all five
   contrasts, haemorrhagic, 0.5-5 mL;
+- `--small-adc-phantoms`: OUT/small_adc_phantoms, seeds 43000 + S, ADC only, ischaemic,
+  0.5-2 mL: the plainly dark small infarct the session-16 head sees but is under-confident on
+  (session 21, `lesion_checks.py small`; held-out 7002 is one);
 - `--ranged-phantoms`: OUT/ranged_phantoms, seeds 60000 + S, all five contrasts, ischaemic /
   haemorrhagic / none cycled, 0.5-80 mL: the held-out lesion sets' design plus lesion-free
   cases, used with `--seed 500` for validation (docs/TRAINING.md, session 11);
@@ -66,6 +70,7 @@ def main() -> None:
     ap.add_argument("--t1-phantoms", type=int, default=0)
     ap.add_argument("--small-phantoms", type=int, default=0)
     ap.add_argument("--small-haemorrhage-phantoms", type=int, default=0)
+    ap.add_argument("--small-adc-phantoms", type=int, default=0)
     ap.add_argument("--ranged-phantoms", type=int, default=0)
     ap.add_argument(
         "--lesion-free-real",
@@ -137,6 +142,7 @@ def main() -> None:
     cfg = PhantomConfig(shape=(96, 96, 72), spacing=(s, s, s))
     ranged = replace(cfg, lesion_ml=(0.5, 80.0))
     small = replace(cfg, lesion_ml=(0.5, 5.0))
+    smallest = replace(cfg, lesion_ml=(0.5, 2.0))
     # part: (config, first seed, count, lesion kind(s), contrast); a part of count 0 is left out
     phantom_parts = [
         ("phantoms", (cfg, 20000, args.phantoms, "mixed", "all")),
@@ -147,6 +153,7 @@ def main() -> None:
             "small_haemorrhage_phantoms",
             (small, 42000, args.small_haemorrhage_phantoms, "haemorrhagic", "all"),
         ),
+        ("small_adc_phantoms", (smallest, 43000, args.small_adc_phantoms, "ischaemic", "ADC")),
         ("ranged_phantoms", (ranged, 60000, args.ranged_phantoms, "mixed", "all")),
     ]
     real_parts = ["real"] + ([LESION_FREE_REAL] if args.lesion_free_real > 0 else [])
