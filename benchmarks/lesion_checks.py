@@ -534,7 +534,8 @@ def small(args: argparse.Namespace) -> None:
     """Small lesions by MRI sequence: fresh phantoms (seeds from --first-seed, 80000 by default,
     which no training, validation or held-out set uses), composite as the fused channel; per
     case and head the highest and mean probability inside the lesion, Dice under the head's
-    own rule and the predicted mL; then per sequence and head: lesions found, mean Dice."""
+    own rule and the predicted mL; then per sequence and head: lesions found (the mask overlaps
+    the lesion: Dice > 0), mean Dice."""
     from clinfuse.baselines.composite import roi_composite
     from clinfuse.metrics.segmentation import dice
     from clinfuse.pipeline import load_model
@@ -610,6 +611,8 @@ def main(argv: list[str] | None = None) -> int:
     sm.add_argument("--ml", type=float, nargs=2, default=(0.4, 0.8))
     sm.add_argument("--kind", default="ischaemic", choices=("ischaemic", "haemorrhagic"))
     args = ap.parse_args(argv)
+    if args.cmd == "small" and not 1 <= args.n <= 100:
+        ap.error("small: --n must be 1-100 (each sequence has 100 seeds)")
     if args.cmd == "contrast" and not (args.data or args.held_out):
         ap.error("contrast needs DATA or --held-out N")
     run = {

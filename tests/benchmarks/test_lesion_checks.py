@@ -301,3 +301,5 @@ def test_small_reports_each_sequence_and_head(tmp_path, capsys, monkeypatch):
     rows = [ln for ln in out.splitlines() if ln.startswith("| T2 |") or ln.startswith("| ADC |")]
     assert len(rows) == 4  # one case row and one summary row per sequence
     assert any("of 1 |" in r and str(ckpt) in r for r in rows)
+    with pytest.raises(SystemExit):
+        lc.main(["small", "--n", "101"])
