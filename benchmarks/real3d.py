@@ -178,12 +178,13 @@ class Ours:
 
         vox_ml = float(np.prod(prepared.spacing)) / 1000.0
         guide = res.lesion_guide
-        found, gate = lesion_findings(res)
+        predicted = res.lesion_mask()
+        found, gate = lesion_findings(res, predicted)
         summary = lesion_summary(found, gate)  # what fuse's run.json / lesions.csv say
         self.lesion = {
             "source": str(res.lesion_source),
             "guide_ml": 0.0 if guide is None else float(np.sum(guide)) * vox_ml,
-            "predicted_ml": float(res.lesion_mask().sum()) * vox_ml,
+            "predicted_ml": float(predicted.sum()) * vox_ml,
             "components": summary["components"],
             "doubtful_ml": summary["doubtful_ml"],
             "doubt_below": gate,
