@@ -3,7 +3,8 @@ real volume except the two test cases, plus phantoms, all at 2 mm, in one folder
 
     python benchmarks/build_training_data.py OUT [--per-source N] [--phantoms N]
         [--lesion-phantoms N] [--t1-phantoms N] [--small-phantoms N]
-        [--small-haemorrhage-phantoms N] [--small-adc-phantoms N] [--ranged-phantoms N]
+        [--small-haemorrhage-phantoms N] [--small-adc-phantoms N] [--small-dwi-phantoms N]
+        [--ranged-phantoms N]
         [--lesion-free-real N] [--seed S]
         [--patients P,...] [--exclude-patients P,...] [--keep-existing] [--realhead-version 1|2]
 
@@ -22,6 +23,9 @@ lesion each in issue 10's sizes, for the lesion head:
 - `--small-adc-phantoms`: OUT/small_adc_phantoms, seeds 43000 + S, ADC only, ischaemic,
   0.5-2 mL: the plainly dark small infarct the session-16 head sees but is under-confident on
   (session 21, `lesion_checks.py small`; held-out 7002 is one);
+- `--small-dwi-phantoms`: OUT/small_dwi_phantoms, seeds 44000 + S, DWI only, ischaemic,
+  0.5-2 mL: beside the small ADC part, so a head that learns small ADC infarcts keeps its
+  small DWI ones (session 22: a head trained with the ADC part alone found one fewer of 8);
 - `--ranged-phantoms`: OUT/ranged_phantoms, seeds 60000 + S, all five contrasts, ischaemic /
   haemorrhagic / none cycled, 0.5-80 mL: the held-out lesion sets' design plus lesion-free
   cases, used with `--seed 500` for validation (docs/TRAINING.md, session 11);
@@ -71,6 +75,7 @@ def main() -> None:
     ap.add_argument("--small-phantoms", type=int, default=0)
     ap.add_argument("--small-haemorrhage-phantoms", type=int, default=0)
     ap.add_argument("--small-adc-phantoms", type=int, default=0)
+    ap.add_argument("--small-dwi-phantoms", type=int, default=0)
     ap.add_argument("--ranged-phantoms", type=int, default=0)
     ap.add_argument(
         "--lesion-free-real",
@@ -154,6 +159,7 @@ def main() -> None:
             (small, 42000, args.small_haemorrhage_phantoms, "haemorrhagic", "all"),
         ),
         ("small_adc_phantoms", (smallest, 43000, args.small_adc_phantoms, "ischaemic", "ADC")),
+        ("small_dwi_phantoms", (smallest, 44000, args.small_dwi_phantoms, "ischaemic", "DWI")),
         ("ranged_phantoms", (ranged, 60000, args.ranged_phantoms, "mixed", "all")),
     ]
     real_parts = ["real"] + ([LESION_FREE_REAL] if args.lesion_free_real > 0 else [])
