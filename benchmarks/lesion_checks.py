@@ -238,8 +238,10 @@ def paired_summary(
     new: list[tuple[Any, ...]], old: list[tuple[Any, ...]], ml_per_voxel: list[float]
 ) -> dict[str, Any]:
     """Lesion-by-lesion comparison of two `scored` lists over the same cases (new against old):
-    Dice over every lesion (paired Wilcoxon), lesions found by each, mean HD95 over the lesions
-    both find, the cases only one finds, and the false mL of each on the lesion-free cases."""
+    Dice over every lesion (paired Wilcoxon), lesions with a prediction ("found": the mask is
+    not empty) and lesions the mask overlaps (Dice > 0: a prediction elsewhere in the case finds
+    nothing; session 22) by each, mean HD95 over the lesions both find, the cases only one
+    finds, and the false mL of each on the lesion-free cases."""
     from clinfuse.evaluation.stats import paired_wilcoxon
 
     dn, do, both, only_new, only_old, false_new, false_old = [], [], [], [], [], [], []
@@ -264,6 +266,7 @@ def paired_summary(
     return {
         "dice": paired_wilcoxon("dice", np.array(do), np.array(dn)),
         "found": (len(both) + len(only_new), len(both) + len(only_old)),
+        "overlap": (sum(d > 0 for d in dn), sum(d > 0 for d in do)),
         "both": len(both),
         "hd95_both": (
             float(np.mean([h for h, _ in both])) if both else float("nan"),
@@ -342,6 +345,7 @@ def paired(args: argparse.Namespace) -> None:
         f"| Dice over {t.n} lesions | {t.mean:.3f} | {t.ref_mean:.3f} |\n"
         f"| Dice, new - old (paired Wilcoxon p) | {t.mean_diff:+.3f} (p = {t.p_value:.3g}) | |\n"
         f"| lesions with a prediction | {s['found'][0]} | {s['found'][1]} |\n"
+        f"| lesions the mask overlaps (Dice > 0) | {s['overlap'][0]} | {s['overlap'][1]} |\n"
         f"| HD95 mm over the {s['both']} lesions both find | {s['hd95_both'][0]:.1f} | "
         f"{s['hd95_both'][1]:.1f} |"
     )

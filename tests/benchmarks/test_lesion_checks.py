@@ -96,20 +96,22 @@ def test_paired_summary_charges_hd95_only_on_lesions_both_heads_find():
         row("a", 5, 0.8, 2.0),
         row("b", 5, 0.6, 4.0),
         row("c", 3, 0.5, 80.0),  # found by the new head only, far away
+        row("d", 0, 0.0, nan),
         row("free", 4, None, None),
     ]
     old = [
         row("a", 5, 0.7, 3.0),
         row("b", 5, 0.5, 6.0),
         row("c", 0, 0.0, nan),
+        row("d", 2, 0.0, 35.0),  # a prediction elsewhere in the case: not on the lesion
         row("free", 0, None, None),
     ]
-    s = lc.paired_summary(new, old, [0.5] * 4)
-    assert s["found"] == (3, 2) and s["both"] == 2
+    s = lc.paired_summary(new, old, [0.5] * 5)
+    assert s["found"] == (3, 3) and s["overlap"] == (3, 2) and s["both"] == 2
     assert s["hd95_both"] == (3.0, 4.5)
-    assert s["only_new"] == [("c", 0.5, 80.0)] and s["only_old"] == []
+    assert s["only_new"] == [("c", 0.5, 80.0)] and s["only_old"] == [("d", 0.0, 35.0)]
     assert s["false_new"] == [("free", 2.0)] and s["false_old"] == [] and s["lesion_free"] == 1
-    assert s["dice"].n == 3 and abs(s["dice"].mean_diff - (0.1 + 0.1 + 0.5) / 3) < 1e-9
+    assert s["dice"].n == 4 and abs(s["dice"].mean_diff - (0.1 + 0.1 + 0.5) / 4) < 1e-9
 
 
 def test_paired_groups_sum_each_sequence_and_kind_apart():
