@@ -63,8 +63,8 @@ def test_lesion_phantoms_and_keep_existing(tmp_path: Path) -> None:
 def test_parts_for_the_lesion_heads_weak_spots(tmp_path: Path) -> None:
     """Session 11's parts: T1 ischaemic 0.5-80 mL, small (0.5-5 mL) ischaemic and haemorrhagic
     lesions over all five contrasts, session 21's small (0.5-2 mL) ADC infarcts, session 22's
-    small DWI infarcts, and the ranged
-    validation phantoms (lesion kinds cycled), each at its own seed range."""
+    small DWI infarcts, and the ranged validation phantoms (lesion kinds cycled), each at its
+    own seed range."""
     out = tmp_path / "data"
     (out / "real").mkdir(parents=True)
     with open(out / "real" / "manifest.csv", "w", newline="") as f:

@@ -299,6 +299,7 @@ def test_calibration_keeps_a_small_lesion_mask_whatever_validation_dice_prefers(
     validation set where every case carries a 0.2 mL false speck beside its lesion would
     prefer a 0.25 mL minimum by Dice; the calibrated rule still keeps a 0.2 mL mask."""
     from clinfuse.nn.lesion_head import LesionHead
+    from clinfuse.nn.lesion_mask import clean_mask
     from clinfuse.training import lesion as tl
 
     assert max(tl.MIN_ML_CHOICES) <= 0.5 / 5
@@ -327,6 +328,9 @@ def test_calibration_keeps_a_small_lesion_mask_whatever_validation_dice_prefers(
     rule, calib, _ = tl._fit_postprocessing(head, items, cfg)
     assert set(calib["dice_by_min_ml"]) == {str(m) for m in tl.MIN_ML_CHOICES}
     assert rule.min_ml <= 0.1
+    prob, sp = 1 / (1 + np.exp(-logit)), (2.0, 2.0, 2.0)
+    assert clean_mask(prob, sp, min_ml=0.25).sum() == 216  # a 0.25 mL minimum: perfect Dice
+    assert rule.apply(prob, sp).sum() == 216 + 27  # the fitted rule keeps the speck
     small = np.zeros(shape, np.float32)
     small[10:13, 10:13, 10:13] = 0.9  # a small lesion's 0.216 mL mask
     assert rule.apply(small, (2.0, 2.0, 2.0)).sum() == 27
