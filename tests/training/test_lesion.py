@@ -252,19 +252,16 @@ def test_clean_mask_drops_doubtful_secondary_components():
     assert clean_mask(flat, sp[:2], min_component_prob=0.8).sum() == 64
 
 
-def test_calibration_fits_the_component_filter_on_validation(monkeypatch):
-    """`_calibrate` picks the minimum component probability by validation Dice: a faint far
-    false component on every validation case makes it choose a filter that removes it, and
-    the head's buffers then carry it."""
+def _fit_on_two_cases(
+    monkeypatch: pytest.MonkeyPatch, label: np.ndarray, logit: np.ndarray
+) -> tuple:
+    """A small head's temperature and mask rule fitted (`_fit_postprocessing`) on two
+    validation cases at 2 mm with this `label`, whose predicted logits are `logit`: (head,
+    rule, calibration record, final validation scores)."""
     from clinfuse.nn.lesion_head import LesionHead
     from clinfuse.training import lesion as tl
 
-    shape = (24, 24, 24)
-    label = np.zeros(shape, np.float32)
-    label[3:9, 3:9, 3:9] = 1.0
-    logit = np.full(shape, -8.0, np.float32)
-    logit[3:9, 3:9, 3:9] = 4.0  # p 0.98 on the lesion
-    logit[16:20, 16:20, 16:20] = 0.4  # p 0.6: a far false component of 0.5 mL
+    shape = label.shape
     items = [
         tl._Item(
             f"v{i}",
@@ -282,6 +279,20 @@ def test_calibration_fits_the_component_filter_on_validation(monkeypatch):
     cfg = tl.LesionTrainConfig(patch_size=(16, 16, 16), channels=(4, 8))
     head = LesionHead(3, (4, 8), 1, inputs=cfg.inputs)
     rule, calib, final = tl._fit_postprocessing(head, items, cfg)
+    return head, rule, calib, final
+
+
+def test_calibration_fits_the_component_filter_on_validation(monkeypatch):
+    """`_calibrate` picks the minimum component probability by validation Dice: a faint far
+    false component on every validation case makes it choose a filter that removes it, and
+    the head's buffers then carry it."""
+    shape = (24, 24, 24)
+    label = np.zeros(shape, np.float32)
+    label[3:9, 3:9, 3:9] = 1.0
+    logit = np.full(shape, -8.0, np.float32)
+    logit[3:9, 3:9, 3:9] = 4.0  # p 0.98 on the lesion
+    logit[16:20, 16:20, 16:20] = 0.4  # p 0.6: a far false component of 0.5 mL
+    head, rule, calib, final = _fit_on_two_cases(monkeypatch, label, logit)
     by_prob = calib["dice_by_min_component_prob"]
     assert by_prob["0.0"] < 1.0 and max(by_prob.values()) == pytest.approx(1.0)
     chosen = float(head.min_component_prob)  # a float32 buffer
@@ -298,7 +309,6 @@ def test_calibration_keeps_a_small_lesion_mask_whatever_validation_dice_prefers(
     0.5 mL (issue 10's smallest lesion), as a small lesion's mask is often half its size. A
     validation set where every case carries a 0.2 mL false speck beside its lesion would
     prefer a 0.25 mL minimum by Dice; the calibrated rule still keeps a 0.2 mL mask."""
-    from clinfuse.nn.lesion_head import LesionHead
     from clinfuse.nn.lesion_mask import clean_mask
     from clinfuse.training import lesion as tl
 
@@ -309,23 +319,7 @@ def test_calibration_keeps_a_small_lesion_mask_whatever_validation_dice_prefers(
     logit = np.full(shape, -8.0, np.float32)
     logit[3:9, 3:9, 3:9] = 4.0
     logit[16:19, 16:19, 16:19] = 4.0  # 27 voxels of 8 uL: a confident 0.216 mL false speck
-    items = [
-        tl._Item(
-            f"v{i}",
-            np.zeros((3, *shape), np.float32),
-            np.zeros(shape, np.float32),
-            {},
-            label,
-            np.ones(shape, np.float32),
-            np.ones(shape, bool),
-            (2.0, 2.0, 2.0),
-        )
-        for i in range(2)
-    ]
-    monkeypatch.setattr(tl, "predict_logits", lambda *a, **k: logit)
-    cfg = tl.LesionTrainConfig(patch_size=(16, 16, 16), channels=(4, 8))
-    head = LesionHead(3, (4, 8), 1, inputs=cfg.inputs)
-    rule, calib, _ = tl._fit_postprocessing(head, items, cfg)
+    _, rule, calib, _ = _fit_on_two_cases(monkeypatch, label, logit)
     assert set(calib["dice_by_min_ml"]) == {str(m) for m in tl.MIN_ML_CHOICES}
     assert rule.min_ml <= 0.1
     prob, sp = 1 / (1 + np.exp(-logit)), (2.0, 2.0, 2.0)
