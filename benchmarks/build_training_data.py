@@ -7,6 +7,7 @@ real volume except the two test cases, plus phantoms, all at 2 mm, in one folder
         [--ranged-phantoms N]
         [--lesion-free-real N] [--seed S]
         [--patients P,...] [--exclude-patients P,...] [--keep-existing] [--realhead-version 1|2]
+    python benchmarks/build_training_data.py OUT --union-of SET [SET ...]
 
 OUT/real (real-anatomy pairs, `clinfuse.phantom.realhead.write_real_dataset`, seeds
 S + 1000 * source + k) and OUT/phantoms (`write_phantom_dataset`, seeds 20000 + S, all five
@@ -45,12 +46,16 @@ build with the same options). Training (`--seed 0`) and validation (`--seed 500`
 disjoint, and both from the held-out phantoms (7000-7211). `--realhead-version 1` rebuilds the
 real-anatomy pairs exactly as sessions 11-14 made them (every data set named in docs/TRAINING.md
 up to session 14, and the shipped checkpoint's); the default is the current generator.
+`--union-of SET ...` builds nothing: OUT/all/manifest.csv lists every case of the given built
+sets' `all` manifests, case ids prefixed with the set's folder name and paths relative to OUT/all
+(e.g. one larger validation set to calibrate a head on, session 22's val17 + val24).
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import os
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -97,6 +102,13 @@ def main() -> None:
         "set that leaves a person out); a kept source's pairs are those of a full build",
     )
     ap.add_argument("--keep-existing", action="store_true")
+    ap.add_argument(
+        "--union-of",
+        nargs="+",
+        type=Path,
+        default=None,
+        help="build nothing: OUT/all lists the cases of these built sets' SET/all manifests",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--spacing", type=float, default=2.0)
     ap.add_argument("--root", type=Path, default=VOLUMES)
@@ -109,6 +121,10 @@ def main() -> None:
     args = ap.parse_args()
     t0 = time.time()
     out = args.out
+    if args.union_of:
+        n = write_union_of(out, args.union_of)
+        print(f"wrote {out / 'all'}: {n} cases of {', '.join(str(d) for d in args.union_of)}")
+        return
 
     who = {
         "patients": None if args.patients is None else _names(args.patients),
@@ -188,6 +204,34 @@ def _names(text: str) -> list[str]:
     return [n.strip() for n in text.split(",") if n.strip()]
 
 
+def write_union_of(out: Path, sets: list[Path]) -> int:
+    """OUT/all/manifest.csv over the `all` manifests of built sets (case ids prefixed with each
+    set's folder name, which must differ; paths rebased to OUT/all); the number of cases."""
+    names = [d.resolve().name for d in sets]
+    if len(set(names)) != len(names):
+        raise SystemExit(f"--union-of: sets need distinct folder names, got {names}")
+    target = (out / "all").resolve()
+    rows = []
+    for d, name in zip(sets, names, strict=True):
+        manifest = d / "all" / "manifest.csv"
+        if not manifest.is_file():
+            raise SystemExit(f"--union-of: {manifest} not found (build the set first)")
+        with open(manifest, newline="") as f:
+            for row in csv.DictReader(f):
+                rel = {
+                    k: (
+                        os.path.relpath((manifest.parent / v).resolve(), target)
+                        if v and k not in ("case_id", "patient_id")
+                        else v
+                    )
+                    for k, v in row.items()
+                }
+                rel["case_id"] = f"{name}_{row['case_id']}"
+                rows.append(rel)
+    _write_manifest(target, rows)
+    return len(rows)
+
+
 def write_union(out: Path, parts: list[str], name: str) -> None:
     """OUT/NAME/manifest.csv over the given parts (paths relative to it); each phantom is its
     own patient."""
@@ -203,13 +247,17 @@ def write_union(out: Path, parts: list[str], name: str) -> None:
                 rel.setdefault("patient_id", "")
                 rel["patient_id"] = rel.get("patient_id") or rel["case_id"]
                 rows.append(rel)
+    _write_manifest(out / name, rows)
+
+
+def _write_manifest(folder: Path, rows: list[dict[str, str]]) -> None:
     cols = ["case_id", "mri", "ct", "brain", "bone", "lesion", "ignore", "patient_id"]
-    (out / name).mkdir(parents=True, exist_ok=True)
-    with open(out / name / "manifest.csv", "w", newline="") as f:
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "manifest.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
         w.writeheader()
         for r in rows:
-            w.writerow({c: r.get(c, "") for c in cols})
+            w.writerow({c: r.get(c) or "" for c in cols})
 
 
 if __name__ == "__main__":

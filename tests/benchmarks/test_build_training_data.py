@@ -153,3 +153,31 @@ def test_patients_split_real_anatomy_by_person_with_the_full_builds_seeds(tmp_pa
     with pytest.raises(ClinfuseInputError, match="unknown patient 'bob'"):
         write_real_dataset(tmp_path / "bad", tmp_path, 1, 0, patients=["bob"])
     assert not (tmp_path / "bad").exists()
+
+
+def test_union_of_built_sets_lists_every_case_once_with_working_paths(tmp_path: Path) -> None:
+    """`--union-of A B`: one manifest over two built sets (e.g. two validation sets to calibrate
+    on), ids prefixed by the set's folder, every path readable from the new folder; builds
+    nothing itself."""
+    for name, seed in (("va", "3"), ("vb", "4")):
+        cmd = [sys.executable, str(SCRIPT), str(tmp_path / name), "--per-source", "0"]
+        subprocess.run([*cmd, "--phantoms", "1", "--seed", seed], check=True, capture_output=True)
+    out = tmp_path / "deeper" / "both"
+    cmd = [sys.executable, str(SCRIPT), str(out), "--union-of", str(tmp_path / "va")]
+    done = subprocess.run([*cmd, str(tmp_path / "vb")], check=True, capture_output=True, text=True)
+    assert "2 cases" in done.stdout
+    assert sorted(p.name for p in out.iterdir()) == ["all"]
+    cases = load_dataset(out / "all")
+    assert [c.case_id for c in cases] == ["va_phantoms_phantom_000", "vb_phantoms_phantom_000"]
+    for case, name in zip(cases, ("va", "vb"), strict=True):
+        mri, lesion = case.paths["mri"], case.paths["lesion"]
+        assert mri.resolve().is_relative_to((tmp_path / name).resolve())
+        assert mri.is_file() and lesion.is_file()
+        assert case.load().mri.shape == case.load().ct.shape
+    same = [sys.executable, str(SCRIPT), str(tmp_path / "x"), "--union-of"]
+    clash = subprocess.run(
+        [*same, str(tmp_path / "va"), str(tmp_path / "deeper" / ".." / "va")],
+        capture_output=True,
+        text=True,
+    )
+    assert clash.returncode != 0 and "distinct" in clash.stderr

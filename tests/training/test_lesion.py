@@ -804,6 +804,42 @@ def test_head_moves_to_another_checkpoint(trained, base_ckpt, tmp_path):
     assert again.exit_code != 0
 
 
+def test_head_alone_is_kept_small_and_rebuilds_the_same_export(trained, base_ckpt, tmp_path):
+    """`--export-head F`: the head's float16 weights, calibration and record without the
+    denoiser; fusion refuses it with an error saying what it is, and `--head-from F` puts it
+    back into a checkpoint whose weights equal the `--export` copy's."""
+    from clinfuse.training.checkpoint import ema_weights, load_checkpoint, read_checkpoint
+
+    head = tmp_path / "head.pt"
+    args = ["train-lesion", "--checkpoint", str(base_ckpt), "--head-from"]
+    args += [str(trained / "lesion_head.ckpt"), "--out", str(tmp_path / "a")]
+    result = CliRunner().invoke(app, [*args, "--export-head", str(head)])
+    assert result.exit_code == 0, result.output
+    alone = read_checkpoint(head)
+    weights = ema_weights(alone)
+    assert weights and all(k.startswith("lesion_head.") for k in weights)
+    assert all(v.dtype == torch.float16 for v in weights.values() if v.is_floating_point())
+    assert alone["extra"]["lesion_head"]["min_lesion_ml"] == pytest.approx(
+        read_checkpoint(trained / "lesion_head.ckpt")["extra"]["lesion_head"]["min_lesion_ml"]
+    )
+    assert head.stat().st_size < (trained / "slim.pt").stat().st_size / 2
+    with pytest.raises(ClinfuseInputError, match="--head-from") as err:
+        load_checkpoint(head)
+    assert str(head) in str(err.value)
+    again = CliRunner().invoke(app, [*args, "--export-head", str(head)])  # no silent overwrite
+    assert again.exit_code != 0 and "exists" in str(again.exception)
+
+    rebuilt = tmp_path / "b"
+    args = ["train-lesion", "--checkpoint", str(base_ckpt), "--head-from", str(head)]
+    result = CliRunner().invoke(app, [*args, "--out", str(rebuilt)])
+    assert result.exit_code == 0, result.output
+    w_rebuilt = ema_weights(read_checkpoint(rebuilt / "lesion_head.ckpt"))
+    w_export = ema_weights(read_checkpoint(trained / "slim.pt"))
+    for k, v in w_export.items():
+        if k.startswith("lesion_head."):
+            assert torch.equal(v.float(), w_rebuilt[k].float()), k
+
+
 def _assert_same_head_weights(new, src) -> None:
     """The lesion-head network tensors of two loaded checkpoints are identical (EMA)."""
     from clinfuse.training.checkpoint import ema_weights

@@ -215,6 +215,14 @@ def build_model(model_config: dict[str, Any]) -> nn.Module:
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> LoadedCheckpoint:
     """Load a checkpoint for inference: `FusionModel` with the EMA weights, in eval mode."""
     state = read_checkpoint(path, map_location)
+    part = (state.get("extra") or {}).get("only_weights")
+    if part:
+        raise ClinfuseInputError(
+            f"holds only the {part.rstrip('.')} weights (an `--export-head` file), not a model "
+            "to fuse with: put it into a fusion checkpoint with `clinfuse train-lesion "
+            "--checkpoint MODEL --head-from THIS --out DIR`",
+            path,
+        )
     config = config_from_dict(state["config"], str(path))
     model = build_model(config.model)
     load_weights(model, ema_weights(state), path)
@@ -231,15 +239,24 @@ def _to_half(obj: object) -> object:
     return obj
 
 
-def export_checkpoint(src: str | Path, dst: str | Path, *, half: bool = False) -> Path:
+def export_checkpoint(
+    src: str | Path, dst: str | Path, *, half: bool = False, only: str | None = None
+) -> Path:
     """A slim copy for inference / shipping: EMA weights and config only (no raw weights, no
     optimizer state, about 1/4 of the size). `load_checkpoint` reads it; it cannot be resumed.
 
     `half=True` stores the weights as float16 (half the size again, for the checkpoint shipped in
     the repository); `load_state_dict` casts them back to the model's float32 on load.
+    `only` (a weight-name prefix, e.g. "lesion_head."): keep just those weights, with config and
+    records (a trained lesion head in 2.4 MB instead of 18, small enough to keep every candidate
+    in git); `load_checkpoint` refuses such a file with an error saying what it is.
     """
     state = read_checkpoint(src)
     ema = state.get("ema")
+    if only is not None:
+        ema = {k: v for k, v in (ema or {}).items() if k.startswith(f"module.{only}")}
+        if not ema:
+            raise ClinfuseInputError(f"has no weights named {only}*", src)
     slim = {
         **state,
         "model": {},
@@ -248,7 +265,12 @@ def export_checkpoint(src: str | Path, dst: str | Path, *, half: bool = False) -
         "scheduler": None,
         "scaler": None,
         "rng": None,
-        "extra": {**state.get("extra", {}), "exported_from": str(src), "float16": half},
+        "extra": {
+            **state.get("extra", {}),
+            "exported_from": str(src),
+            "float16": half,
+            **({"only_weights": only} if only is not None else {}),
+        },
     }
     dst = Path(dst)
     with atomic_write(dst) as tmp:
