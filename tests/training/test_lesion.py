@@ -1168,6 +1168,35 @@ def test_calibration_records_hd95_and_picks_by_it(monkeypatch):
     assert not pred[20:, 20:, 20:].any() and pred[6:9, 6:9, 6:9].all()
 
 
+def test_calibration_guard_counts_lesions_found_not_specks_in_missed_cases(monkeypatch):
+    """A far speck in a case whose lesion is missed is not a find: the guard that keeps the
+    rule criterion from losing lesions must not keep the minimum size that leaves the speck."""
+    import clinfuse.metrics.calibration as cal
+    import clinfuse.training.lesion as tl
+
+    shape = (32, 32, 32)
+    label = np.zeros(shape, np.float32)
+    label[4:10, 4:10, 4:10] = 1
+    found = np.full(shape, -8.0, np.float32)
+    found[4:10, 4:10, 4:10] = 8.0  # case a: the lesion, exactly
+    missed = np.full(shape, -8.0, np.float32)
+    missed[28, 28, 28] = 8.0  # case b: the lesion missed, one confident voxel (0.008 mL) far off
+    brain, src = np.ones(shape, bool), np.zeros((3, *shape), np.float32)
+
+    def item(name: str) -> tl._Item:
+        return tl._Item(name, src, src[0], {}, label, np.ones(shape, np.float32), brain, (2.0,) * 3)
+
+    items = [item("a"), item("b")]
+    calls = iter([found, missed])  # the head's logits on a, then b
+    monkeypatch.setattr(tl, "predict_logits", lambda *a, **k: next(calls))
+    monkeypatch.setattr(cal, "fit_temperature", lambda z, y: 1.0)
+    cfg = tl.LesionTrainConfig(patch_size=(16, 16, 16), rule_dice_tolerance=0.01)
+    _, rule, rec = tl._calibrate(torch.nn.Linear(1, 1), items, cfg)
+    assert rec["found_by_min_ml"] == {"0.0": 1, "0.05": 1, "0.1": 1}
+    assert rec["hd95_by_min_ml"]["0.0"] > 30.0 > rec["hd95_by_min_ml"]["0.05"]
+    assert rule.min_ml == 0.05  # the speck goes; with the old count (2 against 1) 0.0 stayed
+
+
 def test_rule_criterion_needs_a_recalibration(tmp_path):
     from clinfuse.training.lesion import transplant_lesion_head
 
