@@ -7,6 +7,7 @@
     python benchmarks/lesion_checks.py components VAL_DATA [--checkpoint CKPT] [--twin]
     python benchmarks/lesion_checks.py planes DATA
     python benchmarks/lesion_checks.py small [--checkpoint CKPT ...] [--sequences T1,ADC] [--n 4]
+    python benchmarks/lesion_checks.py ghosts --seeds 7503 7103 [--checkpoint CKPT]
 
 `contrast`: per case with a lesion, how far the lesion stands out in the prepared MRI and CT:
 (lesion mean - mean of a 3-voxel ring around it inside the brain) / the ring's standard
@@ -39,6 +40,10 @@ with the shift-only twin of the "+mirror" heads and with the rigid plane of the
 fresh phantoms per MRI sequence, seeds 80000 + 100 k + i (no training, validation or held-out
 set uses them): how high each head's probability gets inside the lesion, whether its own rule
 keeps a mask there (Dice, predicted mL), found and mean Dice per sequence.
+`ghosts`: on held-out phantoms given by seed (lesion_eval.py's sets, already used: a diagnosis,
+never a choice), every component of the head's mask under its own rule, marked true, "ghost"
+(not touching the lesion, within 2 voxels of the lesion reflected about the head's rigid mirror
+plane: where the mirror channels show the lesion) or other false (session 23).
 """
 
 from __future__ import annotations
@@ -578,6 +583,88 @@ def small(args: argparse.Namespace) -> None:
         print(f"| {seq} | {name} | {sum(d > 0 for d in ds)} of {len(ds)} | {np.mean(ds):.3f} |")
 
 
+GHOST_MARGIN_VOXELS = 2  # a component this close to the lesion's mirror image is its ghost
+
+
+def ghost_rows(
+    pred: np.ndarray, prob: np.ndarray, gt: np.ndarray, mirrored_gt: np.ndarray, spacing: Any
+) -> list[dict[str, Any]]:
+    """Each connected component of `pred`: volume (mL), mean probability, whether it touches
+    the lesion `gt`, and whether it is the lesion's ghost -- not touching the lesion but within
+    `GHOST_MARGIN_VOXELS` of `mirrored_gt` (the lesion reflected about the head's mirror
+    plane), the place where the mirror channels show the lesion -- with its centre's distance
+    (mm) to the lesion's centre and to the mirror image's."""
+    near_mirror = ndimage.binary_dilation(mirrored_gt, iterations=GHOST_MARGIN_VOXELS)
+    sp = np.asarray(spacing, float)
+    centre = np.asarray(ndimage.center_of_mass(gt)) if gt.any() else None
+    m_centre = np.asarray(ndimage.center_of_mass(mirrored_gt)) if mirrored_gt.any() else None
+    lab, n = ndimage.label(pred)
+    rows = []
+    for k in range(1, n + 1):
+        comp = lab == k
+        c = np.asarray(ndimage.center_of_mass(comp))
+        true = bool((comp & gt).any())
+        rows.append(
+            {
+                "ml": float(comp.sum() * np.prod(sp) / 1000.0),
+                "mean_p": float(prob[comp].mean()),
+                "true": true,
+                "ghost": not true and bool((comp & near_mirror).any()),
+                "to_lesion_mm": np.nan
+                if centre is None
+                else float(np.linalg.norm((c - centre) * sp)),
+                "to_mirror_mm": (
+                    np.nan if m_centre is None else float(np.linalg.norm((c - m_centre) * sp))
+                ),
+            }
+        )
+    return rows
+
+
+def ghosts(args: argparse.Namespace) -> None:
+    """The head's mask components on held-out phantoms (benchmarks/lesion_eval.py's sets, by
+    seed; a diagnosis of sets already used), each marked true, ghost or other false."""
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from clinfuse.nn.symmetry import plane_of, reflect
+    from clinfuse.pipeline import load_model
+    from clinfuse.training.data import training_target
+    from lesion_eval import head_prob, held_out_phantoms
+
+    model = load_model(args.checkpoint, 3, "cpu").model.eval()
+    rule = model.lesion_head.mask_rule
+    lesion_ml = tuple(args.lesion_ml) if args.lesion_ml else None
+    print(f"head: {args.checkpoint or 'shipped'}; composite as the fused channel, own rule")
+    print("\n| case | lesion mL | component mL | mean p | kind | to lesion mm | to mirror mm |")
+    print("|---|---|---|---|---|---|---|")
+    total = {"ghost": [0, 0.0], "other false": [0, 0.0]}
+    for seed in args.seeds:
+        first = seed - seed % 100
+        _, prep, _ = held_out_phantoms(seed - first + 1, first_seed=first, lesion_ml=lesion_ml)[-1]
+        gt = prep.lesion.astype(bool)
+        prob = head_prob(model, np.asarray(training_target(prep, 1.0)), prep)
+        pred = rule.apply(prob, prep.spacing, 0.5)
+        mri = torch.from_numpy(np.ascontiguousarray(prep.stack()[0], np.float32))
+        lesion = torch.from_numpy(gt.astype(np.float32))[None]
+        mirrored = reflect(lesion, plane_of(mri))[0].numpy() > 0.5
+        rows = ghost_rows(pred, prob, gt, mirrored, prep.spacing)
+        gt_ml = float(gt.sum() * np.prod(prep.spacing) / 1000.0)
+        for r in rows or [None]:
+            if r is None:
+                print(f"| {prep.case_id} | {gt_ml:.2f} | none | | | | |")
+                continue
+            kind = "true" if r["true"] else "ghost" if r["ghost"] else "other false"
+            if kind != "true":
+                total[kind][0] += 1
+                total[kind][1] += r["ml"]
+            print(
+                f"| {prep.case_id} | {gt_ml:.2f} | {r['ml']:.2f} | {r['mean_p']:.2f} | {kind} | "
+                f"{r['to_lesion_mm']:.0f} | {r['to_mirror_mm']:.0f} |"
+            )
+    print("\n" + "; ".join(f"{k}: {n} components, {ml:.2f} mL" for k, (n, ml) in total.items()))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -614,6 +701,10 @@ def main(argv: list[str] | None = None) -> int:
     sm.add_argument("--first-seed", type=int, default=80000)
     sm.add_argument("--ml", type=float, nargs=2, default=(0.4, 0.8))
     sm.add_argument("--kind", default="ischaemic", choices=("ischaemic", "haemorrhagic"))
+    gh = sub.add_parser("ghosts")
+    gh.add_argument("--seeds", type=int, nargs="+", required=True)
+    gh.add_argument("--checkpoint", type=Path, default=None)
+    gh.add_argument("--lesion-ml", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"))
     args = ap.parse_args(argv)
     if args.cmd == "small" and not 1 <= args.n <= 100:
         ap.error("small: --n must be 1-100 (each sequence has 100 seeds)")
@@ -626,6 +717,7 @@ def main(argv: list[str] | None = None) -> int:
         "components": components,
         "planes": planes,
         "small": small,
+        "ghosts": ghosts,
     }
     run[args.cmd](args)
     return 0

@@ -305,3 +305,28 @@ def test_small_reports_each_sequence_and_head(tmp_path, capsys, monkeypatch):
     assert any("of 1 |" in r and str(ckpt) in r for r in rows)
     with pytest.raises(SystemExit):
         lc.main(["small", "--n", "101"])
+
+
+def test_ghost_rows_tell_the_lesions_mirror_image_from_other_false_components():
+    import numpy as np
+
+    ghost_rows = lc.ghost_rows
+
+    shape = (40, 20, 20)
+    gt = np.zeros(shape, bool)
+    gt[5:9, 8:12, 8:12] = True  # left
+    mirrored = np.zeros(shape, bool)
+    mirrored[31:35, 8:12, 8:12] = True  # its reflection about x = 19.5
+    pred = gt.copy()
+    pred[32:35, 9:12, 9:12] = True  # a ghost, a little off the mirror image
+    pred[18:20, 1:3, 1:3] = True  # a far speck elsewhere
+    prob = np.where(pred, 0.9, 0.0)
+    rows = ghost_rows(pred, prob, gt, mirrored, (2.0, 2.0, 2.0))
+    kinds = sorted((r["true"], r["ghost"]) for r in rows)
+    assert kinds == [(False, False), (False, True), (True, False)]
+    true = next(r for r in rows if r["true"])
+    ghost = next(r for r in rows if r["ghost"])
+    assert true["ml"] == pytest.approx(64 * 8 / 1000) and true["to_lesion_mm"] == 0.0
+    assert ghost["to_mirror_mm"] < 3.0 < 50.0 < ghost["to_lesion_mm"]
+    assert ghost["mean_p"] == pytest.approx(0.9)
+    assert ghost_rows(np.zeros(shape, bool), prob, gt, mirrored, (2.0,) * 3) == []
