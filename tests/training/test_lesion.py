@@ -833,6 +833,7 @@ def test_head_alone_is_kept_small_and_rebuilds_the_same_export(trained, base_ckp
     args = ["train-lesion", "--checkpoint", str(base_ckpt), "--head-from", str(head)]
     result = CliRunner().invoke(app, [*args, "--out", str(rebuilt)])
     assert result.exit_code == 0, result.output
+    assert load_checkpoint(rebuilt / "lesion_head.ckpt").model.lesion_head is not None  # fuses
     w_rebuilt = ema_weights(read_checkpoint(rebuilt / "lesion_head.ckpt"))
     w_export = ema_weights(read_checkpoint(trained / "slim.pt"))
     for k, v in w_export.items():
