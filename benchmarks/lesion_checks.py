@@ -390,11 +390,17 @@ def component_masks(
     labelled lesion."""
     for p, it in zip(probs, items, strict=True):
         mask = rule.apply(p, it.spacing) & it.known
-        labels, n = ndimage.label(mask, structure=np.ones((3,) * mask.ndim, dtype=bool))
-        gt = (it.label > 0.5) & it.known
-        for i in range(1, n + 1):
-            c = labels == i
-            yield it, p, c, bool((c & gt).any())
+        for c, true in mask_components(mask, (it.label > 0.5) & it.known):
+            yield it, p, c, true
+
+
+def mask_components(mask: np.ndarray, gt: np.ndarray) -> Iterator[tuple[np.ndarray, bool]]:
+    """(component mask, true?) for each component of `mask`, 26-connected in 3D as
+    `clean_mask` labels them; true = it touches `gt`."""
+    labels, n = ndimage.label(mask, structure=np.ones((3,) * mask.ndim, dtype=bool))
+    for i in range(1, n + 1):
+        c = labels == i
+        yield c, bool((c & gt).any())
 
 
 def component_rows(
@@ -589,21 +595,18 @@ GHOST_MARGIN_VOXELS = 2  # a component this close to the lesion's mirror image i
 def ghost_rows(
     pred: np.ndarray, prob: np.ndarray, gt: np.ndarray, mirrored_gt: np.ndarray, spacing: Any
 ) -> list[dict[str, Any]]:
-    """Each connected component of `pred`: volume (mL), mean probability, whether it touches
-    the lesion `gt`, and whether it is the lesion's ghost -- not touching the lesion but within
-    `GHOST_MARGIN_VOXELS` of `mirrored_gt` (the lesion reflected about the head's mirror
-    plane), the place where the mirror channels show the lesion -- with its centre's distance
-    (mm) to the lesion's centre and to the mirror image's."""
+    """Each component of `pred` (`mask_components`): volume (mL), mean probability, whether
+    it touches the lesion `gt`, and whether it is the lesion's ghost -- not touching the lesion
+    but within `GHOST_MARGIN_VOXELS` of `mirrored_gt` (the lesion reflected about the head's
+    mirror plane), the place where the mirror channels show the lesion -- with its centre's
+    distance (mm) to the lesion's centre and to the mirror image's."""
     near_mirror = ndimage.binary_dilation(mirrored_gt, iterations=GHOST_MARGIN_VOXELS)
     sp = np.asarray(spacing, float)
     centre = np.asarray(ndimage.center_of_mass(gt)) if gt.any() else None
     m_centre = np.asarray(ndimage.center_of_mass(mirrored_gt)) if mirrored_gt.any() else None
-    lab, n = ndimage.label(pred)
     rows = []
-    for k in range(1, n + 1):
-        comp = lab == k
+    for comp, true in mask_components(pred, gt):
         c = np.asarray(ndimage.center_of_mass(comp))
-        true = bool((comp & gt).any())
         rows.append(
             {
                 "ml": float(comp.sum() * np.prod(sp) / 1000.0),
@@ -630,7 +633,7 @@ def ghosts(args: argparse.Namespace) -> None:
     from clinfuse.nn.symmetry import plane_of, reflect
     from clinfuse.pipeline import load_model
     from clinfuse.training.data import training_target
-    from lesion_eval import head_prob, held_out_phantoms
+    from lesion_eval import head_prob, held_out_phantom
 
     model = load_model(args.checkpoint, 3, "cpu").model.eval()
     rule = model.lesion_head.mask_rule
@@ -640,8 +643,8 @@ def ghosts(args: argparse.Namespace) -> None:
     print("|---|---|---|---|---|---|---|")
     total = {"ghost": [0, 0.0], "other false": [0, 0.0]}
     for seed in args.seeds:
-        first = seed - seed % 100
-        _, prep, _ = held_out_phantoms(seed - first + 1, first_seed=first, lesion_ml=lesion_ml)[-1]
+        first = seed - seed % 100  # the set's first seed: sequence and kind follow from the rest
+        _, prep, _ = held_out_phantom(seed - first, first_seed=first, lesion_ml=lesion_ml)
         gt = prep.lesion.astype(bool)
         prob = head_prob(model, np.asarray(training_target(prep, 1.0)), prep)
         pred = rule.apply(prob, prep.spacing, 0.5)

@@ -50,22 +50,30 @@ def held_out_phantoms(
 ) -> list[Any]:
     """`n` phantoms, contrasts cycled, ischaemic/haemorrhagic alternating; `lesion_ml`: lesions
     redrawn into that volume range (`PhantomConfig.lesion_ml`), else kept as drawn."""
+    return [held_out_phantom(i, spacing, first_seed, lesion_ml) for i in range(n)]
+
+
+def held_out_phantom(
+    i: int,
+    spacing: float = 2.0,
+    first_seed: int = 7000,
+    lesion_ml: tuple[float, float] | None = None,
+) -> tuple[str, Any, None]:
+    """The `i`-th phantom of the set starting at `first_seed` (seed `first_seed + i`; its
+    sequence and lesion kind follow from `i`), prepared: ("phantom", prepared case, None)."""
     from clinfuse.phantom import MRI_CONTRASTS, PhantomConfig, generate_phantom
     from clinfuse.preprocess.pipeline import preprocess_case
 
-    out = []
-    for i in range(n):
-        cfg = PhantomConfig(
-            shape=(96, 96, 72),
-            spacing=(spacing,) * 3,
-            mri_contrast=MRI_CONTRASTS[i % len(MRI_CONTRASTS)],  # type: ignore[arg-type]
-            lesion="ischaemic" if i % 2 == 0 else "haemorrhagic",
-            lesion_ml=lesion_ml,
-        )
-        ph = generate_phantom(cfg, first_seed + i)
-        ph.case.case_id = f"phantom_{first_seed + i}_{cfg.mri_contrast}_{cfg.lesion}"
-        out.append(("phantom", preprocess_case(ph.case), None))
-    return out
+    cfg = PhantomConfig(
+        shape=(96, 96, 72),
+        spacing=(spacing,) * 3,
+        mri_contrast=MRI_CONTRASTS[i % len(MRI_CONTRASTS)],  # type: ignore[arg-type]
+        lesion="ischaemic" if i % 2 == 0 else "haemorrhagic",
+        lesion_ml=lesion_ml,
+    )
+    ph = generate_phantom(cfg, first_seed + i)
+    ph.case.case_id = f"phantom_{first_seed + i}_{cfg.mri_contrast}_{cfg.lesion}"
+    return ("phantom", preprocess_case(ph.case), None)
 
 
 def real_stroke(spacing: float = 2.0) -> tuple[str, Any, Any]:

@@ -319,11 +319,11 @@ def test_ghost_rows_tell_the_lesions_mirror_image_from_other_false_components():
     mirrored[31:35, 8:12, 8:12] = True  # its reflection about x = 19.5
     pred = gt.copy()
     pred[32:35, 9:12, 9:12] = True  # a ghost, a little off the mirror image
-    pred[18:20, 1:3, 1:3] = True  # a far speck elsewhere
+    pred[18, 1, 1] = pred[19, 2, 2] = True  # a far speck elsewhere, touching corner to corner
     prob = np.where(pred, 0.9, 0.0)
     rows = ghost_rows(pred, prob, gt, mirrored, (2.0, 2.0, 2.0))
     kinds = sorted((r["true"], r["ghost"]) for r in rows)
-    assert kinds == [(False, False), (False, True), (True, False)]
+    assert kinds == [(False, False), (False, True), (True, False)]  # 26-connected, as clean_mask
     true = next(r for r in rows if r["true"])
     ghost = next(r for r in rows if r["ghost"])
     assert true["ml"] == pytest.approx(64 * 8 / 1000) and true["to_lesion_mm"] == 0.0

@@ -71,3 +71,13 @@ def test_held_out_phantoms_can_be_drawn_in_the_issues_size_range():
     (ranged,) = le.held_out_phantoms(1, first_seed=7100, lesion_ml=(0.5, 80.0))
     vol = [float(c[1].lesion.sum()) * 8 / 1000 for c in (free, ranged)]
     assert vol[0] < 0.5 <= vol[1] <= 80.0
+
+
+def test_one_held_out_phantom_alone_is_that_phantom_of_its_set():
+    """`held_out_phantom(i, first_seed=F)` (what `lesion_checks.py ghosts` draws per seed) is
+    the i-th phantom of the set from F: same seed, sequence, lesion kind and voxels."""
+    *_, (_, in_set, _) = le.held_out_phantoms(2, first_seed=7500)
+    _, alone, _ = le.held_out_phantom(1, first_seed=7500)
+    assert alone.case_id == in_set.case_id == "phantom_7501_T2_haemorrhagic"
+    np.testing.assert_array_equal(alone.stack(), in_set.stack())
+    np.testing.assert_array_equal(alone.lesion, in_set.lesion)
