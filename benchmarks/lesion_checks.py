@@ -199,13 +199,14 @@ def minsize(args: argparse.Namespace) -> None:
         return f"{dice_mean:.3f} | {np.mean(hs) if hs else float('nan'):.1f} ({len(hs)})"
 
     own = head.mask_rule
-    per_case(probs, items, lambda p, it: own.apply(p, it.spacing))
+    per_case(probs, items, lambda p, it: own.apply(p, it.spacing, mri=it.sources[0]))
     print("| rule | validation Dice | HD95 mm (cases with a prediction) |")
     print("|---|---|---|")
     print(
         f"| the head's own rule ({own.min_ml:.2f} mL, secondary components of mean p >= "
-        f"{own.min_component_prob:.2f}, lesion gate {own.min_lesion_prob:.2f}) | "
-        + score(lambda p, it: own.apply(p, it.spacing))
+        f"{own.min_component_prob:.2f}, lesion gate {own.min_lesion_prob:.2f}"
+        f"{', mirror ghosts dropped' if own.drop_mirror_ghosts else ''}) | "
+        + score(lambda p, it: own.apply(p, it.spacing, mri=it.sources[0]))
         + " |"
     )
     for ml in (0.5, 1.0, 2.0, 3.0, 5.0, 10.0):
@@ -338,7 +339,9 @@ def paired(args: argparse.Namespace) -> None:
     for name, ck in (("new", args.checkpoint), ("old", args.against)):
         head, probs = head_probs(ck, items, args.hide_contrast)
         rule = head.mask_rule
-        heads[name] = list(scored(probs, items, lambda p, it, r=rule: r.apply(p, it.spacing)))
+        heads[name] = list(
+            scored(probs, items, lambda p, it, r=rule: r.apply(p, it.spacing, mri=it.sources[0]))
+        )
     ml = [float(np.prod(it.spacing)) / 1000.0 for it in items]
     s = paired_summary(heads["new"], heads["old"], ml)
     t = s["dice"]
@@ -389,7 +392,7 @@ def component_masks(
     under `rule` (26-connected in 3D), only voxels of known label; true = it touches the
     labelled lesion."""
     for p, it in zip(probs, items, strict=True):
-        mask = rule.apply(p, it.spacing) & it.known
+        mask = rule.apply(p, it.spacing, mri=it.sources[0]) & it.known
         for c, true in mask_components(mask, (it.label > 0.5) & it.known):
             yield it, p, c, true
 
@@ -578,7 +581,7 @@ def small(args: argparse.Namespace) -> None:
         cells = []
         for name, model in zip(names, models, strict=True):
             p = head_prob(model, fused, prep)
-            m = model.lesion_head.mask_rule.apply(p, prep.spacing, 0.5)
+            m = model.lesion_head.mask_rule.apply(p, prep.spacing, 0.5, prep.mri)
             d = float(dice(m, gt))
             summary.setdefault((seq, name), []).append(d)
             cells.append(f"{p[gt].max():.2f} / {p[gt].mean():.2f}, {d:.2f}, {m.sum() * ml:.2f}")
@@ -589,18 +592,20 @@ def small(args: argparse.Namespace) -> None:
         print(f"| {seq} | {name} | {sum(d > 0 for d in ds)} of {len(ds)} | {np.mean(ds):.3f} |")
 
 
-GHOST_MARGIN_VOXELS = 2  # a component this close to the lesion's mirror image is its ghost
-
-
 def ghost_rows(
-    pred: np.ndarray, prob: np.ndarray, gt: np.ndarray, mirrored_gt: np.ndarray, spacing: Any
+    pred: np.ndarray,
+    prob: np.ndarray,
+    gt: np.ndarray,
+    mirrored_gt: np.ndarray,
+    near_mirror: np.ndarray,
+    spacing: Any,
 ) -> list[dict[str, Any]]:
     """Each component of `pred` (`mask_components`): volume (mL), mean probability, whether
     it touches the lesion `gt`, and whether it is the lesion's ghost -- not touching the lesion
-    but within `GHOST_MARGIN_VOXELS` of `mirrored_gt` (the lesion reflected about the head's
-    mirror plane), the place where the mirror channels show the lesion -- with its centre's
-    distance (mm) to the lesion's centre and to the mirror image's."""
-    near_mirror = ndimage.binary_dilation(mirrored_gt, iterations=GHOST_MARGIN_VOXELS)
+    but inside `near_mirror` (`clinfuse.nn.symmetry.near_mirror_image` of the lesion: within
+    `GHOST_MARGIN_VOXELS` of its reflection `mirrored_gt` about the head's mirror plane, where
+    the mirror channels show it; the mask rule's ghost filter uses the same test) -- with its
+    centre's distance (mm) to the lesion's centre and to the mirror image's."""
     sp = np.asarray(spacing, float)
     centre = np.asarray(ndimage.center_of_mass(gt)) if gt.any() else None
     m_centre = np.asarray(ndimage.center_of_mass(mirrored_gt)) if mirrored_gt.any() else None
@@ -627,10 +632,8 @@ def ghost_rows(
 def ghosts(args: argparse.Namespace) -> None:
     """The head's mask components on held-out phantoms (benchmarks/lesion_eval.py's sets, by
     seed; a diagnosis of sets already used), each marked true, ghost or other false."""
-    import torch
-
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from clinfuse.nn.symmetry import plane_of, reflect
+    from clinfuse.nn.symmetry import mri_plane, near_mirror_image
     from clinfuse.pipeline import load_model
     from clinfuse.training.data import training_target
     from lesion_eval import head_prob, held_out_phantom
@@ -647,11 +650,10 @@ def ghosts(args: argparse.Namespace) -> None:
         _, prep, _ = held_out_phantom(seed - first, first_seed=first, lesion_ml=lesion_ml)
         gt = prep.lesion.astype(bool)
         prob = head_prob(model, np.asarray(training_target(prep, 1.0)), prep)
-        pred = rule.apply(prob, prep.spacing, 0.5)
-        mri = torch.from_numpy(np.ascontiguousarray(prep.stack()[0], np.float32))
-        lesion = torch.from_numpy(gt.astype(np.float32))[None]
-        mirrored = reflect(lesion, plane_of(mri))[0].numpy() > 0.5
-        rows = ghost_rows(pred, prob, gt, mirrored, prep.spacing)
+        pred = rule.apply(prob, prep.spacing, 0.5, prep.mri)
+        plane = mri_plane(prep.mri)
+        mirrored = near_mirror_image(gt, plane, margin=0)
+        rows = ghost_rows(pred, prob, gt, mirrored, near_mirror_image(gt, plane), prep.spacing)
         gt_ml = float(gt.sum() * np.prod(prep.spacing) / 1000.0)
         for r in rows or [None]:
             if r is None:

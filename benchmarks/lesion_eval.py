@@ -99,10 +99,12 @@ def head_prob(model: Any, fused: np.ndarray, prep: Any) -> np.ndarray:
     return prob * prep.brain
 
 
-def seg_scores(prob: np.ndarray, gt: np.ndarray, spacing: tuple[float, ...], rule: Any) -> dict:
+def seg_scores(
+    prob: np.ndarray, gt: np.ndarray, spacing: tuple[float, ...], rule: Any, mri: np.ndarray
+) -> dict:
     from clinfuse.metrics.segmentation import dice, hd95, nsd
 
-    pred = rule.apply(prob, spacing, 0.5)
+    pred = rule.apply(prob, spacing, 0.5, mri)
     empty = not pred.any()
     return {
         "dice": float(dice(pred, gt)),
@@ -197,7 +199,7 @@ def main() -> None:
             fused = training_target(prep, 1.0) if name == "composite" else BASELINES[name](prep)
             prob = head_prob(model, np.asarray(fused), prep)
             r = {"case": prep.case_id, "kind": kind, "fused": name, "grid_mm": 2.0}
-            r.update(seg_scores(prob, gt, prep.spacing, rule))
+            r.update(seg_scores(prob, gt, prep.spacing, rule, prep.mri))
             rows.append(r)
             s = store.setdefault(f"{kind}/{name}", {"p": [], "g": [], "b": [], "s": []})
             s["p"].append(prob)
@@ -209,7 +211,9 @@ def main() -> None:
 
                 up = resample_to_grid(prob, prep.affine, native.shape, native.affine)
                 r2 = {"case": prep.case_id, "kind": kind, "fused": name, "grid_mm": 1.0}
-                r2.update(seg_scores(up * native.brain, native.lesion, native.spacing, rule))
+                r2.update(
+                    seg_scores(up * native.brain, native.lesion, native.spacing, rule, native.mri)
+                )
                 rows.append(r2)
             print(
                 f"{time.time() - t0:6.0f}s {prep.case_id} {name}: Dice {r['dice']:.3f}", flush=True
@@ -238,7 +242,7 @@ def main() -> None:
             res = fuse_prepared(prep, model, steps=args.steps, seed=0, **kw)
             fused = np.asarray(res.fused)
             prob = head_prob(model, fused, prep)
-            pred = rule.apply(prob, prep.spacing, 0.5)
+            pred = rule.apply(prob, prep.spacing, 0.5, prep.mri)
             grows.append(
                 {
                     "case": prep.case_id,

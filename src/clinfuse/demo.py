@@ -198,7 +198,9 @@ class _Recorder:
         if lesion is not None:
             kept["lesion_prob"] = np.asarray(lesion, dtype=np.float32)
             # the mask the harness scores (threshold + the head's mask rule)
-            kept["lesion_mask"] = lesion_mask(np.asarray(lesion), prepared.spacing, rule)
+            kept["lesion_mask"] = lesion_mask(
+                np.asarray(lesion), prepared.spacing, rule, prepared.mri
+            )
         for key in ("uncertainty", "fused_std", "std"):
             # A bare ndarray result has a `.std` *method*: only take array-valued attributes.
             value = None if isinstance(raw, np.ndarray) else getattr(raw, key, None)

@@ -310,18 +310,24 @@ def test_small_reports_each_sequence_and_head(tmp_path, capsys, monkeypatch):
 def test_ghost_rows_tell_the_lesions_mirror_image_from_other_false_components():
     import numpy as np
 
+    from clinfuse.nn.symmetry import MirrorPlane, near_mirror_image
+
     ghost_rows = lc.ghost_rows
 
     shape = (40, 20, 20)
     gt = np.zeros(shape, bool)
     gt[5:9, 8:12, 8:12] = True  # left
-    mirrored = np.zeros(shape, bool)
-    mirrored[31:35, 8:12, 8:12] = True  # its reflection about x = 19.5
+    plane = MirrorPlane(0.0, 0.0, 19.5)
+    mirrored = near_mirror_image(gt, plane, margin=0)
+    expected = np.zeros(shape, bool)
+    expected[31:35, 8:12, 8:12] = True  # its reflection about x = 19.5
+    assert np.array_equal(mirrored, expected)
+    near = near_mirror_image(gt, plane)
     pred = gt.copy()
     pred[32:35, 9:12, 9:12] = True  # a ghost, a little off the mirror image
     pred[18, 1, 1] = pred[19, 2, 2] = True  # a far speck elsewhere, touching corner to corner
     prob = np.where(pred, 0.9, 0.0)
-    rows = ghost_rows(pred, prob, gt, mirrored, (2.0, 2.0, 2.0))
+    rows = ghost_rows(pred, prob, gt, mirrored, near, (2.0, 2.0, 2.0))
     kinds = sorted((r["true"], r["ghost"]) for r in rows)
     assert kinds == [(False, False), (False, True), (True, False)]  # 26-connected, as clean_mask
     true = next(r for r in rows if r["true"])
@@ -329,4 +335,4 @@ def test_ghost_rows_tell_the_lesions_mirror_image_from_other_false_components():
     assert true["ml"] == pytest.approx(64 * 8 / 1000) and true["to_lesion_mm"] == 0.0
     assert ghost["to_mirror_mm"] < 3.0 < 50.0 < ghost["to_lesion_mm"]
     assert ghost["mean_p"] == pytest.approx(0.9)
-    assert ghost_rows(np.zeros(shape, bool), prob, gt, mirrored, (2.0,) * 3) == []
+    assert ghost_rows(np.zeros(shape, bool), prob, gt, mirrored, near, (2.0,) * 3) == []

@@ -252,6 +252,97 @@ def test_clean_mask_drops_doubtful_secondary_components():
     assert clean_mask(flat, sp[:2], min_component_prob=0.8).sum() == 64
 
 
+def _symmetric_head(shape: tuple[int, int, int] = (40, 32, 32)) -> np.ndarray:
+    """An MRI-like volume mirror-symmetric about the plane x = 19.5 (textured ellipsoid)."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(0)
+    grid = np.meshgrid(*[np.arange(n, dtype=float) for n in shape], indexing="ij")
+    r2 = sum(((g - (n - 1) / 2) / (0.43 * n)) ** 2 for g, n in zip(grid, shape, strict=True))
+    tex = ndimage.gaussian_filter(rng.normal(size=shape), 1.5)
+    return np.where(r2 <= 1, 1.0 + tex + tex[::-1], 0.0).astype(np.float32)
+
+
+def _lesion_and_ghost(shape: tuple[int, int, int] = (40, 32, 32)) -> np.ndarray:
+    """A probability map: a confident lesion (64 voxels, p 0.95) left, its larger, a little
+    fainter mirror twin right (125 voxels, p 0.9; the larger by summed probability), a
+    component on the midline (27 voxels, p 0.93) and a far one nowhere near a mirror image
+    (27 voxels, p 0.92)."""
+    prob = np.zeros(shape, np.float32)
+    prob[5:9, 12:16, 12:16] = 0.95  # the lesion; its mirror image is x 31:35
+    prob[30:35, 11:16, 12:17] = 0.9  # the ghost
+    prob[18:21, 22:25, 22:25] = 0.93  # on the midline: its own mirror image
+    prob[28:31, 25:28, 3:6] = 0.92  # far from every mirror image
+    return prob
+
+
+def test_mirror_ghosts_go_the_lesion_and_other_components_stay():
+    """`drop_mirror_ghosts`: of a component and its mirror twin about the MRI's mid-sagittal
+    plane the more confident (by mean probability) stays although the twin is larger; a
+    midline component and a component far from any mirror image stay; a rule with the filter
+    needs the MRI; off by default."""
+    from clinfuse.nn.lesion_mask import LesionMaskRule, clean_mask
+    from clinfuse.nn.symmetry import mri_plane
+
+    mri, prob, sp = _symmetric_head(), _lesion_and_ghost(), (2.0, 2.0, 2.0)
+    plane = mri_plane(mri)
+    assert plane.offset == pytest.approx(19.5, abs=0.3) and abs(plane.yaw) <= 1.0
+    assert clean_mask(prob, sp).sum() == 64 + 125 + 27 + 27  # off by default
+    kept = clean_mask(prob, sp, drop_mirror_ghosts=True, mri=mri)
+    assert kept.sum() == 64 + 27 + 27 and not kept[30:35, 11:16, 12:17].any()
+    assert kept[5:9, 12:16, 12:16].all()
+    rule = LesionMaskRule(drop_mirror_ghosts=True)
+    assert np.array_equal(rule.apply(prob, sp, mri=mri), kept)
+    assert not LesionMaskRule().drop_mirror_ghosts
+    with pytest.raises(ValueError, match="MRI"):
+        rule.apply(prob, sp)
+    ghost_alone = np.where(prob == np.float32(0.9), prob, 0)
+    assert clean_mask(ghost_alone, sp, drop_mirror_ghosts=True, mri=mri).sum() == 125  # kept
+
+
+def test_calibration_chooses_the_ghost_filter_when_validation_has_ghosts(monkeypatch):
+    """With `mirror_ghosts` the calibration scores the filter off and on after the other
+    parts; a validation case whose lesion has a larger mirror ghost turns it on and the head's
+    buffer carries it; without a ghost it stays off (ties: off); not considered by default. A
+    state dict from before the buffer loads with the filter off."""
+    import clinfuse.metrics.calibration as cal
+    from clinfuse.nn.lesion_head import LesionHead
+    from clinfuse.training import lesion as tl
+
+    mri = _symmetric_head()
+    shape = mri.shape
+    label = np.zeros(shape, np.float32)
+    label[5:9, 12:16, 12:16] = 1.0
+    ghosted = np.full(shape, -8.0, np.float32)
+    ghosted[5:9, 12:16, 12:16] = 4.0  # p 0.98 on the lesion
+    ghosted[30:35, 11:16, 12:17] = 2.2  # p 0.9: its mirror ghost
+    src = np.stack([mri, mri, mri])
+    item = tl._Item("c", src, mri, {}, label, np.ones(shape, np.float32), mri > 0, (2.0,) * 3)
+    monkeypatch.setattr(cal, "fit_temperature", lambda z, y: 1.0)
+    monkeypatch.setattr(tl, "predict_logits", lambda *a, **k: ghosted)
+    cfg = tl.LesionTrainConfig(patch_size=(16, 16, 16), channels=(4, 8), rule_dice_tolerance=0.01)
+    head = LesionHead(3, (4, 8), 1, inputs=cfg.inputs)
+    rule, rec, final = tl._fit_postprocessing(head, [item], cfg)
+    assert not rule.drop_mirror_ghosts and "dice_by_mirror_ghosts" not in rec
+    assert final["dice"] < 0.6  # the ghost stays: 2 x 64 / (64 + 189)
+    on = tl.LesionTrainConfig(**{**cfg.__dict__, "mirror_ghosts": True})
+    rule, rec, final = tl._fit_postprocessing(head, [item], on)
+    assert rule.drop_mirror_ghosts and int(head.mirror_ghosts) == 1
+    by_ghost = rec["dice_by_mirror_ghosts"]
+    assert by_ghost["1.0"] == pytest.approx(1.0) and by_ghost["0.0"] < 0.6
+    assert rec["hd95_by_mirror_ghosts"]["1.0"] < rec["hd95_by_mirror_ghosts"]["0.0"]
+    assert head.mask_rule.drop_mirror_ghosts and final["dice"] == pytest.approx(1.0)
+    old = {k: v for k, v in head.state_dict().items() if k != "mirror_ghosts"}
+    fresh = LesionHead(3, (4, 8), 1, inputs=cfg.inputs)
+    fresh.mirror_ghosts.fill_(1)
+    fresh.load_state_dict(old)
+    assert not fresh.mask_rule.drop_mirror_ghosts
+    clean = np.where(ghosted > 3, ghosted, -8.0).astype(np.float32)  # no ghost: a tie -> off
+    monkeypatch.setattr(tl, "predict_logits", lambda *a, **k: clean)
+    rule, rec, _ = tl._fit_postprocessing(head, [item], on)
+    assert not rule.drop_mirror_ghosts and int(head.mirror_ghosts) == 0
+
+
 def _fit_on_two_cases(
     monkeypatch: pytest.MonkeyPatch, label: np.ndarray, logit: np.ndarray
 ) -> tuple:

@@ -98,6 +98,13 @@ def train_lesion(
         "probable component's mean probability is below it, chosen by the mean Dice over every "
         "validation case (lesion-free ones: 1 if nothing is marked, else 0). Default: no gate.",
     ),
+    mirror_ghosts: bool = typer.Option(
+        False,
+        "--mirror-ghosts/--no-mirror-ghosts",
+        help="Calibration also considers the mirror-ghost filter (on or off by the rule "
+        "criterion): a component lying on the mirror image, about the MRI's mid-sagittal plane, "
+        "of a more confident one is dropped. Default: not considered (off).",
+    ),
     seed: int = typer.Option(0, "--seed", help="Seed of patches, noise and augmentation."),
     amp: str = typer.Option(
         "auto",
@@ -188,6 +195,7 @@ def train_lesion(
             flip_tta=flip_tta,
             rule_dice_tolerance=rule_dice_tolerance,
             lesion_gate=lesion_gate,
+            mirror_ghosts=mirror_ghosts,
             log=typer.echo,
         )
         typer.echo(f"done: {res.checkpoint} (head of {head_from})")
@@ -217,6 +225,7 @@ def train_lesion(
         dice_per_sample=dice_per_sample,
         rule_dice_tolerance=rule_dice_tolerance,
         lesion_gate=lesion_gate,
+        mirror_ghosts=mirror_ghosts,
         contrast_dropout=contrast_dropout,
         tilt_deg=tilt_deg,
     )
@@ -237,7 +246,8 @@ def train_lesion(
         f"done: {result.checkpoint} (best step {result.best_step}, val Dice "
         f"{result.best_dice:.3f}; temperature {result.temperature:.3f}, minimum lesion "
         f"{result.min_lesion_ml} mL, minimum component probability "
-        f"{result.min_component_prob:.2f}, lesion gate {result.min_lesion_prob:.2f}; "
+        f"{result.min_component_prob:.2f}, lesion gate {result.min_lesion_prob:.2f}"
+        f"{', mirror ghosts dropped' if result.mirror_ghosts else ''}; "
         "final val Dice "
         f"{result.val.get('dice', float('nan')):.3f})"
     )

@@ -341,19 +341,23 @@ def predicted_mask(
     threshold: float,
     model: Any,
     min_lesion_prob: float = 0.0,
+    mri: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The head's probability `(B, 1, *S)` as a lesion mask: kept inside `brain` (`(1|B, 1,
     *S)`), thresholded and cleaned by the head's own `LesionMaskRule` (small and doubtful
     secondary components removed: `nn.lesion_mask.clean_mask`), per item. Bool, on `prob`'s
     device. `min_lesion_prob` raises the rule's case-level gate to at least this (an item whose
-    most probable component is fainter gets an empty mask)."""
+    most probable component is fainter gets an empty mask). `mri` (`(1|B, 1, *S)`, the MRI
+    on `prob`'s grid) is needed by a rule that drops mirror ghosts."""
     inside = (prob * brain.to(prob.dtype)).detach().float().cpu().numpy()
     rule = head_mask_rule(model)
     if min_lesion_prob > rule.min_lesion_prob:
         rule = replace(rule, min_lesion_prob=min_lesion_prob)
+    planes = None if mri is None else mri.detach().float().cpu().numpy()
     mask = np.zeros(inside.shape, dtype=bool)
     for b in range(inside.shape[0]):
-        mask[b, 0] = rule.apply(inside[b, 0], spacing, threshold)
+        m = None if planes is None else planes[min(b, planes.shape[0] - 1), 0]
+        mask[b, 0] = rule.apply(inside[b, 0], spacing, threshold, m)
     return torch.from_numpy(mask).to(prob.device) & brain.bool()
 
 
@@ -416,11 +420,12 @@ class RoiGuide:
         # The specificity gate (`lesion_guide_min_prob`) empties a doubtful item's mask; only
         # when nothing is left is the ungated mask made, to log whether the gate emptied it.
         args = (s_lesion, brain, self.spacing, cfg.lesion_threshold, self.model)
-        target = predicted_mask(*args, min_lesion_prob=cfg.lesion_guide_min_prob)
+        mri = None if self.cond is None else self.cond[:, 0:1]
+        target = predicted_mask(*args, min_lesion_prob=cfg.lesion_guide_min_prob, mri=mri)
         self.needs_line7 = False
         frac = float(target.sum()) / max(1.0, float(brain.expand_as(target).sum()))
         doubtful = cfg.lesion_guide_min_prob > 0 and not bool(target.any())
-        doubtful = doubtful and bool(predicted_mask(*args).any())
+        doubtful = doubtful and bool(predicted_mask(*args, mri=mri).any())
         if frac > cfg.max_predicted_fraction or doubtful:
             # implausible (too large) or doubtful (too faint): guide nothing rather than FPs
             self.target, self.source = None, LesionSource.rejected

@@ -63,13 +63,15 @@ def lesion_mask(
     lesion_pred: np.ndarray,
     spacing: tuple[float, ...],
     mask_rule: LesionMaskRule | None = None,
+    mri: np.ndarray | None = None,
 ) -> np.ndarray:
     """A lesion prediction as the mask that is scored: a bool mask as given; a probability
     thresholded at `LESION_THRESHOLD` and cleaned by `mask_rule` (the lesion head's own
-    `LesionMaskRule`; None keeps every component), as fuse and guidance make it."""
+    `LesionMaskRule`; None keeps every component), as fuse and guidance make it. `mri`: the
+    case's MRI on the same grid (a rule dropping mirror ghosts needs its plane)."""
     if lesion_pred.dtype == np.bool_:
         return lesion_pred
-    return (mask_rule or LesionMaskRule()).apply(lesion_pred, spacing, LESION_THRESHOLD)
+    return (mask_rule or LesionMaskRule()).apply(lesion_pred, spacing, LESION_THRESHOLD, mri)
 
 
 def _lesion_metrics(
@@ -156,6 +158,6 @@ def evaluate_case(
         lesion_pred = np.asarray(lesion_pred)
         _check_image("lesion prediction", lesion_pred, shape)
         if prepared.lesion is not None:
-            pred = lesion_mask(lesion_pred, prepared.spacing, mask_rule)
+            pred = lesion_mask(lesion_pred, prepared.spacing, mask_rule, prepared.mri)
             row.update(_lesion_metrics(pred, prepared.lesion.astype(bool), prepared.spacing))
     return row

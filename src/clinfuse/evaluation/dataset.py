@@ -195,7 +195,7 @@ def evaluate_dataset(
     (e.g. `clinfuse.pipeline.lesion_head_predictor`) replaces every method's own lesion output,
     so all methods' lesion Dice/NSD/HD95 come from one segmenter applied to their fused images;
     `lesion_head_name` records which one in summary.json. A probability is scored as
-    `rule.apply(prob, spacing, 0.5)` with the head's `LesionMaskRule` (carried by the method's
+    `rule.apply(prob, spacing, 0.5, mri)` with the head's `LesionMaskRule` (carried by the method's
     output or the `lesion_head` callable: `methods.mask_rule_of`); a case whose
     mask is empty is flagged in `no_predicted_lesion` and its HD95 counted apart.
     """

@@ -125,12 +125,14 @@ class LesionHead(nn.Module):
         # 1 = uncalibrated), `min_lesion_ml` is the smallest connected component `clean_mask`
         # keeps and `min_component_prob` the mean probability a component other than the most
         # probable one needs to stay, `min_lesion_prob` the mean probability the most probable
-        # one needs for the head to report a lesion at all (`LesionMaskRule`). Checkpoints from
-        # before they existed load with 1, 0, 0 and 0.
+        # one needs for the head to report a lesion at all, `mirror_ghosts` 1 when components
+        # on the mirror image of a more confident one go (`LesionMaskRule`). Checkpoints from
+        # before they existed load with 1, 0, 0, 0 and 0.
         self.register_buffer("temperature", torch.ones(()))
         self.register_buffer("min_lesion_ml", torch.zeros(()))
         self.register_buffer("min_component_prob", torch.zeros(()))
         self.register_buffer("min_lesion_prob", torch.zeros(()))
+        self.register_buffer("mirror_ghosts", torch.zeros((), dtype=torch.long))
         # Sliding-window size (voxels per axis) for volumes larger than it, in eval mode: the
         # training patch, so instance norm sees windows like its training patches. 0 = whole.
         self.register_buffer("window", torch.zeros((), dtype=torch.long))
@@ -155,6 +157,7 @@ class LesionHead(nn.Module):
             ("min_lesion_ml", 0.0),
             ("min_component_prob", 0.0),
             ("min_lesion_prob", 0.0),
+            ("mirror_ghosts", 0),
             ("window", 0),
             ("flip_tta", 0),
         )
@@ -168,7 +171,10 @@ class LesionHead(nn.Module):
     def mask_rule(self) -> LesionMaskRule:
         """How this head's probability becomes a lesion mask (its fitted post-processing)."""
         return LesionMaskRule(
-            float(self.min_lesion_ml), float(self.min_component_prob), float(self.min_lesion_prob)
+            float(self.min_lesion_ml),
+            float(self.min_component_prob),
+            float(self.min_lesion_prob),
+            bool(self.mirror_ghosts),
         )
 
     @property

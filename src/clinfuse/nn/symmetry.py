@@ -29,6 +29,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy import ndimage
@@ -38,6 +39,9 @@ MAX_ANGLE = 12.0  # degrees searched either side of the volume's x axis (yaw and
 HEAD_LEVEL = 0.1  # head voxels: MRI above this share of its range (as `mid_sagittal_shift`)
 HIGH_PASS = 2.0  # coarse voxels (~8 mm): the Gaussian subtracted before correlating
 ANGLE_PRIOR = 1e-3  # correlation charged per squared degree of yaw and of roll
+# A mask component this close (voxels, 26-neighbour steps) to another's mirror image lies where
+# the mirror channels show that other one: its "ghost" (session 23, `near_mirror_image`).
+GHOST_MARGIN_VOXELS = 2
 
 
 @dataclass(frozen=True)
@@ -229,3 +233,23 @@ def plane_of(mri: torch.Tensor) -> MirrorPlane:
     _remember(_key(m.flip(0)), plane.flipped(m.shape[0], m.ndim))
     _remember(key, plane)
     return plane
+
+
+def mri_plane(mri: np.ndarray) -> MirrorPlane:
+    """`plane_of` for a numpy MRI volume (*S): the plane the "+rigid-mirror" heads reflect
+    about, remembered by content."""
+    return plane_of(torch.from_numpy(np.ascontiguousarray(mri, dtype=np.float32)))
+
+
+def near_mirror_image(
+    mask: np.ndarray, plane: MirrorPlane, margin: int = GHOST_MARGIN_VOXELS
+) -> np.ndarray:
+    """The voxels within `margin` voxels (26-neighbour dilations) of `mask` (bool, *S)
+    reflected about `plane` (`reflect`, the reflected mask kept where it is above 0.5): where
+    the mirror channels of a rigid-mirror head show `mask`. Bool, same shape."""
+    m = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None]
+    out = reflect(m, plane)[0].numpy() > 0.5
+    if margin > 0 and out.any():
+        structure = np.ones((3,) * out.ndim, dtype=bool)
+        out = ndimage.binary_dilation(out, structure=structure, iterations=margin)
+    return out

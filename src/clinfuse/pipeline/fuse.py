@@ -80,7 +80,7 @@ class FusionResult:
     def lesion_mask(self) -> np.ndarray:
         """The predicted lesion mask: `lesion_prob` >= 0.5 cleaned by the head's own
         `LesionMaskRule` (`nn.lesion_mask.clean_mask`, as guidance and evaluation make it)."""
-        return self.mask_rule.apply(self.lesion_prob, self.prepared.spacing, 0.5)
+        return self.mask_rule.apply(self.lesion_prob, self.prepared.spacing, 0.5, self.prepared.mri)
 
 
 # --------------------------------------------------------------------------- fusion

@@ -30,7 +30,9 @@ recipe; only the choice of the fused channel and the mirror channels are ours:
   probability a secondary component needs to stay (`min_component_prob`), and with
   `lesion_gate` the mean probability the most probable component needs for any lesion to be
   reported (`min_lesion_prob`, chosen by the mean Dice over every validation case with the
-  BraTS convention for lesion-free ones: 1 for an empty mask, 0 otherwise). All are stored in the
+  BraTS convention for lesion-free ones: 1 for an empty mask, 0 otherwise), and with
+  `mirror_ghosts` whether components on the mirror image of a more confident one go
+  (`nn.lesion_mask.drop_ghosts`, on or off by the same criterion). All are stored in the
   head (buffers), so every user of the head applies them. `transplant_lesion_head(...,
   recalibrate_on=VAL)` (`train-lesion --head-from --recalibrate`) refits them for a trained
   head without training it.
@@ -161,6 +163,11 @@ class LesionTrainConfig:
     # It trades a doubtful small lesion found against a false lesion on a healthy head, in the
     # proportion of lesion-free cases in the validation split. False: no gate (every earlier head).
     lesion_gate: bool = False
+    # Consider the mirror-ghost filter as well (session 24, `LesionMaskRule.drop_mirror_ghosts`):
+    # after the minimum size and the secondary filter, on or off by the same criterion (ties:
+    # off). It drops components lying on the mirror image of a more confident one, where heads
+    # reading mirror channels mark a lesion's contralateral twin. False: off (every earlier head).
+    mirror_ghosts: bool = False
     # Heads with sequence slots (`inputs` "...+contrast", session 19): the share of training
     # samples whose MRI sequence is hidden (every slot zero), so the head also learns to work
     # when the user does not say the sequence. Each case's sequence comes from its dataset
@@ -230,6 +237,7 @@ class LesionTrainResult:
     min_component_prob: float = 0.0
     val: dict[str, Any] = field(default_factory=dict)
     min_lesion_prob: float = 0.0
+    mirror_ghosts: bool = False
 
 
 @dataclass
@@ -617,7 +625,7 @@ def _validate(
             head, it.composite, it.sources, cfg.patch_size, contrast=it.mri_contrast
         )
         prob = 1.0 / (1.0 + np.exp(-logits)) * it.brain
-        pred = rule.apply(prob, it.spacing, cfg.threshold) & it.known
+        pred = rule.apply(prob, it.spacing, cfg.threshold, it.sources[0]) & it.known
         if it.label.any():
             dices.append(float(dice(pred, (it.label > 0.5) & it.known)))
         else:
@@ -673,7 +681,7 @@ def _calibrate(
         for p, it in zip(probs, items, strict=True):
             if not it.label.any():
                 continue
-            pred = rule.apply(p, it.spacing, cfg.threshold) & it.known
+            pred = rule.apply(p, it.spacing, cfg.threshold, it.sources[0]) & it.known
             gt = (it.label > 0.5) & it.known
             ds.append(float(dice(pred, gt)))
             if with_hd95 and pred.any() and gt.any():
@@ -690,6 +698,11 @@ def _calibrate(
     best_ml = _pick_rule(by_ml, tol)
     by_prob = {q: score(LesionMaskRule(best_ml, q)) for q in MIN_COMPONENT_PROB_CHOICES}
     best_prob = _pick_rule(by_prob, tol)
+    ghosts = False
+    by_ghost: dict[float, RuleScore] = {}
+    if cfg.mirror_ghosts:  # 0 = off, 1 = on (ties: off, the filter that removes least)
+        by_ghost = {g: score(LesionMaskRule(best_ml, best_prob, 0.0, bool(g))) for g in (0.0, 1.0)}
+        ghosts = bool(_pick_rule(by_ghost, tol))
     record: dict[str, Any] = {
         "temperature": temp,
         "validation_calibration": scores,
@@ -697,25 +710,29 @@ def _calibrate(
         "dice_by_min_component_prob": {str(k): v.dice for k, v in by_prob.items()},
         "rule_dice_tolerance": tol,
     }
+    tables = [("min_ml", by_ml), ("min_component_prob", by_prob)]
+    if by_ghost:
+        record["dice_by_mirror_ghosts"] = {str(k): v.dice for k, v in by_ghost.items()}
+        tables.append(("mirror_ghosts", by_ghost))
     if with_hd95:
-        for name, table in (("min_ml", by_ml), ("min_component_prob", by_prob)):
+        for name, table in tables:
             record[f"hd95_by_{name}"] = {str(k): v.hd95 for k, v in table.items()}
             record[f"found_by_{name}"] = {str(k): v.found for k, v in table.items()}
     best_gate = 0.0
     if cfg.lesion_gate:
         gates = {}
         for g in MIN_LESION_PROB_CHOICES:
-            rule = LesionMaskRule(best_ml, best_prob, g)
+            rule = LesionMaskRule(best_ml, best_prob, g, ghosts)
             gates[g] = _gate_score(
                 [
-                    rule.apply(p, it.spacing, cfg.threshold) & it.known
+                    rule.apply(p, it.spacing, cfg.threshold, it.sources[0]) & it.known
                     for p, it in zip(probs, items, strict=True)
                 ],
                 items,
             )
         best_gate = _pick_gate(gates)
         record["gate_by_min_lesion_prob"] = {str(k): v._asdict() for k, v in gates.items()}
-    return temp, LesionMaskRule(best_ml, best_prob, best_gate), record
+    return temp, LesionMaskRule(best_ml, best_prob, best_gate, ghosts), record
 
 
 class GateScore(NamedTuple):
@@ -1058,6 +1075,7 @@ def train_lesion_head(
             "min_lesion_ml": rule.min_ml,
             "min_component_prob": rule.min_component_prob,
             "min_lesion_prob": rule.min_lesion_prob,
+            "mirror_ghosts": rule.drop_mirror_ghosts,
             "val_final": final,
             "val_cases": [i.case_id for i in val_items],
             "seconds": time.perf_counter() - start,
@@ -1076,6 +1094,7 @@ def _fit_postprocessing(
     head.min_lesion_ml.fill_(rule.min_ml)
     head.min_component_prob.fill_(rule.min_component_prob)
     head.min_lesion_prob.fill_(rule.min_lesion_prob)
+    head.mirror_ghosts.fill_(int(rule.drop_mirror_ghosts))
     return rule, calib, _validate(head, val_items, cfg, rule)
 
 
@@ -1084,7 +1103,8 @@ def _fitted(head: Any, rule: LesionMaskRule, final: dict[str, Any]) -> str:
         f"{'flip-averaged, ' if bool(head.flip_tta) else ''}"
         f"temperature {float(head.temperature):.3f}, min lesion {rule.min_ml} mL, "
         f"min component probability {rule.min_component_prob}, lesion gate "
-        f"{rule.min_lesion_prob} -> val Dice {final['dice']:.3f}, lesion-free cases with a "
+        f"{rule.min_lesion_prob}{', mirror ghosts dropped' if rule.drop_mirror_ghosts else ''}"
+        f" -> val Dice {final['dice']:.3f}, lesion-free cases with a "
         f"prediction {final.get('lesion_free_cases_with_a_prediction', 0)}"
     )
 
@@ -1140,6 +1160,7 @@ def _write_checkpoint(
         float(record.get("min_component_prob", 0.0)),
         dict(record["val_final"]),
         float(record.get("min_lesion_prob", 0.0)),
+        bool(record.get("mirror_ghosts", False)),
     )
 
 
@@ -1174,6 +1195,7 @@ def _recalibrated(
         "min_lesion_ml": rule.min_ml,
         "min_component_prob": rule.min_component_prob,
         "min_lesion_prob": rule.min_lesion_prob,
+        "mirror_ghosts": rule.drop_mirror_ghosts,
         "flip_tta": bool(head.flip_tta),
         "val_final": final,
         "val_data": str(val_data),
@@ -1230,6 +1252,7 @@ def _warm_start(head: Any, cfg: LesionTrainConfig, spatial_dims: int) -> None:
     head.min_lesion_ml.fill_(0.0)
     head.min_component_prob.fill_(0.0)
     head.min_lesion_prob.fill_(0.0)
+    head.mirror_ghosts.fill_(0)
 
 
 def _without_contrast(inputs: str) -> str:
@@ -1273,6 +1296,7 @@ def transplant_lesion_head(
     flip_tta: bool | None = None,
     rule_dice_tolerance: float = 0.0,
     lesion_gate: bool = False,
+    mirror_ghosts: bool = False,
     log: Callable[[str], None] | None = print,
 ) -> LesionTrainResult:
     """Write `out` = `target_checkpoint` (e.g. a newer denoiser) with the lesion head of
@@ -1295,9 +1319,9 @@ def transplant_lesion_head(
             "switching flip test-time augmentation changes the logits: recalibrate on a "
             "validation dataset as well"
         )
-    if (rule_dice_tolerance > 0 or lesion_gate) and recalibrate_on is None:
+    if (rule_dice_tolerance > 0 or lesion_gate or mirror_ghosts) and recalibrate_on is None:
         raise ClinfuseInputError(
-            "a rule criterion or gate only applies when recalibrating (--recalibrate)"
+            "a rule criterion, gate or ghost filter only applies when recalibrating (--recalibrate)"
         )
     src = read_checkpoint(head_checkpoint)
     record = (src.get("extra") or {}).get("lesion_head")
@@ -1319,6 +1343,7 @@ def transplant_lesion_head(
         norm=norm,
         rule_dice_tolerance=rule_dice_tolerance,
         lesion_gate=lesion_gate,
+        mirror_ghosts=mirror_ghosts,
     )
     cfg.validate()
     record = {**record, "transplanted_from": str(head_checkpoint)}

@@ -323,7 +323,9 @@ def validate(
             prob = torch.sigmoid(model.lesion_head(fused_p, cond)[crop].float())
             # the mask as fuse and evaluation make it: p >= 0.5 cleaned by the head's own
             # `LesionMaskRule`; Dice from metrics.segmentation, as evaluation
-            pred = model.lesion_head.mask_rule.apply(prob.squeeze().cpu().numpy(), b.spacing[0])
+            pred = model.lesion_head.mask_rule.apply(
+                prob.squeeze().cpu().numpy(), b.spacing[0], mri=mri.squeeze().cpu().numpy()
+            )
             rows["val_dice_lesion"].append(dice(pred, _np_mask(b.lesion)))
     out = {}
     for k, vals in rows.items():
@@ -413,7 +415,13 @@ def init_weights(model: nn.Module, path: Path) -> None:
     if not head_fits:
         weights = {k: v for k, v in weights.items() if not k.startswith("lesion_head.")}
         weights.update({k: own[k] for k in head})
-    calibration = ("temperature", "min_lesion_ml", "min_component_prob", "min_lesion_prob")
+    calibration = (
+        "temperature",
+        "min_lesion_ml",
+        "min_component_prob",
+        "min_lesion_prob",
+        "mirror_ghosts",
+    )
     for k in (f"lesion_head.{name}" for name in calibration):
         if k in own:
             weights.setdefault(k, own[k])
