@@ -327,8 +327,10 @@ def test_predicted_lesion_mask_uses_the_heads_mask_rule(checkpoint, case_files):
     """fuse's predicted lesion mask and `--lesion-head`'s scorer carry the head's mask rule
     (minimum size, minimum component probability), so fuse, guidance and evaluation clean the
     probability the same way."""
+    from dataclasses import replace
+
     from clinfuse.evaluation.methods import mask_rule_of
-    from clinfuse.nn.lesion_mask import LesionMaskRule
+    from clinfuse.nn.lesion_mask import LesionMaskRule, clean_mask
     from clinfuse.pipeline import lesion_head_predictor
 
     prep = _prepared(case_files)
@@ -345,6 +347,10 @@ def test_predicted_lesion_mask_uses_the_heads_mask_rule(checkpoint, case_files):
     res.lesion_prob = speck
     mask = res.lesion_mask()
     assert mask.dtype == bool and int(mask.sum()) == 64 and not mask[10, 8, 7]
+    # a rule dropping mirror ghosts is applied with the case's MRI (its mid-sagittal plane)
+    res.mask_rule = replace(res.mask_rule, drop_mirror_ghosts=True)
+    expected = clean_mask(speck, prep.spacing, 0.5, 0.05, 0.8, 0.0, True, prep.mri)
+    assert np.array_equal(res.lesion_mask(), expected)
     predict = lesion_head_predictor(checkpoint)
     assert mask_rule_of(predict) == LesionMaskRule()  # nothing loaded yet
     assert predict(prep.mri, prep).shape == SHAPE

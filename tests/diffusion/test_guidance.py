@@ -318,6 +318,28 @@ def test_predicted_mask_is_cleaned_with_the_heads_mask_rule():
     assert int(predicted_mask(prob, brain_half, spacing, 0.5, AverageModel())[0].sum()) == 9
 
 
+def test_predicted_mask_drops_mirror_ghosts_with_the_mri():
+    """A head whose rule drops mirror ghosts cleans line 7's mask about the MRI's plane (one
+    MRI for the batch, as the guide passes `cond[:, 0:1]`); without the MRI it refuses."""
+    from clinfuse.diffusion.guidance import predicted_mask
+
+    n = 20
+    mri = torch.zeros(1, 1, n, 12, 12)
+    gen = torch.Generator().manual_seed(0)
+    half = torch.rand(n // 2, 12, 12, generator=gen)
+    mri[0, 0, 1:-1] = 1.0 + torch.cat([half[1:], half[1:].flip(0)])  # symmetric about 9.5
+    model = HeadModel(0.0)
+    model.lesion_head.mirror_ghosts.fill_(1)
+    prob = torch.zeros(2, 1, n, 12, 12)
+    prob[:, :, 3:6, 4:7, 4:7] = 0.95  # the lesion
+    prob[:, :, 13:17, 4:8, 4:8] = 0.9  # its mirror ghost (x 13:16), larger and fainter
+    brain = torch.ones(1, 1, n, 12, 12, dtype=torch.bool)
+    mask = predicted_mask(prob, brain, (2.0, 2.0, 2.0), 0.5, model, mri=mri)
+    assert int(mask[0].sum()) == int(mask[1].sum()) == 27
+    with pytest.raises(ValueError, match="MRI"):
+        predicted_mask(prob, brain, (2.0, 2.0, 2.0), 0.5, model)
+
+
 def test_line7_uses_the_cleaned_mask():
     res = _run(HeadModel(0.0), GuidanceConfig(eta=0.02, gamma=3.0, max_predicted_fraction=1.0))
     assert res.lesion_source == "predicted" and bool(res.lesion_target.any())

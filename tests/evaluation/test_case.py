@@ -96,6 +96,25 @@ def test_probability_is_cleaned_with_the_heads_mask_rule(case_factory):
     assert as_given["dice"] == kept["dice"]
 
 
+def test_mirror_ghost_rule_is_applied_with_the_cases_mri(case_factory):
+    """A rule that drops mirror ghosts is given the case's MRI: the lesion's fainter twin,
+    about the MRI's own mid-sagittal plane, is not scored."""
+    from dataclasses import replace
+
+    from clinfuse.nn.symmetry import mri_plane, near_mirror_image
+
+    p = case_factory()
+    d2 = sum((g - c) ** 2 for g, c in zip(np.indices(p.shape), (4.5, 8.5, 8.5), strict=True))
+    p = replace(p, lesion=d2 <= 1.5**2)  # a small lesion left of the midline
+    twin = near_mirror_image(p.lesion, mri_plane(p.mri), margin=0)
+    assert twin.any() and not (twin & p.lesion).any()
+    prob = np.where(p.lesion > 0, 0.95, np.where(twin, 0.8, 0.0)).astype(np.float32)
+    ghosted = evaluate_case(p.mri, p, lesion_pred=prob)
+    rule = LesionMaskRule(drop_mirror_ghosts=True)
+    clean = evaluate_case(p.mri, p, lesion_pred=prob, mask_rule=rule)
+    assert ghosted["dice"] < 0.9 and clean["dice"] == 1.0
+
+
 def test_empty_prediction_is_flagged(case_factory):
     p = case_factory()
     row = evaluate_case(p.mri, p, lesion_pred=np.zeros(p.shape, np.float32))
