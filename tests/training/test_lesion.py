@@ -1289,13 +1289,63 @@ def test_calibration_guard_counts_lesions_found_not_specks_in_missed_cases(monke
     assert rule.min_ml == 0.05  # the speck goes; with the old count (2 against 1) 0.0 stayed
 
 
-def test_rule_criterion_needs_a_recalibration(tmp_path):
+def test_joint_rule_does_not_keep_specks_for_a_find_the_filter_discards(monkeypatch):
+    """Greedy calibration keeps a 0 mL minimum for the one lesion only a speck overlaps (case
+    b), then picks a secondary filter that drops that speck anyway (case c's faint false
+    component), leaving case a's far speck and its HD95. The joint choice over every (minimum
+    size, filter) pair keeps a minimum that removes it; the pair table is recorded."""
+    import clinfuse.metrics.calibration as cal
+    import clinfuse.training.lesion as tl
+
+    shape = (32, 32, 32)
+    label = np.zeros(shape, np.float32)
+    label[4:10, 4:10, 4:10] = 1
+    a = np.full(shape, -8.0, np.float32)
+    a[4:10, 4:10, 4:10] = 4.0  # found exactly (p 0.98)
+    a[26:28, 24:29, 28] = 4.0  # and a confident far speck of 10 voxels, 0.08 mL
+    b = np.full(shape, -8.0, np.float32)
+    b[5:10, 6, 6] = 0.85  # missed but for a faint 0.04 mL island inside the lesion (p 0.7)
+    b[20:24, 20:24, 20:24] = 4.0  # and a confident false component elsewhere
+    c = np.full(shape, -8.0, np.float32)
+    c[4:10, 4:10, 4:10] = 4.0  # found exactly
+    c[18:24, 18:24, 18:24] = 0.85  # and a faint false component of the same size
+    logits = {"a": a, "b": b, "c": c}
+    brain = np.ones(shape, bool)
+
+    def item(name: str) -> tl._Item:
+        src = np.full((3, *shape), ord(name), np.float32)
+        return tl._Item(name, src, src[0], {}, label, np.ones(shape, np.float32), brain, (2.0,) * 3)
+
+    def predict(head: object, composite: np.ndarray, sources: np.ndarray, *a, **k) -> np.ndarray:
+        return logits[chr(int(sources[0, 0, 0, 0]))]
+
+    monkeypatch.setattr(tl, "predict_logits", predict)
+    monkeypatch.setattr(cal, "fit_temperature", lambda z, y: 1.0)
+    items = [item(n) for n in "abc"]
+    cfg = tl.LesionTrainConfig(patch_size=(16, 16, 16), rule_dice_tolerance=0.01)
+    _, greedy, rec = tl._calibrate(torch.nn.Linear(1, 1), items, cfg)
+    assert (greedy.min_ml, greedy.min_component_prob) == (0.0, 0.75)
+    assert rec["found_by_min_ml"]["0.0"] == 3 > rec["found_by_min_ml"]["0.1"]
+    assert "dice_by_min_ml_and_component_prob" not in rec
+    joint_cfg = tl.LesionTrainConfig(**{**cfg.__dict__, "joint_rule": True})
+    _, joint, rec = tl._calibrate(torch.nn.Linear(1, 1), items, joint_cfg)
+    assert (joint.min_ml, joint.min_component_prob) == (0.1, 0.75)
+    pairs = rec["dice_by_min_ml_and_component_prob"]
+    assert len(pairs) == len(tl.MIN_ML_CHOICES) * len(tl.MIN_COMPONENT_PROB_CHOICES)
+    assert pairs["0.1/0.75"] > pairs["0.0/0.75"] > pairs["0.1/0.75"] - 0.01
+    hd = rec["hd95_by_min_ml_and_component_prob"]
+    assert hd["0.1/0.75"] < hd["0.0/0.75"] == hd["0.05/0.75"]
+    assert rec["found_by_min_ml_and_component_prob"]["0.1/0.75"] == 2
+
+
+@pytest.mark.parametrize(
+    "option",
+    [{"rule_dice_tolerance": 0.003}, {"mirror_ghosts": True}, {"joint_rule": True}],
+)
+def test_rule_criterion_needs_a_recalibration(tmp_path, option):
     from clinfuse.training.lesion import transplant_lesion_head
 
     with pytest.raises(ClinfuseInputError, match="recalibrat"):
         transplant_lesion_head(
-            tmp_path / "head.ckpt",
-            tmp_path / "base.ckpt",
-            tmp_path / "out.ckpt",
-            rule_dice_tolerance=0.003,
+            tmp_path / "head.ckpt", tmp_path / "base.ckpt", tmp_path / "out.ckpt", **option
         )

@@ -105,6 +105,13 @@ def train_lesion(
         "criterion): a component lying on the mirror image, about the MRI's mid-sagittal plane, "
         "of a more confident one is dropped. Default: not considered (off).",
     ),
+    joint_rule: bool = typer.Option(
+        False,
+        "--joint-rule/--no-joint-rule",
+        help="Calibration chooses the minimum lesion size and the secondary-component filter "
+        "together (every pair, by the rule criterion) instead of one after the other (default, "
+        "every earlier head).",
+    ),
     seed: int = typer.Option(0, "--seed", help="Seed of patches, noise and augmentation."),
     amp: str = typer.Option(
         "auto",
@@ -196,6 +203,7 @@ def train_lesion(
             rule_dice_tolerance=rule_dice_tolerance,
             lesion_gate=lesion_gate,
             mirror_ghosts=mirror_ghosts,
+            joint_rule=joint_rule,
             log=typer.echo,
         )
         typer.echo(f"done: {res.checkpoint} (head of {head_from})")
@@ -226,6 +234,7 @@ def train_lesion(
         rule_dice_tolerance=rule_dice_tolerance,
         lesion_gate=lesion_gate,
         mirror_ghosts=mirror_ghosts,
+        joint_rule=joint_rule,
         contrast_dropout=contrast_dropout,
         tilt_deg=tilt_deg,
     )

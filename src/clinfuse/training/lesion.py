@@ -56,10 +56,10 @@ from __future__ import annotations
 import csv
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 import torch
@@ -69,6 +69,7 @@ from clinfuse.io.atomic import atomic_write
 from clinfuse.model_range import MODEL_RANGE
 from clinfuse.nn.lesion_mask import LesionMaskRule
 
+K = TypeVar("K")  # a calibration choice: a value, or a tuple of values (`_pick_rule`)
 FLIP_3D_ONLY = "flip test-time augmentation flips RAS x and is for 3D heads only"
 DEFAULT_BASELINES = ("average", "weighted", "max", "laplacian", "wavelet")
 # Smallest kept component (mL), chosen on validation among these. At most a fifth of 0.5 mL,
@@ -168,6 +169,12 @@ class LesionTrainConfig:
     # off). It drops components lying on the mirror image of a more confident one, where heads
     # reading mirror channels mark a lesion's contralateral twin. False: off (every earlier head).
     mirror_ghosts: bool = False
+    # Choose the minimum size and the secondary filter together (session 24): the rule
+    # criterion over all their pairs instead of one after the other. One after the other, the
+    # guard of `_pick_rule` kept a 0 mL minimum for one more validation lesion overlapped (72
+    # against 71 at 0.1 mL) that the secondary filter chosen next discarded anyway (70), and
+    # the 0 mL minimum kept far specks (lesion24). False: one after the other (every earlier head).
+    joint_rule: bool = False
     # Heads with sequence slots (`inputs` "...+contrast", session 19): the share of training
     # samples whose MRI sequence is hidden (every slot zero), so the head also learns to work
     # when the user does not say the sequence. Each case's sequence comes from its dataset
@@ -694,10 +701,21 @@ def _calibrate(
         )
 
     tol = cfg.rule_dice_tolerance
-    by_ml = {ml: score(LesionMaskRule(ml)) for ml in MIN_ML_CHOICES}
-    best_ml = _pick_rule(by_ml, tol)
-    by_prob = {q: score(LesionMaskRule(best_ml, q)) for q in MIN_COMPONENT_PROB_CHOICES}
-    best_prob = _pick_rule(by_prob, tol)
+    by_pair: dict[tuple[float, float], RuleScore] = {}
+    if cfg.joint_rule:
+        by_pair = {
+            (ml, q): score(LesionMaskRule(ml, q))
+            for ml in MIN_ML_CHOICES
+            for q in MIN_COMPONENT_PROB_CHOICES
+        }
+        best_ml, best_prob = _pick_rule(by_pair, tol)
+        by_ml = {ml: by_pair[(ml, 0.0)] for ml in MIN_ML_CHOICES}
+        by_prob = {q: by_pair[(best_ml, q)] for q in MIN_COMPONENT_PROB_CHOICES}
+    else:
+        by_ml = {ml: score(LesionMaskRule(ml)) for ml in MIN_ML_CHOICES}
+        best_ml = _pick_rule(by_ml, tol)
+        by_prob = {q: score(LesionMaskRule(best_ml, q)) for q in MIN_COMPONENT_PROB_CHOICES}
+        best_prob = _pick_rule(by_prob, tol)
     ghosts = False
     by_ghost: dict[float, RuleScore] = {}
     if cfg.mirror_ghosts:  # 0 = off, 1 = on (ties: off, the filter that removes least)
@@ -710,7 +728,15 @@ def _calibrate(
         "dice_by_min_component_prob": {str(k): v.dice for k, v in by_prob.items()},
         "rule_dice_tolerance": tol,
     }
-    tables = [("min_ml", by_ml), ("min_component_prob", by_prob)]
+    tables: list[tuple[str, dict[Any, RuleScore]]] = [
+        ("min_ml", by_ml),
+        ("min_component_prob", by_prob),
+    ]
+    if by_pair:  # keys "minimum mL/secondary filter"
+        pairs = {f"{ml}/{q}": v for (ml, q), v in by_pair.items()}
+        record["dice_by_min_ml_and_component_prob"] = {k: v.dice for k, v in pairs.items()}
+        record["joint_rule"] = True
+        tables.append(("min_ml_and_component_prob", pairs))
     if by_ghost:
         record["dice_by_mirror_ghosts"] = {str(k): v.dice for k, v in by_ghost.items()}
         tables.append(("mirror_ghosts", by_ghost))
@@ -785,15 +811,17 @@ class RuleScore(NamedTuple):
     found: int
 
 
-def _pick_rule(table: dict[float, RuleScore], tolerance: float) -> float:
-    """The choice (a key of `table`, lowest first) the calibration keeps.
+def _pick_rule(table: Mapping[K, RuleScore], tolerance: float) -> K:
+    """The choice (a key of `table`, in order from the filter that removes least) the
+    calibration keeps.
 
-    `tolerance` 0: the best Dice, ties to the lowest choice (the filter that removes least).
+    `tolerance` 0: the best Dice, ties to the earliest choice (the filter that removes least).
     Otherwise: among the choices within `tolerance` of the best Dice whose masks overlap at least
-    as many lesions as the best-Dice choice's, the lowest mean HD95 (ties: lowest).
+    as many lesions as the best-Dice choice's, the lowest mean HD95 (ties: earliest).
     NaN Dice (no lesion case) compares False everywhere: the first choice is kept.
     """
-    best = max(table, key=lambda k: (table[k].dice, -k))
+    order = {k: i for i, k in enumerate(table)}
+    best = max(table, key=lambda k: (table[k].dice, -order[k]))
     if tolerance <= 0 or table[best].dice != table[best].dice:
         return best
     near = [
@@ -801,7 +829,7 @@ def _pick_rule(table: dict[float, RuleScore], tolerance: float) -> float:
         for k, v in table.items()
         if v.dice >= table[best].dice - tolerance and v.found >= table[best].found
     ]
-    return min(near, key=lambda k: (table[k].hd95, k))
+    return min(near, key=lambda k: (table[k].hd95, order[k]))
 
 
 def _case_sampler(
@@ -1297,6 +1325,7 @@ def transplant_lesion_head(
     rule_dice_tolerance: float = 0.0,
     lesion_gate: bool = False,
     mirror_ghosts: bool = False,
+    joint_rule: bool = False,
     log: Callable[[str], None] | None = print,
 ) -> LesionTrainResult:
     """Write `out` = `target_checkpoint` (e.g. a newer denoiser) with the lesion head of
@@ -1319,7 +1348,9 @@ def transplant_lesion_head(
             "switching flip test-time augmentation changes the logits: recalibrate on a "
             "validation dataset as well"
         )
-    if (rule_dice_tolerance > 0 or lesion_gate or mirror_ghosts) and recalibrate_on is None:
+    if (
+        rule_dice_tolerance > 0 or lesion_gate or mirror_ghosts or joint_rule
+    ) and recalibrate_on is None:
         raise ClinfuseInputError(
             "a rule criterion, gate or ghost filter only applies when recalibrating (--recalibrate)"
         )
@@ -1344,6 +1375,7 @@ def transplant_lesion_head(
         rule_dice_tolerance=rule_dice_tolerance,
         lesion_gate=lesion_gate,
         mirror_ghosts=mirror_ghosts,
+        joint_rule=joint_rule,
     )
     cfg.validate()
     record = {**record, "transplanted_from": str(head_checkpoint)}
