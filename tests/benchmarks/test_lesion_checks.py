@@ -184,6 +184,7 @@ def test_component_rows_split_true_from_false_components():
         spacing = (2.0, 2.0, 2.0)
         label = np.zeros((20, 20, 20), np.float32)
         known = np.ones((20, 20, 20), bool)
+        sources = np.zeros((3, 20, 20, 20), np.float32)  # the MRI a ghost rule would read
 
     it = Item()
     it.label[2:6, 2:6, 2:6] = 1.0

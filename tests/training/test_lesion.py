@@ -619,6 +619,79 @@ def test_training_samples_hard_negatives_when_asked(base_ckpt, phantoms, tmp_pat
         tl.LesionTrainConfig(hard_negative_fraction=1.0).validate()
 
 
+def test_ghost_regions_are_the_lesions_mirror_twin():
+    """`ghost_regions`: the lesion reflected about the MRI's mid-sagittal plane (with the ghost
+    margin), inside the brain and of known label, away from the lesion; None without a lesion
+    or when the twin falls on the lesion itself (a midline lesion)."""
+    from clinfuse.training import lesion as tl
+
+    mri = _symmetric_head()
+    shape = mri.shape
+    label = np.zeros(shape, np.float32)
+    label[5:9, 12:16, 12:16] = 1.0  # left; its twin is x 31:35
+    valid = np.ones(shape, np.float32)
+    valid[:, :, 15:] = 0.0  # part of the twin of unknown label
+    src = np.stack([mri, mri, mri])
+    item = tl._Item("c", src, mri, {}, label, valid, mri > 0, (2.0,) * 3)
+    twin = tl.ghost_regions(item)
+    assert twin is not None and twin.dtype == np.float32
+    on = twin > 0
+    assert on[31:35, 12:16, 12:15].all() and not on[:, :, 15:].any()
+    assert not on[:20].any() and on.sum() < 4 * 10 * 10  # right side only, near the twin
+    assert (
+        tl.ghost_regions(tl._Item("d", src, mri, {}, 0 * label, valid, mri > 0, (2.0,) * 3)) is None
+    )
+    midline = np.zeros(shape, np.float32)
+    midline[17:23, 12:16, 12:16] = 1.0
+    assert (
+        tl.ghost_regions(tl._Item("e", src, mri, {}, midline, valid, mri > 0, (2.0,) * 3)) is None
+    )
+
+
+def test_training_crops_ghost_patches_when_asked(base_ckpt, phantoms, tmp_path, monkeypatch):
+    """With `ghost_fraction` the run finds each lesion case's twin region once and crops
+    about that share of the lesion cases' samples around it (the hard-negative crop)."""
+    from clinfuse.training import lesion as tl
+
+    seen: list[str] = []
+
+    def corner(item):
+        seen.append(item.case_id)
+        m = np.zeros(item.label.shape, np.float32)
+        m[:3, :3, :3] = 1.0
+        return m
+
+    crops = {"hard": 0, "plain": 0}
+    real = tl._transforms
+
+    def counting(cfg, hard=False):
+        inner = real(cfg, hard=hard)
+
+        class Counted:
+            def set_random_state(self, seed):
+                inner.set_random_state(seed=seed)
+
+            def __call__(self, sample):
+                crops["hard" if hard else "plain"] += 1
+                if hard:  # every ghost patch is cut around the twin region
+                    assert float(np.asarray(sample["hard"]).sum()) == 27
+                return inner(sample)
+
+        return Counted()
+
+    monkeypatch.setattr(tl, "ghost_regions", corner)
+    monkeypatch.setattr(tl, "_transforms", counting)
+    cfg = tl.LesionTrainConfig(
+        steps=8, val_every=8, patch_size=(16, 16, 16), channels=(4, 8), ghost_fraction=0.5
+    )
+    said: list[str] = []
+    tl.train_lesion_head(base_ckpt, phantoms[0], phantoms[1], tmp_path / "g", cfg, log=said.append)
+    assert len(seen) == 3 and sum("ghost patches: 3 lesion cases" in m for m in said) == 1
+    assert crops["hard"] > 0 and crops["plain"] > 0 and crops["hard"] + crops["plain"] == 16
+    with pytest.raises(ClinfuseInputError, match="ghost_fraction"):
+        tl.LesionTrainConfig(ghost_fraction=1.0).validate()
+
+
 def test_train_lesion_replaces_only_the_head_and_calibrates(trained, base_ckpt):
     from clinfuse.training.checkpoint import ema_weights, load_checkpoint, read_checkpoint
 

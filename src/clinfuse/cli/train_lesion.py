@@ -71,6 +71,12 @@ def train_lesion(
         help="Share of the samples cropped around the head's own far false positives on the "
         "training volumes (refreshed at every validation); 0 = off.",
     ),
+    ghost_patches: float = typer.Option(
+        0.0,
+        "--ghost-patches",
+        help="Share of the lesion cases' samples cropped around the lesion's mirror twin "
+        "(about the MRI's mid-sagittal plane), labelled background; 0 = off.",
+    ),
     flip_tta: bool | None = typer.Option(
         None,
         "--flip-tta/--no-flip-tta",
@@ -228,6 +234,7 @@ def train_lesion(
         amp=amp,
         init_head=None if init_head is None else str(init_head),
         hard_negative_fraction=hard_negatives,
+        ghost_fraction=ghost_patches,
         flip_tta=bool(flip_tta),
         data_shares=tuple(data_share) if data_share else None,
         dice_per_sample=dice_per_sample,

@@ -42,7 +42,8 @@ recipe; only the choice of the fused channel and the mirror channels are ours:
   averaged logits, so temperature and mask rule are fitted to what is applied.
 - **Hard negatives** (optional, `hard_negative_fraction`): a share of the patches is cropped
   around the head's own far false positives on the training volumes, found again after every
-  validation.
+  validation. **Ghost patches** (optional, `ghost_fraction`): a share of the lesion cases'
+  patches is cropped around the lesion's mirror twin (`ghost_regions`), labelled background.
 - **Data shares** (optional, `data_shares`): several training data sets (e.g. real-anatomy
   pairs and phantoms) each give this share of the sampled cases, whatever their sizes; without
   shares every case is equally likely (the data sets are concatenated).
@@ -136,6 +137,12 @@ class LesionTrainConfig:
     # composite channel at the start and again after every validation. 0: off (the sampling
     # stream is then exactly that of earlier runs).
     hard_negative_fraction: float = 0.0
+    # Ghost patches (session 24): this share of the lesion cases' samples is cropped around the
+    # lesion's mirror image about the MRI's rigid mid-sagittal plane (`ghost_regions`), where
+    # the mirror channels show the lesion and the own side is normal: the place a rigid-mirror
+    # head marked the lesion's twin on held-out phantoms (session 23). 0: off (the sampling
+    # stream is then exactly that of earlier runs).
+    ghost_fraction: float = 0.0
     # Left-right flip test-time augmentation (session 10): the head's eval-mode logits are the
     # mean over the volume and its mirror image (`LesionHead.flip_tta`); validation,
     # calibration and the exported head use it. Training patches are unchanged. 3D only.
@@ -211,6 +218,8 @@ class LesionTrainConfig:
             raise ClinfuseInputError("pos_fraction must be in (0, 1)")
         if not 0 <= self.hard_negative_fraction < 1:
             raise ClinfuseInputError("hard_negative_fraction must be in [0, 1)")
+        if not 0 <= self.ghost_fraction < 1:
+            raise ClinfuseInputError("ghost_fraction must be in [0, 1)")
         if not 0 <= self.tilt_deg <= 45:
             raise ClinfuseInputError("tilt_deg must be in [0, 45] degrees")
         if not 0 <= self.contrast_dropout <= 1:
@@ -620,6 +629,25 @@ def _hard_negatives(
     return out
 
 
+def ghost_regions(item: _Item) -> np.ndarray | None:
+    """Where a lesion case's lesion has its mirror twin (`ghost_fraction`): the voxels within
+    `nn.symmetry.GHOST_MARGIN_VOXELS` of the lesion reflected about the rigid mid-sagittal plane
+    of the item's MRI (`near_mirror_image`), inside the brain, of known label and more than
+    `HARD_NEGATIVE_MARGIN` 26-neighbour steps from the lesion (float32 0/1, the crop label of
+    `_transforms(hard=True)`); None for a lesion-free case or a twin that falls on the lesion."""
+    from scipy import ndimage
+
+    from clinfuse.nn.symmetry import mri_plane, near_mirror_image
+
+    lesion = item.label > 0.5
+    if not lesion.any():
+        return None
+    twin = near_mirror_image(lesion, mri_plane(item.sources[0])) & item.brain & item.known
+    cube = np.ones((3,) * lesion.ndim, dtype=bool)  # 26-neighbour steps, as the twin's margin
+    twin &= ~ndimage.binary_dilation(lesion, structure=cube, iterations=HARD_NEGATIVE_MARGIN)
+    return twin.astype(np.float32) if twin.any() else None
+
+
 def _validate(
     head: torch.nn.Module, items: Sequence[_Item], cfg: LesionTrainConfig, rule: LesionMaskRule
 ) -> dict[str, Any]:
@@ -965,6 +993,8 @@ def train_lesion_head(
         saved["config"].setdefault("dice_per_sample", False)  # ... before session 13
         saved["config"].setdefault("contrast_dropout", cfg_record["contrast_dropout"])
         saved["config"].setdefault("tilt_deg", 0.0)  # ... before session 19
+        for key in ("mirror_ghosts", "joint_rule", "ghost_fraction"):  # ... before session 24
+            saved["config"].setdefault(key, type(cfg_record[key])(0))
         if saved["config"] != cfg_record:
             diff = sorted(k for k in cfg_record if saved["config"].get(k) != cfg_record[k])
             raise ClinfuseInputError(
@@ -996,16 +1026,24 @@ def train_lesion_head(
 
     if cfg.hard_negative_fraction > 0:
         refresh_hard_negatives()
+    ghost_maps: list[np.ndarray | None] = [None] * len(train_items)
+    if cfg.ghost_fraction > 0:
+        ghost_maps = [ghost_regions(it) for it in train_items]
+        say(f"ghost patches: {sum(g is not None for g in ghost_maps)} lesion cases")
     head.train()
     for step in range(first, cfg.steps + 1):
         imgs, labels, valids = [], [], []
         for _ in range(cfg.cases_per_step):
             k = next_case()
             it = train_items[k]
-            img, label, valid, hard = _sample_inputs(it, cfg, rng, intensity, hard_maps[k])
+            # (no draw at all when an option is off: earlier runs' sampling is unchanged)
+            ghost = ghost_maps[k] is not None and rng.random() < cfg.ghost_fraction
+            around = ghost_maps[k] if ghost else hard_maps[k]
+            img, label, valid, hard = _sample_inputs(it, cfg, rng, intensity, around)
             sample = {"img": img, "label": label, "valid": valid}
-            # (no draw at all when the option is off: earlier runs' sampling is unchanged)
-            if hard is not None and rng.random() < cfg.hard_negative_fraction:
+            if ghost:
+                patches = _crop(hard_tf, {**sample, "hard": hard})
+            elif hard is not None and rng.random() < cfg.hard_negative_fraction:
                 patches = _crop(hard_tf, {**sample, "hard": hard})
             else:
                 patches = _crop(tf, sample)
