@@ -992,6 +992,12 @@ def test_head_alone_is_kept_small_and_rebuilds_the_same_export(trained, base_ckp
     assert str(head) in str(err.value)
     again = CliRunner().invoke(app, [*args, "--export-head", str(head)])  # no silent overwrite
     assert again.exit_code != 0 and "exists" in str(again.exception)
+    # nor is it a model to put a head into (training or --head-from's target)
+    into = ["train-lesion", "--checkpoint", str(head), "--head-from"]
+    into += [str(trained / "lesion_head.ckpt"), "--out", str(tmp_path / "c")]
+    wrong = CliRunner().invoke(app, into)
+    assert wrong.exit_code != 0 and "only the lesion_head weights" in str(wrong.exception)
+    assert not (tmp_path / "c" / "lesion_head.ckpt").exists()
 
     rebuilt = tmp_path / "b"
     args = ["train-lesion", "--checkpoint", str(base_ckpt), "--head-from", str(head)]

@@ -212,9 +212,9 @@ def build_model(model_config: dict[str, Any]) -> nn.Module:
     return FusionModel.from_config(dict(model_config))
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> LoadedCheckpoint:
-    """Load a checkpoint for inference: `FusionModel` with the EMA weights, in eval mode."""
-    state = read_checkpoint(path, map_location)
+def check_whole_model(state: dict[str, Any], path: str | Path) -> None:
+    """Refuse a checkpoint holding only part of a model (an `export_checkpoint(..., only=...)`
+    file, e.g. `train-lesion --export-head`) where a whole fusion model is needed."""
     part = (state.get("extra") or {}).get("only_weights")
     if part:
         raise ClinfuseInputError(
@@ -223,6 +223,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             "--checkpoint MODEL --head-from THIS --out DIR`",
             path,
         )
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> LoadedCheckpoint:
+    """Load a checkpoint for inference: `FusionModel` with the EMA weights, in eval mode."""
+    state = read_checkpoint(path, map_location)
+    check_whole_model(state, path)
     config = config_from_dict(state["config"], str(path))
     model = build_model(config.model)
     load_weights(model, ema_weights(state), path)

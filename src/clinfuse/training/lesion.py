@@ -909,7 +909,7 @@ def train_lesion_head(
 
     from clinfuse.nn.lesion_head import LesionHead
     from clinfuse.nn.precision import native_bf16
-    from clinfuse.training.checkpoint import read_checkpoint
+    from clinfuse.training.checkpoint import check_whole_model, read_checkpoint
 
     cfg = cfg or LesionTrainConfig()
     cfg.validate()
@@ -923,6 +923,7 @@ def train_lesion_head(
     if Path(checkpoint).resolve() == target_ckpt.resolve():
         raise ClinfuseInputError("the output would overwrite the input checkpoint", checkpoint)
     state = read_checkpoint(checkpoint)  # fails early and clearly on a bad checkpoint
+    check_whole_model(state, checkpoint)  # the model the new head goes into
     spatial_dims = int(state["config"]["model"].get("spatial_dims", 3))
     if spatial_dims != len(cfg.patch_size):
         raise ClinfuseInputError(
@@ -1376,7 +1377,7 @@ def transplant_lesion_head(
     for a head trained before a post-processing option existed. `flip_tta` (needs
     `recalibrate_on`): switch the head's flip test-time augmentation on or off before the
     refit; None keeps the head's setting."""
-    from clinfuse.training.checkpoint import read_checkpoint
+    from clinfuse.training.checkpoint import check_whole_model, read_checkpoint
 
     out = Path(out)
     if out.resolve() in (Path(head_checkpoint).resolve(), Path(target_checkpoint).resolve()):
@@ -1399,6 +1400,7 @@ def transplant_lesion_head(
             "has no trained lesion head (train-lesion output)", head_checkpoint
         )
     target = read_checkpoint(target_checkpoint)
+    check_whole_model(target, target_checkpoint)
     dims = [int(s["config"]["model"].get("spatial_dims", 3)) for s in (src, target)]
     if dims[0] != dims[1]:
         raise ClinfuseInputError(
