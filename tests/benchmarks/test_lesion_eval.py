@@ -25,10 +25,10 @@ def _row(case: str, kind: str, dice: float, gt_ml: float, fused: str = "composit
 def test_seg_scores_measure_volume_and_flag_an_empty_prediction():
     gt = np.zeros((20, 20, 20), bool)
     gt[5:10, 5:10, 5:10] = True  # 125 voxels of 8 mm^3 = 1 mL
-    keep_all = LesionMaskRule()
-    s = le.seg_scores(gt.astype(np.float32), gt, (2.0, 2.0, 2.0), keep_all)
+    keep_all, mri = LesionMaskRule(), np.zeros(gt.shape, np.float32)
+    s = le.seg_scores(gt.astype(np.float32), gt, (2.0, 2.0, 2.0), keep_all, mri)
     assert s["dice"] == 1.0 and s["gt_ml"] == s["pred_ml"] == 1.0 and not s["no_prediction"]
-    e = le.seg_scores(np.zeros(gt.shape, np.float32), gt, (2.0, 2.0, 2.0), keep_all)
+    e = le.seg_scores(np.zeros(gt.shape, np.float32), gt, (2.0, 2.0, 2.0), keep_all, mri)
     assert e["no_prediction"] and e["dice"] == 0.0 and np.isnan(e["hd95"])
 
 
