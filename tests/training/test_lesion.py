@@ -1309,6 +1309,22 @@ def test_pick_rule_by_dice_or_by_hd95_among_the_near_best():
     assert _pick_rule(no_lesion, 0.0) == 0.0 and _pick_rule(no_lesion, 0.01) == 0.0
 
 
+def test_pick_rule_may_lose_a_share_of_the_lesions_found():
+    """`found_tolerance`: a near-best rule that overlaps one lesion fewer of 110 (within 1 %)
+    may win on HD95; with 0 (the default) it may not; two fewer (1.8 %) never."""
+    from clinfuse.training.lesion import RuleScore, _pick_rule
+
+    table = {
+        0.0: RuleScore(0.7634, 7.96, 110),  # best Dice, keeps far specks
+        0.05: RuleScore(0.7626, 7.98, 109),
+        0.1: RuleScore(0.7626, 7.37, 109),
+        0.2: RuleScore(0.7630, 5.00, 108),
+    }
+    assert _pick_rule(table, 0.01) == 0.0
+    assert _pick_rule(table, 0.01, 0.01) == 0.1
+    assert _pick_rule(table, 0.0, 0.01) == 0.0  # by Dice alone: the guard is not used
+
+
 def test_calibration_records_hd95_and_picks_by_it(monkeypatch):
     from dataclasses import replace
 
@@ -1419,7 +1435,12 @@ def test_joint_rule_does_not_keep_specks_for_a_find_the_filter_discards(monkeypa
 
 @pytest.mark.parametrize(
     "option",
-    [{"rule_dice_tolerance": 0.003}, {"mirror_ghosts": True}, {"joint_rule": True}],
+    [
+        {"rule_dice_tolerance": 0.003},
+        {"rule_found_tolerance": 0.01},
+        {"mirror_ghosts": True},
+        {"joint_rule": True},
+    ],
 )
 def test_rule_criterion_needs_a_recalibration(tmp_path, option):
     from clinfuse.training.lesion import transplant_lesion_head

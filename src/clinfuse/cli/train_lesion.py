@@ -97,6 +97,12 @@ def train_lesion(
         "earlier head); > 0 = the lowest mean HD95 among the rules within this much of the best "
         "Dice that find as many lesions.",
     ),
+    rule_found_tolerance: float = typer.Option(
+        0.0,
+        "--rule-found-tolerance",
+        help="With --rule-dice-tolerance: the share of the best-Dice rule's overlapped lesions "
+        "a near rule may lose (0 = none, default, every earlier head).",
+    ),
     lesion_gate: bool = typer.Option(
         False,
         "--lesion-gate/--no-lesion-gate",
@@ -207,6 +213,7 @@ def train_lesion(
             recalibrate_on=val_data if recalibrate else None,
             flip_tta=flip_tta,
             rule_dice_tolerance=rule_dice_tolerance,
+            rule_found_tolerance=rule_found_tolerance,
             lesion_gate=lesion_gate,
             mirror_ghosts=mirror_ghosts,
             joint_rule=joint_rule,
@@ -239,6 +246,7 @@ def train_lesion(
         data_shares=tuple(data_share) if data_share else None,
         dice_per_sample=dice_per_sample,
         rule_dice_tolerance=rule_dice_tolerance,
+        rule_found_tolerance=rule_found_tolerance,
         lesion_gate=lesion_gate,
         mirror_ghosts=mirror_ghosts,
         joint_rule=joint_rule,
