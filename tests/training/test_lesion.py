@@ -4,6 +4,7 @@ CT bone], its calibration (temperature, minimum lesion size) and the `--lesion-h
 from __future__ import annotations
 
 import csv
+from typing import Any
 
 import numpy as np
 import pytest
@@ -573,6 +574,32 @@ def test_lesion_free_crops_are_background_patches_without_monai_warnings():
         tf(sample)
 
 
+def _count_crops(monkeypatch: pytest.MonkeyPatch, tl: Any) -> tuple[dict[str, int], list[float]]:
+    """Wrap `tl._transforms` so a run counts its plain and hard (around a map) crops, and
+    records the sum of each hard crop's map: (counts, sums), filled as the run goes."""
+    crops = {"hard": 0, "plain": 0}
+    hard_sums: list[float] = []
+    real = tl._transforms
+
+    def counting(cfg, hard=False):
+        inner = real(cfg, hard=hard)
+
+        class Counted:
+            def set_random_state(self, seed):
+                inner.set_random_state(seed=seed)
+
+            def __call__(self, sample):
+                crops["hard" if hard else "plain"] += 1
+                if hard:
+                    hard_sums.append(float(np.asarray(sample["hard"]).sum()))
+                return inner(sample)
+
+        return Counted()
+
+    monkeypatch.setattr(tl, "_transforms", counting)
+    return crops, hard_sums
+
+
 def test_training_samples_hard_negatives_when_asked(base_ckpt, phantoms, tmp_path, monkeypatch):
     """With `hard_negative_fraction` the run finds hard negatives at the start and after every
     validation but the last, and crops about that share of its samples around them."""
@@ -589,24 +616,8 @@ def test_training_samples_hard_negatives_when_asked(base_ckpt, phantoms, tmp_pat
             maps.append(m)
         return maps
 
-    crops = {"hard": 0, "plain": 0}
-    real = tl._transforms
-
-    def counting(cfg, hard=False):
-        inner = real(cfg, hard=hard)
-
-        class Counted:
-            def set_random_state(self, seed):
-                inner.set_random_state(seed=seed)
-
-            def __call__(self, sample):
-                crops["hard" if hard else "plain"] += 1
-                return inner(sample)
-
-        return Counted()
-
+    crops, _ = _count_crops(monkeypatch, tl)
     monkeypatch.setattr(tl, "_hard_negatives", far_corner)
-    monkeypatch.setattr(tl, "_transforms", counting)
     cfg = tl.LesionTrainConfig(
         steps=8, val_every=4, patch_size=(16, 16, 16), channels=(4, 8), hard_negative_fraction=0.5
     )
@@ -661,26 +672,8 @@ def test_training_crops_ghost_patches_when_asked(base_ckpt, phantoms, tmp_path, 
         m[:3, :3, :3] = 1.0
         return m
 
-    crops = {"hard": 0, "plain": 0}
-    real = tl._transforms
-
-    def counting(cfg, hard=False):
-        inner = real(cfg, hard=hard)
-
-        class Counted:
-            def set_random_state(self, seed):
-                inner.set_random_state(seed=seed)
-
-            def __call__(self, sample):
-                crops["hard" if hard else "plain"] += 1
-                if hard:  # every ghost patch is cut around the twin region
-                    assert float(np.asarray(sample["hard"]).sum()) == 27
-                return inner(sample)
-
-        return Counted()
-
+    crops, hard_sums = _count_crops(monkeypatch, tl)
     monkeypatch.setattr(tl, "ghost_regions", corner)
-    monkeypatch.setattr(tl, "_transforms", counting)
     cfg = tl.LesionTrainConfig(
         steps=8, val_every=8, patch_size=(16, 16, 16), channels=(4, 8), ghost_fraction=0.5
     )
@@ -688,6 +681,7 @@ def test_training_crops_ghost_patches_when_asked(base_ckpt, phantoms, tmp_path, 
     tl.train_lesion_head(base_ckpt, phantoms[0], phantoms[1], tmp_path / "g", cfg, log=said.append)
     assert len(seen) == 3 and sum("ghost patches: 3 lesion cases" in m for m in said) == 1
     assert crops["hard"] > 0 and crops["plain"] > 0 and crops["hard"] + crops["plain"] == 16
+    assert hard_sums and all(v == 27 for v in hard_sums)  # every one cut around the twin region
     with pytest.raises(ClinfuseInputError, match="ghost_fraction"):
         tl.LesionTrainConfig(ghost_fraction=1.0).validate()
 
