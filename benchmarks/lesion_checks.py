@@ -203,9 +203,7 @@ def minsize(args: argparse.Namespace) -> None:
     print("| rule | validation Dice | HD95 mm (cases with a prediction) |")
     print("|---|---|---|")
     print(
-        f"| the head's own rule ({own.min_ml:.2f} mL, secondary components of mean p >= "
-        f"{own.min_component_prob:.2f}, lesion gate {own.min_lesion_prob:.2f}"
-        f"{', mirror ghosts dropped' if own.drop_mirror_ghosts else ''}) | "
+        f"| the head's own rule ({own.describe()}) | "
         + score(lambda p, it: own.apply(p, it.spacing, mri=it.sources[0]))
         + " |"
     )

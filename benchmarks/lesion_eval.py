@@ -277,10 +277,7 @@ def write_outputs(args, rows, calib, grows, loaded, rule, seconds) -> None:
         "# Lesion head benchmark",
         "",
         f"Command: `{cmd}` (code {head.stdout.strip()}, {seconds / 60:.0f} min).",
-        f"Checkpoint: `{loaded.path}` (sha256 {loaded.sha256[:12]}); minimum lesion kept "
-        f"{rule.min_ml} mL; secondary components kept from mean probability "
-        f"{rule.min_component_prob:.2f}; case-level lesion gate {rule.min_lesion_prob:.2f}; "
-        f"mirror ghosts {'dropped' if rule.drop_mirror_ghosts else 'kept'}; "
+        f"Checkpoint: `{loaded.path}` (sha256 {loaded.sha256[:12]}); {rule.describe()}; "
         f"temperature {float(loaded.model.lesion_head.temperature):.3f}; left-right flip "
         f"averaging {'on' if bool(loaded.model.lesion_head.flip_tta) else 'off'}.",
         "",

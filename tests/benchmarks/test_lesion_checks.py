@@ -47,11 +47,12 @@ def test_minsize_scores_the_heads_own_rule_first(tmp_path, capsys):
     rows = lines[lines.index(next(ln for ln in lines if ln.startswith("| rule |"))) :]
     assert rows[0].startswith("| rule | validation Dice")
     own = (
-        "| the head's own rule (0.25 mL, secondary components of mean p >= 0.80, lesion gate 0.00)"
+        "| the head's own rule (minimum lesion 0.25 mL; components kept from peak probability "
+        "0.00; secondary components kept from mean probability 0.80; case-level lesion gate 0.00"
     )
     assert rows[1].startswith(own)
-    filt = [r for r in rows if "secondary components of mean p >=" in r]
-    assert len(filt) == 1 + len(MIN_COMPONENT_PROB_CHOICES) - 1  # the own rule + every choice > 0
+    filt = [r for r in rows if "then secondary components of mean p >=" in r]
+    assert len(filt) == len(MIN_COMPONENT_PROB_CHOICES) - 1  # every choice > 0
     # the filter rows follow the head's own minimum: its own filter's row is its own rule
     same = [
         r for r in filt if r.startswith("| 0.25 mL, then secondary components of mean p >= 0.8 |")

@@ -45,7 +45,8 @@ def test_table_has_a_row_for_lesions_in_the_issues_size_range(tmp_path, monkeypa
     rule = LesionMaskRule(0.5, 0.85)
     le.write_outputs(SimpleNamespace(out=tmp_path), rows, {}, [], loaded, rule, 60.0)
     text = (tmp_path / "lesion_eval.md").read_text()
-    assert "kept 0.5 mL; secondary components kept from mean probability 0.85" in text
+    assert "minimum lesion 0.50 mL; components kept from peak probability 0.00; " in text
+    assert "secondary components kept from mean probability 0.85" in text
     assert "left-right flip averaging on" in text
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"],

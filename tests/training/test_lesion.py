@@ -13,7 +13,11 @@ from typer.testing import CliRunner
 
 from clinfuse.cli import app
 from clinfuse.errors import ClinfuseInputError
-from clinfuse.training.lesion import MIN_COMPONENT_PROB_CHOICES, MIN_LESION_PROB_CHOICES
+from clinfuse.training.lesion import (
+    MIN_COMPONENT_PROB_CHOICES,
+    MIN_LESION_PROB_CHOICES,
+    MIN_PEAK_PROB_CHOICES,
+)
 
 
 @pytest.fixture(scope="module")
@@ -420,6 +424,74 @@ def test_calibration_keeps_a_small_lesion_mask_whatever_validation_dice_prefers(
     small = np.zeros(shape, np.float32)
     small[10:13, 10:13, 10:13] = 0.9  # a small lesion's 0.216 mL mask
     assert rule.apply(small, (2.0, 2.0, 2.0)).sum() == 27
+
+
+def test_peak_filter_drops_components_that_never_reach_the_peak():
+    """`min_peak_prob` (hysteresis): a component whose highest probability is below it goes,
+    the most probable one included, so a case whose only component is faint throughout comes
+    out empty (the secondary filter never empties a mask); a component with a confident core
+    stays whole, faint rim included; off by default."""
+    from clinfuse.nn.lesion_mask import LesionMaskRule, clean_mask
+
+    sp = (2.0, 2.0, 2.0)
+    prob = np.zeros((24, 24, 24), np.float32)
+    prob[2:12, 2:12, 2:12] = 0.85  # a large faint component: the most probable by sum
+    prob[16:20, 16:20, 16:20] = 0.7  # the lesion's rim ...
+    prob[17:19, 17:19, 17:19] = 0.98  # ... around a confident core
+    assert clean_mask(prob, sp).sum() == 1000 + 64  # off by default
+    assert clean_mask(prob, sp, min_component_prob=0.9).sum() == 1000  # the primary stays
+    kept = clean_mask(prob, sp, min_peak_prob=0.9)
+    assert kept.sum() == 64 and kept[16:20, 16:20, 16:20].all()  # rim kept with its core
+    rule = LesionMaskRule(min_peak_prob=0.9)
+    assert np.array_equal(rule.apply(prob, sp), kept)
+    assert "components kept from peak probability 0.90" in rule.describe()
+    faint_only = np.where(prob == np.float32(0.85), prob, 0)
+    assert not clean_mask(faint_only, sp, min_peak_prob=0.9).any()
+    assert clean_mask(faint_only, sp, min_peak_prob=0.85).sum() == 1000  # peak reached
+    assert LesionMaskRule().min_peak_prob == 0.0
+
+
+def test_calibration_chooses_the_peak_filter_when_validation_has_faint_lesions(monkeypatch):
+    """With `peak_rule` the calibration scores every `MIN_PEAK_PROB_CHOICES` after the minimum
+    size and secondary filter: a far false component faint throughout but the most probable
+    by sum (so the secondary filter keeps it) makes it choose the lowest peak that drops it
+    and keeps the lesion; the head's buffer carries it; off unless asked. A state dict from
+    before the buffer loads with the filter off."""
+    from dataclasses import replace
+
+    import clinfuse.metrics.calibration as cal
+    from clinfuse.nn.lesion_head import LesionHead
+    from clinfuse.training import lesion as tl
+
+    shape = (32, 32, 32)
+    label = np.zeros(shape, np.float32)
+    label[4:8, 4:8, 4:8] = 1.0
+    logit = np.full(shape, -8.0, np.float32)
+    logit[4:8, 4:8, 4:8] = 4.0  # p 0.982 on the lesion (64 voxels)
+    logit[18:28, 18:28, 18:28] = 1.7  # p 0.85: far, faint and large (1000 voxels)
+    src = np.zeros((3, *shape), np.float32)
+    brain = np.ones(shape, bool)
+    item = tl._Item("c", src, src[0], {}, label, np.ones(shape, np.float32), brain, (2.0,) * 3)
+    monkeypatch.setattr(cal, "fit_temperature", lambda z, y: 1.0)
+    monkeypatch.setattr(tl, "predict_logits", lambda *a, **k: logit)
+    cfg = tl.LesionTrainConfig(patch_size=(16, 16, 16), channels=(4, 8), rule_dice_tolerance=0.01)
+    head = LesionHead(3, (4, 8), 1, inputs=cfg.inputs)
+    rule, rec, final = tl._fit_postprocessing(head, [item], cfg)
+    assert rule.min_peak_prob == 0.0 and "dice_by_min_peak_prob" not in rec
+    assert final["dice"] < 0.2  # the faint component stays: 2 x 64 / (64 + 1064)
+    rule, rec, final = tl._fit_postprocessing(head, [item], replace(cfg, peak_rule=True))
+    by_peak = rec["dice_by_min_peak_prob"]
+    assert set(by_peak) == {str(h) for h in tl.MIN_PEAK_PROB_CHOICES}
+    assert by_peak["0.0"] < 0.2 and by_peak["0.9"] == pytest.approx(1.0)
+    assert by_peak["0.99"] == 0.0  # the lesion's own peak (0.982) is below it
+    assert rule.min_peak_prob == 0.9 and float(head.min_peak_prob) == pytest.approx(0.9)
+    assert head.mask_rule.min_peak_prob == pytest.approx(0.9) and final["dice"] == 1.0
+    assert rec["hd95_by_min_peak_prob"]["0.9"] < rec["hd95_by_min_peak_prob"]["0.0"]
+    old = {k: v for k, v in head.state_dict().items() if k != "min_peak_prob"}
+    fresh = LesionHead(3, (4, 8), 1, inputs=cfg.inputs)
+    fresh.min_peak_prob.fill_(0.9)
+    fresh.load_state_dict(old)
+    assert fresh.mask_rule.min_peak_prob == 0.0
 
 
 def test_clean_mask_lesion_gate_empties_a_doubtful_case():
@@ -1042,13 +1114,18 @@ def test_head_from_recalibrate_refits_only_the_calibration(trained, base_ckpt, p
     assert float(head.min_lesion_prob) == 0.0 and record["min_lesion_prob"] == 0.0  # no gate
     gated = CliRunner().invoke(
         app,
-        [*args, "--recalibrate", "--val-data", str(phantoms[1]), "--lesion-gate", "--overwrite"],
+        [*args, "--recalibrate", "--val-data", str(phantoms[1]), "--lesion-gate", "--overwrite"]
+        + ["--peak-rule"],
     )
     assert gated.exit_code == 0, gated.output
-    assert "lesion gate" in gated.output
+    assert "lesion gate" in gated.output and "components kept from peak probability" in gated.output
     record = load_checkpoint(out / "lesion_head.ckpt").state["extra"]["lesion_head"]
     assert "gate_by_min_lesion_prob" in record["calibration"]
     assert record["min_lesion_prob"] in MIN_LESION_PROB_CHOICES
+    assert set(record["calibration"]["dice_by_min_peak_prob"]) == {
+        str(h) for h in MIN_PEAK_PROB_CHOICES
+    }
+    assert record["min_peak_prob"] in MIN_PEAK_PROB_CHOICES
     # a gate without --recalibrate is refused
     refused = CliRunner().invoke(app, [*args, "--lesion-gate", "--overwrite"])
     assert refused.exit_code != 0 and "--recalibrate" in str(refused.exception)
@@ -1434,6 +1511,7 @@ def test_joint_rule_does_not_keep_specks_for_a_find_the_filter_discards(monkeypa
         {"rule_found_tolerance": 0.01},
         {"mirror_ghosts": True},
         {"joint_rule": True},
+        {"peak_rule": True},
     ],
 )
 def test_rule_criterion_needs_a_recalibration(tmp_path, option):

@@ -117,6 +117,13 @@ def train_lesion(
         "criterion): a component lying on the mirror image, about the MRI's mid-sagittal plane, "
         "of a more confident one is dropped. Default: not considered (off).",
     ),
+    peak_rule: bool = typer.Option(
+        False,
+        "--peak-rule/--no-peak-rule",
+        help="Calibration also chooses a peak (hysteresis) filter by the rule criterion: every "
+        "component whose highest probability is below it is dropped, the most probable one "
+        "included. Default: not considered (off).",
+    ),
     joint_rule: bool = typer.Option(
         False,
         "--joint-rule/--no-joint-rule",
@@ -217,6 +224,7 @@ def train_lesion(
             lesion_gate=lesion_gate,
             mirror_ghosts=mirror_ghosts,
             joint_rule=joint_rule,
+            peak_rule=peak_rule,
             log=typer.echo,
         )
         typer.echo(f"done: {res.checkpoint} (head of {head_from})")
@@ -250,6 +258,7 @@ def train_lesion(
         lesion_gate=lesion_gate,
         mirror_ghosts=mirror_ghosts,
         joint_rule=joint_rule,
+        peak_rule=peak_rule,
         contrast_dropout=contrast_dropout,
         tilt_deg=tilt_deg,
     )
@@ -268,11 +277,8 @@ def train_lesion(
     )
     typer.echo(
         f"done: {result.checkpoint} (best step {result.best_step}, val Dice "
-        f"{result.best_dice:.3f}; temperature {result.temperature:.3f}, minimum lesion "
-        f"{result.min_lesion_ml} mL, minimum component probability "
-        f"{result.min_component_prob:.2f}, lesion gate {result.min_lesion_prob:.2f}"
-        f"{', mirror ghosts dropped' if result.mirror_ghosts else ''}; "
-        "final val Dice "
+        f"{result.best_dice:.3f}; temperature {result.temperature:.3f}; "
+        f"{result.mask_rule.describe()}; final val Dice "
         f"{result.val.get('dice', float('nan')):.3f})"
     )
     write_exports(result.checkpoint)

@@ -32,7 +32,9 @@ recipe; only the choice of the fused channel and the mirror channels are ours:
   reported (`min_lesion_prob`, chosen by the mean Dice over every validation case with the
   BraTS convention for lesion-free ones: 1 for an empty mask, 0 otherwise), and with
   `mirror_ghosts` whether components on the mirror image of a more confident one go
-  (`nn.lesion_mask.drop_ghosts`, on or off by the same criterion). All are stored in the
+  (`nn.lesion_mask.drop_ghosts`, on or off by the same criterion), and with `peak_rule` the
+  highest probability every kept component must reach (`min_peak_prob`, hysteresis; chosen
+  after the minimum size and secondary filter by the same criterion). All are stored in the
   head (buffers), so every user of the head applies them. `transplant_lesion_head(...,
   recalibrate_on=VAL)` (`train-lesion --head-from --recalibrate`) refits them for a trained
   head without training it.
@@ -88,6 +90,10 @@ MIN_COMPONENT_PROB_CHOICES = (0.0, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
 # (`lesion_gate`; 0 = off). Session 18: on lesion-free real anatomy the session-16 head's only
 # component had mean probability 0.61-0.81, its true lesions mostly above 0.83.
 MIN_LESION_PROB_CHOICES = (0.0, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9)
+# Highest probability every kept component must reach (`peak_rule`; 0 = off), chosen on
+# validation among these. Session 25: lesion25w's false components on real anatomy peaked at a
+# median 0.90, its true ones at >= 0.975 for 90 % of them (`nn.lesion_mask.clean_mask`).
+MIN_PEAK_PROB_CHOICES = (0.0, 0.9, 0.95, 0.98, 0.99)
 AMP_MODES = ("auto", "bf16", "off")
 # A false positive counts as a hard negative this many voxels (or more) from a labelled lesion:
 # separate false components, not the lesion's own border (Dice already weighs that).
@@ -181,6 +187,12 @@ class LesionTrainConfig:
     # off). It drops components lying on the mirror image of a more confident one, where heads
     # reading mirror channels mark a lesion's contralateral twin. False: off (every earlier head).
     mirror_ghosts: bool = False
+    # Consider the peak (hysteresis) filter as well (session 25, `LesionMaskRule.min_peak_prob`):
+    # after the minimum size and the secondary filter, by the same criterion among
+    # `MIN_PEAK_PROB_CHOICES` (ties: the lowest). Unlike the secondary filter it may drop the
+    # most probable component, hence empty a mask: most false lesions on lesion-free real heads
+    # are a case's only component. False: off (every earlier head).
+    peak_rule: bool = False
     # Choose the minimum size and the secondary filter together (session 24): the rule
     # criterion over all their pairs instead of one after the other. One after the other, the
     # guard of `_pick_rule` kept a 0 mL minimum for one more validation lesion overlapped (72
@@ -261,6 +273,18 @@ class LesionTrainResult:
     val: dict[str, Any] = field(default_factory=dict)
     min_lesion_prob: float = 0.0
     mirror_ghosts: bool = False
+    min_peak_prob: float = 0.0
+
+    @property
+    def mask_rule(self) -> LesionMaskRule:
+        """The fitted mask rule."""
+        return LesionMaskRule(
+            self.min_lesion_ml,
+            self.min_component_prob,
+            self.min_lesion_prob,
+            self.mirror_ghosts,
+            self.min_peak_prob,
+        )
 
 
 @dataclass
@@ -687,7 +711,8 @@ def _calibrate(
     """Temperature on the validation brains, then the mask rule: the minimum component size,
     then (with it) the secondary components' minimum mean probability, each by validation Dice
     (`cfg.rule_dice_tolerance` > 0: by HD95 among the near-best in Dice, `_pick_rule`); then,
-    with `cfg.lesion_gate`, the case-level gate (`_pick_gate`)."""
+    with `cfg.peak_rule`, the peak filter and, with `cfg.mirror_ghosts`, the ghost filter by
+    the same criterion; then, with `cfg.lesion_gate`, the case-level gate (`_pick_gate`)."""
     from clinfuse.metrics.calibration import (
         calibration_scores,
         fit_temperature,
@@ -751,10 +776,21 @@ def _calibrate(
         best_ml = _pick_rule(by_ml, tol, found_tol)
         by_prob = {q: score(LesionMaskRule(best_ml, q)) for q in MIN_COMPONENT_PROB_CHOICES}
         best_prob = _pick_rule(by_prob, tol, found_tol)
+    best_peak = 0.0
+    by_peak: dict[float, RuleScore] = {}
+    if cfg.peak_rule:
+        by_peak = {
+            h: score(LesionMaskRule(best_ml, best_prob, min_peak_prob=h))
+            for h in MIN_PEAK_PROB_CHOICES
+        }
+        best_peak = _pick_rule(by_peak, tol, found_tol)
     ghosts = False
     by_ghost: dict[float, RuleScore] = {}
     if cfg.mirror_ghosts:  # 0 = off, 1 = on (ties: off, the filter that removes least)
-        by_ghost = {g: score(LesionMaskRule(best_ml, best_prob, 0.0, bool(g))) for g in (0.0, 1.0)}
+        by_ghost = {
+            g: score(LesionMaskRule(best_ml, best_prob, 0.0, bool(g), best_peak))
+            for g in (0.0, 1.0)
+        }
         ghosts = bool(_pick_rule(by_ghost, tol, found_tol))
     record: dict[str, Any] = {
         "temperature": temp,
@@ -773,6 +809,9 @@ def _calibrate(
         record["dice_by_min_ml_and_component_prob"] = {k: v.dice for k, v in pairs.items()}
         record["joint_rule"] = True
         tables.append(("min_ml_and_component_prob", pairs))
+    if by_peak:
+        record["dice_by_min_peak_prob"] = {str(k): v.dice for k, v in by_peak.items()}
+        tables.append(("min_peak_prob", by_peak))
     if by_ghost:
         record["dice_by_mirror_ghosts"] = {str(k): v.dice for k, v in by_ghost.items()}
         tables.append(("mirror_ghosts", by_ghost))
@@ -784,7 +823,7 @@ def _calibrate(
     if cfg.lesion_gate:
         gates = {}
         for g in MIN_LESION_PROB_CHOICES:
-            rule = LesionMaskRule(best_ml, best_prob, g, ghosts)
+            rule = LesionMaskRule(best_ml, best_prob, g, ghosts, best_peak)
             gates[g] = _gate_score(
                 [
                     rule.apply(p, it.spacing, cfg.threshold, it.sources[0]) & it.known
@@ -794,7 +833,7 @@ def _calibrate(
             )
         best_gate = _pick_gate(gates)
         record["gate_by_min_lesion_prob"] = {str(k): v._asdict() for k, v in gates.items()}
-    return temp, LesionMaskRule(best_ml, best_prob, best_gate, ghosts), record
+    return temp, LesionMaskRule(best_ml, best_prob, best_gate, ghosts, best_peak), record
 
 
 class GateScore(NamedTuple):
@@ -1004,8 +1043,8 @@ def train_lesion_head(
         saved["config"].setdefault("dice_per_sample", False)  # ... before session 13
         saved["config"].setdefault("contrast_dropout", cfg_record["contrast_dropout"])
         saved["config"].setdefault("tilt_deg", 0.0)  # ... before session 19
-        session24 = ("mirror_ghosts", "joint_rule", "ghost_fraction", "rule_found_tolerance")
-        for key in session24:  # ... options added in session 24
+        later = ("mirror_ghosts", "joint_rule", "ghost_fraction", "rule_found_tolerance")
+        for key in (*later, "peak_rule"):  # ... options added in sessions 24 and 25
             saved["config"].setdefault(key, type(cfg_record[key])(0))
         if saved["config"] != cfg_record:
             diff = sorted(k for k in cfg_record if saved["config"].get(k) != cfg_record[k])
@@ -1150,10 +1189,7 @@ def train_lesion_head(
             "best_step": best[1],
             "val_dice_at_best": best[0],
             "calibration": calib,
-            "min_lesion_ml": rule.min_ml,
-            "min_component_prob": rule.min_component_prob,
-            "min_lesion_prob": rule.min_lesion_prob,
-            "mirror_ghosts": rule.drop_mirror_ghosts,
+            **_rule_record(rule),
             "val_final": final,
             "val_cases": [i.case_id for i in val_items],
             "seconds": time.perf_counter() - start,
@@ -1169,19 +1205,25 @@ def _fit_postprocessing(
     them in its buffers, and validate with them: (rule, calibration record, final validation)."""
     temp, rule, calib = _calibrate(head, val_items, cfg)
     head.temperature.fill_(temp)
-    head.min_lesion_ml.fill_(rule.min_ml)
-    head.min_component_prob.fill_(rule.min_component_prob)
-    head.min_lesion_prob.fill_(rule.min_lesion_prob)
-    head.mirror_ghosts.fill_(int(rule.drop_mirror_ghosts))
+    head.set_mask_rule(rule)
     return rule, calib, _validate(head, val_items, cfg, rule)
+
+
+def _rule_record(rule: LesionMaskRule) -> dict[str, Any]:
+    """The fields of a head's training record that say its mask rule."""
+    return {
+        "min_lesion_ml": rule.min_ml,
+        "min_component_prob": rule.min_component_prob,
+        "min_lesion_prob": rule.min_lesion_prob,
+        "mirror_ghosts": rule.drop_mirror_ghosts,
+        "min_peak_prob": rule.min_peak_prob,
+    }
 
 
 def _fitted(head: Any, rule: LesionMaskRule, final: dict[str, Any]) -> str:
     return (
         f"{'flip-averaged, ' if bool(head.flip_tta) else ''}"
-        f"temperature {float(head.temperature):.3f}, min lesion {rule.min_ml} mL, "
-        f"min component probability {rule.min_component_prob}, lesion gate "
-        f"{rule.min_lesion_prob}{', mirror ghosts dropped' if rule.drop_mirror_ghosts else ''}"
+        f"temperature {float(head.temperature):.3f}; {rule.describe()}"
         f" -> val Dice {final['dice']:.3f}, lesion-free cases with a "
         f"prediction {final.get('lesion_free_cases_with_a_prediction', 0)}"
     )
@@ -1239,6 +1281,7 @@ def _write_checkpoint(
         dict(record["val_final"]),
         float(record.get("min_lesion_prob", 0.0)),
         bool(record.get("mirror_ghosts", False)),
+        float(record.get("min_peak_prob", 0.0)),
     )
 
 
@@ -1270,10 +1313,7 @@ def _recalibrated(
         log(f"recalibrated on {len(val_items)} validation cases: {_fitted(head, rule, final)}")
     refit = {
         "calibration": calib,
-        "min_lesion_ml": rule.min_ml,
-        "min_component_prob": rule.min_component_prob,
-        "min_lesion_prob": rule.min_lesion_prob,
-        "mirror_ghosts": rule.drop_mirror_ghosts,
+        **_rule_record(rule),
         "flip_tta": bool(head.flip_tta),
         "val_final": final,
         "val_data": str(val_data),
@@ -1327,10 +1367,7 @@ def _warm_start(head: Any, cfg: LesionTrainConfig, spatial_dims: int) -> None:
         )
     head.load_state_dict(weights)
     head.temperature.fill_(1.0)
-    head.min_lesion_ml.fill_(0.0)
-    head.min_component_prob.fill_(0.0)
-    head.min_lesion_prob.fill_(0.0)
-    head.mirror_ghosts.fill_(0)
+    head.set_mask_rule(LesionMaskRule())
 
 
 def _without_contrast(inputs: str) -> str:
@@ -1377,6 +1414,7 @@ def transplant_lesion_head(
     lesion_gate: bool = False,
     mirror_ghosts: bool = False,
     joint_rule: bool = False,
+    peak_rule: bool = False,
     log: Callable[[str], None] | None = print,
 ) -> LesionTrainResult:
     """Write `out` = `target_checkpoint` (e.g. a newer denoiser) with the lesion head of
@@ -1405,9 +1443,11 @@ def transplant_lesion_head(
         or lesion_gate
         or mirror_ghosts
         or joint_rule
+        or peak_rule
     ) and recalibrate_on is None:
         raise ClinfuseInputError(
-            "a rule criterion, gate or ghost filter only applies when recalibrating (--recalibrate)"
+            "a rule criterion, gate, peak or ghost filter only applies when recalibrating "
+            "(--recalibrate)"
         )
     src = read_checkpoint(head_checkpoint)
     record = (src.get("extra") or {}).get("lesion_head")
@@ -1433,6 +1473,7 @@ def transplant_lesion_head(
         lesion_gate=lesion_gate,
         mirror_ghosts=mirror_ghosts,
         joint_rule=joint_rule,
+        peak_rule=peak_rule,
     )
     cfg.validate()
     record = {**record, "transplanted_from": str(head_checkpoint)}

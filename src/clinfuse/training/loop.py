@@ -421,6 +421,7 @@ def init_weights(model: nn.Module, path: Path) -> None:
         "min_component_prob",
         "min_lesion_prob",
         "mirror_ghosts",
+        "min_peak_prob",
     )
     for k in (f"lesion_head.{name}" for name in calibration):
         if k in own:
