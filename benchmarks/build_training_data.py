@@ -47,8 +47,12 @@ disjoint, and both from the held-out phantoms (7000-7211). `--realhead-version 1
 real-anatomy pairs exactly as sessions 11-14 made them (every data set named in docs/TRAINING.md
 up to session 14, and the shipped checkpoint's); the default is the current generator.
 `--union-of SET ...` builds nothing: OUT/all/manifest.csv lists every case of the given built
-sets' `all` manifests, case ids prefixed with the set's folder name and paths relative to OUT/all
-(e.g. one larger validation set to calibrate a head on, session 22's val17 + val24).
+sets' `all` manifests (or of a part's own manifest: SET/manifest.csv, e.g. RUNS/data6v2/real),
+case ids prefixed with the set's folder name and paths relative to OUT/all (e.g. one larger
+validation set to calibrate a head on, session 22's val17 + val24). With `--patients` /
+`--exclude-patients` it keeps the rows of those people / of everyone else (by the manifest's
+patient_id; phantoms are their own patients): a leave-one-person-out split of sets already
+built, without generating them again (session 25).
 """
 
 from __future__ import annotations
@@ -57,6 +61,7 @@ import argparse
 import csv
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -122,7 +127,12 @@ def main() -> None:
     t0 = time.time()
     out = args.out
     if args.union_of:
-        n = write_union_of(out, args.union_of)
+        n = write_union_of(
+            out,
+            args.union_of,
+            None if args.patients is None else _names(args.patients),
+            _names(args.exclude_patients),
+        )
         print(f"wrote {out / 'all'}: {n} cases of {', '.join(str(d) for d in args.union_of)}")
         return
 
@@ -204,9 +214,16 @@ def _names(text: str) -> list[str]:
     return [n.strip() for n in text.split(",") if n.strip()]
 
 
-def write_union_of(out: Path, sets: list[Path]) -> int:
-    """OUT/all/manifest.csv over the `all` manifests of built sets (case ids prefixed with each
-    set's folder name, which must differ; paths rebased to OUT/all); the number of cases."""
+def write_union_of(
+    out: Path,
+    sets: list[Path],
+    patients: list[str] | None = None,
+    exclude_patients: Sequence[str] = (),
+) -> int:
+    """OUT/all/manifest.csv over the `all` manifests of built sets, or a part's own manifest
+    (SET/manifest.csv), case ids prefixed with each set's folder name (which must differ),
+    paths rebased to OUT/all; only the rows of `patients` (None: everyone) and not of
+    `exclude_patients` (by patient_id). The number of cases."""
     names = [d.resolve().name for d in sets]
     if len(set(names)) != len(names):
         raise SystemExit(f"--union-of: sets need distinct folder names, got {names}")
@@ -214,10 +231,15 @@ def write_union_of(out: Path, sets: list[Path]) -> int:
     rows = []
     for d, name in zip(sets, names, strict=True):
         manifest = d / "all" / "manifest.csv"
+        if not manifest.is_file() and (d / "manifest.csv").is_file():
+            manifest = d / "manifest.csv"  # a part of a built set
         if not manifest.is_file():
             raise SystemExit(f"--union-of: {manifest} not found (build the set first)")
         with open(manifest, newline="") as f:
             for row in csv.DictReader(f):
+                who = row.get("patient_id") or ""
+                if (patients is not None and who not in patients) or who in exclude_patients:
+                    continue
                 rel = {
                     k: (
                         os.path.relpath((manifest.parent / v).resolve(), target)

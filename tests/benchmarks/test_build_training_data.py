@@ -181,3 +181,35 @@ def test_union_of_built_sets_lists_every_case_once_with_working_paths(tmp_path: 
         text=True,
     )
     assert clash.returncode != 0 and "distinct" in clash.stderr
+
+
+def test_union_of_keeps_or_leaves_out_people_and_reads_a_part(tmp_path: Path) -> None:
+    """`--union-of` with `--exclude-patients` / `--patients`: a leave-one-person-out split of
+    sets already built (rows by patient_id; a phantom is its own patient), and a part folder
+    (SET/manifest.csv, e.g. data/real) is read as a set."""
+    part = tmp_path / "data" / "real"
+    part.mkdir(parents=True)
+    with open(part / "manifest.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["case_id", "mri", "ct", "brain", "bone", "lesion", "ignore", "patient_id"])
+        for case, who in (("rire_t1_000", "rire001"), ("vm_t1_000", "visible_male")):
+            w.writerow([case, f"{case}/mri.nii.gz", f"{case}/ct.nii.gz", "", "", "", "", who])
+    subprocess.run(
+        [sys.executable, str(SCRIPT), str(tmp_path / "va"), "--per-source", "0", "--phantoms", "1"],
+        check=True,
+        capture_output=True,
+    )
+    sets = ["--union-of", str(part), str(tmp_path / "va")]
+
+    def ids(out: Path, *who: str) -> list[str]:
+        cmd = [sys.executable, str(SCRIPT), str(out), *sets, *who]
+        subprocess.run(cmd, check=True, capture_output=True, text=True)
+        with open(out / "all" / "manifest.csv", newline="") as f:
+            return [r["case_id"] for r in csv.DictReader(f)]
+
+    rest = ids(tmp_path / "rest", "--exclude-patients", "rire001")
+    assert rest == ["real_vm_t1_000", "va_phantoms_phantom_000"]
+    assert ids(tmp_path / "only", "--patients", "rire001") == ["real_rire_t1_000"]
+    with open(tmp_path / "rest" / "all" / "manifest.csv", newline="") as f:
+        mri = next(csv.DictReader(f))["mri"]
+    assert (tmp_path / "rest" / "all" / mri).resolve() == (part / "vm_t1_000" / "mri.nii.gz")
