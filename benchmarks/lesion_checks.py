@@ -414,6 +414,100 @@ def component_rows(
     ]
 
 
+def rule_group(item: Any) -> str:
+    """The group `rules` sums a case in: phantom or real anatomy, with a lesion or free."""
+    kind = "phantom" if "phantom" in item.case_id else "real"
+    return f"{kind} {'lesion' if item.label.any() else 'free'}"
+
+
+def group_scores(probs: list[np.ndarray], items: list[Any], rule: Any) -> dict[str, dict]:
+    """Per `rule_group` under `rule` (a `LesionMaskRule`): Dice of each lesion, HD95 of each
+    lesion with a prediction, lesions overlapped (Dice > 0), lesion-free cases, how many of
+    them get a mask ("marked") and its mL summed."""
+    out: dict[str, dict] = {}
+    cases = scored(probs, items, lambda p, it: rule.apply(p, it.spacing, mri=it.sources[0]))
+    for it, m, _, d, h in cases:
+        g = out.setdefault(
+            rule_group(it),
+            {"dice": [], "hd95": [], "overlap": 0, "free": 0, "marked": 0, "false_ml": 0.0},
+        )
+        if d is None:
+            g["free"] += 1
+            g["marked"] += bool(m.any())
+            g["false_ml"] += float(m.sum()) * float(np.prod(it.spacing)) / 1000.0
+            continue
+        g["dice"].append(d)
+        g["overlap"] += d > 0
+        if h == h:
+            g["hd95"].append(h)
+    return dict(sorted(out.items()))
+
+
+def peak_rows(
+    probs: list[np.ndarray], items: list[Any], rule: Any
+) -> dict[tuple[str, bool], list[tuple[float, float]]]:
+    """(mean, highest) probability of every component under `rule` (`component_masks`), by
+    (phantom or real, true?)."""
+    out: dict[tuple[str, bool], list[tuple[float, float]]] = {}
+    for it, p, c, true in component_masks(probs, items, rule):
+        kind = "phantom" if "phantom" in it.case_id else "real"
+        out.setdefault((kind, true), []).append((float(p[c].mean()), float(p[c].max())))
+    return dict(sorted(out.items()))
+
+
+def rules(args: argparse.Namespace) -> None:
+    """The head's own rule and its variants with another peak filter or case-level gate, by
+    `rule_group`; then the mean and highest probability of the true and false components
+    under the own rule without peak filter and gate (what those two filters can tell apart)."""
+    from dataclasses import replace
+
+    from clinfuse.training.lesion import (
+        MIN_LESION_PROB_CHOICES,
+        MIN_PEAK_PROB_CHOICES,
+        load_items,
+    )
+
+    items = load_items(args.data, ())
+    head, probs = head_probs(args.checkpoint, items)
+    own = head.mask_rule
+    print(f"head: {args.checkpoint or 'shipped'}; own rule: {own.describe()}\n")
+    variants = [("own rule", own)]
+    variants += [
+        (f"peak {h:g}", replace(own, min_peak_prob=h))
+        for h in MIN_PEAK_PROB_CHOICES
+        if abs(h - own.min_peak_prob) > 1e-6
+    ]
+    variants += [
+        (f"gate {g:g}", replace(own, min_lesion_prob=g))
+        for g in MIN_LESION_PROB_CHOICES
+        if g >= 0.7 and abs(g - own.min_lesion_prob) > 1e-6
+    ]
+    print(
+        "| rule | cases | lesions | Dice | overlapped | HD95 mm (with a prediction) "
+        "| lesion-free | marked | false mL |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, rule in variants:
+        for group, g in group_scores(probs, items, rule).items():
+            dice = f"{np.mean(g['dice']):.3f}" if g["dice"] else ""
+            hd = f"{np.mean(g['hd95']):.1f} ({len(g['hd95'])})" if g["hd95"] else ""
+            print(
+                f"| {name} | {group} | {len(g['dice'])} | {dice} | {g['overlap']} | {hd} "
+                f"| {g['free']} | {g['marked']} | {g['false_ml']:.2f} |"
+            )
+    bare = replace(own, min_peak_prob=0.0, min_lesion_prob=0.0)
+    print(f"\ncomponents under {bare.describe()}: mean / highest probability, percentiles\n")
+    print("| components | n | mean p: 5 / 10 / 25 / 50 % | highest p: 5 / 10 / 25 / 50 % |")
+    print("|---|---|---|---|")
+    for (kind, true), rows in peak_rows(probs, items, bare).items():
+        a = np.asarray(rows)
+        q = [5, 10, 25, 50]
+        mean_q = " / ".join(f"{v:.2f}" for v in np.percentile(a[:, 0], q))
+        peak_q = " / ".join(f"{v:.3f}" for v in np.percentile(a[:, 1], q))
+        label = f"{kind}, {'true' if true else 'false'}"
+        print(f"| {label} | {len(rows)} | {mean_q} | {peak_q} |")
+
+
 def component_look(mask: np.ndarray, item: Any) -> tuple[float, float, float]:
     """How a predicted component looks in the sources: the percentile of its mean MRI among
     the case's brain voxels, its median CT in HU (the clinical-window channel mapped back) and
@@ -695,6 +789,9 @@ def main(argv: list[str] | None = None) -> int:
         "shift-only mirror (+mirror heads) and with the rigid mid-sagittal plane "
         "(+rigid-mirror heads, clinfuse.nn.symmetry)",
     )
+    ru = sub.add_parser("rules")
+    ru.add_argument("data", type=Path)
+    ru.add_argument("--checkpoint", type=Path, default=None)
     pl = sub.add_parser("planes")
     pl.add_argument("data", type=Path)
     sm = sub.add_parser("small")
@@ -718,6 +815,7 @@ def main(argv: list[str] | None = None) -> int:
         "minsize": minsize,
         "paired": paired,
         "components": components,
+        "rules": rules,
         "planes": planes,
         "small": small,
         "ghosts": ghosts,

@@ -203,6 +203,67 @@ def test_component_rows_split_true_from_false_components():
     assert lc.component_rows([p], [it], LesionMaskRule(0.0, 0.0, 0.95)) == []
 
 
+def test_group_scores_and_peak_rows_split_real_from_phantom_and_free_from_lesion():
+    """`rules`: each group sums its own cases (a lesion-free real case's mask counts as marked
+    with its mL; a lesion case's Dice and HD95), and the components' mean and highest
+    probability split by kind and truth; a peak filter above a false component's peak empties
+    the lesion-free case."""
+    import numpy as np
+
+    from clinfuse.nn.lesion_mask import LesionMaskRule
+
+    def item(case_id: str, lesion: bool) -> object:
+        label = np.zeros((20, 20, 20), np.float32)
+        if lesion:
+            label[2:6, 2:6, 2:6] = 1.0
+        return type(
+            "Item",
+            (),
+            {
+                "case_id": case_id,
+                "spacing": (2.0, 2.0, 2.0),
+                "label": label,
+                "known": np.ones((20, 20, 20), bool),
+                "sources": np.zeros((3, 20, 20, 20), np.float32),
+            },
+        )()
+
+    items = [item("val_phantoms_phantom_000", True), item("val_real_lesion_free_vm", False)]
+    found = np.zeros((20, 20, 20), np.float32)
+    found[2:6, 2:6, 2:6] = 0.99  # the phantom's lesion, exactly
+    false = np.zeros((20, 20, 20), np.float32)
+    false[10:12, 10:12, 10:12] = 0.7  # 8 voxels = 0.064 mL, peak 0.7
+    probs = [found, false]
+    g = lc.group_scores(probs, items, LesionMaskRule())
+    assert list(g) == ["phantom lesion", "real free"]
+    assert g["phantom lesion"]["dice"] == [1.0] and g["phantom lesion"]["overlap"] == 1
+    assert g["real free"]["marked"] == 1 and abs(g["real free"]["false_ml"] - 0.064) < 1e-9
+    peaked = lc.group_scores(probs, items, LesionMaskRule(min_peak_prob=0.9))
+    assert peaked["real free"]["marked"] == 0 and peaked["phantom lesion"]["dice"] == [1.0]
+    rows = lc.peak_rows(probs, items, LesionMaskRule())
+    assert list(rows) == [("phantom", True), ("real", False)]
+    assert np.allclose(rows[("real", False)], [(0.7, 0.7)])
+
+
+def test_rules_lists_the_own_rule_then_each_peak_and_gate_variant(tmp_path, capsys):
+    from clinfuse.phantom import PhantomConfig, write_phantom_dataset
+    from clinfuse.training.lesion import MIN_PEAK_PROB_CHOICES
+
+    cfg = PhantomConfig(shape=(24, 24, 16), spacing=(3.0, 3.0, 3.0), supersample=1)
+    data = write_phantom_dataset(tmp_path / "val", 2, cfg, seed=50, contrast="T2")
+    ckpt = tiny_fusion_checkpoint(tmp_path / "tiny.pt")
+    assert lc.main(["rules", str(data), "--checkpoint", str(ckpt)]) == 0
+    out = capsys.readouterr().out
+    assert "own rule: minimum lesion 0.00 mL; components kept from peak probability 0.00" in out
+    rows = [ln.split(" | ") for ln in out.splitlines() if ln.startswith("| ")]
+    assert rows[0][0] == "| rule"
+    names = [r[0].lstrip("| ") for r in rows[1:] if r[1] == "phantom lesion"]
+    peaks = [f"peak {h:g}" for h in MIN_PEAK_PROB_CHOICES if h > 0]
+    assert names[0] == "own rule" and names[1 : 1 + len(peaks)] == peaks
+    assert all(n.startswith("gate ") for n in names[1 + len(peaks) :])
+    assert "| components | n | mean p: 5 / 10 / 25 / 50 %" in out
+
+
 def test_component_look_reports_mri_percentile_ct_hu_and_depth():
     """`components`' look columns: a dark, CSF-dense component deep in a cubic brain."""
     import numpy as np
