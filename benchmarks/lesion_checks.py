@@ -456,12 +456,14 @@ def peak_rows(
 
 
 def rules(args: argparse.Namespace) -> None:
-    """The head's own rule and its variants with another peak filter or case-level gate, by
-    `rule_group`; then the mean and highest probability of the true and false components
-    under the own rule without peak filter and gate (what those two filters can tell apart)."""
+    """The head's own rule and its variants with another peak filter, secondary filter (from
+    0.8) or case-level gate (from 0.7), by `rule_group`; then the mean and highest probability
+    of the true and false components under the own rule without peak filter and gate (what
+    those two filters can tell apart)."""
     from dataclasses import replace
 
     from clinfuse.training.lesion import (
+        MIN_COMPONENT_PROB_CHOICES,
         MIN_LESION_PROB_CHOICES,
         MIN_PEAK_PROB_CHOICES,
         load_items,
@@ -476,6 +478,11 @@ def rules(args: argparse.Namespace) -> None:
         (f"peak {h:g}", replace(own, min_peak_prob=h))
         for h in MIN_PEAK_PROB_CHOICES
         if abs(h - own.min_peak_prob) > 1e-6
+    ]
+    variants += [
+        (f"secondary {q:g}", replace(own, min_component_prob=q))
+        for q in MIN_COMPONENT_PROB_CHOICES
+        if q >= 0.8 and abs(q - own.min_component_prob) > 1e-6
     ]
     variants += [
         (f"gate {g:g}", replace(own, min_lesion_prob=g))

@@ -247,7 +247,7 @@ def test_group_scores_and_peak_rows_split_real_from_phantom_and_free_from_lesion
 
 def test_rules_lists_the_own_rule_then_each_peak_and_gate_variant(tmp_path, capsys):
     from clinfuse.phantom import PhantomConfig, write_phantom_dataset
-    from clinfuse.training.lesion import MIN_PEAK_PROB_CHOICES
+    from clinfuse.training.lesion import MIN_COMPONENT_PROB_CHOICES, MIN_PEAK_PROB_CHOICES
 
     cfg = PhantomConfig(shape=(24, 24, 16), spacing=(3.0, 3.0, 3.0), supersample=1)
     data = write_phantom_dataset(tmp_path / "val", 2, cfg, seed=50, contrast="T2")
@@ -260,7 +260,10 @@ def test_rules_lists_the_own_rule_then_each_peak_and_gate_variant(tmp_path, caps
     names = [r[0].lstrip("| ") for r in rows[1:] if r[1] == "phantom lesion"]
     peaks = [f"peak {h:g}" for h in MIN_PEAK_PROB_CHOICES if h > 0]
     assert names[0] == "own rule" and names[1 : 1 + len(peaks)] == peaks
-    assert all(n.startswith("gate ") for n in names[1 + len(peaks) :])
+    rest = names[1 + len(peaks) :]
+    assert [n for n in rest if not n.startswith("gate ")] == ["secondary 0.8", "secondary 0.85"] + [
+        f"secondary {q:g}" for q in MIN_COMPONENT_PROB_CHOICES if q > 0.85
+    ]
     assert "| components | n | mean p: 5 / 10 / 25 / 50 %" in out
 
 
