@@ -6,7 +6,7 @@ real volume except the two test cases, plus phantoms, all at 2 mm, in one folder
         [--small-haemorrhage-phantoms N] [--small-adc-phantoms N] [--small-dwi-phantoms N]
         [--ranged-phantoms N]
         [--lesion-free-real N] [--seed S]
-        [--patients P,...] [--exclude-patients P,...] [--keep-existing] [--realhead-version 1|2]
+        [--patients P,...] [--exclude-patients P,...] [--keep-existing] [--realhead-version 1|2|3]
     python benchmarks/build_training_data.py OUT --union-of SET [SET ...]
 
 OUT/real (real-anatomy pairs, `clinfuse.phantom.realhead.write_real_dataset`, seeds
@@ -45,7 +45,8 @@ reuses a part whose manifest.csv is already there (a part copied or linked from 
 build with the same options). Training (`--seed 0`) and validation (`--seed 500`) seeds are
 disjoint, and both from the held-out phantoms (7000-7211). `--realhead-version 1` rebuilds the
 real-anatomy pairs exactly as sessions 11-14 made them (every data set named in docs/TRAINING.md
-up to session 14, and the shipped checkpoint's); the default is the current generator.
+up to session 14, and the shipped checkpoint's), `--realhead-version 2` those of sessions 15-25;
+the default is the current generator (version 3: lesion levels on each image's own tissue scale).
 `--union-of SET ...` builds nothing: OUT/all/manifest.csv lists every case of the given built
 sets' `all` manifests (or of a part's own manifest: SET/manifest.csv, e.g. RUNS/data6v2/real),
 case ids prefixed with the set's folder name and paths relative to OUT/all (e.g. one larger
@@ -121,7 +122,7 @@ def main() -> None:
         "--realhead-version",
         choices=REALHEAD_VERSIONS,
         default=REALHEAD_VERSION,
-        help="real-anatomy generator version (1: the data of sessions 11-14)",
+        help="real-anatomy generator version (1: the data of sessions 11-14, 2: sessions 15-25)",
     )
     args = ap.parse_args()
     t0 = time.time()

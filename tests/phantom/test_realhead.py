@@ -11,10 +11,13 @@ from scipy import ndimage
 from clinfuse.errors import ClinfuseInputError
 from clinfuse.io.dataset import load_dataset
 from clinfuse.phantom.realhead import (
+    CLASS_MEANS,
+    LESION_MRI_LEVEL,
     RealHeadConfig,
     RealMri,
     RealSource,
     generate_real_pair,
+    lesion_level,
     load_real_mri,
     tissue_memberships,
     write_real_dataset,
@@ -51,11 +54,14 @@ def test_pair_has_plausible_hu_and_consistent_masks(chris):
     # Intracranial volume of an adult head (1.2-1.9 L).
     vol_l = c.brain.sum() * 4.0**3 / 1e6
     assert 1.0 < vol_l < 2.0
-    # The inserted ischaemic lesion is dark on T1 and hypodense on CT.
+    # The inserted ischaemic lesion is dark on T1 (painted between the image's CSF and grey
+    # matter; this 0.8 mL one is mostly partial-volume border at 4 mm, so its level is checked,
+    # and larger ones against their ring in test_lesion_contrast_per_sequence) and hypodense on CT.
     assert c.lesion.sum() > 0
-    ring = _ring(c.lesion, c.brain)
-    assert c.mri[c.lesion].mean() < c.mri[ring].mean()
     les = ph.truth["lesions"][0]
+    _, centres = tissue_memberships(c.mri, c.brain & ~c.lesion, "T1", trim_bright=True)
+    assert centres[0] < les["mri_level"] < centres[1]
+    assert les["mri_level"] < np.percentile(c.mri[c.brain], 25)
     assert -15 <= les["ct_offset_hu"] <= -5
 
 
@@ -74,6 +80,7 @@ def test_same_seed_same_pair_and_augmentation_runs(chris):
 @pytest.mark.parametrize(
     ("contrast", "kind", "brighter"),
     [
+        ("T1", "ischaemic", False),
         ("T2", "ischaemic", True),
         ("FLAIR", "ischaemic", True),
         ("DWI", "ischaemic", True),
@@ -202,4 +209,59 @@ def test_tissue_centres_ignore_a_bright_tail_when_asked():
 
 def test_unknown_generator_version_is_refused():
     with pytest.raises(ClinfuseInputError, match="realhead version"):
-        RealHeadConfig(version="3")
+        RealHeadConfig(version="4")
+
+
+@pytest.mark.parametrize("contrast", list(CLASS_MEANS))
+def test_lesion_level_is_version_2_on_canonical_centres(contrast):
+    """On an image whose class centres are CLASS_MEANS times its white matter (every re-painted
+    pair), version 3's level is version 2's: the level in white-matter units times WM."""
+    wm = 137.0
+    centres = np.asarray(CLASS_MEANS[contrast]) * wm
+    for kind in ("ischaemic", "haemorrhagic"):
+        lo, hi = LESION_MRI_LEVEL[kind][contrast]
+        for level in (lo, (lo + hi) / 2, hi, 0.1, 5.0):
+            assert lesion_level(level, contrast, centres) == pytest.approx(level * wm)
+
+
+def test_lesion_level_follows_the_images_own_centres():
+    # C-STAR's T2 as the 2 mm k-means sees it: grey matter at 1.8x white, not CLASS_MEANS' 1.3x.
+    centres = np.array([295.0, 170.0, 95.0])
+    lo, hi = LESION_MRI_LEVEL["ischaemic"]["T2"]
+    assert lo * centres[2] < centres[1]  # version 2: the faint end is darker than grey matter
+    for level in (lo, hi):
+        assert centres[1] < lesion_level(level, "T2", centres) < centres[0]
+    # Beyond the outer classes: linear with the nearest segment's slope (FLAIR: GM brightest).
+    flair = np.array([40.0, 140.0, 100.0])
+    assert lesion_level(1.45, "FLAIR", flair) == pytest.approx(140.0 + 0.2 * 40.0 / 0.25)
+    # Degenerate fit (grey = white): version 2's rule.
+    assert lesion_level(1.6, "T2", np.array([300.0, 95.0, 95.0])) == pytest.approx(1.6 * 95.0)
+
+
+def test_version_3_infarct_outshines_grey_matter_on_cstar_t2():
+    """Version 2 put C-STAR T2 infarcts near grey-matter signal (a label the MRI hardly shows);
+    version 3 keeps the same anatomy, lesion mask and CT, and paints the infarct above the
+    image's grey-matter centre. Same seed, so only the lesion's MRI signal differs."""
+    real = load_real_mri(CSTAR_T2)
+    base = dict(
+        contrast="T2", skull="synthetic", spacing=4.0, lesion_side="right", lesion_ml=(10.0, 30.0)
+    )
+    v2 = generate_real_pair(real, RealHeadConfig(**base, augment=False, version="2"), seed=2)
+    v3 = generate_real_pair(real, RealHeadConfig(**base, augment=False, version="3"), seed=2)
+    np.testing.assert_array_equal(v2.case.lesion, v3.case.lesion)
+    np.testing.assert_array_equal(v2.case.ct, v3.case.ct)
+    lesion, brain = v3.case.lesion, v3.case.brain
+    assert lesion.sum() > 20
+    far = brain & ~ndimage.binary_dilation(lesion, iterations=4)  # past the blurred border
+    np.testing.assert_allclose(v2.case.mri[far], v3.case.mri[far], rtol=1e-5, atol=1e-3)
+    _, centres = tissue_memberships(v3.case.mri, far, "T2")
+    l2, l3 = (v.truth["lesions"][0]["mri_level"] for v in (v2, v3))
+    assert (
+        v2.truth["lesions"][0]["mri_level_canonical"]
+        == v3.truth["lesions"][0]["mri_level_canonical"]
+    )
+    assert l3 > l2 and l3 > centres[1]
+    ring = _ring(lesion, brain)
+    gap2 = v2.case.mri[lesion].mean() - v2.case.mri[ring].mean()
+    gap3 = v3.case.mri[lesion].mean() - v3.case.mri[ring].mean()
+    assert gap3 > gap2 and gap3 > 0

@@ -21,8 +21,9 @@ CT from it, tissue by tissue, in Hounsfield units:
   (partial volume) and Gaussian noise of `ct_noise_hu`.
 - **Lesions** with known masks, sizes drawn log-uniformly in `lesion_ml` (0.5-80 mL by default),
   shape an ellipsoid with a low-frequency perturbed border, placed in the parenchyma (never in
-  CSF) of a random hemisphere: ischaemic = each sequence's own contrast (`LESION_MRI_LEVEL`) and
-  -5 to -15 HU on CT; haemorrhagic = +40 to +70 HU on CT and the sequence's blood contrast.
+  CSF) of a random hemisphere: ischaemic = each sequence's own contrast (`LESION_MRI_LEVEL`,
+  placed among the image's own fitted CSF/GM/WM levels by `lesion_level`) and -5 to -15 HU on
+  CT; haemorrhagic = +40 to +70 HU on CT and the sequence's blood contrast.
 - **Other contrasts.** ``output_contrast`` re-paints the intracranial tissue classes with another
   sequence's values (T1, T2, FLAIR, DWI, ADC) and keeps the MRI's texture inside each class.
 - **Augmentation** with MONAI's random transforms, the same draw for MRI, CT and masks: affine
@@ -55,8 +56,13 @@ from clinfuse.preprocess.resample import grid_with_spacing, resample_to_grid
 # T1/FLAIR sources and erodes deeper before regrowing (`mri_brain_mask(contrast=...)`), and the
 # tissue classes ignore a bright tail (`tissue_memberships(trim_bright=True)`). Version 1 (the
 # data of sessions 11-14 and of the shipped checkpoint) stays reproducible with `version="1"`.
-REALHEAD_VERSION = "2"
-REALHEAD_VERSIONS = ("1", "2")
+# Version 3 (session 26): a lesion's MRI level is placed among the image's own fitted tissue
+# centres (`lesion_level`), not at a multiple of its white matter: on a source whose grey/white
+# ratio differs from `CLASS_MEANS` (C-STAR's T2: grey matter at 1.8x white) a version-2 infarct
+# could come out as bright as grey matter, a label the MRI does not show. Versions 1 and 2 stay
+# reproducible.
+REALHEAD_VERSION = "3"
+REALHEAD_VERSIONS = ("1", "2", "3")
 CONTRASTS = ("T1", "T2", "FLAIR", "DWI", "ADC")
 LESION_KINDS = ("ischaemic", "haemorrhagic", "none")
 # The test cases of the project: never a source of training pairs (README "real data" rule).
@@ -70,8 +76,10 @@ CLASS_MEANS: dict[str, tuple[float, float, float]] = {
     "DWI": (0.20, 1.15, 1.00),
     "ADC": (4.20, 1.18, 1.00),
 }
-# Lesion signal per sequence as a level in white-matter units, (low, high): an infarct's oedema
-# replaces the grey/white contrast by a nearly uniform signal (CLASS_MEANS gives CSF/GM/WM).
+# Lesion signal per sequence as a level in white-matter units of `CLASS_MEANS`, (low, high): an
+# infarct's oedema replaces the grey/white contrast by a nearly uniform signal. Version 3 maps the
+# level through the image's own class centres (`lesion_level`), so "between grey matter and
+# CSF" stays so on a source whose centres differ from CLASS_MEANS.
 LESION_MRI_LEVEL: dict[str, dict[str, tuple[float, float]]] = {
     "ischaemic": {
         "T1": (0.42, 0.62),  # dark, between CSF and grey matter
@@ -321,6 +329,32 @@ def tissue_memberships(
     return p.astype(np.float32), centres.astype(np.float32)
 
 
+def lesion_level(canonical: float, contrast: str, centres: np.ndarray) -> float:
+    """A lesion's MRI level for an image whose CSF/GM/WM centres are `centres` (MRI units).
+
+    `canonical` is a level on `CLASS_MEANS[contrast]`'s scale (white matter = 1, as in
+    `LESION_MRI_LEVEL`). It is carried over piecewise-linearly between the canonical class means
+    and the fitted ones (linear beyond the outer classes, with the slope of the nearest
+    segment), so a level between grey matter and CSF on the canonical scale lies between the
+    image's grey matter and CSF. When the fitted centres are not in the sequence's order with a
+    usable gap (a degenerate fit), it falls back to `canonical` times the white-matter centre,
+    version 2's rule. Written here: the field has no lesion-insertion model to borrow this from.
+    """
+    canon = np.asarray(CLASS_MEANS[contrast], dtype=np.float64)
+    fitted = np.asarray(centres, dtype=np.float64)
+    order = np.argsort(canon)
+    xs, ys = canon[order], fitted[order]
+    wm = float(fitted[2])
+    slopes = np.diff(ys) / np.diff(xs)
+    if not np.all(slopes > 0.05 * max(wm, 1e-6)):
+        return float(canonical) * wm
+    if canonical <= xs[0]:
+        return float(ys[0] + (canonical - xs[0]) * slopes[0])
+    if canonical >= xs[-1]:
+        return float(ys[-1] + (canonical - xs[-1]) * slopes[-1])
+    return float(np.interp(canonical, xs, ys))
+
+
 def _bone_profile(
     bone: np.ndarray, spacing: Sequence[float], rng: np.random.Generator
 ) -> np.ndarray:
@@ -555,8 +589,11 @@ def generate_real_pair(
         if contrast in ("DWI", "ADC"):
             mri = np.where(brain, mri, mri * 0.3)
 
-    # White matter of the MRI that comes out (re-painting keeps it at `wm`).
+    # White matter of the MRI that comes out (re-painting keeps it at `wm`), and its class
+    # centres (re-painting sets them to the new sequence's CLASS_MEANS).
     wm_out = wm
+    repainted = cfg.output_contrast is not None and cfg.output_contrast != cfg.contrast
+    centres_out = np.asarray(CLASS_MEANS[contrast], dtype=np.float32) * wm if repainted else centres
     # 3. Lesions: given (already in the MRI) plus inserted ones.
     lesion = np.zeros_like(brain) if lesion_given is None else (lesion_given & brain)
     parenchyma = brain & (p[0] < 0.5)
@@ -579,7 +616,11 @@ def generate_real_pair(
             m = _lesion_mask(parenchyma & ~lesion, sp, rng, ml, side, midline)
             if not m.any():
                 continue
-            level = float(rng.uniform(*LESION_MRI_LEVEL[cfg.lesion][contrast])) * wm_out
+            canonical = float(rng.uniform(*LESION_MRI_LEVEL[cfg.lesion][contrast]))
+            if cfg.version in ("1", "2"):
+                level = canonical * wm_out
+            else:
+                level = lesion_level(canonical, contrast, centres_out)
             off = float(rng.uniform(*LESION_CT_OFFSET_HU[cfg.lesion]))
             pv = ndimage.gaussian_filter(m.astype(np.float32), 0.6) * brain
             tex = 1.0 + 0.06 * _smooth_field(mri.shape, rng, 1.0)
@@ -593,6 +634,7 @@ def generate_real_pair(
                     "target_ml": ml,
                     "voxels": int(m.sum()),
                     "mri_level": level,
+                    "mri_level_canonical": canonical,
                     "ct_offset_hu": off,
                 }
             )
