@@ -20,7 +20,8 @@
 #     12's on RUNS/data6 (real-anatomy pairs and phantoms at half the samples each), then
 #     session 15's (per-patch Dice) from session 12's exported head on RUNS/data6v2 (the same
 #     recipe with the real-anatomy generator's version 2) and session 16's continuation of it
-#     with hard negatives (shipped since session 17), both calibrated on RUNS/val11v2.
+#     with hard negatives (shipped in sessions 17-25), both calibrated on RUNS/val11v2; then
+#     sessions 23-26's three continuations (shipped since session 26; block at the end).
 # Each run writes RUN/{config.yaml,split.json,metrics.csv,tb/,last.ckpt,best.ckpt}.
 set -euo pipefail
 RUNS=${1:-/work/runs}
@@ -50,12 +51,12 @@ mkdir -p "$RUNS/logs"
     python "$REPO/benchmarks/build_training_data.py" "$RUNS/data6" --realhead-version 1 --per-source 24 \
         --phantoms 60 --lesion-phantoms 96 --t1-phantoms 60 --small-phantoms 60 \
         --small-haemorrhage-phantoms 30 --keep-existing; }
-# session 15: the same recipes with the real-anatomy generator's version 2 (the default)
+# session 15: the same recipes with the real-anatomy generator's version 2
 [ -f "$RUNS/data6v2/all_phantoms/manifest.csv" ] || python "$REPO/benchmarks/build_training_data.py" \
-    "$RUNS/data6v2" --per-source 24 --phantoms 60 --lesion-phantoms 96 --t1-phantoms 60 \
-    --small-phantoms 60 --small-haemorrhage-phantoms 30
+    "$RUNS/data6v2" --realhead-version 2 --per-source 24 --phantoms 60 --lesion-phantoms 96 \
+    --t1-phantoms 60 --small-phantoms 60 --small-haemorrhage-phantoms 30
 [ -f "$RUNS/val11v2/all/manifest.csv" ] || python "$REPO/benchmarks/build_training_data.py" \
-    "$RUNS/val11v2" --per-source 2 --phantoms 6 --seed 500 --ranged-phantoms 48
+    "$RUNS/val11v2" --realhead-version 2 --per-source 2 --phantoms 6 --seed 500 --ranged-phantoms 48
 INIT="$RUNS/phantom3d-session2.pt"
 [ -f "$INIT" ] || git -C "$REPO" show 845e954:src/clinfuse/checkpoints/phantom3d.pt > "$INIT"
 
@@ -123,5 +124,59 @@ SHIP_DENOISER=${SHIP_DENOISER:-$RUNS/real3d-2mm/best.ckpt}
 clinfuse train-lesion --checkpoint "$SHIP_DENOISER" \
     --head-from "$RUNS/lesion16/lesion_head.ckpt" \
     --out "$RUNS/shipped" --overwrite --export "$RUNS/shipped/phantom3d-fp16.pt"
+# Sessions 23-26: the head shipped in session 26 continues that file in three runs (docs/TRAINING.md,
+# sessions 23, 24 and 26): lesion24 (rigid mirror, lesion-free real heads, small ADC / DWI infarcts),
+# lesion25 (patches at each lesion's mirror twin), lesion26 (real pairs rebuilt by generator
+# version 3, calibrated on val17_24_29v3 with the peak filter). About 110 min of training.
+B="$REPO/benchmarks/build_training_data.py"
+[ -f "$RUNS/lf18/all/manifest.csv" ] || python "$B" "$RUNS/lf18" --realhead-version 2 --per-source 0 \
+    --phantoms 0 --lesion-free-real 12 --seed 0
+[ -f "$RUNS/small_adc22/all/manifest.csv" ] || python "$B" "$RUNS/small_adc22" --per-source 0 \
+    --phantoms 0 --small-adc-phantoms 60 --seed 0
+[ -f "$RUNS/small_dwi23/all/manifest.csv" ] || python "$B" "$RUNS/small_dwi23" --per-source 0 \
+    --phantoms 0 --small-dwi-phantoms 40 --seed 0
+[ -f "$RUNS/val17/all/manifest.csv" ] || python "$B" "$RUNS/val17" --realhead-version 2 \
+    --per-source 2 --phantoms 6 --seed 500 --ranged-phantoms 48 --lesion-free-real 2
+[ -f "$RUNS/val24/all/manifest.csv" ] || python "$B" "$RUNS/val24" --realhead-version 2 \
+    --per-source 2 --phantoms 0 --seed 900 --ranged-phantoms 24 --lesion-free-real 6
+[ -f "$RUNS/val29/all/manifest.csv" ] || python "$B" "$RUNS/val29" --per-source 0 --phantoms 0 \
+    --seed 1500 --ranged-phantoms 60
+[ -f "$RUNS/val17_24/all/manifest.csv" ] || python "$B" "$RUNS/val17_24" --union-of "$RUNS/val17" "$RUNS/val24"
+[ -f "$RUNS/data6v3/all/manifest.csv" ] || python "$B" "$RUNS/data6v3" --realhead-version 3 \
+    --per-source 24 --phantoms 0
+for v in val17 val24; do  # version-3 lesion pairs; the other parts do not depend on the version
+    mkdir -p "$RUNS/${v}v3"
+    for part in phantoms ranged_phantoms real_lesion_free; do
+        [ -d "$RUNS/$v/$part" ] && ln -sfn "$RUNS/$v/$part" "$RUNS/${v}v3/$part"; done
+done
+[ -f "$RUNS/val17v3/all/manifest.csv" ] || python "$B" "$RUNS/val17v3" --realhead-version 3 \
+    --per-source 2 --phantoms 6 --seed 500 --ranged-phantoms 48 --lesion-free-real 2 --keep-existing
+[ -f "$RUNS/val24v3/all/manifest.csv" ] || python "$B" "$RUNS/val24v3" --realhead-version 3 \
+    --per-source 2 --phantoms 0 --seed 900 --ranged-phantoms 24 --lesion-free-real 6 --keep-existing
+[ -f "$RUNS/val17_24_29v3/all/manifest.csv" ] || python "$B" "$RUNS/val17_24_29v3" \
+    --union-of "$RUNS/val17v3" "$RUNS/val24v3" "$RUNS/val29"
+MIX=(--data "$RUNS/data6v2/real" --data "$RUNS/lf18/real_lesion_free"
+    --data "$RUNS/data6v2/all_phantoms" --data "$RUNS/small_adc22/small_adc_phantoms"
+    --data "$RUNS/small_dwi23/small_dwi_phantoms" --data-share 0.4 --data-share 0.1
+    --data-share 0.35 --data-share 0.1 --data-share 0.05)
+COMMON=(--threads 2 --flip-tta --cache "$RUNS/cache23" --dice-per-sample --amp auto
+    --hard-negatives 0.5 --device cpu --overwrite)
+S16="$RUNS/shipped/phantom3d-fp16.pt"
+clinfuse train-lesion --checkpoint "$S16" --init-head "$S16" --inputs fused+sources+rigid-mirror \
+    "${MIX[@]}" --val-data "$RUNS/val17_24/all" --out "$RUNS/lesion24" --steps 3000 \
+    --val-every 1500 --lr 1e-4 --seed 17 --rule-dice-tolerance 0.01 "${COMMON[@]}" \
+    --export-head "$RUNS/lesion24/lesion24_head.pt" > "$RUNS/logs/lesion24.log" 2>&1
+clinfuse train-lesion --checkpoint "$S16" --init-head "$RUNS/lesion24/lesion24_head.pt" \
+    --inputs fused+sources+rigid-mirror "${MIX[@]}" --val-data "$RUNS/val17_24/all" \
+    --out "$RUNS/lesion25" --steps 1500 --val-every 750 --lr 5e-5 --seed 25 \
+    --rule-dice-tolerance 0.01 --joint-rule --mirror-ghosts --ghost-patches 0.2 "${COMMON[@]}" \
+    --export-head "$RUNS/lesion25/lesion25_head.pt" > "$RUNS/logs/lesion25.log" 2>&1
+MIX[1]="$RUNS/data6v3/real"
+clinfuse train-lesion --checkpoint "$S16" --init-head "$RUNS/lesion25/lesion25_head.pt" \
+    --inputs fused+sources+rigid-mirror "${MIX[@]}" --val-data "$RUNS/val17_24_29v3/all" \
+    --out "$RUNS/lesion26" --steps 1500 --val-every 1500 --lr 5e-5 --seed 26 \
+    --rule-dice-tolerance 0.01 --rule-found-tolerance 0.01 --joint-rule --mirror-ghosts \
+    --peak-rule --ghost-patches 0.2 "${COMMON[@]}" \
+    --export "$RUNS/lesion26/phantom3d-fp16.pt" > "$RUNS/logs/lesion26.log" 2>&1
 python -m clinfuse.training.plot "$RUNS/real3d-2mm"
-echo "candidate: $RUNS/shipped/phantom3d-fp16.pt (compare on validation before replacing the shipped file)"
+echo "candidate: $RUNS/lesion26/phantom3d-fp16.pt (compare on validation before replacing the shipped file)"
