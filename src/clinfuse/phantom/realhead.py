@@ -579,7 +579,8 @@ def generate_real_pair(
     p, centres = tissue_memberships(mri, brain, cfg.contrast, trim_bright=trim)
     wm = float(centres[2])
     contrast = cfg.mri_contrast
-    if cfg.output_contrast is not None and cfg.output_contrast != cfg.contrast:
+    repainted = cfg.output_contrast is not None and cfg.output_contrast != cfg.contrast
+    if repainted:
         means = np.asarray(CLASS_MEANS[contrast], dtype=np.float32) * wm
         fitted = np.einsum("k...,k->...", p, centres)
         resid = (mri - fitted) / max(wm, 1e-6)  # texture inside each class, WM units
@@ -592,7 +593,6 @@ def generate_real_pair(
     # White matter of the MRI that comes out (re-painting keeps it at `wm`), and its class
     # centres (re-painting sets them to the new sequence's CLASS_MEANS).
     wm_out = wm
-    repainted = cfg.output_contrast is not None and cfg.output_contrast != cfg.contrast
     centres_out = np.asarray(CLASS_MEANS[contrast], dtype=np.float32) * wm if repainted else centres
     # 3. Lesions: given (already in the MRI) plus inserted ones.
     lesion = np.zeros_like(brain) if lesion_given is None else (lesion_given & brain)
