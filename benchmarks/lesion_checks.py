@@ -8,6 +8,7 @@
     python benchmarks/lesion_checks.py planes DATA
     python benchmarks/lesion_checks.py small [--checkpoint CKPT ...] [--sequences T1,ADC] [--n 4]
     python benchmarks/lesion_checks.py ghosts --seeds 7503 7103 [--checkpoint CKPT]
+    python benchmarks/lesion_checks.py calibration VAL_DATA [--checkpoint CKPT] [--folds 2]
 
 `contrast`: per case with a lesion, how far the lesion stands out in the prepared MRI and CT:
 (lesion mean - mean of a 3-voxel ring around it inside the brain) / the ring's standard
@@ -44,6 +45,16 @@ keeps a mask there (Dice, predicted mL), found and mean Dice per sequence.
 never a choice), every component of the head's mask under its own rule, marked true, "ghost"
 (not touching the lesion, within 2 voxels of the lesion reflected about the head's rigid mirror
 plane: where the mirror channels show the lesion) or other false (session 23).
+`calibration`: on VALIDATION cases only, calibration maps of the head's raw logits, each fitted
+by binary NLL (`clinfuse.metrics.calibration`): a temperature on brain voxels (what
+`train-lesion` fits), a temperature on lesion-neighbourhood voxels, a temperature on both regions
+weighted equally (`region_weights`), Platt scaling on the neighbourhood, and the head's own
+temperature with a second one within 10 mm of the head's mask under its own rule (fitted on
+those voxels; the mask is unchanged); each scored by k-fold
+cross-validation over cases (fold = case index mod k: fitted on the other folds, scored on this
+one's pooled voxels), ECE (15 bins) and Brier over the brain and the 10 mm lesion
+neighbourhood, then fitted on every case; and the head's own temperature for reference
+(session 27).
 """
 
 from __future__ import annotations
@@ -769,6 +780,127 @@ def ghosts(args: argparse.Namespace) -> None:
     print("\n" + "; ".join(f"{k}: {n} components, {ml:.2f} mL" for k, (n, ml) in total.items()))
 
 
+def calibration_maps(args: argparse.Namespace) -> None:
+    import torch
+
+    from clinfuse.metrics.calibration import (
+        REGION_BRAIN,
+        REGION_NEIGHBOURHOOD,
+        apply_platt,
+        calibration_scores,
+        fit_platt,
+        fit_temperature,
+        lesion_neighbourhood,
+        region_weights,
+    )
+    from clinfuse.pipeline import load_model
+    from clinfuse.training.lesion import load_items, predict_logits
+
+    items = load_items(args.data, ())
+    head = load_model(args.checkpoint, 3, "cpu").model.lesion_head.eval()
+    window = (int(head.window),) * 3
+    shipped_t, rule = float(head.temperature), head.mask_rule
+    # per case, over its brain voxels of known label: raw logits, reference, reference
+    # neighbourhood, and "near the head's own mask" (within 10 mm of it, map E)
+    z, y, near, near_pred, group = [], [], [], [], []
+    with torch.no_grad():
+        for it in items:
+            sel = it.brain & it.known
+            lg = predict_logits(head, it.composite, it.sources, window, True, it.mri_contrast)
+            p = 1 / (1 + np.exp(-lg / shipped_t)) * it.brain
+            pred = rule.apply(p, it.spacing, 0.5, it.sources[0])
+            z.append(lg[sel].astype(np.float64))
+            y.append(it.label[sel] > 0.5)
+            near.append(lesion_neighbourhood(it.label > 0.5, it.spacing, within=it.brain)[sel])
+            near_pred.append(lesion_neighbourhood(pred, it.spacing, within=it.brain)[sel])
+            group.append(rule_group(it))
+
+    def cat(ids: list[int]) -> tuple[np.ndarray, ...]:
+        return tuple(np.concatenate([a[i] for i in ids]) for a in (z, y, near, near_pred))
+
+    def fitted(key: str, ids: list[int]) -> tuple[float, float, float]:
+        """(scale, bias, scale near the head's mask) of sigmoid(scale * z + bias)."""
+        zz, yy, nb, npred = cat(ids)
+        if key == "A":
+            s = 1.0 / fit_temperature(zz, yy)
+            return s, 0.0, s
+        if key == "B":
+            s = 1.0 / fit_temperature(zz, yy, nb)
+            return s, 0.0, s
+        if key == "C":
+            s = 1.0 / fit_temperature(zz, yy, weights=region_weights(np.ones_like(nb), nb))
+            return s, 0.0, s
+        if key == "D":
+            a, b = fit_platt(zz, yy, nb)
+            return a, b, a
+        return 1.0 / shipped_t, 0.0, 1.0 / fit_temperature(zz, yy, npred)  # E
+
+    def scores(ids: list[int], prm: tuple[float, float, float]) -> dict[str, tuple[float, float]]:
+        zz, yy, nb, npred = cat(ids)
+        prob = apply_platt(zz * np.where(npred, prm[2] / prm[0], 1.0), prm[0], prm[1])
+        cal = calibration_scores(prob, yy, np.ones_like(yy), nb)
+        return {r: (cal[r].ece, cal[r].brier) for r in (REGION_BRAIN, REGION_NEIGHBOURHOOD)}
+
+    names = {
+        "A": "temperature, brain voxels (train-lesion's fit)",
+        "B": "temperature, lesion-neighbourhood voxels",
+        "C": "temperature, brain + neighbourhood weighted equally",
+        "D": "Platt (scale + bias), lesion-neighbourhood voxels",
+        "E": "the head's temperature; within 10 mm of its own mask a second one fitted there",
+    }
+    k = args.folds
+    every = list(range(len(items)))
+    print(f"{len(items)} validation cases, {sum(n.any() for n in near)} with a lesion; {k} folds")
+    print(f"head's own temperature {shipped_t:.3f}; its rule: {rule.describe()}\n")
+    print(
+        "| map | fitted on all: scale / bias (T; T near the mask) | CV brain ECE (worst fold) "
+        "| CV brain Brier | CV neighbourhood ECE (worst fold) | CV neighbourhood Brier "
+        "| all: brain ECE | all: neighbourhood ECE |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for key, label in names.items():
+        per_fold = [
+            scores([i for i in every if i % k == f], fitted(key, [i for i in every if i % k != f]))
+            for f in range(k)
+        ]
+        prm = fitted(key, every)
+        whole = scores(every, prm)
+        b_e = [s[REGION_BRAIN][0] for s in per_fold]
+        n_e = [s[REGION_NEIGHBOURHOOD][0] for s in per_fold]
+        print(
+            f"| {key} {label} | {prm[0]:.4f} / {prm[1]:+.3f} ({1 / prm[0]:.3f}; {1 / prm[2]:.3f}) "
+            f"| {np.mean(b_e):.4f} ({max(b_e):.4f}) "
+            f"| {np.mean([s[REGION_BRAIN][1] for s in per_fold]):.4f} "
+            f"| {np.mean(n_e):.4f} ({max(n_e):.4f}) "
+            f"| {np.mean([s[REGION_NEIGHBOURHOOD][1] for s in per_fold]):.4f} "
+            f"| {whole[REGION_BRAIN][0]:.4f} | {whole[REGION_NEIGHBOURHOOD][0]:.4f} |"
+        )
+    print("\nThe head's own temperature, by group of cases (all cases; ECE / Brier):\n")
+    print("| cases | n | brain | lesion neighbourhood |")
+    print("|---|---|---|---|")
+    own = (1.0 / shipped_t, 0.0, 1.0 / shipped_t)
+    for g in sorted(set(group)) + ["all"]:
+        ids = [i for i in every if g in ("all", group[i])]
+        s = scores(ids, own)
+        print(
+            f"| {g} | {len(ids)} | {s[REGION_BRAIN][0]:.4f} / {s[REGION_BRAIN][1]:.4f} "
+            f"| {s[REGION_NEIGHBOURHOOD][0]:.4f} / {s[REGION_NEIGHBOURHOOD][1]:.4f} |"
+        )
+    zz, yy, nb, _ = cat(every)
+    cal = calibration_scores(apply_platt(zz, own[0], 0.0), yy, np.ones_like(yy), nb)
+    c = cal[REGION_NEIGHBOURHOOD].curve
+    print("\nReliability in the lesion neighbourhood, the head's own temperature (all cases):\n")
+    print("| bin | voxels | share | confidence | lesion frequency |")
+    print("|---|---|---|---|---|")
+    for i in range(len(c.counts)):
+        if c.counts[i]:
+            share = c.weights[i] if c.weights is not None else np.nan
+            print(
+                f"| {i}/15 | {c.counts[i]} | {share:.4f} | {c.confidence[i]:.3f} "
+                f"| {c.accuracy[i]:.3f} |"
+            )
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -812,7 +944,13 @@ def main(argv: list[str] | None = None) -> int:
     gh.add_argument("--seeds", type=int, nargs="+", required=True)
     gh.add_argument("--checkpoint", type=Path, default=None)
     gh.add_argument("--lesion-ml", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"))
+    ca = sub.add_parser("calibration")
+    ca.add_argument("data", type=Path)
+    ca.add_argument("--checkpoint", type=Path, default=None)
+    ca.add_argument("--folds", type=int, default=2)
     args = ap.parse_args(argv)
+    if args.cmd == "calibration" and args.folds < 2:
+        ap.error("calibration: --folds must be >= 2")
     if args.cmd == "small" and not 1 <= args.n <= 100:
         ap.error("small: --n must be 1-100 (each sequence has 100 seeds)")
     if args.cmd == "contrast" and not (args.data or args.held_out):
@@ -826,6 +964,7 @@ def main(argv: list[str] | None = None) -> int:
         "planes": planes,
         "small": small,
         "ghosts": ghosts,
+        "calibration": calibration_maps,
     }
     run[args.cmd](args)
     return 0

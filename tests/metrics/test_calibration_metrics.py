@@ -7,13 +7,16 @@ import pytest
 
 from clinfuse.errors import ClinfuseInputError
 from clinfuse.metrics.calibration import (
+    apply_platt,
     apply_temperature,
     brier,
     calibration_scores,
     class_balanced_weights,
     ece,
+    fit_platt,
     fit_temperature,
     lesion_neighbourhood,
+    region_weights,
     reliability_curve,
 )
 
@@ -201,3 +204,50 @@ def test_fit_temperature_bad_inputs():
     # Perfectly separable with huge logits: the optimum is the smallest T, with a warning.
     with pytest.warns(RuntimeWarning, match="bound"):
         fit_temperature(np.array([5.0, -5.0]), np.array([1, 0]))
+
+
+def test_fit_temperature_weights_equal_duplicates():
+    # A weight of 2 on a voxel is the same fit as writing that voxel twice.
+    lg = 2 * math.log(3)
+    logits = np.array([lg, lg, lg, -lg, -lg, -lg, -lg])
+    labels = np.array([1, 1, 0, 1, 0, 0, 0])
+    w = np.array([1.0, 2.0, 1.0, 1.0, 1.0, 1.0, 1.0])  # duplicate the second voxel
+    dup = fit_temperature(np.r_[logits, lg], np.r_[labels, 1])
+    assert fit_temperature(logits, labels, weights=w) == pytest.approx(dup, rel=1e-5)
+    # Zero weights drop voxels, like a mask.
+    w0 = np.array([1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0])
+    masked = fit_temperature(logits, labels, w0 > 0)
+    assert fit_temperature(logits, labels, weights=w0) == pytest.approx(masked, rel=1e-5)
+    with pytest.raises(ValueError, match="weights"):
+        fit_temperature(logits, labels, weights=-w)
+    with pytest.raises(ValueError, match="weights shape"):
+        fit_temperature(logits, labels, weights=w[:3])
+
+
+def test_fit_platt_recovers_scale_and_bias():
+    # Labels drawn from sigmoid(0.5 z - 1): Platt recovers (0.5, -1); a temperature cannot.
+    rng = np.random.default_rng(0)
+    z = rng.normal(0.0, 4.0, 200_000)
+    y = rng.random(z.size) < 1 / (1 + np.exp(-(0.5 * z - 1.0)))
+    a, b = fit_platt(z, y)
+    assert a == pytest.approx(0.5, abs=0.02)
+    assert b == pytest.approx(-1.0, abs=0.05)
+    p = apply_platt(z, a, b)
+    assert ece(p, y) < 0.01
+    assert ece(apply_temperature(z, fit_temperature(z, y)), y) > 2 * ece(p, y)
+    # The hand case of a temperature: the optimum is b = 0, a = 1 / 2.
+    lg = 2 * math.log(3)
+    a, b = fit_platt(np.array([lg] * 4 + [-lg] * 4), np.array([1, 1, 1, 0, 1, 0, 0, 0]))
+    assert (a, b) == pytest.approx((0.5, 0.0), abs=1e-4)
+    with pytest.raises(ValueError, match="scale"):
+        apply_platt(z, 0.0, 0.0)
+
+
+def test_region_weights():
+    brain = np.array([1, 1, 1, 1, 0], bool)
+    near = np.array([0, 0, 1, 1, 1], bool)  # the last voxel is outside the brain: ignored
+    w = region_weights(brain, near)
+    np.testing.assert_allclose(w, [0.125, 0.125, 0.375, 0.375, 0.0])
+    assert w.sum() == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="neighbourhood"):
+        region_weights(brain, np.zeros(5, bool))

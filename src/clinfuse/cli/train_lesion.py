@@ -124,6 +124,13 @@ def train_lesion(
         "component whose highest probability is below it is dropped, the most probable one "
         "included. Default: not considered (off).",
     ),
+    near_temperature: bool = typer.Option(
+        False,
+        "--near-temperature/--no-near-temperature",
+        help="Calibration also fits a second temperature for the reported probability within "
+        "10 mm of the head's own mask (by NLL on those validation voxels); the mask is "
+        "unchanged. Default: one temperature everywhere.",
+    ),
     joint_rule: bool = typer.Option(
         False,
         "--joint-rule/--no-joint-rule",
@@ -225,6 +232,7 @@ def train_lesion(
             mirror_ghosts=mirror_ghosts,
             joint_rule=joint_rule,
             peak_rule=peak_rule,
+            near_temperature=near_temperature,
             log=typer.echo,
         )
         typer.echo(f"done: {res.checkpoint} (head of {head_from})")
@@ -259,6 +267,7 @@ def train_lesion(
         mirror_ghosts=mirror_ghosts,
         joint_rule=joint_rule,
         peak_rule=peak_rule,
+        near_temperature=near_temperature,
         contrast_dropout=contrast_dropout,
         tilt_deg=tilt_deg,
     )

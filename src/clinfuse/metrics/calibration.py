@@ -1,7 +1,8 @@
 """Calibration of voxel-wise lesion probabilities: expected calibration error (equal-width bins),
 Brier score and the reliability curve, over brain voxels, over the lesion neighbourhood and
-class-balanced; and temperature scaling (`fit_temperature`) to correct an over/under-confident
-head on a validation split."""
+class-balanced; and temperature or Platt scaling (`fit_temperature`, `fit_platt`, voxels
+optionally weighted by region with `region_weights`) to correct an over/under-confident head on
+a validation split."""
 
 from __future__ import annotations
 
@@ -284,10 +285,51 @@ def _to_numpy(x: Any) -> np.ndarray:
     return np.asarray(x)
 
 
-def _nll(inv_t: float, logits: np.ndarray, labels: np.ndarray) -> float:
-    """Mean binary cross-entropy of sigmoid(inv_t * logits): softplus(z) - y z, stable."""
+def _nll(inv_t: float, logits: np.ndarray, labels: np.ndarray, w: np.ndarray | None) -> float:
+    """(Weighted) mean binary cross-entropy of sigmoid(inv_t * logits): softplus(z) - y z."""
     z = inv_t * logits
-    return float(np.mean(np.logaddexp(0.0, z) - labels * z))
+    loss = np.logaddexp(0.0, z) - labels * z
+    return float(np.mean(loss) if w is None else np.dot(w, loss))
+
+
+def _fit_inputs(
+    logits: Any, labels: Any, mask: Any, weights: Any, name: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Flattened float64 logits, 0/1 labels and normalised weights (None: equal) of the voxels
+    of `mask`, validated for a calibration fit."""
+    z = _to_numpy(logits).astype(np.float64)
+    y = _to_numpy(labels)
+    if z.shape != y.shape:
+        raise ValueError(f"logits shape {z.shape} does not match labels shape {y.shape}")
+    w = None if weights is None else _to_numpy(weights).astype(np.float64)
+    if w is not None and w.shape != z.shape:
+        raise ValueError(f"weights shape {w.shape} does not match logits shape {z.shape}")
+    if mask is not None:
+        m = _to_numpy(mask).astype(bool)
+        if m.shape != z.shape:
+            raise ValueError(f"mask shape {m.shape} does not match logits shape {z.shape}")
+        z, y = z[m], y[m]
+        w = None if w is None else w[m]
+    z, y = z.ravel(), y.ravel()
+    if z.size == 0:
+        raise ValueError(f"{name}: no voxels selected")
+    if not np.isfinite(z).all():
+        raise ValueError(f"{name}: logits contain NaN/Inf")
+    if not np.isin(y, (0, 1)).all():
+        raise ValueError(f"{name}: labels must be 0/1")
+    if w is not None:
+        w = w.ravel()
+        if not np.isfinite(w).all() or w.min() < 0 or w.sum() <= 0:
+            raise ValueError(f"{name}: weights must be finite, non-negative, not all zero")
+        keep = w > 0
+        z, y, w = z[keep], y[keep], w[keep] / w.sum()
+    y = y.astype(np.float64)
+    if y.min() == y.max():
+        raise ValueError(
+            f"{name} needs both lesion and non-lesion voxels (with one class the NLL "
+            "keeps falling as T goes to 0 or infinity)"
+        )
+    return z, y, w
 
 
 def fit_temperature(
@@ -295,43 +337,24 @@ def fit_temperature(
     labels: Any,
     mask: Any = None,
     *,
+    weights: Any = None,
     bounds: tuple[float, float] = TEMPERATURE_BOUNDS,
 ) -> float:
     """Temperature T > 0 minimising the mean binary NLL of sigmoid(logits / T) over `mask`.
 
-    `logits`, `labels` (0/1) and `mask` (bool, optional): numpy arrays or torch tensors of one
-    shape, e.g. the lesion head's logits and reference masks on a validation split, pooled.
-    The NLL is convex in 1/T, so a bounded 1-D search (scipy's Brent, `bounds` on T) finds the
-    global minimum; a result at a bound means the head is far from calibrated, and a warning
-    says so. Apply with `apply_temperature`. T > 1 softens an over-confident head.
+    `logits`, `labels` (0/1), `mask` (bool, optional) and `weights` (non-negative, optional;
+    e.g. `region_weights`): numpy arrays or torch tensors of one shape, e.g. the lesion head's
+    logits and reference masks on a validation split, pooled. With `weights` the NLL is their
+    weighted mean. The NLL is convex in 1/T, so a bounded 1-D search (scipy's Brent, `bounds`
+    on T) finds the global minimum; a result at a bound means the head is far from calibrated,
+    and a warning says so. Apply with `apply_temperature`. T > 1 softens an over-confident head.
     """
-    z = _to_numpy(logits).astype(np.float64)
-    y = _to_numpy(labels)
-    if z.shape != y.shape:
-        raise ValueError(f"logits shape {z.shape} does not match labels shape {y.shape}")
-    if mask is not None:
-        m = _to_numpy(mask).astype(bool)
-        if m.shape != z.shape:
-            raise ValueError(f"mask shape {m.shape} does not match logits shape {z.shape}")
-        z, y = z[m], y[m]
-    z, y = z.ravel(), y.ravel()
-    if z.size == 0:
-        raise ValueError("fit_temperature: no voxels selected")
-    if not np.isfinite(z).all():
-        raise ValueError("fit_temperature: logits contain NaN/Inf")
-    if not np.isin(y, (0, 1)).all():
-        raise ValueError("fit_temperature: labels must be 0/1")
-    y = y.astype(np.float64)
-    if y.min() == y.max():
-        raise ValueError(
-            "fit_temperature needs both lesion and non-lesion voxels (with one class the NLL "
-            "keeps falling as T goes to 0 or infinity)"
-        )
+    z, y, w = _fit_inputs(logits, labels, mask, weights, "fit_temperature")
     lo, hi = bounds
     if not 0 < lo < hi:
         raise ValueError(f"bounds must satisfy 0 < low < high, got {bounds}")
     res = optimize.minimize_scalar(
-        lambda inv_t: _nll(inv_t, z, y),
+        lambda inv_t: _nll(inv_t, z, y, w),
         bounds=(1.0 / hi, 1.0 / lo),
         method="bounded",
         options={"xatol": 1e-7},
@@ -342,6 +365,52 @@ def fit_temperature(
             f"fit_temperature: optimum at the bound T = {t:.3g} of {bounds}", RuntimeWarning, 2
         )
     return t
+
+
+def fit_platt(
+    logits: Any, labels: Any, mask: Any = None, *, weights: Any = None
+) -> tuple[float, float]:
+    """Platt scaling (Platt 1999): scale a > 0 and bias b minimising the (weighted) mean binary
+    NLL of sigmoid(a * logits + b) over `mask`; arguments as `fit_temperature`. The NLL is
+    convex in (a, b); L-BFGS from (1, 0) with its analytic gradient. A temperature is the
+    special case b = 0, a = 1 / T; unlike it, a bias moves the 0.5 boundary (the mask)."""
+    z, y, w = _fit_inputs(logits, labels, mask, weights, "fit_platt")
+    wt = np.full(z.shape, 1.0 / z.size) if w is None else w
+
+    def fun(ab: np.ndarray) -> tuple[float, np.ndarray]:
+        s = ab[0] * z + ab[1]
+        loss = np.logaddexp(0.0, s) - y * s
+        r = wt * (np.exp(-np.logaddexp(0.0, -s)) - y)  # dNLL/ds per voxel
+        return float(np.dot(wt, loss)), np.array([np.dot(r, z), r.sum()])
+
+    res = optimize.minimize(fun, np.array([1.0, 0.0]), jac=True, method="L-BFGS-B")
+    a, b = (float(v) for v in res.x)
+    if not (math.isfinite(a) and a > 0 and math.isfinite(b)):
+        raise ValueError(f"fit_platt: no usable fit (a = {a:.3g}, b = {b:.3g})")
+    return a, b
+
+
+def region_weights(brain: Any, neighbourhood: Any) -> np.ndarray:
+    """Voxel weights for a calibration fit that counts the brain and the lesion neighbourhood
+    equally: 0.5 / n_brain on every brain voxel plus 0.5 / n_neighbourhood on each neighbourhood
+    voxel (a voxel of both gets both), 0 elsewhere. Without the neighbourhood term the ~99 % of
+    brain voxels far from any lesion decide the fit (see NEIGHBOURHOOD_MM)."""
+    b = _to_numpy(brain).astype(bool)
+    nb = _to_numpy(neighbourhood).astype(bool)
+    if b.shape != nb.shape:
+        raise ValueError(f"neighbourhood shape {nb.shape} does not match brain shape {b.shape}")
+    nb = nb & b
+    if not b.any() or not nb.any():
+        raise ValueError("region_weights needs brain and neighbourhood voxels")
+    return b * (0.5 / b.sum()) + nb * (0.5 / nb.sum())
+
+
+def apply_platt(logits: np.ndarray, scale: float, bias: float) -> np.ndarray:
+    """Calibrated probabilities sigmoid(scale * logits + bias) (numpy, float32, same shape)."""
+    if not (math.isfinite(scale) and scale > 0 and math.isfinite(bias)):
+        raise ValueError(f"scale must be positive and bias finite, got {scale}, {bias}")
+    z = np.asarray(logits, dtype=np.float64) * scale + bias
+    return np.exp(-np.logaddexp(0.0, -z)).astype(np.float32)
 
 
 def apply_temperature(logits: np.ndarray, temperature: float) -> np.ndarray:

@@ -127,14 +127,16 @@ class LesionHead(nn.Module):
         # probable one needs to stay, `min_lesion_prob` the mean probability the most probable
         # one needs for the head to report a lesion at all, `mirror_ghosts` 1 when components
         # on the mirror image of a more confident one go, `min_peak_prob` the highest
-        # probability any kept component must reach (`LesionMaskRule`). Checkpoints from
-        # before they existed load with 1, 0, 0, 0, 0 and 0.
+        # probability any kept component must reach (`LesionMaskRule`), `near_logit_scale`
+        # the reported probability's logit factor near the mask (`LesionMaskRule.calibrated`).
+        # Checkpoints from before they existed load with 1, 0, 0, 0, 0, 0 and 1.
         self.register_buffer("temperature", torch.ones(()))
         self.register_buffer("min_lesion_ml", torch.zeros(()))
         self.register_buffer("min_component_prob", torch.zeros(()))
         self.register_buffer("min_lesion_prob", torch.zeros(()))
         self.register_buffer("mirror_ghosts", torch.zeros((), dtype=torch.long))
         self.register_buffer("min_peak_prob", torch.zeros(()))
+        self.register_buffer("near_logit_scale", torch.ones(()))
         # Sliding-window size (voxels per axis) for volumes larger than it, in eval mode: the
         # training patch, so instance norm sees windows like its training patches. 0 = whole.
         self.register_buffer("window", torch.zeros((), dtype=torch.long))
@@ -161,6 +163,7 @@ class LesionHead(nn.Module):
             ("min_lesion_prob", 0.0),
             ("mirror_ghosts", 0),
             ("min_peak_prob", 0.0),
+            ("near_logit_scale", 1.0),
             ("window", 0),
             ("flip_tta", 0),
         )
@@ -179,6 +182,7 @@ class LesionHead(nn.Module):
             float(self.min_lesion_prob),
             bool(self.mirror_ghosts),
             float(self.min_peak_prob),
+            float(self.near_logit_scale),
         )
 
     def set_mask_rule(self, rule: LesionMaskRule) -> None:
@@ -188,6 +192,7 @@ class LesionHead(nn.Module):
         self.min_lesion_prob.fill_(rule.min_lesion_prob)
         self.mirror_ghosts.fill_(int(rule.drop_mirror_ghosts))
         self.min_peak_prob.fill_(rule.min_peak_prob)
+        self.near_logit_scale.fill_(rule.near_logit_scale)
 
     @property
     def reads_contrast(self) -> bool:

@@ -10,6 +10,11 @@ largest component (`KeepLargestConnectedComponent`), not by a component's probab
 where it lies relative to another's mirror image. The peak filter is hysteresis thresholding
 (scikit-image's `apply_hysteresis_threshold` does the same with face-connected components
 only; here components are 26-connected, as everywhere else in the rule).
+
+`LesionMaskRule.calibrated` is the head's second calibration step (session 27): within
+`NEAR_MASK_MM` of the mask, the probability's logit is rescaled by a factor fitted on the
+validation split (a second temperature where the head decides, `training.lesion`); our own, as
+no library calibrates by distance to a predicted mask.
 """
 
 from __future__ import annotations
@@ -19,6 +24,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+# The region of the near-mask temperature: voxels this close (mm, spacing-aware) to the head's
+# mask. The lesion neighbourhood of the calibration metrics and the guidance's lesion zone use
+# the same 10 mm (`metrics.calibration.NEIGHBOURHOOD_MM`, `lesion_zone_mm`).
+NEAR_MASK_MM = 10.0
 
 
 def clean_mask(
@@ -142,22 +152,66 @@ class LesionMaskRule:
     most probable component's mean probability is below `min_lesion_prob` (no lesion found),
     then (`drop_mirror_ghosts`) components on the mirror image of a more confident one. All
     are fitted on the validation split with the head (`training.lesion`) and travel with
-    it as buffers (`LesionHead.mask_rule`); the default keeps every component."""
+    it as buffers (`LesionHead.mask_rule`); the default keeps every component.
+
+    `near_logit_scale` is not part of the mask: the reported probability (`calibrated`) has its
+    logit multiplied by it within `NEAR_MASK_MM` of the mask (1 = one temperature everywhere)."""
 
     min_ml: float = 0.0
     min_component_prob: float = 0.0
     min_lesion_prob: float = 0.0
     drop_mirror_ghosts: bool = False
     min_peak_prob: float = 0.0
+    near_logit_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not (np.isfinite(self.near_logit_scale) and self.near_logit_scale > 0):
+            raise ValueError(f"near_logit_scale must be positive, got {self.near_logit_scale}")
 
     def describe(self) -> str:
         """The rule in words, for logs and result files."""
+        near = ""
+        if self.near_logit_scale != 1.0:
+            near = (
+                f"; within {NEAR_MASK_MM:g} mm of the mask the reported probability's logit "
+                f"x {self.near_logit_scale:.3f}"
+            )
         return (
             f"minimum lesion {self.min_ml:.2f} mL; components kept from peak probability "
             f"{self.min_peak_prob:.2f}; secondary components kept from mean probability "
             f"{self.min_component_prob:.2f}; case-level lesion gate {self.min_lesion_prob:.2f}; "
-            f"mirror ghosts {'dropped' if self.drop_mirror_ghosts else 'kept'}"
+            f"mirror ghosts {'dropped' if self.drop_mirror_ghosts else 'kept'}{near}"
         )
+
+    def calibrated(
+        self, prob: np.ndarray, mask: np.ndarray, spacing: Sequence[float]
+    ) -> np.ndarray:
+        """The probability a reader is given (written, scored for calibration): `prob` (the
+        head's, temperature-scaled: what `apply` reads) with, within `NEAR_MASK_MM` of `mask`
+        (this rule's mask of `prob`), sigmoid(logit(p) x `near_logit_scale`); unchanged
+        elsewhere, and wherever `prob` is exactly 0 (outside the brain). A positive scale keeps
+        every voxel on its side of 0.5, so the mask of the result at 0.5 is the same.
+
+        Session 27: on validation the head's brain-fitted temperature (2.07) leaves the 10 mm
+        lesion neighbourhood over-confident at the top and the bottom (ECE 0.049); one
+        temperature fitted there (4.1) fixes it but breaks brain-wide ECE (0.0007 -> 0.021);
+        a second temperature only near the head's own mask does both (docs/TRAINING.md)."""
+        p = np.asarray(prob)
+        if self.near_logit_scale == 1.0 or not np.any(mask):
+            return p
+        from scipy import ndimage
+
+        m = np.asarray(mask, dtype=bool)
+        if m.shape != p.shape:
+            raise ValueError(f"mask shape {m.shape} does not match prob shape {p.shape}")
+        sp = tuple(float(v) for v in spacing)
+        near = ndimage.distance_transform_edt(~m, sampling=sp) <= NEAR_MASK_MM
+        near &= p > 0
+        q = np.clip(p[near].astype(np.float64), 1e-12, 1.0 - 1e-12)
+        z = (np.log(q) - np.log1p(-q)) * self.near_logit_scale
+        out = p.copy()
+        out[near] = np.exp(-np.logaddexp(0.0, -z))
+        return out
 
     def apply(
         self,

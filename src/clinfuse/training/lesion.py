@@ -34,8 +34,11 @@ recipe; only the choice of the fused channel and the mirror channels are ours:
   `mirror_ghosts` whether components on the mirror image of a more confident one go
   (`nn.lesion_mask.drop_ghosts`, on or off by the same criterion), and with `peak_rule` the
   highest probability every kept component must reach (`min_peak_prob`, hysteresis; chosen
-  after the minimum size and secondary filter by the same criterion). All are stored in the
-  head (buffers), so every user of the head applies them. `transplant_lesion_head(...,
+  after the minimum size and secondary filter by the same criterion), and with
+  `near_temperature` a second temperature for the reported probability within 10 mm of the
+  head's own mask (`LesionMaskRule.near_logit_scale`, fitted by NLL on those validation voxels;
+  the mask is unchanged). All are stored in the head (buffers), so every user of the head
+  applies them. `transplant_lesion_head(...,
   recalibrate_on=VAL)` (`train-lesion --head-from --recalibrate`) refits them for a trained
   head without training it.
 - **Flip test-time augmentation** (optional, `flip_tta`, 3D): the head's logits in eval mode
@@ -193,6 +196,11 @@ class LesionTrainConfig:
     # most probable component, hence empty a mask: most false lesions on lesion-free real heads
     # are a case's only component. False: off (every earlier head).
     peak_rule: bool = False
+    # Fit a second temperature near the head's own mask (session 27,
+    # `LesionMaskRule.near_logit_scale`): after the rule, on the validation voxels within
+    # `NEAR_MASK_MM` of each case's mask, by NLL; the reported probability uses it there. The
+    # mask is unchanged. False: one temperature (every earlier head).
+    near_temperature: bool = False
     # Choose the minimum size and the secondary filter together (session 24): the rule
     # criterion over all their pairs instead of one after the other. One after the other, the
     # guard of `_pick_rule` kept a 0 mL minimum for one more validation lesion overlapped (72
@@ -274,16 +282,18 @@ class LesionTrainResult:
     min_lesion_prob: float = 0.0
     mirror_ghosts: bool = False
     min_peak_prob: float = 0.0
+    near_logit_scale: float = 1.0
 
     @property
     def mask_rule(self) -> LesionMaskRule:
-        """The fitted mask rule."""
+        """The fitted mask rule (with the near-mask calibration factor)."""
         return LesionMaskRule(
             self.min_lesion_ml,
             self.min_component_prob,
             self.min_lesion_prob,
             self.mirror_ghosts,
             self.min_peak_prob,
+            self.near_logit_scale,
         )
 
 
@@ -833,7 +843,68 @@ def _calibrate(
             )
         best_gate = _pick_gate(gates)
         record["gate_by_min_lesion_prob"] = {str(k): v._asdict() for k, v in gates.items()}
-    return temp, LesionMaskRule(best_ml, best_prob, best_gate, ghosts, best_peak), record
+    rule = LesionMaskRule(best_ml, best_prob, best_gate, ghosts, best_peak)
+    if cfg.near_temperature:
+        rule = _fit_near_temperature(logits, probs, items, rule, temp, cfg, record)
+    return temp, rule, record
+
+
+def _fit_near_temperature(
+    logits: Sequence[np.ndarray],
+    probs: Sequence[np.ndarray],
+    items: Sequence[_Item],
+    rule: LesionMaskRule,
+    temp: float,
+    cfg: LesionTrainConfig,
+    record: dict[str, Any],
+) -> LesionMaskRule:
+    """`rule` with its near-mask logit factor: T / T_near, T_near fitted by NLL on the validation
+    voxels (brain, known label) within `NEAR_MASK_MM` of each case's mask under `rule`; the
+    record gets T_near and the calibration scores with it ("after_near"). Unchanged (and said
+    so in the record) when no validation case has both classes there."""
+    from dataclasses import replace
+
+    from clinfuse.metrics.calibration import (
+        calibration_scores,
+        fit_temperature,
+        lesion_neighbourhood,
+    )
+    from clinfuse.nn.lesion_mask import NEAR_MASK_MM
+
+    masks = [
+        rule.apply(p, it.spacing, cfg.threshold, it.sources[0])
+        for p, it in zip(probs, items, strict=True)
+    ]
+    sel = [it.brain & it.known for it in items]
+    near = [
+        lesion_neighbourhood(m, it.spacing, NEAR_MASK_MM, within=it.brain)[s]
+        for m, it, s in zip(masks, items, sel, strict=True)
+    ]
+    z = np.concatenate([lg[s] for lg, s in zip(logits, sel, strict=True)])
+    y = np.concatenate([it.label[s] > 0.5 for it, s in zip(items, sel, strict=True)])
+    nm = np.concatenate(near)
+    if not nm.any() or y[nm].all() or not y[nm].any():
+        record["near_temperature"] = None  # nothing to fit on: one temperature
+        return rule
+    t_near = float(fit_temperature(z, y, nm))
+    rule = replace(rule, near_logit_scale=temp / t_near)
+    reported = [
+        rule.calibrated(p, m, it.spacing)[s]
+        for p, m, it, s in zip(probs, masks, items, sel, strict=True)
+    ]
+    ref_near = np.concatenate(
+        [
+            lesion_neighbourhood(it.label > 0.5, it.spacing, within=it.brain)[s]
+            for it, s in zip(items, sel, strict=True)
+        ]
+    )
+    cal = calibration_scores(np.concatenate(reported), y, np.ones_like(y), ref_near)
+    record["near_temperature"] = t_near
+    record["near_logit_scale"] = rule.near_logit_scale
+    record["validation_calibration"]["after_near"] = {
+        region: {"ece": c.ece, "brier": c.brier} for region, c in cal.items()
+    }
+    return rule
 
 
 class GateScore(NamedTuple):
@@ -1044,7 +1115,7 @@ def train_lesion_head(
         saved["config"].setdefault("contrast_dropout", cfg_record["contrast_dropout"])
         saved["config"].setdefault("tilt_deg", 0.0)  # ... before session 19
         later = ("mirror_ghosts", "joint_rule", "ghost_fraction", "rule_found_tolerance")
-        for key in (*later, "peak_rule"):  # ... options added in sessions 24 and 25
+        for key in (*later, "peak_rule", "near_temperature"):  # ... sessions 24, 25 and 27
             saved["config"].setdefault(key, type(cfg_record[key])(0))
         if saved["config"] != cfg_record:
             diff = sorted(k for k in cfg_record if saved["config"].get(k) != cfg_record[k])
@@ -1217,6 +1288,7 @@ def _rule_record(rule: LesionMaskRule) -> dict[str, Any]:
         "min_lesion_prob": rule.min_lesion_prob,
         "mirror_ghosts": rule.drop_mirror_ghosts,
         "min_peak_prob": rule.min_peak_prob,
+        "near_logit_scale": rule.near_logit_scale,
     }
 
 
@@ -1282,6 +1354,7 @@ def _write_checkpoint(
         float(record.get("min_lesion_prob", 0.0)),
         bool(record.get("mirror_ghosts", False)),
         float(record.get("min_peak_prob", 0.0)),
+        float(record.get("near_logit_scale", 1.0)),
     )
 
 
@@ -1415,6 +1488,7 @@ def transplant_lesion_head(
     mirror_ghosts: bool = False,
     joint_rule: bool = False,
     peak_rule: bool = False,
+    near_temperature: bool = False,
     log: Callable[[str], None] | None = print,
 ) -> LesionTrainResult:
     """Write `out` = `target_checkpoint` (e.g. a newer denoiser) with the lesion head of
@@ -1444,10 +1518,11 @@ def transplant_lesion_head(
         or mirror_ghosts
         or joint_rule
         or peak_rule
+        or near_temperature
     ) and recalibrate_on is None:
         raise ClinfuseInputError(
-            "a rule criterion, gate, peak or ghost filter only applies when recalibrating "
-            "(--recalibrate)"
+            "a rule criterion, gate, peak or ghost filter or a near-mask temperature only "
+            "applies when recalibrating (--recalibrate)"
         )
     src = read_checkpoint(head_checkpoint)
     record = (src.get("extra") or {}).get("lesion_head")
@@ -1474,6 +1549,7 @@ def transplant_lesion_head(
         mirror_ghosts=mirror_ghosts,
         joint_rule=joint_rule,
         peak_rule=peak_rule,
+        near_temperature=near_temperature,
     )
     cfg.validate()
     record = {**record, "transplanted_from": str(head_checkpoint)}

@@ -422,6 +422,7 @@ def init_weights(model: nn.Module, path: Path) -> None:
         "min_lesion_prob",
         "mirror_ghosts",
         "min_peak_prob",
+        "near_logit_scale",
     )
     for k in (f"lesion_head.{name}" for name in calibration):
         if k in own:
