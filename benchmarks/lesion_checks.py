@@ -833,7 +833,10 @@ def calibration_maps(args: argparse.Namespace) -> None:
         if key == "D":
             a, b = fit_platt(zz, yy, nb)
             return a, b, a
-        return 1.0 / shipped_t, 0.0, 1.0 / fit_temperature(zz, yy, npred)  # E
+        own = 1.0 / shipped_t  # E; nothing near a mask with both classes: one temperature
+        if not npred.any() or yy[npred].all() or not yy[npred].any():
+            return own, 0.0, own
+        return own, 0.0, 1.0 / fit_temperature(zz, yy, npred)
 
     def scores(ids: list[int], prm: tuple[float, float, float]) -> dict[str, tuple[float, float]]:
         zz, yy, nb, npred = cat(ids)
@@ -859,11 +862,17 @@ def calibration_maps(args: argparse.Namespace) -> None:
     )
     print("|---|---|---|---|---|---|---|---|")
     for key, label in names.items():
-        per_fold = [
-            scores([i for i in every if i % k == f], fitted(key, [i for i in every if i % k != f]))
-            for f in range(k)
-        ]
-        prm = fitted(key, every)
+        try:
+            per_fold = [
+                scores(
+                    [i for i in every if i % k == f], fitted(key, [i for i in every if i % k != f])
+                )
+                for f in range(k)
+            ]
+            prm = fitted(key, every)
+        except ValueError as err:  # e.g. Platt's scale <= 0: logits that rank backwards
+            print(f"| {key} {label} | no usable fit: {err} | | | | | | |")
+            continue
         whole = scores(every, prm)
         b_e = [s[REGION_BRAIN][0] for s in per_fold]
         n_e = [s[REGION_NEIGHBOURHOOD][0] for s in per_fold]

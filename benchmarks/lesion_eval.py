@@ -202,7 +202,10 @@ def main() -> None:
             r.update(seg_scores(prob, gt, prep.spacing, rule, prep.mri))
             rows.append(r)
             s = store.setdefault(f"{kind}/{name}", {"p": [], "g": [], "b": [], "s": []})
-            s["p"].append(prob)
+            # the probability a reader is given: the head's near-mask temperature, if it has one
+            s["p"].append(
+                rule.calibrated(prob, rule.apply(prob, prep.spacing, 0.5, prep.mri), prep.spacing)
+            )
             s["g"].append(gt)
             s["b"].append(prep.brain)
             s["s"].append(prep.spacing)
@@ -314,7 +317,8 @@ def write_outputs(args, rows, calib, grows, loaded, rule, seconds) -> None:
         )
     lines += [
         "",
-        "Calibration (temperature applied; 15 bins), ECE / Brier:",
+        "Calibration (the head's temperature, and its near-mask one if it has one; 15 bins), "
+        "ECE / Brier:",
         "",
         "| cases / fused | brain | lesion neighbourhood (10 mm) | class-balanced (brain) |",
         "|---|---|---|---|",

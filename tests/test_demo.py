@@ -193,3 +193,27 @@ def test_cli_demo_runs_and_refuses_existing_output(restore_threads, tmp_path, mo
     np.testing.assert_allclose(fused.header.get_zooms()[:3], (12.0, 12.0, 12.0), rtol=0.05)
     res = CliRunner().invoke(app, ["demo", "--out", str(out), "--n-cases", "1"])
     assert isinstance(res.exception, ClinfuseInputError)
+
+
+def test_recorder_keeps_the_calibrated_probability_and_scores_the_raw_one():
+    """The demo's recorder keeps the probability a reader is given (the head's near-mask
+    temperature applied: calibration panels) and hands the harness the head's own probability
+    with its rule (the scored mask); both give the same mask."""
+    from types import SimpleNamespace
+
+    from clinfuse.evaluation.methods import MethodOutput
+    from clinfuse.nn.lesion_mask import LesionMaskRule
+
+    prob = np.full((12, 12, 12), 0.1, np.float32)
+    prob[4:8, 4:8, 4:8] = 0.9
+    rule = LesionMaskRule(near_logit_scale=0.5)
+    fused = np.zeros_like(prob)
+    prepared = SimpleNamespace(case_id="c", spacing=(2.0, 2.0, 2.0), mri=fused)
+    rec = demo_mod._Recorder("m", lambda p: MethodOutput(fused, prob, mask_rule=rule), None)
+    out = rec(prepared)
+    np.testing.assert_array_equal(out.lesion_pred, prob)
+    assert out.mask_rule == rule
+    kept = rec.outputs["c"]
+    np.testing.assert_allclose(kept["lesion_prob"], rule.calibrated(prob, prob > 0.5, (2.0,) * 3))
+    assert kept["lesion_prob"][5, 5, 5] == pytest.approx(0.75, abs=1e-5)
+    assert np.array_equal(kept["lesion_mask"], prob > 0.5)

@@ -438,3 +438,29 @@ def test_the_mri_sequence_reaches_a_slotted_lesion_head(case_files, tmp_path):
     assert res.exit_code == 0, res.output
     run = json.loads((out / "run.json").read_text())
     assert run["mri_contrast"] == {"given": "FLAIR", "read_by_lesion_head": True}
+
+
+def test_written_lesion_probability_has_the_near_mask_temperature(checkpoint, case_files, tmp_path):
+    """`lesion_prob.nii.gz` is `FusionResult.calibrated_lesion_prob()`: with a head's near-mask
+    logit factor it differs from `lesion_prob` only within 10 mm of the head's mask, which
+    stays the same; with one temperature it is `lesion_prob` itself."""
+    from dataclasses import replace
+
+    from clinfuse.nn.lesion_mask import LesionMaskRule
+
+    prep = _prepared(case_files)
+    lm = load_model(checkpoint, 3)
+    res = fuse_prepared(prep, lm.model, steps=1, patch_size=lm.patch_size, overrides=FAST)
+    assert res.calibrated_lesion_prob() is res.lesion_prob  # one temperature
+    prob = np.where(prep.brain, 0.1, 0.0).astype(np.float32)
+    prob[prep.lesion] = 0.9
+    res = replace(res, lesion_prob=prob, mask_rule=LesionMaskRule(near_logit_scale=0.5))
+    mask = res.lesion_mask()
+    assert np.array_equal(mask, prep.lesion)
+    shown = res.calibrated_lesion_prob()
+    assert shown[prep.lesion] == pytest.approx(0.75, abs=1e-5)  # sigmoid(ln 9 / 2) = 3 / 4
+    assert np.array_equal(shown >= 0.5, mask) and (shown[~prep.brain] == 0).all()
+    out = write_outputs(res, tmp_path / "out")
+    written = np.asarray(nib.load(str(out / "lesion_prob.nii.gz")).dataobj)
+    np.testing.assert_allclose(written, shown, atol=1e-6)
+    assert np.array_equal(np.asarray(nib.load(str(out / "lesion_mask.nii.gz")).dataobj) > 0, mask)

@@ -196,11 +196,15 @@ class _Recorder:
             lesion = lesion_probability(self.model, fused, prepared)
             rule = head_mask_rule(self.model)
         if lesion is not None:
-            kept["lesion_prob"] = np.asarray(lesion, dtype=np.float32)
             # the mask the harness scores (threshold + the head's mask rule)
             kept["lesion_mask"] = lesion_mask(
                 np.asarray(lesion), prepared.spacing, rule, prepared.mri
             )
+            # the probability a reader is given (near-mask temperature; calibration panels)
+            prob = np.asarray(lesion)
+            if prob.dtype != np.bool_:
+                prob = rule.calibrated(prob, kept["lesion_mask"], prepared.spacing)
+            kept["lesion_prob"] = np.asarray(prob, dtype=np.float32)
         for key in ("uncertainty", "fused_std", "std"):
             # A bare ndarray result has a `.std` *method*: only take array-valued attributes.
             value = None if isinstance(raw, np.ndarray) else getattr(raw, key, None)
@@ -210,7 +214,8 @@ class _Recorder:
         self.outputs[prepared.case_id] = kept
         # What guided our lesion term ("predicted" in the demo); None for the baselines.
         self.lesion_source[prepared.case_id] = getattr(raw, "lesion_source", None)
-        return MethodOutput(fused, kept.get("lesion_prob"), mask_rule=rule)
+        scored = None if lesion is None else np.asarray(lesion, dtype=np.float32)
+        return MethodOutput(fused, scored, mask_rule=rule)  # the head's own: its rule reads it
 
 
 def _write_inputs(case: DemoCase, folder: Path) -> None:

@@ -402,3 +402,26 @@ def test_ghost_rows_tell_the_lesions_mirror_image_from_other_false_components():
     assert ghost["to_mirror_mm"] < 3.0 < 50.0 < ghost["to_lesion_mm"]
     assert ghost["mean_p"] == pytest.approx(0.9)
     assert ghost_rows(np.zeros(shape, bool), prob, gt, mirrored, near, (2.0,) * 3) == []
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # a random head: fits at their bounds
+def test_calibration_table_scores_each_map_by_cross_validation(tmp_path, capsys):
+    from clinfuse.phantom import PhantomConfig, write_phantom_dataset
+
+    cfg = PhantomConfig(shape=(24, 24, 16), spacing=(3.0, 3.0, 3.0), supersample=1)
+    data = write_phantom_dataset(tmp_path / "val", 4, cfg, seed=50, contrast="T2")
+    ckpt = tiny_fusion_checkpoint(tmp_path / "tiny.pt")
+    assert lc.main(["calibration", str(data), "--checkpoint", str(ckpt)]) == 0
+    out = capsys.readouterr().out
+    assert "4 validation cases, 4 with a lesion; 2 folds" in out
+    rows = [ln.split(" | ") for ln in out.splitlines() if ln.startswith("| ")]
+    keys = [r[0][2:4] for r in rows if r[0][2:4] in ("A ", "B ", "C ", "D ", "E ")]
+    assert keys == ["A ", "B ", "C ", "D ", "E "]
+    table = {r[0][2]: r for r in rows if r[0][2:4] in ("A ", "B ", "C ", "D ", "E ")}
+    for r in table.values():  # ECEs are fractions (a random head's Platt fit may be unusable)
+        if "no usable fit" not in r[1]:
+            assert all(0.0 <= float(v.split()[0]) <= 1.0 for v in (r[2], r[4], r[6]))
+    assert "no usable fit" not in table["A"][1] + table["E"][1]
+    assert "Reliability in the lesion neighbourhood" in out
+    with pytest.raises(SystemExit):
+        lc.main(["calibration", str(data), "--folds", "1"])

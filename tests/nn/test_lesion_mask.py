@@ -42,3 +42,36 @@ def test_a_2d_mask_is_the_slice_k0_of_its_affine():
     (c,) = lesion_components(prob, prob > 0.5, (0.5, 0.5), affine)
     assert c.centroid_mm == pytest.approx((1.0 + 2.5 * 0.5, 2.0 + 4.5 * 0.5, 30.0))
     assert c.volume_ml == pytest.approx(4 * 0.25 / 1000)
+
+
+def test_near_mask_calibration_rescales_only_near_the_mask():
+    """`LesionMaskRule.calibrated`: within 10 mm of the mask the logit is multiplied by
+    `near_logit_scale`; farther voxels and exact zeros (outside the brain) are unchanged, every
+    voxel stays on its side of 0.5 (same mask), and a scale of 1 returns the input."""
+    from clinfuse.nn.lesion_mask import NEAR_MASK_MM, LesionMaskRule
+
+    sp = (2.0, 2.0, 2.0)
+    prob = np.full((40, 8, 8), 0.2, np.float32)
+    prob[2:6, 2:6, 2:6] = 0.9
+    prob[:, 0, 0] = 0.0  # outside the brain
+    rule = LesionMaskRule(near_logit_scale=0.5)
+    mask = rule.apply(prob, sp)
+    out = rule.calibrated(prob, mask, sp)
+
+    def expect(p: float) -> float:
+        z = np.log(p / (1 - p)) * 0.5
+        return float(1 / (1 + np.exp(-z)))
+
+    assert out[3, 3, 3] == pytest.approx(expect(0.9), abs=1e-6)  # inside: softened
+    assert out[6 + int(NEAR_MASK_MM / 2) - 1, 3, 3] == pytest.approx(expect(0.2), abs=1e-6)
+    assert out[30, 3, 3] == pytest.approx(0.2)  # 25 voxels = 50 mm away: unchanged
+    assert (out[:, 0, 0] == 0).all()
+    assert np.array_equal(out >= 0.5, prob >= 0.5)
+    assert np.array_equal(rule.apply(out, sp), mask)
+    assert LesionMaskRule().calibrated(prob, mask, sp) is prob
+    assert rule.calibrated(prob, np.zeros_like(mask), sp) is prob  # no mask: nothing near
+    assert "logit x 0.500" in rule.describe() and "logit" not in LesionMaskRule().describe()
+    with pytest.raises(ValueError, match="near_logit_scale"):
+        LesionMaskRule(near_logit_scale=0.0)
+    with pytest.raises(ValueError, match="shape"):
+        rule.calibrated(prob, mask[:10], sp)

@@ -494,6 +494,52 @@ def test_calibration_chooses_the_peak_filter_when_validation_has_faint_lesions(m
     assert fresh.mask_rule.min_peak_prob == 0.0
 
 
+def test_calibration_fits_a_near_mask_temperature_when_asked():
+    """With `near_temperature` the calibration fits a second temperature on the validation
+    voxels within 10 mm of the head's own mask (by NLL, after the rule) and stores T / T_near in
+    the rule and the head's buffer; the mask is unchanged, the lesion-neighbourhood ECE of the
+    reported probability falls, and the brain temperature is the one fitted without it. A state
+    dict from before the buffer loads with one temperature (scale 1)."""
+    from dataclasses import replace
+
+    from clinfuse.nn.lesion_head import LesionHead
+    from clinfuse.training import lesion as tl
+
+    rng = np.random.default_rng(0)
+    shape = (32, 32, 32)
+    label = np.zeros(shape, np.float32)
+    label[8:16, 8:16, 8:16] = 1.0
+    logit = np.full(shape, -9.0, np.float32)
+    logit[6:18, 6:18, 6:18] = 6.0  # over-confident: a 2-voxel rim of background called lesion
+    logit += rng.normal(0, 0.5, shape).astype(np.float32)
+    src = np.zeros((3, *shape), np.float32)
+    brain = np.ones(shape, bool)
+    item = tl._Item("c", src, src[0], {}, label, np.ones(shape, np.float32), brain, (2.0,) * 3)
+    monkeypatch = pytest.MonkeyPatch()
+    monkeypatch.setattr(tl, "predict_logits", lambda *a, **k: logit)
+    try:
+        cfg = tl.LesionTrainConfig(patch_size=(16, 16, 16), channels=(4, 8))
+        head = LesionHead(3, (4, 8), 1, inputs=cfg.inputs)
+        one, rec1, final1 = tl._fit_postprocessing(head, [item], cfg)
+        assert one.near_logit_scale == 1.0 and "near_temperature" not in rec1
+        rule, rec, final = tl._fit_postprocessing(head, [item], replace(cfg, near_temperature=True))
+    finally:
+        monkeypatch.undo()
+    t, t_near = rec["temperature"], rec["near_temperature"]
+    assert t == pytest.approx(rec1["temperature"]) and t_near > t
+    assert rule.near_logit_scale == pytest.approx(t / t_near)
+    assert float(head.near_logit_scale) == pytest.approx(t / t_near, rel=1e-6)
+    assert replace(head.mask_rule, near_logit_scale=rule.near_logit_scale) == rule  # float32 buffer
+    assert final["dice"] == final1["dice"]
+    cal = rec["validation_calibration"]
+    nb = "lesion neighbourhood"
+    assert cal["after_near"][nb]["ece"] < cal["after"][nb]["ece"]
+    old = {k: v for k, v in head.state_dict().items() if k != "near_logit_scale"}
+    fresh = LesionHead(3, (4, 8), 1, inputs=cfg.inputs)
+    fresh.load_state_dict(old)
+    assert fresh.mask_rule.near_logit_scale == 1.0
+
+
 def test_clean_mask_lesion_gate_empties_a_doubtful_case():
     """`min_lesion_prob`: when the most probable component's mean probability is below the
     gate the mask is empty (no lesion reported); a confident lesion keeps its mask and its
@@ -1512,6 +1558,7 @@ def test_joint_rule_does_not_keep_specks_for_a_find_the_filter_discards(monkeypa
         {"mirror_ghosts": True},
         {"joint_rule": True},
         {"peak_rule": True},
+        {"near_temperature": True},
     ],
 )
 def test_rule_criterion_needs_a_recalibration(tmp_path, option):

@@ -65,7 +65,9 @@ class FusionResult:
 
     case_id: str
     fused: np.ndarray  # model range [-2, 2]; the mean over samples
-    lesion_prob: np.ndarray  # mean over samples of sigmoid(lesion head on each fused sample)
+    # mean over samples of sigmoid(lesion head on each fused sample): what the mask rule reads;
+    # `calibrated_lesion_prob()` is what a reader is given
+    lesion_prob: np.ndarray
     uncertainty: np.ndarray | None  # per-voxel std over samples (model range); None if 1 sample
     lesion_source: str  # what guided the lesion term: predicted | user | oracle | none
     prepared: PreparedCase
@@ -81,6 +83,16 @@ class FusionResult:
         """The predicted lesion mask: `lesion_prob` >= 0.5 cleaned by the head's own
         `LesionMaskRule` (`nn.lesion_mask.clean_mask`, as guidance and evaluation make it)."""
         return self.mask_rule.apply(self.lesion_prob, self.prepared.spacing, 0.5, self.prepared.mri)
+
+    def calibrated_lesion_prob(self, mask: np.ndarray | None = None) -> np.ndarray:
+        """The lesion probability a reader is given (`lesion_prob.nii.gz`): `lesion_prob` with
+        the head's near-mask temperature within 10 mm of its mask (`mask`, default
+        `lesion_mask()`; `LesionMaskRule.calibrated`); `lesion_prob` itself for a head
+        calibrated with one temperature."""
+        if self.mask_rule.near_logit_scale == 1.0:
+            return self.lesion_prob
+        m = self.lesion_mask() if mask is None else mask
+        return self.mask_rule.calibrated(self.lesion_prob, m, self.prepared.spacing)
 
 
 # --------------------------------------------------------------------------- fusion

@@ -210,8 +210,11 @@ def _write_all(result: FusionResult, folder: Path) -> list[str]:
             title=f"{result.case_id}: fused ({output.get('units', 'model range')} units)",
         )
         names.append("fused_display.png")
-    maps = {"lesion_prob": result.lesion_prob, "uncertainty": result.uncertainty}
     predicted = result.lesion_mask()
+    maps = {
+        "lesion_prob": result.calibrated_lesion_prob(predicted),
+        "uncertainty": result.uncertainty,
+    }
     masks = {
         "brain": p.brain,
         "bone": p.bone,
