@@ -21,7 +21,8 @@
 #     session 15's (per-patch Dice) from session 12's exported head on RUNS/data6v2 (the same
 #     recipe with the real-anatomy generator's version 2) and session 16's continuation of it
 #     with hard negatives (shipped in sessions 17-25), both calibrated on RUNS/val11v2; then
-#     sessions 23-26's three continuations (shipped since session 26; block at the end).
+#     sessions 23-26's three continuations (weights shipped since session 26; block at the
+#     end) and session 27's recalibration of that head with a near-mask temperature.
 # Each run writes RUN/{config.yaml,split.json,metrics.csv,tb/,last.ckpt,best.ckpt}.
 set -euo pipefail
 RUNS=${1:-/work/runs}
@@ -178,5 +179,12 @@ clinfuse train-lesion --checkpoint "$S16" --init-head "$RUNS/lesion25/lesion25_h
     --rule-dice-tolerance 0.01 --rule-found-tolerance 0.01 --joint-rule --mirror-ghosts \
     --peak-rule --ghost-patches 0.2 "${COMMON[@]}" \
     --export "$RUNS/lesion26/phantom3d-fp16.pt" > "$RUNS/logs/lesion26.log" 2>&1
+# Session 27: the same head recalibrated with a second temperature near its own mask (the
+# reported probability within 10 mm of the mask; same temperature, rule and masks; 10 min).
+S26="$RUNS/lesion26/phantom3d-fp16.pt"
+clinfuse train-lesion --checkpoint "$S26" --head-from "$S26" --recalibrate \
+    --val-data "$RUNS/val17_24_29v3/all" --rule-dice-tolerance 0.01 --rule-found-tolerance 0.01 \
+    --joint-rule --mirror-ghosts --peak-rule --near-temperature --out "$RUNS/ship27/recal" \
+    --overwrite --export "$RUNS/ship27/phantom3d-fp16.pt" > "$RUNS/logs/recal27.log" 2>&1
 python -m clinfuse.training.plot "$RUNS/real3d-2mm"
-echo "candidate: $RUNS/lesion26/phantom3d-fp16.pt (compare on validation before replacing the shipped file)"
+echo "candidate: $RUNS/ship27/phantom3d-fp16.pt (compare on validation before replacing the shipped file)"
