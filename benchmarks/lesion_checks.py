@@ -9,6 +9,7 @@
     python benchmarks/lesion_checks.py small [--checkpoint CKPT ...] [--sequences T1,ADC] [--n 4]
     python benchmarks/lesion_checks.py ghosts --seeds 7503 7103 [--checkpoint CKPT]
     python benchmarks/lesion_checks.py calibration VAL_DATA [--checkpoint CKPT] [--folds 2]
+    python benchmarks/lesion_checks.py slices VAL_DATA [VAL_DATA ...] [--slab-mm 4] [--checkpoint C]
 
 `contrast`: per case with a lesion, how far the lesion stands out in the prepared MRI and CT:
 (lesion mean - mean of a 3-voxel ring around it inside the brain) / the ring's standard
@@ -55,6 +56,12 @@ cross-validation over cases (fold = case index mod k: fitted on the other folds,
 one's pooled voxels), ECE (15 bins) and Brier over the brain and the 10 mm lesion
 neighbourhood, then fitted on every case; and the head's own temperature for reference
 (session 27).
+`slices`: on the lesion-free cases of VALIDATION sets, the head's false lesions (own rule,
+composite as the fused channel, 2 mm working grid) on each case's MRI as built and on the same
+MRI re-acquired as thick axial slabs (`--slab-mm`: neighbouring slices averaged along the array
+axis nearest to superior-inferior, the grid's spacing there multiplied; CT and masks stay on
+their grid and preprocessing resamples everything to 2 mm, as for any thick-slice input), per
+person (the manifest's patient id): does a thick-slice MRI make false lesions (session 27)?
 """
 
 from __future__ import annotations
@@ -910,6 +917,76 @@ def calibration_maps(args: argparse.Namespace) -> None:
             )
 
 
+def thick_slices(case: Any, slab_mm: float) -> Any:
+    """`case` with its MRI as thick axial slabs: groups of n = round(slab_mm / spacing) slices
+    along the array axis nearest to superior-inferior averaged into one (the last incomplete
+    group dropped), on a grid n times coarser there, centred on each group; the CT and masks
+    keep their arrays and grid (`Case.grids`). n < 2: the case unchanged."""
+    from dataclasses import replace
+
+    aff = np.asarray(case.affine, np.float64)
+    axis = int(np.argmax(np.abs(aff[2, :3])))
+    n = int(round(slab_mm / case.spacing[axis]))
+    if n < 2:
+        return case
+    mri = np.moveaxis(np.asarray(case.mri, np.float32), axis, -1)
+    k = mri.shape[-1] // n
+    slabs = mri[..., : k * n].reshape(*mri.shape[:-1], k, n).mean(-1)
+    new_aff = aff.copy()
+    new_aff[:3, 3] += aff[:3, axis] * (n - 1) / 2.0
+    new_aff[:3, axis] *= n
+    grids = {r: aff for r in ("ct", *case.masks())}
+    return replace(case, mri=np.moveaxis(slabs, -1, axis), affine=new_aff, grids=grids)
+
+
+def slices(args: argparse.Namespace) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from clinfuse.io.dataset import load_dataset
+    from clinfuse.phantom.realhead import is_test_case
+    from clinfuse.pipeline import load_model
+    from clinfuse.preprocess.pipeline import preprocess_case
+    from clinfuse.training.data import training_target
+    from lesion_eval import head_prob
+
+    model = load_model(args.checkpoint, 3, "cpu").model.eval()
+    rule = model.lesion_head.mask_rule
+    print(f"head: {args.checkpoint or 'shipped'}; {rule.describe()}")
+    print(f"thick slabs {args.slab_mm:g} mm; lesion-free cases only; 2 mm working grid\n")
+    print("| case | person | false mL as built | false mL thick | components as built / thick |")
+    print("|---|---|---|---|---|")
+    per: dict[str, list[tuple[float, float]]] = {}
+    for data in args.data:
+        for ref in load_dataset(data):
+            if any(is_test_case(str(p)) for p in ref.paths.values()):
+                raise SystemExit(f"{ref.case_id}: a test head; never used here")
+            case = ref.load()
+            if case.lesion is not None and np.any(case.lesion):
+                continue
+            row = []
+            for c in (case, thick_slices(case, args.slab_mm)):
+                prep = preprocess_case(c, spacing=2.0)
+                prob = head_prob(model, np.asarray(training_target(prep, 1.0)), prep)
+                mask = rule.apply(prob, prep.spacing, 0.5, prep.mri)
+                n_comp = int(ndimage.label(mask, structure=np.ones((3, 3, 3)))[1])
+                row.append((float(mask.sum() * np.prod(prep.spacing) / 1000.0), n_comp))
+            who = str(ref.patient_id or ref.case_id)
+            per.setdefault(who, []).append((row[0][0], row[1][0]))
+            print(
+                f"| {ref.case_id} | {who} | {row[0][0]:.2f} | {row[1][0]:.2f} "
+                f"| {row[0][1]} / {row[1][1]} |",
+                flush=True,
+            )
+    print("\n| person | cases | false mL as built (cases marked) | thick (cases marked) |")
+    print("|---|---|---|---|")
+    every = [v for rows in per.values() for v in rows]
+    for who, rows in sorted(per.items()) + [("all", every)]:
+        a, b = np.array(rows).T
+        print(
+            f"| {who} | {len(rows)} | {a.sum():.2f} ({int((a > 0).sum())}) "
+            f"| {b.sum():.2f} ({int((b > 0).sum())}) |"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -957,6 +1034,10 @@ def main(argv: list[str] | None = None) -> int:
     ca.add_argument("data", type=Path)
     ca.add_argument("--checkpoint", type=Path, default=None)
     ca.add_argument("--folds", type=int, default=2)
+    sl = sub.add_parser("slices")
+    sl.add_argument("data", type=Path, nargs="+")
+    sl.add_argument("--checkpoint", type=Path, default=None)
+    sl.add_argument("--slab-mm", type=float, default=4.0)
     args = ap.parse_args(argv)
     if args.cmd == "calibration" and args.folds < 2:
         ap.error("calibration: --folds must be >= 2")
@@ -974,6 +1055,7 @@ def main(argv: list[str] | None = None) -> int:
         "small": small,
         "ghosts": ghosts,
         "calibration": calibration_maps,
+        "slices": slices,
     }
     run[args.cmd](args)
     return 0

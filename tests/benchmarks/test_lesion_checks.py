@@ -425,3 +425,32 @@ def test_calibration_table_scores_each_map_by_cross_validation(tmp_path, capsys)
     assert "Reliability in the lesion neighbourhood" in out
     with pytest.raises(SystemExit):
         lc.main(["calibration", str(data), "--folds", "1"])
+
+
+def test_thick_slices_average_axial_slabs_and_keep_the_ct_on_its_grid():
+    import numpy as np
+
+    from clinfuse.io.case import Case
+    from clinfuse.preprocess.pipeline import preprocess_case
+
+    shape = (10, 12, 9)
+    aff = np.diag([2.0, 2.0, 2.0, 1.0])
+    aff[:3, 3] = [-9.0, -11.0, -8.0]
+    mri = np.broadcast_to(np.arange(9, dtype=np.float32) * 10 + 100, shape).copy()
+    brain = np.zeros(shape, bool)
+    brain[2:8, 2:10, 2:7] = True
+    ct = np.full(shape, 30.0, np.float32)
+    bone = np.zeros(shape, bool)
+    bone[0] = True
+    ct[0] = 1200.0
+    case = Case("c", mri, ct, aff, brain=brain, bone=bone)
+    thick = lc.thick_slices(case, 4.0)
+    assert thick.mri.shape == (10, 12, 4)  # the 9th slice (an incomplete slab) dropped
+    np.testing.assert_allclose(thick.mri[0, 0], [105.0, 125.0, 145.0, 165.0])  # pairs averaged
+    assert thick.spacing == (2.0, 2.0, 4.0)
+    np.testing.assert_allclose(thick.affine[:3, 3], [-9.0, -11.0, -7.0])  # centred on each pair
+    assert set(thick.grids) == {"ct", "brain", "bone"} and thick.ct is case.ct
+    assert lc.thick_slices(case, 2.0) is case  # one slice per slab: unchanged
+    prep = preprocess_case(thick, spacing=2.0)  # back on a 2 mm grid, the masks resampled
+    assert prep.spacing == (2.0, 2.0, 2.0) and prep.brain.shape == prep.mri.shape
+    assert prep.brain.any()
