@@ -61,7 +61,9 @@ composite as the fused channel, 2 mm working grid) on each case's MRI as built a
 MRI re-acquired as thick axial slabs (`--slab-mm`: neighbouring slices averaged along the array
 axis nearest to superior-inferior, the grid's spacing there multiplied; CT and masks stay on
 their grid and preprocessing resamples everything to 2 mm, as for any thick-slice input), per
-person (the manifest's patient id): does a thick-slice MRI make false lesions (session 27)?
+person (the manifest's patient id), a real head's own unlabelled lesions (the manifest's
+`ignore` masks) left out as validation leaves them: does a thick-slice MRI make false lesions
+(session 27)?
 """
 
 from __future__ import annotations
@@ -941,11 +943,15 @@ def thick_slices(case: Any, slab_mm: float) -> Any:
 
 def slices(args: argparse.Namespace) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from dataclasses import replace
+
     from clinfuse.io.dataset import load_dataset
+    from clinfuse.io.nifti import load_nifti
     from clinfuse.phantom.realhead import is_test_case
     from clinfuse.pipeline import load_model
     from clinfuse.preprocess.pipeline import preprocess_case
     from clinfuse.training.data import training_target
+    from clinfuse.training.lesion import _ignore_paths
     from lesion_eval import head_prob
 
     model = load_model(args.checkpoint, 3, "cpu").model.eval()
@@ -956,17 +962,27 @@ def slices(args: argparse.Namespace) -> None:
     print("|---|---|---|---|---|")
     per: dict[str, list[tuple[float, float]]] = {}
     for data in args.data:
+        ignores = _ignore_paths(Path(data))
         for ref in load_dataset(data):
             if any(is_test_case(str(p)) for p in ref.paths.values()):
                 raise SystemExit(f"{ref.case_id}: a test head; never used here")
             case = ref.load()
             if case.lesion is not None and np.any(case.lesion):
                 continue
+            # A real head's own unlabelled lesions (C-STAR's chronic strokes: the manifest's
+            # `ignore` mask) are not false lesions: carried through preprocessing in the lesion
+            # role (resampled like it) and left out, as training's validation leaves them out.
+            ign = None
+            if ref.case_id in ignores:
+                ign = np.asarray(load_nifti(ignores[ref.case_id])[0]) > 0.5
+            case = replace(case, lesion=ign)
             row = []
             for c in (case, thick_slices(case, args.slab_mm)):
                 prep = preprocess_case(c, spacing=2.0)
                 prob = head_prob(model, np.asarray(training_target(prep, 1.0)), prep)
                 mask = rule.apply(prob, prep.spacing, 0.5, prep.mri)
+                if prep.lesion is not None:
+                    mask &= ~prep.lesion.astype(bool)
                 n_comp = int(ndimage.label(mask, structure=np.ones((3, 3, 3)))[1])
                 row.append((float(mask.sum() * np.prod(prep.spacing) / 1000.0), n_comp))
             who = str(ref.patient_id or ref.case_id)

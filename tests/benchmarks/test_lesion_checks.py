@@ -454,3 +454,62 @@ def test_thick_slices_average_axial_slabs_and_keep_the_ct_on_its_grid():
     prep = preprocess_case(thick, spacing=2.0)  # back on a 2 mm grid, the masks resampled
     assert prep.spacing == (2.0, 2.0, 2.0) and prep.brain.shape == prep.mri.shape
     assert prep.brain.any()
+
+
+def test_slices_leaves_a_real_heads_own_lesions_out_of_the_false_ones(
+    tmp_path, capsys, monkeypatch
+):
+    """`slices` counts the head's mask outside the manifest's `ignore` mask (a real head's own,
+    unlabelled lesions) as false, on the MRI as built and as thick slabs, per person."""
+    import csv
+    import sys
+
+    import nibabel as nib
+    import numpy as np
+
+    shape, aff = (24, 24, 20), np.diag([2.0, 2.0, 2.0, 1.0])
+    idx = np.indices(shape)
+    r = np.sqrt(sum(((idx[i] - (s - 1) / 2) / (0.45 * s)) ** 2 for i, s in enumerate(shape)))
+    brain, bone = r < 0.75, (r >= 0.75) & (r < 0.95)
+    arrays = {
+        "mri": np.where(brain, 600.0, np.where(bone, 150.0, 0.0)),
+        "ct": np.where(brain, 35.0, np.where(bone, 1200.0, -1000.0)),
+        "brain": brain,
+        "bone": bone,
+    }
+    ignore = np.zeros(shape, bool)
+    ignore[8:12, 8:12, 8:12] = True  # the head's own lesion, unlabelled
+    rows = []
+    for case in ("p_000", "q_000"):
+        (tmp_path / case).mkdir()
+        row = {"case_id": case, "patient_id": case[0]}
+        for name, arr in (*arrays.items(), ("ignore", ignore)):
+            nib.save(
+                nib.Nifti1Image(arr.astype(np.float32), aff),
+                str(tmp_path / case / f"{name}.nii.gz"),
+            )
+            row[name] = f"{case}/{name}.nii.gz"
+        row["ignore"] = row["ignore"] if case == "p_000" else ""
+        rows.append(row)
+    with open(tmp_path / "manifest.csv", "w", newline="") as fh:
+        w = csv.DictWriter(
+            fh, fieldnames=["case_id", "mri", "ct", "brain", "bone", "ignore", "patient_id"]
+        )
+        w.writeheader()
+        w.writerows(rows)
+
+    def fake_prob(model, fused, prep):  # a confident blob on the own lesion, on the 2 mm grid
+        p = np.zeros(prep.shape, np.float32)
+        p[8:12, 8:12, 8:12] = 0.99
+        return p
+
+    sys.path.insert(0, str(_PATH.parent))
+    import lesion_eval
+
+    monkeypatch.setattr(lesion_eval, "head_prob", fake_prob)
+    ckpt = tiny_fusion_checkpoint(tmp_path / "tiny.pt")
+    assert lc.main(["slices", str(tmp_path), "--checkpoint", str(ckpt)]) == 0
+    out = capsys.readouterr().out
+    rows = {ln.split(" | ")[0][2:]: ln for ln in out.splitlines() if ln.startswith("| ")}
+    assert rows["p"] == "| p | 1 | 0.00 (0) | 0.00 (0) |"  # inside its ignore mask: not false
+    assert rows["q"] == "| q | 1 | 0.51 (1) | 0.51 (1) |"  # no ignore mask: 64 voxels false
