@@ -1161,7 +1161,7 @@ def test_head_from_recalibrate_refits_only_the_calibration(trained, base_ckpt, p
     gated = CliRunner().invoke(
         app,
         [*args, "--recalibrate", "--val-data", str(phantoms[1]), "--lesion-gate", "--overwrite"]
-        + ["--peak-rule"],
+        + ["--peak-rule", "--near-temperature"],
     )
     assert gated.exit_code == 0, gated.output
     assert "lesion gate" in gated.output and "components kept from peak probability" in gated.output
@@ -1172,6 +1172,13 @@ def test_head_from_recalibrate_refits_only_the_calibration(trained, base_ckpt, p
         str(h) for h in MIN_PEAK_PROB_CHOICES
     }
     assert record["min_peak_prob"] in MIN_PEAK_PROB_CHOICES
+    # the near-mask temperature: fitted (or None when nothing near a mask has both classes)
+    assert "near_temperature" in record["calibration"]
+    scale = float(load_checkpoint(out / "lesion_head.ckpt").model.lesion_head.near_logit_scale)
+    assert record["near_logit_scale"] == pytest.approx(scale, rel=1e-6)
+    if record["calibration"]["near_temperature"] is not None:
+        t = record["calibration"]["temperature"]
+        assert scale == pytest.approx(t / record["calibration"]["near_temperature"], rel=1e-6)
     # a gate without --recalibrate is refused
     refused = CliRunner().invoke(app, [*args, "--lesion-gate", "--overwrite"])
     assert refused.exit_code != 0 and "--recalibrate" in str(refused.exception)
