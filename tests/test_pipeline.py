@@ -463,4 +463,6 @@ def test_written_lesion_probability_has_the_near_mask_temperature(checkpoint, ca
     out = write_outputs(res, tmp_path / "out")
     written = np.asarray(nib.load(str(out / "lesion_prob.nii.gz")).dataobj)
     np.testing.assert_allclose(written, shown, atol=1e-6)
+    said = json.loads((out / "run.json").read_text())["lesions"]["mask_rule"]
+    assert said == res.mask_rule.describe() and "logit x 0.500" in said
     assert np.array_equal(np.asarray(nib.load(str(out / "lesion_mask.nii.gz")).dataobj) > 0, mask)

@@ -246,7 +246,8 @@ def _write_all(result: FusionResult, folder: Path) -> list[str]:
     names.append("lesions.csv")
     run = {
         **result.record,
-        "lesions": lesion_summary(found, gate),
+        # how the mask and the written probability were made (the head's rule and calibration)
+        "lesions": {**lesion_summary(found, gate), "mask_rule": result.mask_rule.describe()},
         "case_id": result.case_id,
         "timings": result.timings,
         "versions": _versions(),
