@@ -465,13 +465,14 @@ def group_scores(probs: list[np.ndarray], items: list[Any], rule: Any) -> dict[s
 
 def peak_rows(
     probs: list[np.ndarray], items: list[Any], rule: Any
-) -> dict[tuple[str, bool], list[tuple[float, float]]]:
-    """(mean, highest) probability of every component under `rule` (`component_masks`), by
-    (phantom or real, true?)."""
-    out: dict[tuple[str, bool], list[tuple[float, float]]] = {}
+) -> dict[tuple[str, bool], list[tuple[float, float, float]]]:
+    """(mean probability, highest probability, mL) of every component under `rule`
+    (`component_masks`), by (phantom or real, true?)."""
+    out: dict[tuple[str, bool], list[tuple[float, float, float]]] = {}
     for it, p, c, true in component_masks(probs, items, rule):
         kind = "phantom" if "phantom" in it.case_id else "real"
-        out.setdefault((kind, true), []).append((float(p[c].mean()), float(p[c].max())))
+        ml = float(c.sum() * np.prod(it.spacing) / 1000.0)
+        out.setdefault((kind, true), []).append((float(p[c].mean()), float(p[c].max()), ml))
     return dict(sorted(out.items()))
 
 
@@ -533,6 +534,21 @@ def rules(args: argparse.Namespace) -> None:
         peak_q = " / ".join(f"{v:.3f}" for v in np.percentile(a[:, 1], q))
         label = f"{kind}, {'true' if true else 'false'}"
         print(f"| {label} | {len(rows)} | {mean_q} | {peak_q} |")
+    # Small components are where a peak filter costs true lesions (partial volume keeps their
+    # probability lower): how many of each kind each peak choice would keep, by size.
+    peaks = [h for h in MIN_PEAK_PROB_CHOICES if h > 0]
+    print(
+        f"\nthe same components by size: how many reach each peak ({', '.join(map(str, peaks))})\n"
+    )
+    print("| components | size | n | " + " | ".join(f"peak >= {h:g}" for h in peaks) + " |")
+    print("|---|---|---|" + "---|" * len(peaks))
+    for (kind, true), rows in peak_rows(probs, items, bare).items():
+        a = np.asarray(rows)
+        for size, sel in (("< 1 mL", a[:, 2] < 1.0), (">= 1 mL", a[:, 2] >= 1.0)):
+            if sel.any():
+                kept = " | ".join(str(int((a[sel, 1] >= h).sum())) for h in peaks)
+                label = f"{kind}, {'true' if true else 'false'}"
+                print(f"| {label} | {size} | {int(sel.sum())} | {kept} |")
 
 
 def component_look(mask: np.ndarray, item: Any) -> tuple[float, float, float]:

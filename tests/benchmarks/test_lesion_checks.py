@@ -242,7 +242,7 @@ def test_group_scores_and_peak_rows_split_real_from_phantom_and_free_from_lesion
     assert peaked["real free"]["marked"] == 0 and peaked["phantom lesion"]["dice"] == [1.0]
     rows = lc.peak_rows(probs, items, LesionMaskRule())
     assert list(rows) == [("phantom", True), ("real", False)]
-    assert np.allclose(rows[("real", False)], [(0.7, 0.7)])
+    assert np.allclose(rows[("real", False)], [(0.7, 0.7, 0.064)])
 
 
 def test_rules_lists_the_own_rule_then_each_peak_and_gate_variant(tmp_path, capsys):
