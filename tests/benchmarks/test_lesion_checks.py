@@ -14,13 +14,20 @@ lc = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(lc)
 
 
-def test_minsize_scores_the_heads_own_rule_first(tmp_path, capsys):
+def _t2_phantoms_and_tiny_head(tmp_path: Path, n: int) -> tuple[Path, Path]:
+    """`n` small T2 phantoms with lesions (seed 50) as a validation set, and a tiny random
+    fusion checkpoint: what the table commands run on in these tests."""
     from clinfuse.phantom import PhantomConfig, write_phantom_dataset
-    from clinfuse.training.lesion import MIN_COMPONENT_PROB_CHOICES
 
     cfg = PhantomConfig(shape=(24, 24, 16), spacing=(3.0, 3.0, 3.0), supersample=1)
-    data = write_phantom_dataset(tmp_path / "val", 2, cfg, seed=50, contrast="T2")
-    ckpt = tiny_fusion_checkpoint(tmp_path / "tiny.pt")
+    data = write_phantom_dataset(tmp_path / "val", n, cfg, seed=50, contrast="T2")
+    return data, tiny_fusion_checkpoint(tmp_path / "tiny.pt")
+
+
+def test_minsize_scores_the_heads_own_rule_first(tmp_path, capsys):
+    from clinfuse.training.lesion import MIN_COMPONENT_PROB_CHOICES
+
+    data, ckpt = _t2_phantoms_and_tiny_head(tmp_path, 2)
     state = torch.load(ckpt, weights_only=False)
     for key in ("model", "ema"):
         prefix = "module." if key == "ema" else ""
@@ -153,11 +160,8 @@ def test_paired_groups_sum_each_sequence_and_kind_apart():
 
 
 def test_paired_of_a_head_with_itself_is_a_tie(tmp_path, capsys):
-    from clinfuse.phantom import PhantomConfig, write_phantom_dataset
 
-    cfg = PhantomConfig(shape=(24, 24, 16), spacing=(3.0, 3.0, 3.0), supersample=1)
-    data = write_phantom_dataset(tmp_path / "val", 2, cfg, seed=50, contrast="T2")
-    ckpt = tiny_fusion_checkpoint(tmp_path / "tiny.pt")
+    data, ckpt = _t2_phantoms_and_tiny_head(tmp_path, 2)
     args = ["paired", str(data), "--checkpoint", str(ckpt), "--against", str(ckpt)]
     assert lc.main(args) == 0
     rows = {
@@ -246,12 +250,9 @@ def test_group_scores_and_peak_rows_split_real_from_phantom_and_free_from_lesion
 
 
 def test_rules_lists_the_own_rule_then_each_peak_and_gate_variant(tmp_path, capsys):
-    from clinfuse.phantom import PhantomConfig, write_phantom_dataset
     from clinfuse.training.lesion import MIN_COMPONENT_PROB_CHOICES, MIN_PEAK_PROB_CHOICES
 
-    cfg = PhantomConfig(shape=(24, 24, 16), spacing=(3.0, 3.0, 3.0), supersample=1)
-    data = write_phantom_dataset(tmp_path / "val", 2, cfg, seed=50, contrast="T2")
-    ckpt = tiny_fusion_checkpoint(tmp_path / "tiny.pt")
+    data, ckpt = _t2_phantoms_and_tiny_head(tmp_path, 2)
     assert lc.main(["rules", str(data), "--checkpoint", str(ckpt)]) == 0
     out = capsys.readouterr().out
     assert "own rule: minimum lesion 0.00 mL; components kept from peak probability 0.00" in out
@@ -406,11 +407,8 @@ def test_ghost_rows_tell_the_lesions_mirror_image_from_other_false_components():
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # a random head: fits at their bounds
 def test_calibration_table_scores_each_map_by_cross_validation(tmp_path, capsys):
-    from clinfuse.phantom import PhantomConfig, write_phantom_dataset
 
-    cfg = PhantomConfig(shape=(24, 24, 16), spacing=(3.0, 3.0, 3.0), supersample=1)
-    data = write_phantom_dataset(tmp_path / "val", 4, cfg, seed=50, contrast="T2")
-    ckpt = tiny_fusion_checkpoint(tmp_path / "tiny.pt")
+    data, ckpt = _t2_phantoms_and_tiny_head(tmp_path, 4)
     assert lc.main(["calibration", str(data), "--checkpoint", str(ckpt)]) == 0
     out = capsys.readouterr().out
     assert "4 validation cases, 4 with a lesion; 2 folds" in out

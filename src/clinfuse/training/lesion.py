@@ -845,23 +845,24 @@ def _calibrate(
         record["gate_by_min_lesion_prob"] = {str(k): v._asdict() for k, v in gates.items()}
     rule = LesionMaskRule(best_ml, best_prob, best_gate, ghosts, best_peak)
     if cfg.near_temperature:
-        rule = _fit_near_temperature(logits, probs, items, rule, temp, cfg, record)
+        rule = _fit_near_temperature(probs, items, rule, temp, (z, y, near), cfg, record)
     return temp, rule, record
 
 
 def _fit_near_temperature(
-    logits: Sequence[np.ndarray],
     probs: Sequence[np.ndarray],
     items: Sequence[_Item],
     rule: LesionMaskRule,
     temp: float,
+    pooled: tuple[np.ndarray, np.ndarray, np.ndarray],
     cfg: LesionTrainConfig,
     record: dict[str, Any],
 ) -> LesionMaskRule:
     """`rule` with its near-mask logit factor: T / T_near, T_near fitted by NLL on the validation
     voxels (brain, known label) within `NEAR_MASK_MM` of each case's mask under `rule`; the
     record gets T_near and the calibration scores with it ("after_near"). Unchanged (and said
-    so in the record) when no validation case has both classes there."""
+    so in the record) when no validation case has both classes there. `pooled`: `_calibrate`'s
+    raw logits, labels and reference lesion neighbourhood over those voxels, cases in order."""
     from dataclasses import replace
 
     from clinfuse.metrics.calibration import (
@@ -880,8 +881,7 @@ def _fit_near_temperature(
         lesion_neighbourhood(m, it.spacing, NEAR_MASK_MM, within=it.brain)[s]
         for m, it, s in zip(masks, items, sel, strict=True)
     ]
-    z = np.concatenate([lg[s] for lg, s in zip(logits, sel, strict=True)])
-    y = np.concatenate([it.label[s] > 0.5 for it, s in zip(items, sel, strict=True)])
+    z, y, ref_near = pooled
     nm = np.concatenate(near)
     if not nm.any() or y[nm].all() or not y[nm].any():
         record["near_temperature"] = None  # nothing to fit on: one temperature
@@ -892,12 +892,6 @@ def _fit_near_temperature(
         rule.calibrated(p, m, it.spacing)[s]
         for p, m, it, s in zip(probs, masks, items, sel, strict=True)
     ]
-    ref_near = np.concatenate(
-        [
-            lesion_neighbourhood(it.label > 0.5, it.spacing, within=it.brain)[s]
-            for it, s in zip(items, sel, strict=True)
-        ]
-    )
     cal = calibration_scores(np.concatenate(reported), y, np.ones_like(y), ref_near)
     record["near_temperature"] = t_near
     record["near_logit_scale"] = rule.near_logit_scale
