@@ -14,8 +14,9 @@
 `contrast`: per case with a lesion, how far the lesion stands out in the prepared MRI and CT:
 (lesion mean - mean of a 3-voxel ring around it inside the brain) / the ring's standard
 deviation, the lesion volume, and the percentile of the lesion's mean MRI among the other brain
-voxels (a dark T1 / ADC infarct sits low, a bright T2 / FLAIR / DWI one high). `--held-out N`
-uses the held-out phantoms of benchmarks/lesion_eval.py instead of a dataset.
+voxels (a dark T1 / ADC infarct sits low, a bright T2 / FLAIR / DWI one high), and its margin
+beyond the brain's 1st-99th percentile in model units (`mri_margin`: what the head reads).
+`--held-out N` uses the held-out phantoms of benchmarks/lesion_eval.py instead of a dataset.
 `minsize`: on VALIDATION cases only, the head's Dice (threshold 0.5, composite as the fused
 channel) and HD95 for several minimum component sizes, for keeping only components at least
 a fraction of the largest one, and for the confidence filter `training.lesion` fits (secondary
@@ -41,7 +42,8 @@ with the shift-only twin of the "+mirror" heads and with the rigid plane of the
 `small`: small lesions (0.4-0.8 mL ischaemic by default; issue 10's range starts at 0.5) on
 fresh phantoms per MRI sequence, seeds 80000 + 100 k + i (no training, validation or held-out
 set uses them): how high each head's probability gets inside the lesion, whether its own rule
-keeps a mask there (Dice, predicted mL), found and mean Dice per sequence.
+keeps a mask there (Dice, predicted mL), each lesion's MRI margin (`mri_margin`), then found,
+mean Dice and the margins of the found and the missed lesions per sequence and head.
 `ghosts`: on held-out phantoms given by seed (lesion_eval.py's sets, already used: a diagnosis,
 never a choice), every component of the head's mask under its own rule, marked true, "ghost"
 (not touching the lesion, within 2 voxels of the lesion reflected about the head's rigid mirror
@@ -93,8 +95,24 @@ def lesion_contrast(prep: Any) -> dict[str, float]:
     # Where the lesion's mean MRI lies among the rest of the brain (% of voxels below it):
     # free of the ring's make-up (a ring through CSF shifts the ring contrast) and of scale.
     rest = stack[0][np.asarray(prep.brain, bool) & ~les]
-    out["mri_pct"] = float(100.0 * np.mean(rest < stack[0][les].mean())) if rest.size else 0.0
+    mean = float(stack[0][les].mean())
+    out["mri_pct"] = float(100.0 * np.mean(rest < mean)) if rest.size else 0.0
+    out["margin"] = mri_margin(mean, rest)
     return out
+
+
+def mri_margin(lesion_mean: float, rest: np.ndarray) -> float:
+    """How far a lesion's mean MRI (model units) lies beyond the rest of the brain's
+    1st-99th percentile range, on the side it departs to (below the 1st percentile for a
+    lesion darker than the brain's median, above the 99th for a brighter one); negative when
+    it lies inside that range. Unlike the ring contrast it is in the units the head reads, so
+    a sequence whose brain occupies a narrow band of the model range (ADC: CSF sets the
+    scale) shows a small margin (docs/TRAINING.md, session 28)."""
+    if rest.size == 0:
+        return float("nan")
+    if lesion_mean < float(np.median(rest)):
+        return float(np.percentile(rest, 1.0)) - lesion_mean
+    return lesion_mean - float(np.percentile(rest, 99.0))
 
 
 def contrast(args: argparse.Namespace) -> None:
@@ -111,9 +129,9 @@ def contrast(args: argparse.Namespace) -> None:
     rows = []
     print(
         "| case | lesion mL | MRI contrast (ring SD) | CT contrast (ring SD) "
-        "| MRI percentile in the brain |"
+        "| MRI percentile in the brain | MRI margin beyond the brain's 1-99 % |"
     )
-    print("|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|")
     for p in preps:
         if p.lesion is None or not np.any(p.lesion):
             continue
@@ -121,7 +139,7 @@ def contrast(args: argparse.Namespace) -> None:
         rows.append(c)
         print(
             f"| {p.case_id} | {c['ml']:.1f} | {c['mri']:+.2f} | {c['ct']:+.2f} "
-            f"| {c['mri_pct']:.0f} |"
+            f"| {c['mri_pct']:.0f} | {c['margin']:+.2f} |"
         )
     weak = sum(abs(c["mri"]) < 0.5 for c in rows)
     print(f"\n{weak} of {len(rows)} lesions differ from their ring by < 0.5 SD in the MRI")
@@ -700,12 +718,13 @@ def small(args: argparse.Namespace) -> None:
     models = [load_model(c, 3, "cpu").model for c in (args.checkpoint or [None])]
     print(f"heads: {', '.join(names)}; {args.kind} lesions {args.ml[0]:g}-{args.ml[1]:g} mL\n")
     print(
-        "| sequence | seed | lesion mL | "
+        "| sequence | seed | lesion mL | MRI margin | "
         + " | ".join(f"{h}: max / mean p, Dice, mL" for h in names)
         + " |"
     )
-    print("|---|---|---|" + "---|" * len(names))
+    print("|---|---|---|---|" + "---|" * len(names))
     summary: dict[tuple[str, str], list[float]] = {}
+    margins: dict[tuple[str, str], list[tuple[float, bool]]] = {}
     seqs = [s.strip() for s in args.sequences.split(",") if s.strip()]
     for seq, seed, prep in small_lesion_phantoms(
         seqs, args.n, args.first_seed, tuple(args.ml), args.kind
@@ -713,18 +732,38 @@ def small(args: argparse.Namespace) -> None:
         fused = roi_composite(prep.mri, prep.ct_bone, prep.brain, prep.bone)
         gt = np.asarray(prep.lesion) > 0.5
         ml = float(np.prod(prep.spacing)) / 1000.0
+        margin = lesion_contrast(prep)["margin"]
         cells = []
         for name, model in zip(names, models, strict=True):
             p = head_prob(model, fused, prep)
             m = model.lesion_head.mask_rule.apply(p, prep.spacing, 0.5, prep.mri)
             d = float(dice(m, gt))
             summary.setdefault((seq, name), []).append(d)
+            margins.setdefault((seq, name), []).append((margin, d > 0))
             cells.append(f"{p[gt].max():.2f} / {p[gt].mean():.2f}, {d:.2f}, {m.sum() * ml:.2f}")
-        print(f"| {seq} | {seed} | {gt.sum() * ml:.2f} | " + " | ".join(cells) + " |")
-    print("\n| sequence | head | found | mean Dice |")
-    print("|---|---|---|---|")
+        print(
+            f"| {seq} | {seed} | {gt.sum() * ml:.2f} | {margin:+.2f} | " + " | ".join(cells) + " |"
+        )
+    print("\n| sequence | head | found | mean Dice | MRI margin: found / missed (range) |")
+    print("|---|---|---|---|---|")
     for (seq, name), ds in summary.items():
-        print(f"| {seq} | {name} | {sum(d > 0 for d in ds)} of {len(ds)} | {np.mean(ds):.3f} |")
+        split = margin_split(margins[(seq, name)])
+        print(
+            f"| {seq} | {name} | {sum(d > 0 for d in ds)} of {len(ds)} | {np.mean(ds):.3f} "
+            f"| {split} |"
+        )
+
+
+def margin_split(rows: list[tuple[float, bool]]) -> str:
+    """'lo-hi / lo-hi': the range of the MRI margin (`mri_margin`) over the lesions a head
+    found and over those it missed ('none' for an empty side)."""
+
+    def rng(vals: list[float]) -> str:
+        return f"{min(vals):+.2f} to {max(vals):+.2f}" if vals else "none"
+
+    found = [m for m, f in rows if f]
+    missed = [m for m, f in rows if not f]
+    return f"{rng(found)} / {rng(missed)}"
 
 
 def ghost_rows(

@@ -83,9 +83,26 @@ def test_contrast_places_a_dark_and_a_bright_infarct_in_the_brain(tmp_path, caps
         )
         assert lc.main(["contrast", str(data)]) == 0
         lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| ")]
-        assert lines[0].endswith("| MRI percentile in the brain |") and len(lines) == 2
-        pct[seq] = float(lines[1].split(" | ")[-1].strip(" |"))
+        head = "| MRI percentile in the brain | MRI margin beyond the brain's 1-99 % |"
+        assert lines[0].endswith(head) and len(lines) == 2
+        pct[seq] = float(lines[1].split(" | ")[-2])
     assert 0 <= pct["ADC"] < 30 and 70 < pct["DWI"] <= 100
+
+
+def test_mri_margin_measures_on_the_side_the_lesion_departs_to():
+    """Below the 1st percentile for a dark lesion, above the 99th for a bright one, negative
+    inside the range; in the image's own units (a narrower brain band gives a smaller margin)."""
+    import numpy as np
+
+    rest = np.linspace(-1.0, 1.0, 10001)  # 1st / 99th percentiles -0.98 / 0.98
+    assert lc.mri_margin(-1.5, rest) == pytest.approx(0.52)
+    assert lc.mri_margin(1.2, rest) == pytest.approx(0.22)
+    assert lc.mri_margin(-0.5, rest) == pytest.approx(-0.48)
+    assert lc.mri_margin(-0.3, rest * 0.1) == pytest.approx(0.3 - 0.098)
+    assert np.isnan(lc.mri_margin(0.0, np.array([])))
+    rows = [(0.4, True), (0.3, True), (0.1, False)]
+    assert lc.margin_split(rows) == "+0.30 to +0.40 / +0.10 to +0.10"
+    assert lc.margin_split([(0.2, True)]) == "+0.20 to +0.20 / none"
 
 
 def test_paired_summary_charges_hd95_only_on_lesions_both_heads_find():
@@ -370,6 +387,11 @@ def test_small_reports_each_sequence_and_head(tmp_path, capsys, monkeypatch):
     rows = [ln for ln in out.splitlines() if ln.startswith("| T2 |") or ln.startswith("| ADC |")]
     assert len(rows) == 4  # one case row and one summary row per sequence
     assert any("of 1 |" in r and str(ckpt) in r for r in rows)
+    assert "| sequence | seed | lesion mL | MRI margin | " in out
+    assert "| MRI margin: found / missed (range) |" in out
+    case_rows = [r for r in rows if str(ckpt) not in r]
+    for r in case_rows:  # the margin column is a signed number
+        float(r.split(" | ")[3])
     with pytest.raises(SystemExit):
         lc.main(["small", "--n", "101"])
 
