@@ -10,6 +10,7 @@
     python benchmarks/lesion_checks.py ghosts --seeds 7503 7103 [--checkpoint CKPT]
     python benchmarks/lesion_checks.py calibration VAL_DATA [--checkpoint CKPT] [--folds 2]
     python benchmarks/lesion_checks.py slices VAL_DATA [VAL_DATA ...] [--slab-mm 4] [--checkpoint C]
+    python benchmarks/lesion_checks.py sizes EVAL_OUT [EVAL_OUT ...]  # lesion_eval.py --out dirs
 
 `contrast`: per case with a lesion, how far the lesion stands out in the prepared MRI and CT:
 (lesion mean - mean of a 3-voxel ring around it inside the brain) / the ring's standard
@@ -44,6 +45,12 @@ fresh phantoms per MRI sequence, seeds 80000 + 100 k + i (no training, validatio
 set uses them): how high each head's probability gets inside the lesion, whether its own rule
 keeps a mask there (Dice, predicted mL), each lesion's MRI margin (`mri_margin`), then found,
 mean Dice and the margins of the found and the missed lesions per sequence and head.
+`--territories branch --ml 1 10`: branch infarcts (`PhantomConfig.ischaemic_territories`), the
+1-10 mL infarcts the default territories never draw.
+`sizes`: the held-out phantoms of one or more `lesion_eval.py` runs (their
+lesion_seg_per_case.csv; composite channel, 2 mm; a case in several runs counted once), by
+lesion size: lesions, found (Dice > 0), mean Dice, and found per lesion kind. Reads results
+only; no head is run.
 `ghosts`: on held-out phantoms given by seed (lesion_eval.py's sets, already used: a diagnosis,
 never a choice), every component of the head's mask under its own rule, marked true, "ghost"
 (not touching the lesion, within 2 voxels of the lesion reflected about the head's rigid mirror
@@ -107,7 +114,8 @@ def mri_margin(lesion_mean: float, rest: np.ndarray) -> float:
     lesion darker than the brain's median, above the 99th for a brighter one); negative when
     it lies inside that range. Unlike the ring contrast it is in the units the head reads, so
     a sequence whose brain occupies a narrow band of the model range (ADC: CSF sets the
-    scale) shows a small margin (docs/TRAINING.md, session 28)."""
+    scale) shows a small margin. It did not predict which small ADC infarcts the shipped head
+    finds (docs/TRAINING.md, session 28): a diagnostic column, not a cause."""
     if rest.size == 0:
         return float("nan")
     if lesion_mean < float(np.median(rest)):
@@ -680,12 +688,19 @@ def planes(args: argparse.Namespace) -> None:
 
 
 def small_lesion_phantoms(
-    sequences: list[str], n: int, first_seed: int, ml: tuple[float, float], kind: str
+    sequences: list[str],
+    n: int,
+    first_seed: int,
+    ml: tuple[float, float],
+    kind: str,
+    territories: tuple[str, ...] | None = None,
 ) -> Iterator[tuple[str, int, Any]]:
     """(sequence, seed, prepared case) of `n` phantoms per MRI sequence at 2 mm, one `kind`
-    lesion each, redrawn into `ml` (PhantomConfig.lesion_ml); sequence k uses seeds
-    first_seed + 100 * k + i."""
+    lesion each, redrawn into `ml` (PhantomConfig.lesion_ml), an ischaemic one drawn in
+    `territories` (PhantomConfig.ischaemic_territories; None: the default); sequence k uses
+    seeds first_seed + 100 * k + i."""
     from clinfuse.phantom import PhantomConfig, generate_phantom
+    from clinfuse.phantom.config import ISCHAEMIC_TERRITORIES
     from clinfuse.preprocess.pipeline import preprocess_case
 
     for k, seq in enumerate(sequences):
@@ -697,8 +712,14 @@ def small_lesion_phantoms(
                 mri_contrast=seq,  # type: ignore[arg-type]
                 lesion=kind,  # type: ignore[arg-type]
                 lesion_ml=ml,
+                ischaemic_territories=territories or ISCHAEMIC_TERRITORIES,
             )
             yield seq, seed, preprocess_case(generate_phantom(cfg, seed).case)
+
+
+def territory_list(text: str | None) -> tuple[str, ...] | None:
+    """`--territories`' comma list as a tuple (None when not given)."""
+    return tuple(s.strip() for s in text.split(",") if s.strip()) if text else None
 
 
 def small(args: argparse.Namespace) -> None:
@@ -726,8 +747,11 @@ def small(args: argparse.Namespace) -> None:
     summary: dict[tuple[str, str], list[float]] = {}
     margins: dict[tuple[str, str], list[tuple[float, bool]]] = {}
     seqs = [s.strip() for s in args.sequences.split(",") if s.strip()]
+    territories = territory_list(args.territories)
+    if territories:
+        print(f"ischaemic lesions drawn in: {', '.join(territories)}\n")
     for seq, seed, prep in small_lesion_phantoms(
-        seqs, args.n, args.first_seed, tuple(args.ml), args.kind
+        seqs, args.n, args.first_seed, tuple(args.ml), args.kind, territories
     ):
         fused = roi_composite(prep.mri, prep.ct_bone, prep.brain, prep.bone)
         gt = np.asarray(prep.lesion) > 0.5
@@ -764,6 +788,71 @@ def margin_split(rows: list[tuple[float, bool]]) -> str:
     found = [m for m, f in rows if f]
     missed = [m for m, f in rows if not f]
     return f"{rng(found)} / {rng(missed)}"
+
+
+SIZE_BINS_ML = (0.0, 0.5, 1.0, 2.0, 5.0, 20.0)
+"""Lower edges of the `sizes` bins (mL); the last one is open above (issue 10's range: 0.5-80)."""
+
+
+def size_bin(ml: float) -> str:
+    """The `SIZE_BINS_ML` bin of a lesion volume, as 'lo-hi mL' (or '>= lo mL' for the last)."""
+    edges = SIZE_BINS_ML
+    for lo, hi in zip(edges, edges[1:], strict=False):
+        if ml < hi:
+            return f"{lo:g}-{hi:g} mL"
+    return f">= {edges[-1]:g} mL"
+
+
+def size_rows(csv_paths: list[Path]) -> list[tuple[str, int, int, float, dict[str, str]]]:
+    """(bin, lesions, found, mean Dice, {kind: 'found of n'}) per `SIZE_BINS_ML` bin that holds
+    a lesion, from lesion_eval.py's per-case tables: phantom rows of the composite channel on
+    the 2 mm grid, each case once (the first table that lists it wins)."""
+    import csv
+
+    seen: dict[str, tuple[float, float, str]] = {}
+    for path in csv_paths:
+        with open(path, newline="") as f:
+            for r in csv.DictReader(f):
+                if r["kind"] != "phantom" or r["fused"] != "composite":
+                    continue
+                if float(r["grid_mm"]) != 2.0 or r["case"] in seen:
+                    continue
+                tail = r["case"].rsplit("_", 1)[-1]
+                kind = tail if tail in ("ischaemic", "haemorrhagic") else "other"
+                seen[r["case"]] = (float(r["gt_ml"]), float(r["dice"]), kind)
+    order = [size_bin(lo) for lo in SIZE_BINS_ML]
+    grouped: dict[str, list[tuple[float, str]]] = {}
+    for ml, d, kind in seen.values():
+        grouped.setdefault(size_bin(ml), []).append((d, kind))
+    rows = []
+    for name in order:
+        cases = grouped.get(name)
+        if not cases:
+            continue
+        kinds = {}
+        for k in sorted({k for _, k in cases}):
+            ds = [d for d, kk in cases if kk == k]
+            kinds[k] = f"{sum(d > 0 for d in ds)} of {len(ds)}"
+        ds = [d for d, _ in cases]
+        rows.append((name, len(ds), sum(d > 0 for d in ds), float(np.mean(ds)), kinds))
+    return rows
+
+
+def sizes(args: argparse.Namespace) -> None:
+    paths = []
+    for folder in args.runs:
+        path = Path(folder) / "lesion_seg_per_case.csv"
+        if not path.is_file():
+            raise SystemExit(f"sizes: {path} not found (a benchmarks/lesion_eval.py --out folder?)")
+        paths.append(path)
+    rows = size_rows(paths)
+    n = sum(r[1] for r in rows)
+    print(f"{n} held-out phantom lesions from {len(paths)} lesion_eval runs (composite, 2 mm)\n")
+    print("| lesion size | lesions | found | mean Dice | found, ischaemic | found, haemorrhagic |")
+    print("|---|---|---|---|---|---|")
+    for name, k, found, d, kinds in rows:
+        isch, haem = kinds.get("ischaemic", "-"), kinds.get("haemorrhagic", "-")
+        print(f"| {name} | {k} | {found} | {d:.3f} | {isch} | {haem} |")
 
 
 def ghost_rows(
@@ -1097,6 +1186,8 @@ def main(argv: list[str] | None = None) -> int:
     sm.add_argument("--first-seed", type=int, default=80000)
     sm.add_argument("--ml", type=float, nargs=2, default=(0.4, 0.8))
     sm.add_argument("--kind", default="ischaemic", choices=("ischaemic", "haemorrhagic"))
+    help_t = "comma list of MCA, ACA, PCA, lacune, branch (default: the first four)"
+    sm.add_argument("--territories", default=None, help=help_t)
     gh = sub.add_parser("ghosts")
     gh.add_argument("--seeds", type=int, nargs="+", required=True)
     gh.add_argument("--checkpoint", type=Path, default=None)
@@ -1109,11 +1200,19 @@ def main(argv: list[str] | None = None) -> int:
     sl.add_argument("data", type=Path, nargs="+")
     sl.add_argument("--checkpoint", type=Path, default=None)
     sl.add_argument("--slab-mm", type=float, default=4.0)
+    sz = sub.add_parser("sizes")
+    sz.add_argument("runs", type=Path, nargs="+")
     args = ap.parse_args(argv)
     if args.cmd == "calibration" and args.folds < 2:
         ap.error("calibration: --folds must be >= 2")
     if args.cmd == "small" and not 1 <= args.n <= 100:
         ap.error("small: --n must be 1-100 (each sequence has 100 seeds)")
+    if args.cmd == "small" and args.territories:
+        from clinfuse.phantom.config import TERRITORY_CHOICES
+
+        bad = [s for s in territory_list(args.territories) or () if s not in TERRITORY_CHOICES]
+        if bad or not territory_list(args.territories):
+            ap.error(f"small: --territories takes names of {TERRITORY_CHOICES}, got {bad}")
     if args.cmd == "contrast" and not (args.data or args.held_out):
         ap.error("contrast needs DATA or --held-out N")
     run = {
@@ -1127,6 +1226,7 @@ def main(argv: list[str] | None = None) -> int:
         "ghosts": ghosts,
         "calibration": calibration_maps,
         "slices": slices,
+        "sizes": sizes,
     }
     run[args.cmd](args)
     return 0

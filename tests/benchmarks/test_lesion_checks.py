@@ -368,11 +368,12 @@ def test_small_reports_each_sequence_and_head(tmp_path, capsys, monkeypatch):
 
     seen = []
 
-    def tiny(sequences, n, first_seed, ml, kind):
+    def tiny(sequences, n, first_seed, ml, kind, territories=None):
         for k, seq in enumerate(sequences):
             for i in range(n):
                 seed = first_seed + 100 * k + i
                 seen.append((seq, seed, ml, kind))
+                assert territories is None
                 cfg = PhantomConfig(
                     shape=(24, 24, 16), spacing=(3.0,) * 3, supersample=1, mri_contrast=seq
                 )
@@ -394,6 +395,20 @@ def test_small_reports_each_sequence_and_head(tmp_path, capsys, monkeypatch):
         float(r.split(" | ")[3])
     with pytest.raises(SystemExit):
         lc.main(["small", "--n", "101"])
+    with pytest.raises(SystemExit):
+        lc.main(["small", "--territories", "MCA,basilar"])
+
+
+def test_small_lesion_phantoms_draws_branch_infarcts_when_told():
+    """`--territories branch`: every ischaemic lesion a branch wedge within the asked volume."""
+    seq, seed, prep = next(
+        lc.small_lesion_phantoms(["DWI"], 1, 90001, (1.0, 10.0), "ischaemic", ("branch",))
+    )
+    assert (seq, seed) == ("DWI", 90001)
+    ml = float(prep.lesion.sum()) * 8.0 / 1000.0
+    assert 1.0 <= ml <= 10.0
+    assert lc.territory_list(" branch, lacune ") == ("branch", "lacune")
+    assert lc.territory_list(None) is None
 
 
 def test_ghost_rows_tell_the_lesions_mirror_image_from_other_false_components():
@@ -533,3 +548,37 @@ def test_slices_leaves_a_real_heads_own_lesions_out_of_the_false_ones(
     rows = {ln.split(" | ")[0][2:]: ln for ln in out.splitlines() if ln.startswith("| ")}
     assert rows["p"] == "| p | 1 | 0.00 (0) | 0.00 (0) |"  # inside its ignore mask: not false
     assert rows["q"] == "| q | 1 | 0.51 (1) | 0.51 (1) |"  # no ignore mask: 64 voxels false
+
+
+def test_sizes_bins_held_out_lesions_once_each_from_lesion_eval_tables(tmp_path, capsys):
+    """`sizes`: composite rows on the 2 mm grid of phantoms only, a case listed by two runs
+    counted once, binned by the lesion's volume, found = Dice > 0, split by lesion kind."""
+    head = "case,kind,fused,grid_mm,dice,nsd2,hd95,pred_ml,gt_ml,no_prediction\n"
+    a = [
+        "phantom_1_T1_ischaemic,phantom,composite,2.0,0.0,0,nan,0,0.4,True",
+        "phantom_1_T1_ischaemic,phantom,average,2.0,0.5,0,1,1,0.4,False",
+        "phantom_2_T2_haemorrhagic,phantom,composite,2.0,0.8,1,2,1,1.5,False",
+        "phantom_3_DWI_ischaemic,phantom,composite,2.0,0.9,1,2,30,30.0,False",
+        "clinical_stroke_t2_lesion,real,composite,2.0,0.8,0.4,6,30,38,False",
+    ]
+    b = [
+        "phantom_3_DWI_ischaemic,phantom,composite,2.0,0.1,1,2,30,30.0,False",
+        "phantom_4_ADC_ischaemic,phantom,composite,2.0,0.6,1,2,1,0.45,False",
+        "phantom_5_ADC_ischaemic,phantom,composite,1.0,0.0,1,2,1,0.45,True",
+    ]
+    for name, rows in (("a", a), ("b", b)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "lesion_seg_per_case.csv").write_text(head + "\n".join(rows) + "\n")
+    assert lc.size_bin(0.49) == "0-0.5 mL" and lc.size_bin(0.5) == "0.5-1 mL"
+    assert lc.size_bin(80.0) == ">= 20 mL"
+    assert lc.main(["sizes", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("4 held-out phantom lesions from 2 lesion_eval runs")
+    rows = [ln for ln in out.splitlines() if ln.startswith("| ") and " mL |" in ln]
+    assert rows == [
+        "| 0-0.5 mL | 2 | 1 | 0.300 | 1 of 2 | - |",
+        "| 1-2 mL | 1 | 1 | 0.800 | - | 1 of 1 |",
+        "| >= 20 mL | 1 | 1 | 0.900 | 1 of 1 | - |",
+    ]
+    with pytest.raises(SystemExit, match="not found"):
+        lc.main(["sizes", str(tmp_path / "missing")])

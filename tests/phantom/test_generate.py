@@ -176,6 +176,8 @@ def test_2d_mode():
         {"misregistration": (-1.0, 0.0)},
         {"lesion_ml": (5.0, 1.0)},
         {"lesion_ml": (-1.0, 1.0)},
+        {"ischaemic_territories": ()},
+        {"ischaemic_territories": ("MCA", "basilar")},
     ],
 )
 def test_bad_config_is_a_user_error(kwargs):
@@ -225,3 +227,26 @@ def test_impossible_lesion_volume_range_is_a_user_error():
     cfg = PhantomConfig(shape=(16, 16, 16), spacing=(2.0,) * 3, lesion_ml=(20.0, 80.0))
     with pytest.raises(ClinfuseInputError, match="no lesion of 20.0-80.0 mL"):
         generate_phantom(cfg, 0)
+
+
+def test_branch_infarcts_fill_the_sizes_between_lacunes_and_territories():
+    """`ischaemic_territories=("branch",)`: narrow cortical-subcortical wedges of one
+    territory's branch, 1-10 mL on the standard 2 mm grid -- the sizes the default territories
+    (lacunes up to ~1 mL, whole territories from ~9 mL) never draw; recorded in the truth; and
+    the default list keeps every seeded phantom as it was (the same arrays as naming it)."""
+    from clinfuse.phantom.config import ISCHAEMIC_TERRITORIES
+
+    base = dict(shape=(96, 96, 72), spacing=(2.0,) * 3, mri_contrast="FLAIR")
+    cfg = PhantomConfig(**base, ischaemic_territories=("branch",), lesion_ml=(1.0, 10.0))
+    for seed in (90001, 90002, 90003):
+        ph = generate_phantom(cfg, seed)
+        (les,) = ph.truth["lesions"]
+        assert les["kind"] == "wedge" and les["territory"].endswith(" branch")
+        assert 6.0 <= les["half_angle_deg"] <= 12.0 and 0.6 <= les["inner_radius"] <= 0.85
+        assert 1.0 <= ph.truth["lesion_volume_ml"] <= 10.0
+        assert ph.case.lesion.any() and not (ph.case.lesion & ~ph.case.brain).any()
+    small = dict(shape=(48, 48, 40), spacing=(3.0,) * 3)
+    named = PhantomConfig(**small, ischaemic_territories=ISCHAEMIC_TERRITORIES)
+    a, b = generate_phantom(PhantomConfig(**small), 5), generate_phantom(named, 5)
+    np.testing.assert_array_equal(a.case.mri, b.case.mri)
+    np.testing.assert_array_equal(a.case.lesion, b.case.lesion)

@@ -7,6 +7,7 @@ anatomy can be sampled on the MRI grid and on a rigidly moved CT grid.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,6 +15,7 @@ import numpy as np
 from scipy import ndimage
 
 from clinfuse.phantom import tissues as T
+from clinfuse.phantom.config import ISCHAEMIC_TERRITORIES
 
 # Unit vectors (brain-normalised x = right, y = anterior, z = superior) of the vascular
 # territories, for the right hemisphere; x flips for the left. MCA: lateral convexity;
@@ -120,6 +122,7 @@ def draw_anatomy(
     fracture: bool,
     margin_mm: float,
     plane_height: float | None = None,
+    ischaemic_territories: Sequence[str] = ISCHAEMIC_TERRITORIES,
 ) -> Anatomy:
     """Draw the anatomy for a field of view of `extent_mm` (x, y, z) centred on 0.
 
@@ -157,9 +160,12 @@ def draw_anatomy(
     }
     anat = Anatomy(head_axes, layers, brain_axes, fields)
     if lesion_kind != "none":
-        territories = [str(t) for t in rng.permutation(["MCA", "ACA", "PCA", "lacune"])]
+        # Haematomas keep the default list (they read it as deep vs lobar); so does an
+        # ischaemic phantom unless told otherwise, which keeps every seeded phantom unchanged.
+        names = ischaemic_territories if lesion_kind == "ischaemic" else ISCHAEMIC_TERRITORIES
+        territories = [str(t) for t in rng.permutation(list(names))]
         for i in range(n_lesions):
-            les = _draw_lesion(rng, lesion_kind, territories[i % 4], brain_axes)
+            les = _draw_lesion(rng, lesion_kind, territories[i % len(territories)], brain_axes)
             if plane_height is not None and les.kind != "wedge":
                 les.apex = (les.apex[0], les.apex[1], float(plane_height * brain_axes[2]))
             anat.lesions.append(les)
@@ -201,6 +207,16 @@ def _draw_lesion(rng: np.random.Generator, kind: str, territory: str, b: np.ndar
         radii = tuple(float(r * f) for f in rng.uniform(0.8, 1.2, 3))
         apex = tuple(float(v) for v in rel * b)
         return Lesion("lacune", "lacunar", side, apex, (0, 0, 1), 0, 0, radii)
+    if territory == "branch":
+        # One branch of a territory: a narrow wedge (6-12 degrees) from 60-85 % of the way to
+        # the cortex outwards, pointing anywhere around its parent territory's axis.
+        parent = str(rng.choice(["MCA", "ACA", "PCA"]))
+        axis = _unit(np.array(TERRITORY_AXES[parent]) * np.array([sx, 1.0, 1.0]))
+        axis = _unit(axis + rng.normal(0.0, 0.3, 3))
+        apex = (float(sx * 0.12 * b[0]), 0.0, 0.0)
+        half, inner = float(rng.uniform(6.0, 12.0)), float(rng.uniform(0.6, 0.85))
+        vec = tuple(float(v) for v in axis)
+        return Lesion("wedge", f"{parent} branch", side, apex, vec, half, inner, (0.0,) * 3)
     axis = _unit(np.array(TERRITORY_AXES[territory]) * np.array([sx, 1.0, 1.0]))
     axis = _unit(axis + rng.normal(0.0, 0.12, 3))
     apex = (float(sx * 0.12 * b[0]), 0.0, 0.0)

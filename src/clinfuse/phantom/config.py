@@ -14,6 +14,12 @@ LesionKind = Literal["ischaemic", "haemorrhagic", "none"]
 # and the benchmark phantoms keep their contrasts); `--contrast all` cycles all five.
 MIXED_CONTRASTS: tuple[str, ...] = ("T1", "T2", "ADC")
 LESION_KINDS: tuple[str, ...] = ("ischaemic", "haemorrhagic", "none")
+# Where an ischaemic lesion may be drawn (`PhantomConfig.ischaemic_territories`): a whole
+# vascular territory (MCA, ACA, PCA: a wedge of 9 mL or more on the standard grid), a lacune
+# (a small deep sphere, up to ~1 mL), or a branch infarct (a small cortical-subcortical wedge
+# of one territory's branch, ~1-10 mL: the sizes neither of the others reaches).
+ISCHAEMIC_TERRITORIES: tuple[str, ...] = ("MCA", "ACA", "PCA", "lacune")
+TERRITORY_CHOICES: tuple[str, ...] = (*ISCHAEMIC_TERRITORIES, "branch")
 
 
 @dataclass(frozen=True)
@@ -45,6 +51,9 @@ class PhantomConfig:
     supersample: int = 2
     # 2D mode: height of the axial slice as a fraction of the head's z semi-axis (above centre).
     slice_height: float = 0.2
+    # Territories an ischaemic lesion is drawn in, cycled in a random order per phantom. The
+    # default keeps every seeded phantom as it was; add "branch" for 1-10 mL infarcts.
+    ischaemic_territories: tuple[str, ...] = ISCHAEMIC_TERRITORIES
 
     def __post_init__(self) -> None:
         _check(len(self.shape) in (2, 3), f"shape must have 2 or 3 entries, got {self.shape}")
@@ -74,6 +83,12 @@ class PhantomConfig:
         _check(self.mri_noise >= 0 and self.ct_noise_hu >= 0, "noise levels must be >= 0")
         _check(0 <= self.bias_field <= 1, "bias_field must be in [0, 1]")
         _check(1 <= self.supersample <= 4, "supersample must be 1..4")
+        _check(
+            len(self.ischaemic_territories) > 0
+            and all(t in TERRITORY_CHOICES for t in self.ischaemic_territories),
+            f"ischaemic_territories must be a non-empty choice of {TERRITORY_CHOICES}, "
+            f"got {self.ischaemic_territories}",
+        )
 
     @property
     def ndim(self) -> int:
