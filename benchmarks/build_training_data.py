@@ -4,7 +4,7 @@ real volume except the two test cases, plus phantoms, all at 2 mm, in one folder
     python benchmarks/build_training_data.py OUT [--per-source N] [--phantoms N]
         [--lesion-phantoms N] [--t1-phantoms N] [--small-phantoms N]
         [--small-haemorrhage-phantoms N] [--small-adc-phantoms N] [--small-dwi-phantoms N]
-        [--ranged-phantoms N]
+        [--branch-phantoms N] [--ranged-phantoms N]
         [--lesion-free-real N] [--seed S]
         [--patients P,...] [--exclude-patients P,...] [--keep-existing] [--realhead-version 1|2|3]
     python benchmarks/build_training_data.py OUT --union-of SET [SET ...]
@@ -27,6 +27,10 @@ lesion each in issue 10's sizes, for the lesion head:
 - `--small-dwi-phantoms`: OUT/small_dwi_phantoms, seeds 44000 + S, DWI only, ischaemic,
   0.5-2 mL: beside the small ADC part, so a head that learns small ADC infarcts keeps its
   small DWI ones (session 22: a head trained with the ADC part alone found one fewer of 8);
+- `--branch-phantoms`: OUT/branch_phantoms, seeds 45000 + S, all five contrasts, ischaemic
+  branch infarcts (`PhantomConfig.ischaemic_territories = ("branch",)`), 1-10 mL: the sizes
+  between lacunes (up to ~1 mL) and whole territories (from ~9 mL) that no other part draws
+  (session 28);
 - `--ranged-phantoms`: OUT/ranged_phantoms, seeds 60000 + S, all five contrasts, ischaemic /
   haemorrhagic / none cycled, 0.5-80 mL: the held-out lesion sets' design plus lesion-free
   cases, used with `--seed 500` for validation (docs/TRAINING.md, session 11);
@@ -87,6 +91,7 @@ def main() -> None:
     ap.add_argument("--small-haemorrhage-phantoms", type=int, default=0)
     ap.add_argument("--small-adc-phantoms", type=int, default=0)
     ap.add_argument("--small-dwi-phantoms", type=int, default=0)
+    ap.add_argument("--branch-phantoms", type=int, default=0)
     ap.add_argument("--ranged-phantoms", type=int, default=0)
     ap.add_argument(
         "--lesion-free-real",
@@ -175,6 +180,7 @@ def main() -> None:
     ranged = replace(cfg, lesion_ml=(0.5, 80.0))
     small = replace(cfg, lesion_ml=(0.5, 5.0))
     smallest = replace(cfg, lesion_ml=(0.5, 2.0))
+    branch = replace(cfg, lesion_ml=(1.0, 10.0), ischaemic_territories=("branch",))
     # part: (config, first seed, count, lesion kind(s), contrast); a part of count 0 is left out
     phantom_parts = [
         ("phantoms", (cfg, 20000, args.phantoms, "mixed", "all")),
@@ -187,6 +193,7 @@ def main() -> None:
         ),
         ("small_adc_phantoms", (smallest, 43000, args.small_adc_phantoms, "ischaemic", "ADC")),
         ("small_dwi_phantoms", (smallest, 44000, args.small_dwi_phantoms, "ischaemic", "DWI")),
+        ("branch_phantoms", (branch, 45000, args.branch_phantoms, "ischaemic", "all")),
         ("ranged_phantoms", (ranged, 60000, args.ranged_phantoms, "mixed", "all")),
     ]
     real_parts = ["real"] + ([LESION_FREE_REAL] if args.lesion_free_real > 0 else [])

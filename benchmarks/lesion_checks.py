@@ -737,7 +737,10 @@ def small(args: argparse.Namespace) -> None:
 
     names = [str(c) for c in args.checkpoint] or ["shipped"]
     models = [load_model(c, 3, "cpu").model for c in (args.checkpoint or [None])]
-    print(f"heads: {', '.join(names)}; {args.kind} lesions {args.ml[0]:g}-{args.ml[1]:g} mL\n")
+    territories = territory_list(args.territories)
+    where = f", drawn in: {', '.join(territories)}" if territories else ""
+    size = f"{args.ml[0]:g}-{args.ml[1]:g} mL"
+    print(f"heads: {', '.join(names)}; {args.kind} lesions {size}{where}\n")
     print(
         "| sequence | seed | lesion mL | MRI margin | "
         + " | ".join(f"{h}: max / mean p, Dice, mL" for h in names)
@@ -747,9 +750,6 @@ def small(args: argparse.Namespace) -> None:
     summary: dict[tuple[str, str], list[float]] = {}
     margins: dict[tuple[str, str], list[tuple[float, bool]]] = {}
     seqs = [s.strip() for s in args.sequences.split(",") if s.strip()]
-    territories = territory_list(args.territories)
-    if territories:
-        print(f"ischaemic lesions drawn in: {', '.join(territories)}\n")
     for seq, seed, prep in small_lesion_phantoms(
         seqs, args.n, args.first_seed, tuple(args.ml), args.kind, territories
     ):

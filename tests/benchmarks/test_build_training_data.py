@@ -63,15 +63,15 @@ def test_lesion_phantoms_and_keep_existing(tmp_path: Path) -> None:
 def test_parts_for_the_lesion_heads_weak_spots(tmp_path: Path) -> None:
     """Session 11's parts: T1 ischaemic 0.5-80 mL, small (0.5-5 mL) ischaemic and haemorrhagic
     lesions over all five contrasts, session 21's small (0.5-2 mL) ADC infarcts, session 22's
-    small DWI infarcts, and the ranged validation phantoms (lesion kinds cycled), each at its
-    own seed range."""
+    small DWI infarcts, session 28's branch infarcts (1-10 mL), and the ranged validation
+    phantoms (lesion kinds cycled), each at its own seed range."""
     out = tmp_path / "data"
     (out / "real").mkdir(parents=True)
     with open(out / "real" / "manifest.csv", "w", newline="") as f:
         csv.writer(f).writerow(["case_id", "mri", "ct", "brain", "bone", "lesion", "patient_id"])
     cmd = [sys.executable, str(SCRIPT), str(out), "--phantoms", "0", "--keep-existing"]
     cmd += ["--t1-phantoms", "1", "--small-phantoms", "1", "--small-haemorrhage-phantoms", "1"]
-    cmd += ["--small-adc-phantoms", "1", "--small-dwi-phantoms", "1"]
+    cmd += ["--small-adc-phantoms", "1", "--small-dwi-phantoms", "1", "--branch-phantoms", "1"]
     cmd += ["--ranged-phantoms", "2", "--seed", "3"]
     subprocess.run(cmd, check=True, capture_output=True, text=True)
     expect = {  # part: (seed, contrast of case 0, lesion kind(s), volume range in mL)
@@ -80,6 +80,7 @@ def test_parts_for_the_lesion_heads_weak_spots(tmp_path: Path) -> None:
         "small_haemorrhage_phantoms": (42003, "T1", ["haemorrhagic"], (0.5, 5.0)),
         "small_adc_phantoms": (43003, "ADC", ["ischaemic"], (0.5, 2.0)),
         "small_dwi_phantoms": (44003, "DWI", ["ischaemic"], (0.5, 2.0)),
+        "branch_phantoms": (45003, "T1", ["ischaemic"], (1.0, 10.0)),
         "ranged_phantoms": (60003, "T1", ["ischaemic", "haemorrhagic"], (0.5, 80.0)),
     }
     for part, (seed, contrast, kinds, (lo, hi)) in expect.items():
@@ -87,8 +88,10 @@ def test_parts_for_the_lesion_heads_weak_spots(tmp_path: Path) -> None:
         assert truths[0]["seed"] == seed and truths[0]["config"]["mri_contrast"] == contrast
         assert [t["config"]["lesion"] for t in truths] == kinds
         assert all(lo <= t["lesion_volume_ml"] <= hi for t in truths)
+    branch = json.loads((out / "branch_phantoms" / "phantom_000" / "truth.json").read_text())
+    assert branch["lesions"][0]["territory"].endswith(" branch")
     ids = [r.case_id for r in load_dataset(out / "all")]
-    assert len(ids) == 7 and ids[0] == "t1_phantoms_phantom_000"
+    assert len(ids) == 8 and ids[0] == "t1_phantoms_phantom_000"
     # every phantom part without the real-anatomy part: the second data set of a share-weighted
     # `train-lesion --data OUT/real --data OUT/all_phantoms`
     assert [r.case_id for r in load_dataset(out / "all_phantoms")] == ids
