@@ -76,7 +76,8 @@ def _linear_weights(idx: np.ndarray, n: int) -> np.ndarray:
 
 @dataclass
 class Lesion:
-    """One lesion, in world mm. `kind`: wedge (territorial infarct), lacune, haematoma."""
+    """One lesion, in world mm. `kind`: wedge (territorial infarct, or a branch infarct: a
+    narrow wedge whose `territory` reads e.g. "MCA branch"), lacune, haematoma."""
 
     kind: str
     territory: str
