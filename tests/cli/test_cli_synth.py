@@ -49,3 +49,20 @@ def test_synth_2d(tmp_path):
 def test_synth_bad_contrast(tmp_path):
     result = CliRunner().invoke(app, ["synth", "--out", str(tmp_path / "x"), "--contrast", "PD"])
     assert isinstance(result.exception, ClinfuseInputError)
+
+
+def test_synth_branch_territories(tmp_path):
+    """`--territories branch`: ischaemic lesions drawn as branch infarcts (recorded in the
+    truth); an unknown territory is a user error before anything is written."""
+    out = tmp_path / "br"
+    args = ["synth", "--n", "1", "--shape", "40", "48", "48", "--spacing", "3", "3", "3"]
+    args += ["--territories", "branch", "--out", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    truth = json.loads((out / "phantom_000" / "truth.json").read_text())
+    assert truth["config"]["ischaemic_territories"] == ["branch"]
+    assert truth["lesions"][0]["territory"].endswith(" branch")
+    bad = ["synth", "--out", str(tmp_path / "y"), "--territories", "MCA,basilar"]
+    result = CliRunner().invoke(app, bad)
+    assert isinstance(result.exception, ClinfuseInputError)
+    assert "ischaemic_territories" in str(result.exception)

@@ -37,6 +37,13 @@ def synth(
         help="LOW HIGH: redraw lesions until their total volume is LOW-HIGH mL (issue 10 "
         "uses 0.5 80); default: keep every lesion that shows on the grid.",
     ),
+    territories: str | None = typer.Option(
+        None,
+        "--territories",
+        help="Comma list of MCA, ACA, PCA, lacune, branch: where ischaemic lesions are drawn "
+        "(default: MCA, ACA, PCA, lacune; branch = a 1-10 mL cortical branch infarct, the "
+        "sizes the others never reach, docs/PHANTOMS.md).",
+    ),
     fracture: bool = typer.Option(False, "--fracture", help="Add a linear skull fracture."),
     misregister: tuple[float, float] = typer.Option(
         (0.0, 0.0),
@@ -50,6 +57,7 @@ def synth(
 ) -> None:
     """Write N synthetic head MRI/CT stroke phantoms with exact brain/bone/lesion masks."""
     from clinfuse.phantom import MRI_CONTRASTS, PhantomConfig, write_phantom_dataset
+    from clinfuse.phantom.config import ISCHAEMIC_TERRITORIES
     from clinfuse.phantom.dataset import check_out_dir
 
     check_out_dir(out, overwrite)  # before the progress bar starts
@@ -72,6 +80,11 @@ def synth(
         lesion="ischaemic" if lesion == "mixed" else lesion,  # type: ignore[arg-type]
         n_lesions=n_lesions,
         lesion_ml=lesion_ml,
+        ischaemic_territories=(
+            tuple(s.strip() for s in territories.split(",") if s.strip())
+            if territories
+            else ISCHAEMIC_TERRITORIES
+        ),
         fracture=fracture,
         misregistration=misregister,
     )
