@@ -4,7 +4,8 @@
 
 Cases (never trained on): held-out phantoms at 2 mm (`clinfuse synth` generator, seeds
 7000 + i (`--first-seed`), all five contrasts cycled, ischaemic / haemorrhagic alternating,
-one lesion each) and
+one lesion each; `--territories branch` draws the ischaemic ones as 1-10 mL branch infarcts,
+a size the default sets never hold: docs/PHANTOMS.md) and
 the real stroke T2 test case (`clinical_stroke_t2_lesion`, the hand-drawn 38 mL lesion, pseudo-CT
 from the shared generator exactly as benchmarks/real3d.py builds it), prepared at 2 mm.
 
@@ -47,10 +48,13 @@ def held_out_phantoms(
     spacing: float = 2.0,
     first_seed: int = 7000,
     lesion_ml: tuple[float, float] | None = None,
+    territories: tuple[str, ...] | None = None,
 ) -> list[Any]:
     """`n` phantoms, contrasts cycled, ischaemic/haemorrhagic alternating; `lesion_ml`: lesions
-    redrawn into that volume range (`PhantomConfig.lesion_ml`), else kept as drawn."""
-    return [held_out_phantom(i, spacing, first_seed, lesion_ml) for i in range(n)]
+    redrawn into that volume range (`PhantomConfig.lesion_ml`), else kept as drawn;
+    `territories`: where the ischaemic ones are drawn (`PhantomConfig.ischaemic_territories`;
+    None: the default, which every held-out set of sessions 1-28 used)."""
+    return [held_out_phantom(i, spacing, first_seed, lesion_ml, territories) for i in range(n)]
 
 
 def held_out_phantom(
@@ -58,10 +62,12 @@ def held_out_phantom(
     spacing: float = 2.0,
     first_seed: int = 7000,
     lesion_ml: tuple[float, float] | None = None,
+    territories: tuple[str, ...] | None = None,
 ) -> tuple[str, Any, None]:
     """The `i`-th phantom of the set starting at `first_seed` (seed `first_seed + i`; its
     sequence and lesion kind follow from `i`), prepared: ("phantom", prepared case, None)."""
     from clinfuse.phantom import MRI_CONTRASTS, PhantomConfig, generate_phantom
+    from clinfuse.phantom.config import ISCHAEMIC_TERRITORIES
     from clinfuse.preprocess.pipeline import preprocess_case
 
     cfg = PhantomConfig(
@@ -70,6 +76,7 @@ def held_out_phantom(
         mri_contrast=MRI_CONTRASTS[i % len(MRI_CONTRASTS)],  # type: ignore[arg-type]
         lesion="ischaemic" if i % 2 == 0 else "haemorrhagic",
         lesion_ml=lesion_ml,
+        ischaemic_territories=territories or ISCHAEMIC_TERRITORIES,
     )
     ph = generate_phantom(cfg, first_seed + i)
     ph.case.case_id = f"phantom_{first_seed + i}_{cfg.mri_contrast}_{cfg.lesion}"
@@ -165,6 +172,13 @@ def main() -> None:
         metavar=("LOW", "HIGH"),
         help="redraw the phantoms' lesions into LOW-HIGH mL (issue 10: 0.5 80); default: as drawn",
     )
+    ap.add_argument(
+        "--territories",
+        default=None,
+        help="comma list of MCA, ACA, PCA, lacune, branch: where the ischaemic lesions are "
+        "drawn (default: the first four; branch = 1-10 mL cortical branch infarcts, "
+        "docs/PHANTOMS.md). A different list defines a different held-out set.",
+    )
     ap.add_argument("--fuse-cases", type=int, default=3)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--no-real", action="store_true")
@@ -187,7 +201,14 @@ def main() -> None:
     model = loaded.model.eval()
     rule = model.lesion_head.mask_rule
     lesion_ml = tuple(args.lesion_ml) if args.lesion_ml else None
-    cases = held_out_phantoms(args.phantoms, first_seed=args.first_seed, lesion_ml=lesion_ml)
+    territories = (
+        tuple(s.strip() for s in args.territories.split(",") if s.strip())
+        if args.territories
+        else None
+    )
+    cases = held_out_phantoms(
+        args.phantoms, first_seed=args.first_seed, lesion_ml=lesion_ml, territories=territories
+    )
     if not args.no_real:
         cases.append(real_stroke())
     args.out.mkdir(parents=True, exist_ok=True)

@@ -82,3 +82,14 @@ def test_one_held_out_phantom_alone_is_that_phantom_of_its_set():
     assert alone.case_id == in_set.case_id == "phantom_7501_T2_haemorrhagic"
     np.testing.assert_array_equal(alone.stack(), in_set.stack())
     np.testing.assert_array_equal(alone.lesion, in_set.lesion)
+
+
+def test_held_out_phantoms_with_branch_territories_draw_branch_infarcts():
+    """`--territories branch`: the ischaemic phantoms of a set get a branch infarct (1-10 mL
+    here, a size the default set never draws) and the haemorrhagic ones stay as they were."""
+    default = le.held_out_phantoms(2, first_seed=7900)
+    branch = le.held_out_phantoms(2, first_seed=7900, territories=("branch",))
+    vol = float(branch[0][1].lesion.sum()) * 8 / 1000
+    assert 0.0 < vol and branch[0][1].case_id == "phantom_7900_T1_ischaemic"
+    assert not np.array_equal(branch[0][1].lesion, default[0][1].lesion)
+    np.testing.assert_array_equal(branch[1][1].lesion, default[1][1].lesion)  # haemorrhage
