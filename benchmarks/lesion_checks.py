@@ -717,11 +717,6 @@ def small_lesion_phantoms(
             yield seq, seed, preprocess_case(generate_phantom(cfg, seed).case)
 
 
-def territory_list(text: str | None) -> tuple[str, ...] | None:
-    """`--territories`' comma list as a tuple (None when not given)."""
-    return tuple(s.strip() for s in text.split(",") if s.strip()) if text else None
-
-
 def small(args: argparse.Namespace) -> None:
     """Small lesions by MRI sequence: fresh phantoms (seeds from --first-seed, 80000 by default,
     which no training, validation or held-out set uses), composite as the fused channel; per
@@ -737,8 +732,10 @@ def small(args: argparse.Namespace) -> None:
 
     names = [str(c) for c in args.checkpoint] or ["shipped"]
     models = [load_model(c, 3, "cpu").model for c in (args.checkpoint or [None])]
-    territories = territory_list(args.territories)
-    where = f", drawn in: {', '.join(territories)}" if territories else ""
+    from clinfuse.phantom.config import parse_territories
+
+    territories = parse_territories(args.territories)
+    where = f", drawn in: {', '.join(territories)}" if args.territories else ""
     size = f"{args.ml[0]:g}-{args.ml[1]:g} mL"
     print(f"heads: {', '.join(names)}; {args.kind} lesions {size}{where}\n")
     print(
@@ -1207,12 +1204,14 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("calibration: --folds must be >= 2")
     if args.cmd == "small" and not 1 <= args.n <= 100:
         ap.error("small: --n must be 1-100 (each sequence has 100 seeds)")
-    if args.cmd == "small" and args.territories:
-        from clinfuse.phantom.config import TERRITORY_CHOICES
+    if args.cmd == "small":
+        from clinfuse.errors import ClinfuseInputError
+        from clinfuse.phantom.config import parse_territories
 
-        bad = [s for s in territory_list(args.territories) or () if s not in TERRITORY_CHOICES]
-        if bad or not territory_list(args.territories):
-            ap.error(f"small: --territories takes names of {TERRITORY_CHOICES}, got {bad}")
+        try:
+            parse_territories(args.territories)
+        except ClinfuseInputError as e:
+            ap.error(f"small: --territories: {e}")
     if args.cmd == "contrast" and not (args.data or args.held_out):
         ap.error("contrast needs DATA or --held-out N")
     run = {

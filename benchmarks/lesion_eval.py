@@ -201,11 +201,9 @@ def main() -> None:
     model = loaded.model.eval()
     rule = model.lesion_head.mask_rule
     lesion_ml = tuple(args.lesion_ml) if args.lesion_ml else None
-    territories = (
-        tuple(s.strip() for s in args.territories.split(",") if s.strip())
-        if args.territories
-        else None
-    )
+    from clinfuse.phantom.config import parse_territories
+
+    territories = parse_territories(args.territories)
     cases = held_out_phantoms(
         args.phantoms, first_seed=args.first_seed, lesion_ml=lesion_ml, territories=territories
     )

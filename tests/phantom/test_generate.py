@@ -250,3 +250,13 @@ def test_branch_infarcts_fill_the_sizes_between_lacunes_and_territories():
     a, b = generate_phantom(PhantomConfig(**small), 5), generate_phantom(named, 5)
     np.testing.assert_array_equal(a.case.mri, b.case.mri)
     np.testing.assert_array_equal(a.case.lesion, b.case.lesion)
+
+
+def test_parse_territories_reads_a_comma_list_and_refuses_unknown_names():
+    """The one parser of `--territories` (synth, lesion_eval.py, lesion_checks.py small)."""
+    from clinfuse.phantom.config import ISCHAEMIC_TERRITORIES, parse_territories
+
+    assert parse_territories(" branch, lacune ") == ("branch", "lacune")
+    assert parse_territories(None) == parse_territories("") == ISCHAEMIC_TERRITORIES
+    with pytest.raises(ClinfuseInputError, match="unknown territory basilar"):
+        parse_territories("MCA,basilar")

@@ -57,7 +57,7 @@ def synth(
 ) -> None:
     """Write N synthetic head MRI/CT stroke phantoms with exact brain/bone/lesion masks."""
     from clinfuse.phantom import MRI_CONTRASTS, PhantomConfig, write_phantom_dataset
-    from clinfuse.phantom.config import ISCHAEMIC_TERRITORIES
+    from clinfuse.phantom.config import parse_territories
     from clinfuse.phantom.dataset import check_out_dir
 
     check_out_dir(out, overwrite)  # before the progress bar starts
@@ -80,11 +80,7 @@ def synth(
         lesion="ischaemic" if lesion == "mixed" else lesion,  # type: ignore[arg-type]
         n_lesions=n_lesions,
         lesion_ml=lesion_ml,
-        ischaemic_territories=(
-            tuple(s.strip() for s in territories.split(",") if s.strip())
-            if territories
-            else ISCHAEMIC_TERRITORIES
-        ),
+        ischaemic_territories=parse_territories(territories),
         fracture=fracture,
         misregistration=misregister,
     )

@@ -22,6 +22,19 @@ ISCHAEMIC_TERRITORIES: tuple[str, ...] = ("MCA", "ACA", "PCA", "lacune")
 TERRITORY_CHOICES: tuple[str, ...] = (*ISCHAEMIC_TERRITORIES, "branch")
 
 
+def parse_territories(text: str | None) -> tuple[str, ...]:
+    """A `--territories` comma list ("branch", " MCA, lacune ") as `ischaemic_territories`;
+    None or empty: the default `ISCHAEMIC_TERRITORIES`. An unknown name is a user error."""
+    names = tuple(s.strip() for s in (text or "").split(",") if s.strip())
+    bad = [s for s in names if s not in TERRITORY_CHOICES]
+    if bad:
+        raise ClinfuseInputError(
+            f"unknown territory {', '.join(bad)} in ischaemic_territories (--territories): "
+            f"choose from {', '.join(TERRITORY_CHOICES)}"
+        )
+    return names or ISCHAEMIC_TERRITORIES
+
+
 @dataclass(frozen=True)
 class PhantomConfig:
     """One phantom's geometry, contrast and corruptions.

@@ -150,9 +150,14 @@ def generate_phantom(
     margin = 10.0
 
     plane = cfg.slice_height if cfg.ndim == 2 else None
-    anat = draw_anatomy(
-        rng, ext, cfg.lesion, cfg.n_lesions, cfg.fracture, margin, plane, cfg.ischaemic_territories
-    )
+
+    def draw() -> Anatomy:
+        territories = cfg.ischaemic_territories
+        return draw_anatomy(
+            rng, ext, cfg.lesion, cfg.n_lesions, cfg.fracture, margin, plane, territories
+        )
+
+    anat = draw()
     z_slice = float(cfg.slice_height * anat.brain_axes[2])
     axes = _subvoxel_axes(shape, spacing, k)
     labels_hi = _labels_on_grid(anat, cfg, axes, z_slice)
@@ -171,16 +176,7 @@ def generate_phantom(
                     "(is the field of view too small for that range?)"
                 )
             break
-        anat = draw_anatomy(
-            rng,
-            ext,
-            cfg.lesion,
-            cfg.n_lesions,
-            cfg.fracture,
-            margin,
-            plane,
-            cfg.ischaemic_territories,
-        )
+        anat = draw()
         z_slice = float(cfg.slice_height * anat.brain_axes[2])
         labels_hi = _labels_on_grid(anat, cfg, axes, z_slice)
 
