@@ -1161,7 +1161,7 @@ def test_head_from_recalibrate_refits_only_the_calibration(trained, base_ckpt, p
     gated = CliRunner().invoke(
         app,
         [*args, "--recalibrate", "--val-data", str(phantoms[1]), "--lesion-gate", "--overwrite"]
-        + ["--peak-rule", "--near-temperature"],
+        + ["--peak-rule", "--near-temperature", "--rule-max-lesion-free-share", "0.25"],
     )
     assert gated.exit_code == 0, gated.output
     assert "lesion gate" in gated.output and "components kept from peak probability" in gated.output
@@ -1172,6 +1172,7 @@ def test_head_from_recalibrate_refits_only_the_calibration(trained, base_ckpt, p
         str(h) for h in MIN_PEAK_PROB_CHOICES
     }
     assert record["min_peak_prob"] in MIN_PEAK_PROB_CHOICES
+    assert record["calibration"]["rule_max_lesion_free_share"] == 0.25
     # the near-mask temperature: fitted (or None when nothing near a mask has both classes)
     assert "near_temperature" in record["calibration"]
     scale = float(load_checkpoint(out / "lesion_head.ckpt").model.lesion_head.near_logit_scale)
@@ -1557,11 +1558,94 @@ def test_joint_rule_does_not_keep_specks_for_a_find_the_filter_discards(monkeypa
     assert rec["found_by_min_ml_and_component_prob"]["0.1/0.75"] == 2
 
 
+def test_pick_rule_caps_the_lesion_free_cases_marked():
+    """`max_marked`: the criterion only sees the choices marking at most that many lesion-free
+    cases, or, when none does, those marking fewest; None (the default) reads no count."""
+    from clinfuse.training.lesion import RuleScore, _pick_rule
+
+    # lesion28r on val29b, roughly: no peak filter finds small infarcts and marks healthy heads
+    table = {
+        0.0: RuleScore(0.661, 8.0, 150, 22),
+        0.9: RuleScore(0.655, 7.0, 146, 9),
+        0.95: RuleScore(0.650, 6.5, 142, 4),
+        0.98: RuleScore(0.640, 6.0, 138, 2),
+    }
+    assert _pick_rule(table, 0.0) == 0.0
+    assert _pick_rule(table, 0.0, max_marked=22) == 0.0
+    assert _pick_rule(table, 0.0, max_marked=10) == 0.9
+    assert _pick_rule(table, 0.0, max_marked=4) == 0.95
+    assert _pick_rule(table, 0.0, max_marked=0) == 0.98  # none meets it: the fewest marked
+    assert _pick_rule(table, 0.02, max_marked=10) == 0.9  # found guard within the capped set
+    assert _pick_rule(table, 0.02, 0.05, max_marked=10) == 0.95  # ... or by HD95 among them
+    assert RuleScore(0.5, 1.0, 1).marked == 0
+
+
+def test_calibration_caps_the_lesion_free_cases_a_rule_marks(monkeypatch):
+    """`rule_max_lesion_free_share`: a faint true lesion (case b, peak 0.85) and a false one on a
+    lesion-free head (case c, peak 0.90) separate no peak filter from 0.95. By the Dice over the
+    lesion cases alone the calibration keeps every component (and marks c); capped at no marked
+    lesion-free case it picks the lowest peak that leaves c empty. The pair step, where no
+    choice meets the cap, keeps its own criterion; the per-choice counts are recorded; 1 (the
+    default) is no cap."""
+    from dataclasses import replace
+
+    import clinfuse.metrics.calibration as cal
+    import clinfuse.training.lesion as tl
+
+    shape = (32, 32, 32)
+    lesion = np.zeros(shape, np.float32)
+    lesion[4:10, 4:10, 4:10] = 1
+    a = np.full(shape, -8.0, np.float32)
+    a[4:10, 4:10, 4:10] = 4.0  # found, p 0.982
+    b = np.full(shape, -8.0, np.float32)
+    b[4:10, 4:10, 4:10] = 1.7  # found only without a peak filter, p 0.85
+    c = np.full(shape, -8.0, np.float32)
+    c[20:24, 20:24, 20:24] = 2.2  # a lesion-free head's false lesion, p 0.900 (0.51 mL)
+    logits = {"a": a, "b": b, "c": c}
+    brain = np.ones(shape, bool)
+
+    def item(name: str) -> tl._Item:
+        src = np.full((3, *shape), ord(name), np.float32)
+        label = lesion if name != "c" else np.zeros(shape, np.float32)
+        return tl._Item(name, src, src[0], {}, label, np.ones(shape, np.float32), brain, (2.0,) * 3)
+
+    def predict(head: object, composite: np.ndarray, sources: np.ndarray, *a, **k) -> np.ndarray:
+        return logits[chr(int(sources[0, 0, 0, 0]))]
+
+    monkeypatch.setattr(tl, "predict_logits", predict)
+    monkeypatch.setattr(cal, "fit_temperature", lambda z, y: 1.0)
+    items = [item(n) for n in "abc"]
+    cfg = tl.LesionTrainConfig(patch_size=(16, 16, 16), peak_rule=True, joint_rule=True)
+    _, free, rec = tl._calibrate(torch.nn.Linear(1, 1), items, cfg)
+    assert free.min_peak_prob == 0.0 and "rule_max_lesion_free_marked" not in rec
+    assert rec["lesion_free_validation_cases"] == 1
+    marked = rec["lesion_free_marked_by_min_peak_prob"]
+    assert marked == {"0.0": 1, "0.9": 1, "0.95": 0, "0.98": 0, "0.99": 0}
+    assert set(rec["lesion_free_marked_by_min_ml_and_component_prob"].values()) == {1}
+    _, same, _ = tl._calibrate(
+        torch.nn.Linear(1, 1), items, replace(cfg, rule_max_lesion_free_share=1.0)
+    )
+    assert same == free
+    _, capped, rec = tl._calibrate(
+        torch.nn.Linear(1, 1), items, replace(cfg, rule_max_lesion_free_share=0.5)
+    )
+    assert capped.min_peak_prob == 0.95
+    assert (capped.min_ml, capped.min_component_prob) == (free.min_ml, free.min_component_prob)
+    assert rec["rule_max_lesion_free_share"] == 0.5 and rec["rule_max_lesion_free_marked"] == 0
+    assert rec["dice_by_min_peak_prob"]["0.95"] == pytest.approx(0.5)
+    probs = {n: 1 / (1 + np.exp(-lg)) for n, lg in logits.items()}
+    assert not capped.apply(probs["c"], (2.0,) * 3, 0.5).any()
+    assert capped.apply(probs["a"], (2.0,) * 3, 0.5).sum() == 216
+    with pytest.raises(ClinfuseInputError, match="rule_max_lesion_free_share"):
+        replace(cfg, rule_max_lesion_free_share=1.5).validate()
+
+
 @pytest.mark.parametrize(
     "option",
     [
         {"rule_dice_tolerance": 0.003},
         {"rule_found_tolerance": 0.01},
+        {"rule_max_lesion_free_share": 0.05},
         {"mirror_ghosts": True},
         {"joint_rule": True},
         {"peak_rule": True},

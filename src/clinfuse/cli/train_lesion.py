@@ -103,6 +103,14 @@ def train_lesion(
         help="With --rule-dice-tolerance: the share of the best-Dice rule's overlapped lesions "
         "a near rule may lose (0 = none, default, every earlier head).",
     ),
+    rule_max_lesion_free_share: float = typer.Option(
+        1.0,
+        "--rule-max-lesion-free-share",
+        help="Calibration of the lesion-mask rule: at each step choose only among the rules "
+        "that leave a prediction on at most this share of the validation split's lesion-free "
+        "cases (or, if none does, those that mark fewest). 1 = no cap (default, every earlier "
+        "head).",
+    ),
     lesion_gate: bool = typer.Option(
         False,
         "--lesion-gate/--no-lesion-gate",
@@ -228,6 +236,7 @@ def train_lesion(
             flip_tta=flip_tta,
             rule_dice_tolerance=rule_dice_tolerance,
             rule_found_tolerance=rule_found_tolerance,
+            rule_max_lesion_free_share=rule_max_lesion_free_share,
             lesion_gate=lesion_gate,
             mirror_ghosts=mirror_ghosts,
             joint_rule=joint_rule,
@@ -263,6 +272,7 @@ def train_lesion(
         dice_per_sample=dice_per_sample,
         rule_dice_tolerance=rule_dice_tolerance,
         rule_found_tolerance=rule_found_tolerance,
+        rule_max_lesion_free_share=rule_max_lesion_free_share,
         lesion_gate=lesion_gate,
         mirror_ghosts=mirror_ghosts,
         joint_rule=joint_rule,

@@ -37,10 +37,11 @@ recipe; only the choice of the fused channel and the mirror channels are ours:
   after the minimum size and secondary filter by the same criterion), and with
   `near_temperature` a second temperature for the reported probability within 10 mm of the
   head's own mask (`LesionMaskRule.near_logit_scale`, fitted by NLL on those validation voxels;
-  the mask is unchanged). All are stored in the head (buffers), so every user of the head
-  applies them. `transplant_lesion_head(...,
-  recalibrate_on=VAL)` (`train-lesion --head-from --recalibrate`) refits them for a trained
-  head without training it.
+  the mask is unchanged). With `rule_max_lesion_free_share` < 1 every step of that search
+  chooses only among the choices that mark at most that share of the lesion-free validation
+  cases (or, if none does, those marking fewest). All are stored in the head (buffers), so
+  every user of the head applies them. `transplant_lesion_head(..., recalibrate_on=VAL)`
+  (`train-lesion --head-from --recalibrate`) refits them for a trained head without training it.
 - **Flip test-time augmentation** (optional, `flip_tta`, 3D): the head's logits in eval mode
   are the mean over the volume and its left-right mirror image (`LesionHead.flip_tta`,
   `nn.lesion_head.flip_mean`); validation, calibration and every later use then see the
@@ -179,6 +180,13 @@ class LesionTrainConfig:
     # The strict count kept a 0 mL minimum for one more lesion of 110 (lesion25v), with far
     # specks that cost 2.6-46 mm of HD95 on held-out sets.
     rule_found_tolerance: float = 0.0
+    # Cap on the lesion-free validation cases a rule may mark (session 30), as a share of them:
+    # at every step of the rule search the criterion only chooses among the choices that leave
+    # a prediction on at most floor(share x lesion-free cases) of them, or, when none does,
+    # among those that mark fewest. 1 = no cap (every earlier head). Session 29: the rule
+    # score is the Dice over the cases with a lesion, so 40 more small validation lesions
+    # dropped the peak filter and left 22 of 94 lesion-free validation heads marked (2 before).
+    rule_max_lesion_free_share: float = 1.0
     # Fit a case-level gate as well (session 18, `min_lesion_prob`): after the rule above, the
     # gate that maximises the mean Dice over every validation case, lesion-free ones scored by
     # the BraTS convention (1 when the mask is empty, 0 otherwise), ties to the lowest gate.
@@ -253,6 +261,8 @@ class LesionTrainConfig:
             raise ClinfuseInputError("rule_dice_tolerance must be in [0, 1)")
         if not 0 <= self.rule_found_tolerance < 1:
             raise ClinfuseInputError("rule_found_tolerance must be in [0, 1)")
+        if not 0 <= self.rule_max_lesion_free_share <= 1:
+            raise ClinfuseInputError("rule_max_lesion_free_share must be in [0, 1]")
         if self.flip_tta and len(self.patch_size) != 3:
             raise ClinfuseInputError(FLIP_3D_ONLY)
         if self.data_shares is not None and (
@@ -722,7 +732,9 @@ def _calibrate(
     then (with it) the secondary components' minimum mean probability, each by validation Dice
     (`cfg.rule_dice_tolerance` > 0: by HD95 among the near-best in Dice, `_pick_rule`); then,
     with `cfg.peak_rule`, the peak filter and, with `cfg.mirror_ghosts`, the ghost filter by
-    the same criterion; then, with `cfg.lesion_gate`, the case-level gate (`_pick_gate`)."""
+    the same criterion, each step among the choices under `cfg.rule_max_lesion_free_share`'s
+    cap on marked lesion-free cases; then, with `cfg.lesion_gate`, the case-level gate
+    (`_pick_gate`)."""
     from clinfuse.metrics.calibration import (
         calibration_scores,
         fit_temperature,
@@ -753,12 +765,18 @@ def _calibrate(
 
     with_hd95 = cfg.rule_dice_tolerance > 0
 
+    lesion_free = sum(not it.label.any() for it in items)
+    max_marked = None
+    if cfg.rule_max_lesion_free_share < 1:
+        max_marked = int(np.floor(cfg.rule_max_lesion_free_share * lesion_free + 1e-9))
+
     def score(rule: LesionMaskRule) -> RuleScore:
-        ds, hds, found = [], [], 0
+        ds, hds, found, marked = [], [], 0, 0
         for p, it in zip(probs, items, strict=True):
-            if not it.label.any():
-                continue
             pred = rule.apply(p, it.spacing, cfg.threshold, it.sources[0]) & it.known
+            if not it.label.any():
+                marked += bool(pred.any())
+                continue
             gt = (it.label > 0.5) & it.known
             ds.append(float(dice(pred, gt)))
             if with_hd95 and pred.any() and gt.any():
@@ -768,9 +786,14 @@ def _calibrate(
             float(np.mean(ds)) if ds else float("nan"),
             float(np.mean(hds)) if hds else float("nan"),
             found,
+            marked,
         )
 
     tol, found_tol = cfg.rule_dice_tolerance, cfg.rule_found_tolerance
+
+    def pick(table: Mapping[K, RuleScore]) -> K:
+        return _pick_rule(table, tol, found_tol, max_marked)
+
     by_pair: dict[tuple[float, float], RuleScore] = {}
     if cfg.joint_rule:
         by_pair = {
@@ -778,14 +801,14 @@ def _calibrate(
             for ml in MIN_ML_CHOICES
             for q in MIN_COMPONENT_PROB_CHOICES
         }
-        best_ml, best_prob = _pick_rule(by_pair, tol, found_tol)
+        best_ml, best_prob = pick(by_pair)
         by_ml = {ml: by_pair[(ml, 0.0)] for ml in MIN_ML_CHOICES}
         by_prob = {q: by_pair[(best_ml, q)] for q in MIN_COMPONENT_PROB_CHOICES}
     else:
         by_ml = {ml: score(LesionMaskRule(ml)) for ml in MIN_ML_CHOICES}
-        best_ml = _pick_rule(by_ml, tol, found_tol)
+        best_ml = pick(by_ml)
         by_prob = {q: score(LesionMaskRule(best_ml, q)) for q in MIN_COMPONENT_PROB_CHOICES}
-        best_prob = _pick_rule(by_prob, tol, found_tol)
+        best_prob = pick(by_prob)
     best_peak = 0.0
     by_peak: dict[float, RuleScore] = {}
     if cfg.peak_rule:
@@ -793,7 +816,7 @@ def _calibrate(
             h: score(LesionMaskRule(best_ml, best_prob, min_peak_prob=h))
             for h in MIN_PEAK_PROB_CHOICES
         }
-        best_peak = _pick_rule(by_peak, tol, found_tol)
+        best_peak = pick(by_peak)
     ghosts = False
     by_ghost: dict[float, RuleScore] = {}
     if cfg.mirror_ghosts:  # 0 = off, 1 = on (ties: off, the filter that removes least)
@@ -801,7 +824,7 @@ def _calibrate(
             g: score(LesionMaskRule(best_ml, best_prob, 0.0, bool(g), best_peak))
             for g in (0.0, 1.0)
         }
-        ghosts = bool(_pick_rule(by_ghost, tol, found_tol))
+        ghosts = bool(pick(by_ghost))
     record: dict[str, Any] = {
         "temperature": temp,
         "validation_calibration": scores,
@@ -809,7 +832,11 @@ def _calibrate(
         "dice_by_min_component_prob": {str(k): v.dice for k, v in by_prob.items()},
         "rule_dice_tolerance": tol,
         "rule_found_tolerance": found_tol,
+        "lesion_free_validation_cases": lesion_free,
     }
+    if max_marked is not None:
+        record["rule_max_lesion_free_share"] = cfg.rule_max_lesion_free_share
+        record["rule_max_lesion_free_marked"] = max_marked
     tables: list[tuple[str, dict[Any, RuleScore]]] = [
         ("min_ml", by_ml),
         ("min_component_prob", by_prob),
@@ -829,6 +856,8 @@ def _calibrate(
         for name, table in tables:
             record[f"hd95_by_{name}"] = {str(k): v.hd95 for k, v in table.items()}
             record[f"found_by_{name}"] = {str(k): v.found for k, v in table.items()}
+    for name, table in tables:
+        record[f"lesion_free_marked_by_{name}"] = {str(k): v.marked for k, v in table.items()}
     best_gate = 0.0
     if cfg.lesion_gate:
         gates = {}
@@ -941,17 +970,24 @@ def _pick_gate(table: dict[float, GateScore]) -> float:
 class RuleScore(NamedTuple):
     """A mask rule on the validation cases with a lesion: mean Dice, mean HD95 (mm) over the
     lesions it leaves a prediction on (NaN if not measured), and how many lesions its mask
-    overlaps (Dice > 0). Until session 23 the count was of lesion cases with a prediction
-    anywhere, so a far speck in a missed case counted as a find and the guard of `_pick_rule`
-    kept the rules that leave specks (lesion24: minimum size 0 mL with HD95 18.2 mm over 0.1 mL
-    with 12.6, for three such "finds")."""
+    overlaps (Dice > 0); and on the lesion-free cases, how many it leaves a prediction on
+    (`marked`, session 30; only `_pick_rule`'s cap reads it). Until session 23 the count was of
+    lesion cases with a prediction anywhere, so a far speck in a missed case counted as a find
+    and the guard of `_pick_rule` kept the rules that leave specks (lesion24: minimum size 0 mL
+    with HD95 18.2 mm over 0.1 mL with 12.6, for three such "finds")."""
 
     dice: float
     hd95: float
     found: int
+    marked: int = 0
 
 
-def _pick_rule(table: Mapping[K, RuleScore], tolerance: float, found_tolerance: float = 0.0) -> K:
+def _pick_rule(
+    table: Mapping[K, RuleScore],
+    tolerance: float,
+    found_tolerance: float = 0.0,
+    max_marked: int | None = None,
+) -> K:
     """The choice (a key of `table`, in order from the filter that removes least) the
     calibration keeps.
 
@@ -960,7 +996,13 @@ def _pick_rule(table: Mapping[K, RuleScore], tolerance: float, found_tolerance: 
     (1 - `found_tolerance`) times as many lesions as the best-Dice choice's (0: at least as
     many), the lowest mean HD95 (ties: earliest).
     NaN Dice (no lesion case) compares False everywhere: the first choice is kept.
+    `max_marked` (None: no cap): first keep only the choices marking at most this many
+    lesion-free cases or, if none does, those marking fewest; then the above among them.
     """
+    if max_marked is not None:
+        fewest = min(v.marked for v in table.values())
+        cap = max(max_marked, fewest)
+        table = {k: v for k, v in table.items() if v.marked <= cap}
     order = {k: i for i, k in enumerate(table)}
     best = max(table, key=lambda k: (table[k].dice, -order[k]))
     if tolerance <= 0 or table[best].dice != table[best].dice:
@@ -1111,6 +1153,7 @@ def train_lesion_head(
         later = ("mirror_ghosts", "joint_rule", "ghost_fraction", "rule_found_tolerance")
         for key in (*later, "peak_rule", "near_temperature"):  # ... sessions 24, 25 and 27
             saved["config"].setdefault(key, type(cfg_record[key])(0))
+        saved["config"].setdefault("rule_max_lesion_free_share", 1.0)  # ... session 30
         if saved["config"] != cfg_record:
             diff = sorted(k for k in cfg_record if saved["config"].get(k) != cfg_record[k])
             raise ClinfuseInputError(
@@ -1478,6 +1521,7 @@ def transplant_lesion_head(
     flip_tta: bool | None = None,
     rule_dice_tolerance: float = 0.0,
     rule_found_tolerance: float = 0.0,
+    rule_max_lesion_free_share: float = 1.0,
     lesion_gate: bool = False,
     mirror_ghosts: bool = False,
     joint_rule: bool = False,
@@ -1508,6 +1552,7 @@ def transplant_lesion_head(
     if (
         rule_dice_tolerance > 0
         or rule_found_tolerance > 0
+        or rule_max_lesion_free_share < 1
         or lesion_gate
         or mirror_ghosts
         or joint_rule
@@ -1539,6 +1584,7 @@ def transplant_lesion_head(
         norm=norm,
         rule_dice_tolerance=rule_dice_tolerance,
         rule_found_tolerance=rule_found_tolerance,
+        rule_max_lesion_free_share=rule_max_lesion_free_share,
         lesion_gate=lesion_gate,
         mirror_ghosts=mirror_ghosts,
         joint_rule=joint_rule,
