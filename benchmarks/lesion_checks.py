@@ -11,6 +11,7 @@
     python benchmarks/lesion_checks.py calibration VAL_DATA [--checkpoint CKPT] [--folds 2]
     python benchmarks/lesion_checks.py slices VAL_DATA [VAL_DATA ...] [--slab-mm 4] [--checkpoint C]
     python benchmarks/lesion_checks.py sizes EVAL_OUT [EVAL_OUT ...]  # lesion_eval.py --out dirs
+    python benchmarks/lesion_checks.py record CKPT             # a head's calibration record
 
 `contrast`: per case with a lesion, how far the lesion stands out in the prepared MRI and CT:
 (lesion mean - mean of a 3-voxel ring around it inside the brain) / the ring's standard
@@ -51,6 +52,12 @@ mean Dice and the margins of the found and the missed lesions per sequence and h
 lesion_seg_per_case.csv; composite channel, 2 mm; a case in several runs counted once), by
 lesion size: lesions, found (Dice > 0), mean Dice, and found per lesion kind. Reads results
 only; no head is run.
+`record`: a head's calibration as its checkpoint (or `--export-head` file) records it: the
+validation set, the rule chosen, and per step of the rule search each choice's validation Dice,
+mean HD95 over the lesions it leaves a prediction on, lesions overlapped and lesion-free cases
+marked (columns the record lacks, e.g. HD95 of a head calibrated by Dice alone or counts from
+before session 30, are left blank); `*` marks the choice kept. Reads the record only; no head
+is run.
 `ghosts`: on held-out phantoms given by seed (lesion_eval.py's sets, already used: a diagnosis,
 never a choice), every component of the head's mask under its own rule, marked true, "ghost"
 (not touching the lesion, within 2 voxels of the lesion reflected about the head's rigid mirror
@@ -852,6 +859,86 @@ def sizes(args: argparse.Namespace) -> None:
         print(f"| {name} | {k} | {found} | {d:.3f} | {isch} | {haem} |")
 
 
+RULE_STEPS = (
+    ("min_ml", "minimum size (mL)", "min_lesion_ml"),
+    ("min_component_prob", "secondary components' mean probability", "min_component_prob"),
+    ("min_ml_and_component_prob", "minimum size / secondary filter (joint)", None),
+    ("min_peak_prob", "peak filter", "min_peak_prob"),
+    ("mirror_ghosts", "mirror-ghost filter (0 off, 1 on)", "mirror_ghosts"),
+)
+
+
+def record_tables(record: dict[str, Any]) -> list[str]:
+    """Markdown lines: per rule step of a lesion head's record (`extra.lesion_head` of a
+    `train-lesion` checkpoint), each choice's Dice, HD95, lesions overlapped and lesion-free
+    cases marked, the kept choice starred."""
+    cal = record.get("calibration") or {}
+    kept = {
+        "min_ml": record.get("min_lesion_ml"),
+        "min_component_prob": record.get("min_component_prob"),
+        "min_peak_prob": record.get("min_peak_prob"),
+        "mirror_ghosts": float(bool(record.get("mirror_ghosts"))),
+    }
+    kept["min_ml_and_component_prob"] = f"{kept['min_ml']}/{kept['min_component_prob']}"
+    joint = bool(cal.get("dice_by_min_ml_and_component_prob"))
+    lines = []
+    for key, title, _ in RULE_STEPS:
+        dice = cal.get(f"dice_by_{key}")
+        if not dice or (joint and key in ("min_ml", "min_component_prob")):
+            continue  # with the joint choice those two tables are slices of its table
+        cols = [cal.get(f"{m}_by_{key}") or {} for m in ("hd95", "found", "lesion_free_marked")]
+        lines += [f"\n{title}\n", "| choice | Dice | HD95 mm | found | lesion-free marked |"]
+        lines.append("|---|---|---|---|---|")
+        for choice, d in dice.items():
+            star = "*" if _same_choice(choice, kept[key]) else ""
+            hd, found, marked = (c.get(choice, "") for c in cols)
+            hd_s = f"{hd:.2f}" if isinstance(hd, float) else str(hd)
+            lines.append(f"| {choice}{star} | {d:.4f} | {hd_s} | {found} | {marked} |")
+    return lines
+
+
+def _same_choice(choice: str, kept: Any) -> bool:
+    """Whether a record table's key ("0.05", "0.1/0.9") is the kept value."""
+    if kept is None:
+        return False
+    try:
+        if "/" in choice:
+            return all(
+                abs(float(a) - float(b)) < 1e-9
+                for a, b in zip(choice.split("/"), str(kept).split("/"), strict=True)
+            )
+        return abs(float(choice) - float(kept)) < 1e-9
+    except ValueError:
+        return False
+
+
+def record(args: argparse.Namespace) -> None:
+    from clinfuse.errors import ClinfuseInputError
+    from clinfuse.training.checkpoint import read_checkpoint
+
+    try:
+        rec = (read_checkpoint(args.checkpoint).get("extra") or {}).get("lesion_head")
+    except ClinfuseInputError as e:
+        raise SystemExit(f"record: {e}") from None
+    if not rec:
+        raise SystemExit(f"record: {args.checkpoint} has no trained lesion head")
+    cal = rec.get("calibration") or {}
+    print(f"head: {args.checkpoint}")
+    print(f"validation: {rec.get('val_data')} ({len(rec.get('val_cases') or [])} cases, ", end="")
+    print(f"{cal.get('lesion_free_validation_cases', '?')} lesion-free)")
+    cap = cal.get("rule_max_lesion_free_marked")
+    print(f"cap on lesion-free cases marked: {'none' if cap is None else cap}")
+    kept = ", ".join(f"{field} {rec.get(field)}" for *_, field in RULE_STEPS if field)
+    print(f"temperature {cal.get('temperature', float('nan')):.3f}; kept: {kept}")
+    final = rec.get("val_final") or {}
+    if final:
+        print(
+            f"validation Dice {final.get('dice', float('nan')):.3f}, lesion-free cases with a "
+            f"prediction {final.get('lesion_free_cases_with_a_prediction')}"
+        )
+    print("\n".join(record_tables(rec)))
+
+
 def ghost_rows(
     pred: np.ndarray,
     prob: np.ndarray,
@@ -1199,6 +1286,8 @@ def main(argv: list[str] | None = None) -> int:
     sl.add_argument("--slab-mm", type=float, default=4.0)
     sz = sub.add_parser("sizes")
     sz.add_argument("runs", type=Path, nargs="+")
+    rc = sub.add_parser("record")
+    rc.add_argument("checkpoint", type=Path)
     args = ap.parse_args(argv)
     if args.cmd == "calibration" and args.folds < 2:
         ap.error("calibration: --folds must be >= 2")
@@ -1226,6 +1315,7 @@ def main(argv: list[str] | None = None) -> int:
         "calibration": calibration_maps,
         "slices": slices,
         "sizes": sizes,
+        "record": record,
     }
     run[args.cmd](args)
     return 0

@@ -581,3 +581,46 @@ def test_sizes_bins_held_out_lesions_once_each_from_lesion_eval_tables(tmp_path,
     ]
     with pytest.raises(SystemExit, match="not found"):
         lc.main(["sizes", str(tmp_path / "missing")])
+
+
+def test_record_tables_star_the_kept_choices_and_leave_missing_columns_blank():
+    rec = {
+        "min_lesion_ml": 0.1,
+        "min_component_prob": 0.9,
+        "min_peak_prob": 0.98,
+        "mirror_ghosts": True,
+        "calibration": {
+            "dice_by_min_ml": {"0.0": 0.6, "0.1": 0.61},  # slices of the joint table: skipped
+            "dice_by_min_ml_and_component_prob": {"0.0/0.9": 0.65, "0.1/0.9": 0.66},
+            "hd95_by_min_ml_and_component_prob": {"0.0/0.9": 9.0, "0.1/0.9": 7.75},
+            "found_by_min_ml_and_component_prob": {"0.0/0.9": 134, "0.1/0.9": 131},
+            "lesion_free_marked_by_min_ml_and_component_prob": {"0.0/0.9": 35, "0.1/0.9": 17},
+            "dice_by_min_peak_prob": {"0.0": 0.656, "0.98": 0.650},
+            "lesion_free_marked_by_min_peak_prob": {"0.0": 17, "0.98": 2},
+            "dice_by_mirror_ghosts": {"0.0": 0.650, "1.0": 0.653},
+        },
+    }
+    lines = lc.record_tables(rec)
+    text = "\n".join(lines)
+    assert "minimum size (mL)\n" not in text and "(joint)" in text
+    assert "| 0.1/0.9* | 0.6600 | 7.75 | 131 | 17 |" in lines
+    assert "| 0.0/0.9 | 0.6500 | 9.00 | 134 | 35 |" in lines
+    assert "| 0.98* | 0.6500 |  |  | 2 |" in lines  # no HD95 or found recorded
+    assert "| 1.0* | 0.6530 |  |  |  |" in lines and "| 0.0 | 0.6500 |  |  |  |" in lines
+
+
+def test_record_refuses_a_checkpoint_without_a_trained_head(tmp_path):
+    ckpt = tiny_fusion_checkpoint(tmp_path / "tiny.pt")
+    with pytest.raises(SystemExit, match="no trained lesion head"):
+        lc.main(["record", str(ckpt)])
+    with pytest.raises(SystemExit, match="record: .*not found"):
+        lc.main(["record", str(tmp_path / "missing.pt")])
+
+
+def test_record_of_the_shipped_head(capsys):
+    shipped = Path(__file__).resolve().parents[2] / "src/clinfuse/checkpoints/phantom3d.pt"
+    lc.main(["record", str(shipped)])
+    out = capsys.readouterr().out
+    assert "cap on lesion-free cases marked: none" in out
+    assert "min_peak_prob 0.98" in out and "lesion-free cases with a prediction 2" in out
+    assert "peak filter" in out and "| 0.98* |" in out
