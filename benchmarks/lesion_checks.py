@@ -780,6 +780,32 @@ def small(args: argparse.Namespace) -> None:
             f"| {seq} | {name} | {sum(d > 0 for d in ds)} of {len(ds)} | {np.mean(ds):.3f} "
             f"| {split} |"
         )
+    if len(names) > 1:
+        print(f"\nevery sequence, each head against the first ({names[0]}), lesion by lesion:\n")
+        print("| head | found | found only by it | found only by the first | exact McNemar p |")
+        print("|---|---|---|---|---|")
+        for name, (only_first, only_it, found, n, p) in found_against_first(summary, names):
+            print(f"| {name} | {found} of {n} | {only_it} | {only_first} | {p:.3g} |")
+
+
+def found_against_first(
+    summary: dict[tuple[str, str], list[float]], names: list[str]
+) -> list[tuple[str, tuple[int, int, int, int, float]]]:
+    """Per head after the first: lesions only the first finds, only this head finds, this
+    head's found and total, and the exact McNemar p (`evaluation.stats.paired_mcnemar`), over
+    every sequence of `small`'s per-lesion Dice table (found: Dice > 0)."""
+    from clinfuse.evaluation.stats import paired_mcnemar
+
+    def found(name: str) -> np.ndarray:
+        seqs = dict.fromkeys(seq for seq, _ in summary)
+        return np.concatenate([np.asarray(summary[(s, name)]) > 0 for s in seqs])
+
+    first = found(names[0])
+    rows = []
+    for name in names[1:]:
+        t = paired_mcnemar(first, found(name))
+        rows.append((name, (t.only_ref, t.only_other, t.found, t.n, t.p_value)))
+    return rows
 
 
 def margin_split(rows: list[tuple[float, bool]]) -> str:

@@ -394,6 +394,7 @@ def test_small_reports_each_sequence_and_head(tmp_path, capsys, monkeypatch):
     case_rows = [r for r in rows if str(ckpt) not in r]
     for r in case_rows:  # the margin column is a signed number
         float(r.split(" | ")[3])
+    assert "against the first" not in out  # one head: no paired table
     with pytest.raises(SystemExit):
         lc.main(["small", "--n", "101"])
     with pytest.raises(SystemExit):
@@ -624,3 +625,18 @@ def test_record_of_the_shipped_head(capsys):
     assert "cap on lesion-free cases marked: none" in out
     assert "min_peak_prob 0.98" in out and "lesion-free cases with a prediction 2" in out
     assert "peak filter" in out and "| 0.98* |" in out
+
+
+def test_found_against_the_first_head_pairs_lesions_over_every_sequence():
+    summary = {
+        ("T2", "a"): [0.0, 0.5, 0.0],
+        ("T2", "b"): [0.4, 0.5, 0.0],
+        ("ADC", "a"): [0.7, 0.0],
+        ("ADC", "b"): [0.0, 0.3],
+        ("ADC", "c"): [0.7, 0.0],
+        ("T2", "c"): [0.0, 0.5, 0.0],
+    }
+    rows = dict(lc.found_against_first(summary, ["a", "b", "c"]))
+    only_first, only_b, found, n, p = rows["b"]
+    assert (only_first, only_b, found, n) == (1, 2, 3, 5) and p == pytest.approx(1.0)
+    assert rows["c"] == (0, 0, 2, 5, 1.0)  # the same lesions: nothing discordant

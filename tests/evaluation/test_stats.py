@@ -82,3 +82,22 @@ def test_wilcoxon_keeps_infinite_values_as_top_ranks():
     t = paired_wilcoxon("psnr", ref, other)
     assert t.n == 5  # inf - inf has no difference: dropped
     assert t.p_value == pytest.approx(0.0625) and t.mean_diff == math.inf
+
+
+def test_mcnemar_exact_counts_only_discordant_pairs():
+    from clinfuse.evaluation.stats import paired_mcnemar
+
+    # 80 lesions: both find 33, only the other 9, none only the reference: p = 2 / 2**9
+    ref = np.array([True] * 33 + [False] * 47)
+    other = ref.copy()
+    other[33:42] = True
+    t = paired_mcnemar(ref, other)
+    assert (t.n, t.found_ref, t.found, t.only_ref, t.only_other) == (80, 33, 42, 0, 9)
+    assert t.p_value == pytest.approx(2 / 2**9)
+    # concordant pairs never matter; one each way is p = 1
+    assert paired_mcnemar(ref, ref).p_value == 1.0
+    flip = np.array([True, False, True, True])
+    assert paired_mcnemar(flip, np.array([False, True, True, True])).p_value == 1.0
+    assert paired_mcnemar(ref, other).p_value == paired_mcnemar(other, ref).p_value
+    with pytest.raises(ValueError, match="shape"):
+        paired_mcnemar(ref, ref[:3])

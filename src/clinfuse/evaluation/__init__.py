@@ -19,7 +19,7 @@ from clinfuse.evaluation.methods import (
 )
 from clinfuse.evaluation.percase import read_per_case
 from clinfuse.evaluation.reference import CtReference, load_ct_reference
-from clinfuse.evaluation.stats import bootstrap_ci, paired_wilcoxon, summarise
+from clinfuse.evaluation.stats import bootstrap_ci, paired_mcnemar, paired_wilcoxon, summarise
 from clinfuse.evaluation.tables import Comparison, compare
 
 __all__ = [
@@ -36,6 +36,7 @@ __all__ = [
     "fused_to_uint8",
     "load_ct_reference",
     "metric_columns",
+    "paired_mcnemar",
     "paired_wilcoxon",
     "prepare_cases",
     "read_per_case",

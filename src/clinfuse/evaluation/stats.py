@@ -1,4 +1,5 @@
-"""Summary statistics of per-case metrics: mean, sd, seeded bootstrap CI, paired Wilcoxon tests."""
+"""Summary statistics of per-case metrics: mean, sd, seeded bootstrap CI, paired Wilcoxon tests,
+and the exact McNemar test of paired detections."""
 
 from __future__ import annotations
 
@@ -125,3 +126,30 @@ def paired_wilcoxon(metric: str, ref: np.ndarray, other: np.ndarray) -> PairedTe
             warnings.simplefilter("ignore", category=UserWarning)  # small-n / ties notices
             p = float(stats.wilcoxon(b, a).pvalue)
     return PairedTest(metric, n, *means, p)
+
+
+@dataclass
+class PairedDetection:
+    """Two methods' detections (found or not) on the same cases: how many each finds, the
+    discordant pairs, and the two-sided exact McNemar p (1.0 when no pair is discordant)."""
+
+    n: int
+    found_ref: int
+    found: int
+    only_ref: int  # found by the reference, missed by the other
+    only_other: int  # found by the other, missed by the reference
+    p_value: float
+
+
+def paired_mcnemar(ref: np.ndarray, other: np.ndarray) -> PairedDetection:
+    """Exact McNemar test on paired booleans: a two-sided binomial test (scipy) of the
+    discordant pairs against 1/2. For "does head B find more of the same lesions than head A",
+    where the lesions both find or both miss carry no information."""
+    a = np.asarray(ref, dtype=bool)
+    b = np.asarray(other, dtype=bool)
+    if a.shape != b.shape:
+        raise ValueError(f"paired detections differ in shape: {a.shape} vs {b.shape}")
+    only_ref, only_other = int((a & ~b).sum()), int((b & ~a).sum())
+    k = only_ref + only_other
+    p = 1.0 if k == 0 else float(stats.binomtest(only_other, k, 0.5).pvalue)
+    return PairedDetection(int(a.size), int(a.sum()), int(b.sum()), only_ref, only_other, p)
