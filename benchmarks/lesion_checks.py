@@ -47,7 +47,9 @@ set uses them): how high each head's probability gets inside the lesion, whether
 keeps a mask there (Dice, predicted mL), each lesion's MRI margin (`mri_margin`), then found,
 mean Dice and the margins of the found and the missed lesions per sequence and head.
 `--territories branch --ml 1 10`: branch infarcts (`PhantomConfig.ischaemic_territories`), the
-1-10 mL infarcts the default territories never draw.
+1-10 mL infarcts the default territories never draw. With several heads, each against the first over
+every sequence, lesion by lesion: found only by it, found only by the first, and the exact
+McNemar p (`clinfuse.evaluation.stats.paired_mcnemar`; session 30).
 `sizes`: the held-out phantoms of one or more `lesion_eval.py` runs (their
 lesion_seg_per_case.csv; composite channel, 2 mm; a case in several runs counted once), by
 lesion size: lesions, found (Dice > 0), mean Dice, and found per lesion kind. Reads results
