@@ -1509,12 +1509,37 @@ def test_calibration_guard_counts_lesions_found_not_specks_in_missed_cases(monke
     assert rule.min_ml == 0.05  # the speck goes; with the old count (2 against 1) 0.0 stayed
 
 
+def _named_calibration_cases(
+    monkeypatch: pytest.MonkeyPatch,
+    logits: dict[str, np.ndarray],
+    labels: np.ndarray | dict[str, np.ndarray],
+) -> list:
+    """Validation items named by `logits`' keys (one label for all, or one per name), each
+    with its sources filled with its name's code so the patched `predict_logits` returns that
+    name's logits; the temperature fit is patched to 1."""
+    import clinfuse.metrics.calibration as cal
+    import clinfuse.training.lesion as tl
+
+    def item(name: str) -> tl._Item:
+        shape = logits[name].shape
+        label = labels[name] if isinstance(labels, dict) else labels
+        src = np.full((3, *shape), ord(name), np.float32)
+        known, brain = np.ones(shape, np.float32), np.ones(shape, bool)
+        return tl._Item(name, src, src[0], {}, label, known, brain, (2.0,) * 3)
+
+    def predict(head: object, composite: np.ndarray, sources: np.ndarray, *a, **k) -> np.ndarray:
+        return logits[chr(int(sources[0, 0, 0, 0]))]
+
+    monkeypatch.setattr(tl, "predict_logits", predict)
+    monkeypatch.setattr(cal, "fit_temperature", lambda z, y: 1.0)
+    return [item(n) for n in logits]
+
+
 def test_joint_rule_does_not_keep_specks_for_a_find_the_filter_discards(monkeypatch):
     """Greedy calibration keeps a 0 mL minimum for the one lesion only a speck overlaps (case
     b), then picks a secondary filter that drops that speck anyway (case c's faint false
     component), leaving case a's far speck and its HD95. The joint choice over every (minimum
     size, filter) pair keeps a minimum that removes it; the pair table is recorded."""
-    import clinfuse.metrics.calibration as cal
     import clinfuse.training.lesion as tl
 
     shape = (32, 32, 32)
@@ -1529,19 +1554,7 @@ def test_joint_rule_does_not_keep_specks_for_a_find_the_filter_discards(monkeypa
     c = np.full(shape, -8.0, np.float32)
     c[4:10, 4:10, 4:10] = 4.0  # found exactly
     c[18:24, 18:24, 18:24] = 0.85  # and a faint false component of the same size
-    logits = {"a": a, "b": b, "c": c}
-    brain = np.ones(shape, bool)
-
-    def item(name: str) -> tl._Item:
-        src = np.full((3, *shape), ord(name), np.float32)
-        return tl._Item(name, src, src[0], {}, label, np.ones(shape, np.float32), brain, (2.0,) * 3)
-
-    def predict(head: object, composite: np.ndarray, sources: np.ndarray, *a, **k) -> np.ndarray:
-        return logits[chr(int(sources[0, 0, 0, 0]))]
-
-    monkeypatch.setattr(tl, "predict_logits", predict)
-    monkeypatch.setattr(cal, "fit_temperature", lambda z, y: 1.0)
-    items = [item(n) for n in "abc"]
+    items = _named_calibration_cases(monkeypatch, {"a": a, "b": b, "c": c}, label)
     cfg = tl.LesionTrainConfig(patch_size=(16, 16, 16), rule_dice_tolerance=0.01)
     _, greedy, rec = tl._calibrate(torch.nn.Linear(1, 1), items, cfg)
     assert (greedy.min_ml, greedy.min_component_prob) == (0.0, 0.75)
@@ -1589,7 +1602,6 @@ def test_calibration_caps_the_lesion_free_cases_a_rule_marks(monkeypatch):
     default) is no cap."""
     from dataclasses import replace
 
-    import clinfuse.metrics.calibration as cal
     import clinfuse.training.lesion as tl
 
     shape = (32, 32, 32)
@@ -1602,19 +1614,8 @@ def test_calibration_caps_the_lesion_free_cases_a_rule_marks(monkeypatch):
     c = np.full(shape, -8.0, np.float32)
     c[20:24, 20:24, 20:24] = 2.2  # a lesion-free head's false lesion, p 0.900 (0.51 mL)
     logits = {"a": a, "b": b, "c": c}
-    brain = np.ones(shape, bool)
-
-    def item(name: str) -> tl._Item:
-        src = np.full((3, *shape), ord(name), np.float32)
-        label = lesion if name != "c" else np.zeros(shape, np.float32)
-        return tl._Item(name, src, src[0], {}, label, np.ones(shape, np.float32), brain, (2.0,) * 3)
-
-    def predict(head: object, composite: np.ndarray, sources: np.ndarray, *a, **k) -> np.ndarray:
-        return logits[chr(int(sources[0, 0, 0, 0]))]
-
-    monkeypatch.setattr(tl, "predict_logits", predict)
-    monkeypatch.setattr(cal, "fit_temperature", lambda z, y: 1.0)
-    items = [item(n) for n in "abc"]
+    labels = {"a": lesion, "b": lesion, "c": np.zeros(shape, np.float32)}
+    items = _named_calibration_cases(monkeypatch, logits, labels)
     cfg = tl.LesionTrainConfig(patch_size=(16, 16, 16), peak_rule=True, joint_rule=True)
     _, free, rec = tl._calibrate(torch.nn.Linear(1, 1), items, cfg)
     assert free.min_peak_prob == 0.0 and "rule_max_lesion_free_marked" not in rec
