@@ -100,6 +100,9 @@ from scipy import ndimage
 SIZE_BINS_ML = (0.0, 0.5, 2.0, 10.0, 1000.0)
 
 
+LESION_KINDS = ("ischaemic", "haemorrhagic")
+
+
 def lesion_contrast(prep: Any) -> dict[str, float]:
     les = np.asarray(prep.lesion) > 0.5
     ring = ndimage.binary_dilation(les, iterations=3) & ~les & np.asarray(prep.brain, bool)
@@ -135,9 +138,16 @@ def mri_margin(lesion_mean: float, rest: np.ndarray) -> float:
 def contrast(args: argparse.Namespace) -> None:
     if args.held_out:
         sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from clinfuse.phantom.config import parse_territories
         from lesion_eval import held_out_phantoms
 
-        preps = [p for _, p, _ in held_out_phantoms(args.held_out, first_seed=args.first_seed)]
+        sets = held_out_phantoms(
+            args.held_out,
+            first_seed=args.first_seed,
+            lesion_ml=tuple(args.lesion_ml) if args.lesion_ml else None,
+            territories=parse_territories(args.territories),
+        )
+        preps = [p for _, p, _ in sets]
     else:
         from clinfuse.io.dataset import load_dataset
         from clinfuse.preprocess.pipeline import preprocess_case
@@ -152,7 +162,9 @@ def contrast(args: argparse.Namespace) -> None:
     for p in preps:
         if p.lesion is None or not np.any(p.lesion):
             continue
-        c = lesion_contrast(p)
+        c: dict[str, Any] = dict(lesion_contrast(p))
+        c["sequence"] = str(p.mri_contrast or "unknown")
+        c["kind"] = next((k for k in LESION_KINDS if str(p.case_id).endswith(k)), "lesion")
         rows.append(c)
         print(
             f"| {p.case_id} | {c['ml']:.1f} | {c['mri']:+.2f} | {c['ct']:+.2f} "
@@ -160,6 +172,27 @@ def contrast(args: argparse.Namespace) -> None:
         )
     weak = sum(abs(c["mri"]) < 0.5 for c in rows)
     print(f"\n{weak} of {len(rows)} lesions differ from their ring by < 0.5 SD in the MRI")
+    print("\n" + "\n".join(contrast_by_sequence(rows)))
+
+
+def contrast_by_sequence(rows: list[dict[str, Any]]) -> list[str]:
+    """`contrast`'s rows summarised per MRI sequence and lesion kind (the end of a held-out
+    phantom's case id; "lesion" otherwise): lesions, median MRI and CT ring contrast, median
+    margin beyond the brain's 1-99 % and lesions whose MRI stands < 0.5 ring SD out."""
+    lines = [
+        "| MRI sequence | lesion | n | median MRI contrast (ring SD) | median CT contrast "
+        "| median MRI margin | < 0.5 SD in the MRI |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for seq, kind in sorted({(str(c["sequence"]), str(c["kind"])) for c in rows}):
+        cs = [c for c in rows if (c["sequence"], c["kind"]) == (seq, kind)]
+        med = {k: float(np.median([c[k] for c in cs])) for k in ("mri", "ct", "margin")}
+        weak = sum(abs(c["mri"]) < 0.5 for c in cs)
+        lines.append(
+            f"| {seq} | {kind} | {len(cs)} | {med['mri']:+.2f} | {med['ct']:+.2f} "
+            f"| {med['margin']:+.2f} | {weak} of {len(cs)} |"
+        )
+    return lines
 
 
 def scored(probs: list[np.ndarray], items: list[Any], rule: Any) -> Any:
@@ -1266,6 +1299,8 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("data", type=Path, nargs="?")
     c.add_argument("--held-out", type=int, default=0)
     c.add_argument("--first-seed", type=int, default=7000)
+    c.add_argument("--lesion-ml", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"))
+    c.add_argument("--territories", default=None, help="as lesion_eval.py --territories")
     m = sub.add_parser("minsize")
     m.add_argument("data", type=Path)
     m.add_argument("--checkpoint", type=Path, default=None)

@@ -82,10 +82,15 @@ def test_contrast_places_a_dark_and_a_bright_infarct_in_the_brain(tmp_path, caps
             tmp_path / seq, 1, cfg, seed=3, contrast=seq, lesion="ischaemic"
         )
         assert lc.main(["contrast", str(data)]) == 0
-        lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| ")]
+        out = capsys.readouterr().out
+        per_case, by_seq = out.split("lesions differ from their ring")
+        lines = [ln for ln in per_case.splitlines() if ln.startswith("| ")]
         head = "| MRI percentile in the brain | MRI margin beyond the brain's 1-99 % |"
         assert lines[0].endswith(head) and len(lines) == 2
         pct[seq] = float(lines[1].split(" | ")[-2])
+        # the summary per sequence: one lesion, its own contrast as the median
+        (row,) = [ln for ln in by_seq.splitlines() if ln.startswith(f"| {seq} |")]
+        assert row.split(" | ")[1:4] == ["lesion", "1", lines[1].split(" | ")[2]]
     assert 0 <= pct["ADC"] < 30 and 70 < pct["DWI"] <= 100
 
 

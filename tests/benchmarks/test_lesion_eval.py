@@ -66,6 +66,37 @@ def test_table_has_a_row_for_lesions_in_the_issues_size_range(tmp_path, monkeypa
     assert "1 of 3" in body[0] and "0 of 2" in body[1]
 
 
+def test_table_gives_the_dice_ci_and_the_in_range_phantoms_by_sequence(tmp_path):
+    rows = [
+        _row("phantom_8400_T1_ischaemic", "phantom", 0.0, 2.0),  # in range, missed
+        _row("phantom_8405_T1_ischaemic", "phantom", 0.8, 3.0),
+        _row("phantom_8401_T2_haemorrhagic", "phantom", 0.9, 10.0),
+        _row("phantom_8402_T2_haemorrhagic", "phantom", 0.7, 0.3),  # below 0.5 mL: not by sequence
+        _row("phantom_8401_T2_haemorrhagic", "phantom", 0.5, 10.0, fused="average"),
+        _row("r", "real", 0.7, 38.0),
+    ]
+    head = SimpleNamespace(temperature=1.5, flip_tta=0)
+    loaded = SimpleNamespace(path="ck.pt", sha256="0" * 64, model=SimpleNamespace(lesion_head=head))
+    le.write_outputs(SimpleNamespace(out=tmp_path), rows, {}, [], loaded, LesionMaskRule(), 60.0)
+    lines = (tmp_path / "lesion_eval.md").read_text().splitlines()
+    assert any(
+        ln.startswith("| cases |") and "| Dice | Dice 95 % CI | NSD@2mm |" in ln for ln in lines
+    )
+    in_range = next(ln for ln in lines if ln.startswith("| held-out phantoms, lesion 0.5-80 mL"))
+    # three composite cases in range, Dice 0 / 0.8 / 0.9: the CI lies within [0, 0.9]
+    cells = in_range.split(" | ")
+    assert cells[3] == "3" and cells[4].startswith("0.567 ± ")
+    lo, hi = (float(v) for v in cells[5].split("-"))
+    assert 0.0 <= lo < 0.567 < hi <= 0.9
+    by_seq = [ln for ln in lines if ln.startswith("| T1 |") or ln.startswith("| T2 |")]
+    assert by_seq == [
+        "| T1 | ischaemic | 2 | 0.400 | 1 of 2 |",
+        "| T2 | haemorrhagic | 1 | 0.900 | 1 of 1 |",
+    ]
+    real = next(ln for ln in lines if ln.startswith("| real stroke T2"))
+    assert " | 1 | 0.700 ± 0.000 | —-— | " in real  # one case: no interval
+
+
 def test_held_out_phantoms_can_be_drawn_in_the_issues_size_range():
     # Seed 7100 draws a 0.43 mL lacune (session 7's table); with --lesion-ml 0.5 80 it is redrawn.
     (free,) = le.held_out_phantoms(1, first_seed=7100)
