@@ -371,7 +371,7 @@ def write_outputs(args, rows, calib, grows, loaded, rule, seconds) -> None:
         lo, hi = bootstrap_ci(d)
         lines.append(
             f"| {name} | {fused} | {grid:g} mm | {len(rs)} | {d.mean():.3f} ± {d.std():.3f} | "
-            f"{fmt(lo)}-{fmt(hi)} | "
+            f"{'—' if math.isnan(lo) else f'{lo:.3f}-{hi:.3f}'} | "
             f"{fmt(np.nanmean(n_s)) if np.isfinite(n_s).any() else '—'} | "
             f"{fmt(np.nanmean(h), 1) if np.isfinite(h).any() else '—'} | {empty} of {len(rs)} |"
         )

@@ -94,7 +94,7 @@ def test_table_gives_the_dice_ci_and_the_in_range_phantoms_by_sequence(tmp_path)
         "| T2 | haemorrhagic | 1 | 0.900 | 1 of 1 |",
     ]
     real = next(ln for ln in lines if ln.startswith("| real stroke T2"))
-    assert " | 1 | 0.700 ± 0.000 | —-— | " in real  # one case: no interval
+    assert " | 1 | 0.700 ± 0.000 | — | " in real  # one case: no interval
 
 
 def test_held_out_phantoms_can_be_drawn_in_the_issues_size_range():
