@@ -14,8 +14,9 @@ model gives) and with average fusion: Dice, NSD@2 mm, HD95 (empty prediction = "
 prediction", never a number), with the 95 % percentile-bootstrap CI of the mean Dice
 (`clinfuse.evaluation.stats.bootstrap_ci`: 2000 resamples, seed 0) and, for the phantoms in the
 0.5-80 mL range, Dice and lesions found by MRI sequence and lesion kind; calibration ECE (15
-bins) / Brier over brain voxels, lesion neighbourhood (10 mm) and class-balanced. The real case
-is also scored on its native 1 mm grid.
+bins) / Brier over brain voxels, lesion neighbourhood (10 mm) and class-balanced, with their
+reliability diagram (`reliability.png`) and the per-bin table of the phantoms' lesion
+neighbourhood. The real case is also scored on its native 1 mm grid.
 (b) With diffusion (first `--fuse-cases` phantoms + the real case; `--option key=value` overrides
 the guidance of every fuse): ours with the lesion term
 guided by the head's own mask (line 7), with the lesion term off (gamma = 0), and with the
@@ -140,7 +141,62 @@ def cal_scores(
         ]
     )
     cal = calibration_scores(p, y, np.ones_like(y), near)
-    return {k: {"ece": v.ece, "brier": v.brier, "n": v.n_voxels} for k, v in cal.items()}
+    return {
+        k: {
+            "ece": v.ece,
+            "brier": v.brier,
+            "n": v.n_voxels,
+            "curve": {
+                "confidence": v.curve.confidence.tolist(),
+                "accuracy": v.curve.accuracy.tolist(),
+                "counts": v.curve.counts.tolist(),
+            },
+        }
+        for k, v in cal.items()
+    }
+
+
+def reliability_lines(calib: dict[str, dict[str, Any]], out: Path) -> list[str]:
+    """`reliability.png` in `out` (one row per voxel selection, one line per cases / fused
+    channel; `clinfuse.report.plots.save_reliability_panels`, the demo report's figure) and the
+    per-bin table of the held-out phantoms' lesion neighbourhood with the composite channel, the
+    selection where the head has to decide. Empty when no entry has a curve."""
+    from clinfuse.metrics.calibration import N_BINS, REGION_NEIGHBOURHOOD, ReliabilityCurve
+    from clinfuse.report.plots import save_reliability_panels
+
+    centres = (np.arange(N_BINS) + 0.5) / N_BINS
+    panels: dict[str, dict[str, ReliabilityCurve]] = {}
+    for label, regions in calib.items():
+        for region, v in regions.items():
+            if "curve" not in v:
+                continue
+            c = v["curve"]
+            panels.setdefault(region, {})[label] = ReliabilityCurve(
+                centres,
+                np.asarray(c["accuracy"], float),
+                np.asarray(c["confidence"], float),
+                np.asarray(c["counts"], np.int64),
+            )
+    if not panels:
+        return []
+    save_reliability_panels(out / "reliability.png", panels)
+    lines = ["", "Reliability diagram: `reliability.png`."]
+    curve = panels.get(REGION_NEIGHBOURHOOD, {}).get("phantom/composite")
+    if curve is not None:
+        lines += [
+            "",
+            "Held-out phantoms, composite channel, lesion neighbourhood (10 mm), per bin:",
+            "",
+            "| bin | voxels | mean predicted | observed lesion frequency |",
+            "|---|---|---|---|",
+        ]
+        for k in range(N_BINS):
+            if curve.counts[k]:
+                lines.append(
+                    f"| {k / N_BINS:.2f}-{(k + 1) / N_BINS:.2f} | {int(curve.counts[k])} | "
+                    f"{curve.confidence[k]:.3f} | {curve.accuracy[k]:.3f} |"
+                )
+    return lines
 
 
 def border_sharpness(img: np.ndarray, gt: np.ndarray, spacing: tuple[float, ...]) -> float:
@@ -387,6 +443,7 @@ def write_outputs(args, rows, calib, grows, loaded, rule, seconds) -> None:
     for k, v in calib.items():
         cells = [f"{fmt(v[r]['ece'])} / {fmt(v[r]['brier'])}" for r in v]
         lines.append(f"| {k} | " + " | ".join(cells) + " |")
+    lines += reliability_lines(calib, out)
     if grows:
         lines += [
             "",

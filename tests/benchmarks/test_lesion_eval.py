@@ -97,6 +97,28 @@ def test_table_gives_the_dice_ci_and_the_in_range_phantoms_by_sequence(tmp_path)
     assert " | 1 | 0.700 ± 0.000 | — | " in real  # one case: no interval
 
 
+def test_calibration_gives_a_reliability_diagram_and_the_neighbourhood_bins(tmp_path):
+    """`cal_scores` keeps each selection's reliability curve; the table then has the per-bin
+    rows of the phantoms' lesion neighbourhood (composite) and `reliability.png` is written."""
+    gt = np.zeros((12, 12, 12), bool)
+    gt[4:8, 4:8, 4:8] = True
+    brain = np.ones_like(gt)
+    prob = np.where(gt, 0.7, 0.02).astype(np.float32)  # one bin for the lesion, one outside
+    calib = {"phantom/composite": le.cal_scores([prob], [gt], [brain], [(2.0, 2.0, 2.0)])}
+    curve = calib["phantom/composite"]["lesion neighbourhood"]["curve"]
+    assert sum(curve["counts"]) == calib["phantom/composite"]["lesion neighbourhood"]["n"]
+    head = SimpleNamespace(temperature=1.5, flip_tta=0)
+    loaded = SimpleNamespace(path="ck.pt", sha256="0" * 64, model=SimpleNamespace(lesion_head=head))
+    rows = [_row("phantom_1_T2_ischaemic", "phantom", 1.0, 0.5)]
+    le.write_outputs(SimpleNamespace(out=tmp_path), rows, calib, [], loaded, LesionMaskRule(), 60.0)
+    text = (tmp_path / "lesion_eval.md").read_text()
+    assert (tmp_path / "reliability.png").stat().st_size > 0
+    bins = [ln for ln in text.splitlines() if ln.startswith("| 0.")]
+    # 0.02 falls in the first bin (all outside the lesion), 0.7 in 0.67-0.73 (all lesion)
+    assert bins[0].startswith("| 0.00-0.07 | ") and bins[0].endswith(" | 0.020 | 0.000 |")
+    assert bins[1] == "| 0.67-0.73 | 64 | 0.700 | 1.000 |" and len(bins) == 2
+
+
 def test_held_out_phantoms_can_be_drawn_in_the_issues_size_range():
     # Seed 7100 draws a 0.43 mL lacune (session 7's table); with --lesion-ml 0.5 80 it is redrawn.
     (free,) = le.held_out_phantoms(1, first_seed=7100)
