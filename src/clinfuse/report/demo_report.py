@@ -476,6 +476,16 @@ def write_demo_report(
             "Lesion Dice/NSD/HD95 of every row come from the same trained lesion head applied to "
             "that method's fused image (with the MRI and CT), thresholded at 0.5."
         )
+        seqs = " / ".join(sorted({str(c.contrast) for c in cases}))
+        sp = [float(v) for v in settings.get("spacing") or ()]
+        grid = f"{sp[0]:g}" if sp and len(set(sp)) == 1 else " x ".join(f"{v:g}" for v in sp)
+        notes.append(
+            f"These phantoms ({seqs}, at {grid or '?'} mm) are the demo's quick "
+            "setting, not the lesion head's benchmark: its held-out numbers and calibration in "
+            "the model card come from `python benchmarks/lesion_eval.py` on 2 mm phantoms of "
+            "all five MRI sequences and both lesion kinds, so the lesion columns here can differ "
+            "from them."
+        )
     else:
         notes.append(
             "Lesion Dice/NSD/HD95 need our lesion head (part of the model), so they are blank "
