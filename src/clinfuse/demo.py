@@ -350,6 +350,7 @@ def run_demo(
             "seed": seed,
             "shape": list(shape),
             "spacing": list(spacing),
+            "work_spacing": work_spacing,
             "preset": preset,
             "samples": samples,
             "steps": steps,

@@ -154,6 +154,7 @@ def test_report_text_is_honest(report):
     # the lesion columns are said to come from the demo's setting, not the head's benchmark
     grid = f"{SPACING[0]:g}" if len(set(SPACING)) == 1 else " x ".join(f"{v:g}" for v in SPACING)
     assert f"These phantoms (T1 / T2, at {grid} mm) are the demo's quick setting" in body
+    assert "worked at" not in body  # no --spacing: the phantoms' own grid
     assert "identical in ROI (∞ dB)" in body and not re.search(r"\binf\b", body)
     assert "Paired Wilcoxon signed-rank tests: clinfuse against each method" in body
     for region in ("brain ECE", "lesion neighbourhood (≤ 10 mm) ECE", "class-balanced (brain) ECE"):

@@ -479,8 +479,11 @@ def write_demo_report(
         seqs = " / ".join(sorted({str(c.contrast) for c in cases}))
         sp = [float(v) for v in settings.get("spacing") or ()]
         grid = f"{sp[0]:g}" if sp and len(set(sp)) == 1 else " x ".join(f"{v:g}" for v in sp)
+        grid = f"{grid or '?'} mm"
+        if settings.get("work_spacing"):
+            grid += f", worked at {float(settings['work_spacing']):g} mm"
         notes.append(
-            f"These phantoms ({seqs}, at {grid or '?'} mm) are the demo's quick "
+            f"These phantoms ({seqs}, at {grid}) are the demo's quick "
             "setting, not the lesion head's benchmark: its held-out numbers and calibration in "
             "the model card come from `python benchmarks/lesion_eval.py` on 2 mm phantoms of "
             "all five MRI sequences and both lesion kinds, so the lesion columns here can differ "
