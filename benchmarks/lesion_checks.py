@@ -100,9 +100,6 @@ from scipy import ndimage
 SIZE_BINS_ML = (0.0, 0.5, 2.0, 10.0, 1000.0)
 
 
-LESION_KINDS = ("ischaemic", "haemorrhagic")
-
-
 def lesion_contrast(prep: Any) -> dict[str, float]:
     les = np.asarray(prep.lesion) > 0.5
     ring = ndimage.binary_dilation(les, iterations=3) & ~les & np.asarray(prep.brain, bool)
@@ -136,8 +133,10 @@ def mri_margin(lesion_mean: float, rest: np.ndarray) -> float:
 
 
 def contrast(args: argparse.Namespace) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from lesion_eval import held_out_id
+
     if args.held_out:
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
         from clinfuse.phantom.config import parse_territories
         from lesion_eval import held_out_phantoms
 
@@ -164,7 +163,7 @@ def contrast(args: argparse.Namespace) -> None:
             continue
         c: dict[str, Any] = dict(lesion_contrast(p))
         c["sequence"] = str(p.mri_contrast or "unknown")
-        c["kind"] = next((k for k in LESION_KINDS if str(p.case_id).endswith(k)), "lesion")
+        c["kind"] = (held_out_id(p.case_id) or ("", "lesion"))[1]
         rows.append(c)
         print(
             f"| {p.case_id} | {c['ml']:.1f} | {c['mri']:+.2f} | {c['ct']:+.2f} "
@@ -176,9 +175,10 @@ def contrast(args: argparse.Namespace) -> None:
 
 
 def contrast_by_sequence(rows: list[dict[str, Any]]) -> list[str]:
-    """`contrast`'s rows summarised per MRI sequence and lesion kind (the end of a held-out
-    phantom's case id; "lesion" otherwise): lesions, median MRI and CT ring contrast, median
-    margin beyond the brain's 1-99 % and lesions whose MRI stands < 0.5 ring SD out."""
+    """`contrast`'s rows summarised per MRI sequence and lesion kind (from a held-out
+    phantom's case id, `lesion_eval.held_out_id`; "lesion" otherwise): lesions, median MRI and
+    CT ring contrast, median margin beyond the brain's 1-99 % and lesions whose MRI stands
+    < 0.5 ring SD out."""
     lines = [
         "| MRI sequence | lesion | n | median MRI contrast (ring SD) | median CT contrast "
         "| median MRI margin | < 0.5 SD in the MRI |",

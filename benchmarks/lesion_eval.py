@@ -87,6 +87,17 @@ def held_out_phantom(
     return ("phantom", preprocess_case(ph.case), None)
 
 
+def held_out_id(case_id: str) -> tuple[str, str] | None:
+    """(MRI sequence, lesion kind) of a `held_out_phantom` case id, None for any other id."""
+    from clinfuse.phantom import MRI_CONTRASTS
+    from clinfuse.phantom.config import LESION_KINDS
+
+    parts = str(case_id).split("_")
+    if len(parts) == 4 and parts[0] == "phantom" and parts[2] in MRI_CONTRASTS:
+        return (parts[2], parts[3]) if parts[3] in LESION_KINDS else None
+    return None
+
+
 def real_stroke(spacing: float = 2.0) -> tuple[str, Any, Any]:
     from clinfuse.preprocess.pipeline import preprocess_case
     from real3d import build_cases  # the shared builder of the real test cases
@@ -348,16 +359,16 @@ def by_sequence_table(rows: list[dict[str, Any]]) -> list[str]:
     prediction. Empty when no phantom row is in range."""
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in rows:
-        parts = str(r["case"]).split("_")
+        key = held_out_id(r["case"])
         if (
-            r["kind"] != "phantom"
+            key is None
+            or r["kind"] != "phantom"
             or r["fused"] != "composite"
             or r["grid_mm"] != 2.0
-            or len(parts) != 4
             or not IN_RANGE_ML[0] <= r["gt_ml"] <= IN_RANGE_ML[1]
         ):
             continue
-        groups.setdefault((parts[2], parts[3]), []).append(r)
+        groups.setdefault(key, []).append(r)
     if not groups:
         return []
     lines = [

@@ -119,6 +119,14 @@ def test_calibration_gives_a_reliability_diagram_and_the_neighbourhood_bins(tmp_
     assert bins[1] == "| 0.67-0.73 | 64 | 0.700 | 1.000 |" and len(bins) == 2
 
 
+def test_held_out_id_reads_back_what_held_out_phantom_writes():
+    (_, prep, _), (_, prep2, _) = le.held_out_phantoms(2, first_seed=7500)
+    assert le.held_out_id(prep.case_id) == ("T1", "ischaemic")
+    assert le.held_out_id(prep2.case_id) == ("T2", "haemorrhagic")
+    for other in ("p1", "stroke_t2", "real_rire_t1_001", "phantom_1_T9_ischaemic"):
+        assert le.held_out_id(other) is None
+
+
 def test_held_out_phantoms_can_be_drawn_in_the_issues_size_range():
     # Seed 7100 draws a 0.43 mL lacune (session 7's table); with --lesion-ml 0.5 80 it is redrawn.
     (free,) = le.held_out_phantoms(1, first_seed=7100)
